@@ -1,0 +1,183 @@
+"""What a gradient rule sees: one forward node, its output gradients, and a way to emit new ONNX nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .graph_info import Dim, GraphInfo
+
+
+class GradientError(ValueError):
+    """The backward graph cannot be built (unsupported op, unknown shape, …)."""
+
+
+class Emitter:
+    """Appends uniquely named nodes and initializers to a graph under construction."""
+
+    def __init__(self, taken: set[str], prefix: str = "grad") -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._taken = taken
+        self._prefix = prefix
+        self._counter = 0
+        self.scope = "seed"
+
+    def fresh(self, hint: str) -> str:
+        """A tensor/node name not used anywhere in the graph."""
+        while True:
+            self._counter += 1
+            name = f"{self._prefix}/{self.scope}/{hint}_{self._counter}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def op(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, **attrs: object) -> list[str]:
+        """Emit ``op_type(inputs)`` and return its output names (``""`` inputs mean "omitted")."""
+        outputs = [self.fresh(op_type.lower()) for _ in range(n_outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=self.fresh(op_type), **attrs))
+        return outputs
+
+    def const(self, value: np.ndarray | float | int | Sequence[int], dtype: np.dtype | type | None = None) -> str:
+        """An initializer holding ``value`` (``dtype`` defaults to float32 for floats, int64 for ints)."""
+        array = np.asarray(value)
+        if dtype is not None:
+            array = array.astype(dtype)
+        elif array.dtype.kind == "f":
+            array = array.astype(np.float32)
+        elif array.dtype.kind in "iu":
+            array = array.astype(np.int64)
+        name = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+
+class VJPContext:
+    """The interface a rule uses for one forward ``node``.
+
+    ``grad(i)`` is the upstream gradient ``ḡ`` of output ``i``; ``needs(i)`` tells whether input ``i`` lies on a
+    differentiated path (a rule returns ``None`` for the others). ``emit``/``const`` add backward nodes.
+    """
+
+    def __init__(
+        self,
+        node: onnx.NodeProto,
+        output_grads: Sequence[str | None],
+        needs: Sequence[bool],
+        info: GraphInfo,
+        emitter: Emitter,
+    ) -> None:
+        self.node = node
+        self._output_grads = list(output_grads)
+        self._needs = list(needs)
+        self.info = info
+        self._emitter = emitter
+        self._attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    # -- the forward node -------------------------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.node.input)
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.node.output)
+
+    def input(self, i: int) -> str:
+        return self.node.input[i] if i < len(self.node.input) else ""
+
+    def output(self, i: int = 0) -> str:
+        return self.node.output[i]
+
+    def attr(self, name: str, default: object = None) -> object:
+        """Attribute value (bytes are decoded to ``str``)."""
+        value = self._attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def needs(self, i: int) -> bool:
+        return i < len(self._needs) and self._needs[i]
+
+    # -- static facts -----------------------------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[Dim, ...]:
+        shape = self.info.shape(name)
+        if shape is None:
+            self.fail(f"the shape of '{name}' is unknown")
+        return shape
+
+    def static_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of ``name`` with every dim known, else a :class:`GradientError`."""
+        shape = self.shape(name)
+        if not all(isinstance(d, int) for d in shape):
+            self.fail(f"needs a static shape for '{name}', got {shape}")
+        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+    def rank(self, name: str) -> int:
+        return len(self.shape(name))
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.info.dtype(name)
+
+    def constant(self, i: int) -> np.ndarray:
+        """Value of input ``i``, which must be a constant (initializer or ``Constant`` node)."""
+        value = self.info.constant(self.input(i))
+        if value is None:
+            self.fail(f"input {i} ('{self.input(i)}') must be a constant")
+        return value
+
+    def optional_constant(self, i: int) -> np.ndarray | None:
+        name = self.input(i)
+        return self.info.constant(name) if name else None
+
+    # -- gradients --------------------------------------------------------------------------------------------------
+    def grad(self, i: int = 0) -> str:
+        """``ḡ`` of output ``i``; zeros shaped like the output when nothing flows back through it."""
+        g = self._output_grads[i] if i < len(self._output_grads) else None
+        if g is None:
+            g = self.zeros_like(self.output(i))
+        return g
+
+    def has_grad(self, i: int) -> bool:
+        return i < len(self._output_grads) and self._output_grads[i] is not None
+
+    # -- emitting ---------------------------------------------------------------------------------------------------
+    def emit(self, op_type: str, *inputs: str, **attrs: object) -> str:
+        """Emit a single-output node and return its output name."""
+        return self._emitter.op(op_type, inputs, 1, **attrs)[0]
+
+    def emit_multi(self, op_type: str, inputs: Sequence[str], n_outputs: int, **attrs: object) -> list[str]:
+        return self._emitter.op(op_type, inputs, n_outputs, **attrs)
+
+    def const(self, value: np.ndarray | float | int | Sequence[int], like: str | None = None) -> str:
+        """A constant; with ``like`` it takes that tensor's element type (float constants otherwise float32)."""
+        return self._emitter.const(value, self.dtype(like) if like else None)
+
+    def shape_of(self, name: str) -> str:
+        """Runtime shape of ``name`` as an int64 tensor."""
+        return self.emit("Shape", name)
+
+    def zeros_like(self, name: str) -> str:
+        return self.emit("Mul", name, self.const(0.0, like=name))
+
+    def unbroadcast(self, grad: str, input_name: str, output_name: str) -> str:
+        """Sum ``grad`` (shaped like the broadcast ``output_name``) down to the shape of ``input_name``.
+
+        ``x̄ = Σ_{broadcast axes} ḡ``, reshaped to ``x``'s shape. The broadcast axes come from static shapes.
+        """
+        in_shape = self.shape(input_name)
+        out_shape = self.shape(output_name)
+        if in_shape == out_shape:
+            return grad
+        lead = len(out_shape) - len(in_shape)
+        # By ONNX broadcasting, an input dim other than 1 equals the output dim; symbolic dims count as non-1.
+        axes = list(range(lead)) + [lead + k for k, d in enumerate(in_shape) if d == 1 and out_shape[lead + k] != 1]
+        if axes:
+            grad = self.emit("ReduceSum", grad, self.const(axes), keepdims=1)
+        if lead or axes:
+            grad = self.emit("Reshape", grad, self.shape_of(input_name))
+        return grad
+
+    def fail(self, message: str) -> None:
+        raise GradientError(f"{self.node.op_type} node '{self.node.name or self.node.output[0]}': {message}")

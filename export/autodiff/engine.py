@@ -1,0 +1,92 @@
+"""Reverse-mode differentiation of an ONNX graph, emitted as more ONNX nodes.
+
+Only the part of the graph that lies downstream of the *sources* (the tapped layers) and upstream of the
+differentiated *output* is visited, and no weight gradients are formed, so the backward costs about one extra pass
+over the head of the network. Each node's VJP comes from the rule table in :mod:`.registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from . import rules  # noqa: F401  (importing registers every rule)
+from .context import Emitter, GradientError, VJPContext
+from .graph_info import GraphInfo
+from .registry import RULES
+
+
+@dataclass
+class Backward:
+    """New nodes/initializers computing ``∂⟨seed, output⟩/∂source`` for each source (``grads[source]``)."""
+
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    grads: dict[str, str]
+
+
+def active_nodes(graph: onnx.GraphProto, sources: Sequence[str], output: str) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes on some path source → output (in topological order) and the tensors on those paths."""
+    downstream = set(sources)
+    for node in graph.node:
+        if any(i in downstream for i in node.input):
+            downstream.update(node.output)
+    on_path = {output} if output in downstream else set()
+    path_nodes: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in on_path for o in node.output) and any(i in downstream for i in node.input):
+            path_nodes.append(node)
+            on_path.update(i for i in node.input if i in downstream)
+    path_nodes.reverse()
+    return path_nodes, on_path
+
+
+def differentiate(model: onnx.ModelProto, sources: Sequence[str], output: str, seed: str) -> Backward:
+    """Build the VJP ``seedᵀ · ∂output/∂source`` for every source tensor.
+
+    ``seed`` names a tensor shaped like ``output`` (it may be produced by nodes the caller adds). Raises
+    :class:`GradientError` naming the node when an op on the path has no rule, or a source does not reach ``output``.
+    """
+    graph = model.graph
+    path_nodes, on_path = active_nodes(graph, sources, output)
+    for source in sources:
+        if source not in on_path:
+            raise GradientError(f"tensor '{source}' does not influence '{output}': nothing to differentiate")
+
+    info = GraphInfo(model)
+    taken = {n for node in graph.node for n in (*node.input, *node.output, node.name)}
+    taken |= {t.name for t in graph.initializer} | {v.name for v in graph.input} | {seed}
+    emitter = Emitter(taken)
+    contributions: dict[str, list[str]] = {output: [seed]}
+
+    def total(name: str) -> str | None:
+        parts = contributions.get(name)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            parts[:] = emitter.op("Sum", parts)
+        return parts[0]
+
+    for node in reversed(path_nodes):
+        vjp = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        label = node.name or node.output[0]
+        if vjp is None:
+            raise GradientError(
+                f"no gradient rule for op '{node.op_type}' (domain '{node.domain or 'ai.onnx'}') at node '{label}' on "
+                f"the path to the scores; add one with @rule('{node.op_type}') in export/autodiff/rules/"
+            )
+        emitter.scope = label
+        needs = [bool(i) and i in on_path for i in node.input]
+        ctx = VJPContext(node, [total(o) for o in node.output], needs, info, emitter)
+        input_grads = list(vjp(ctx))
+        for i, (name, needed) in enumerate(zip(node.input, needs, strict=False)):
+            g = input_grads[i] if i < len(input_grads) else None
+            if needed and g is None:
+                raise GradientError(f"{node.op_type} node '{label}': its rule gives no gradient for input {i} ('{name}')")
+            if needed:
+                contributions.setdefault(name, []).append(g)
+
+    grads = {source: total(source) for source in sources}
+    return Backward(emitter.nodes, emitter.initializers, grads)  # type: ignore[arg-type]

@@ -1,0 +1,72 @@
+"""Static facts about a forward graph that gradient rules may read: shapes, dtypes, constant values."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+Dim = int | str | None
+
+
+class GraphInfo:
+    """Shapes and element types from ONNX shape inference, and the values of constant tensors.
+
+    Shapes are tuples whose entries are ``int`` (static), ``str`` (symbolic, e.g. the batch ``N``) or ``None``.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+        graph = inferred.graph
+        self._types: dict[str, onnx.TypeProto] = {}
+        for vi in [*graph.input, *graph.value_info, *graph.output]:
+            self._types[vi.name] = vi.type
+        self._constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for t in graph.initializer:
+            self._types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+        for node in graph.node:
+            if node.op_type == "Constant" and not node.domain:
+                value = _constant_node_value(node)
+                if value is not None:
+                    self._constants[node.output[0]] = value
+
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        """Inferred shape of ``name``, or ``None`` when even the rank is unknown."""
+        tp = self._types.get(name)
+        if tp is None or not tp.tensor_type.HasField("shape"):
+            return None
+        dims: list[Dim] = []
+        for d in tp.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        return tuple(dims)
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shape(name)
+        return None if shape is None else len(shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        """numpy element type of ``name`` (float32 when unknown)."""
+        tp = self._types.get(name)
+        if tp is None or not tp.tensor_type.elem_type:
+            return np.dtype(np.float32)
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type))
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """Value of ``name`` when it is an initializer or a ``Constant`` node's output."""
+        return self._constants.get(name)
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_int"):
+            return np.array(onnx.helper.get_attribute_value(attr))
+        if attr.name in ("value_floats", "value_ints"):
+            return np.array(list(onnx.helper.get_attribute_value(attr)))
+    return None

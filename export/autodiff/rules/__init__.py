@@ -1,0 +1,3 @@
+"""VJP rules, one module per family of ONNX ops; importing this package registers them all."""
+
+from . import conv, elementwise, linear, normalization, pooling, reduce, shape  # noqa: F401

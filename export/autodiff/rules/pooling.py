@@ -1,0 +1,5 @@
+"""VJP rules: pooling ops."""
+
+from __future__ import annotations
+
+from ..registry import rule

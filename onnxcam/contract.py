@@ -1,0 +1,123 @@
+"""The explainer-graph contract: names of inputs, outputs and metadata keys.
+
+The export stage writes graphs that follow this module; the runtime reads them through it.
+Nothing here imports torch or onnx, so both sides can share it.
+
+Graph inputs
+    ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic).
+    ``target``  int64 ``[N]``: class to explain per image, ``-1`` = that image's top-1 prediction.
+
+Graph outputs
+    ``scores``              the model's logits ``[N, K]``.
+    ``target_used``         int64 ``[N]``: the class actually explained.
+    ``activation:<layer>``  feature map ``A`` of each tapped layer, ``[N, C, h, w]``.
+    ``gradient:<layer>``    ``∂ scores[n, target_used[n]] / ∂ A`` per image, same shape as ``A``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CONTRACT_VERSION = "1"
+
+INPUT = "input"
+TARGET = "target"
+SCORES = "scores"
+TARGET_USED = "target_used"
+ACTIVATION_PREFIX = "activation:"
+GRADIENT_PREFIX = "gradient:"
+TOP1 = -1  # value of ``target`` that asks for the top-1 class
+
+META_PREFIX = "onnxcam."
+META_VERSION = META_PREFIX + "contract_version"
+META_LAYERS = META_PREFIX + "layers"
+META_PREPROCESS = META_PREFIX + "preprocess"
+META_LABELS = META_PREFIX + "labels"
+META_SOURCE = META_PREFIX + "source"
+META_EXPORTER = META_PREFIX + "exporter"
+META_SCORES_KIND = META_PREFIX + "scores_kind"
+
+
+def activation_name(layer: str) -> str:
+    """Graph output holding the feature map of ``layer``."""
+    return ACTIVATION_PREFIX + layer
+
+
+def gradient_name(layer: str) -> str:
+    """Graph output holding ``∂y^c/∂A`` for ``layer``."""
+    return GRADIENT_PREFIX + layer
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the ``input`` tensor: ``((resize(img) * scale) - mean) / std`` in ``channel_order``.
+
+    ``input_size`` is ``(H, W)``; ``value_scale`` maps uint8 pixels to the model's range (``1/255`` → ``[0, 1]``).
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"
+    value_scale: float = 1.0 / 255.0
+    resize: str = "bilinear"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocess:
+        raw: dict[str, Any] = json.loads(text)
+        for key in ("input_size", "mean", "std"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Everything the runtime needs to know about an explainer graph besides its tensors."""
+
+    layers: tuple[str, ...]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    labels: tuple[str, ...] | None = None
+    source: str = ""
+    exporter: str = ""
+    scores_kind: str = "logits"
+    version: str = CONTRACT_VERSION
+
+    def to_props(self) -> dict[str, str]:
+        """Serialise to ONNX ``metadata_props`` (string → string)."""
+        props = {
+            META_VERSION: self.version,
+            META_LAYERS: json.dumps(list(self.layers)),
+            META_PREPROCESS: self.preprocess.to_json(),
+            META_SOURCE: self.source,
+            META_EXPORTER: self.exporter,
+            META_SCORES_KIND: self.scores_kind,
+        }
+        if self.labels is not None:
+            props[META_LABELS] = json.dumps(list(self.labels))
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> Metadata:
+        """Parse ``metadata_props``; raises ``ValueError`` when the graph does not follow the contract."""
+        if META_VERSION not in props:
+            raise ValueError("not an onnxcam explainer graph (no onnxcam metadata); export it with `onnxcam export`")
+        if props[META_VERSION] != CONTRACT_VERSION:
+            raise ValueError(
+                f"explainer graph has contract version {props[META_VERSION]}, this onnxcam reads {CONTRACT_VERSION}"
+            )
+        labels = props.get(META_LABELS)
+        return cls(
+            layers=tuple(json.loads(props[META_LAYERS])),
+            preprocess=Preprocess.from_json(props[META_PREPROCESS]),
+            labels=tuple(json.loads(labels)) if labels else None,
+            source=props.get(META_SOURCE, ""),
+            exporter=props.get(META_EXPORTER, ""),
+            scores_kind=props.get(META_SCORES_KIND, "logits"),
+            version=props[META_VERSION],
+        )
