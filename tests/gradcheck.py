@@ -14,7 +14,6 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
-
 from onnxcam_export.autodiff.engine import differentiate
 
 OPSET = 18
@@ -35,6 +34,7 @@ def run_vjp(
     constants: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Forward output and the VJPs for ``wrt``, computed by the ONNX backward graph on onnxruntime."""
+
     def vi(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
 

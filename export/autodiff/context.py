@@ -8,10 +8,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import ExportError
 from .graph_info import Dim, GraphInfo
 
 
-class GradientError(ValueError):
+class GradientError(ExportError):
     """The backward graph cannot be built (unsupported op, unknown shape, …)."""
 
 

@@ -84,7 +84,9 @@ def differentiate(model: onnx.ModelProto, sources: Sequence[str], output: str, s
         for i, (name, needed) in enumerate(zip(node.input, needs, strict=False)):
             g = input_grads[i] if i < len(input_grads) else None
             if needed and g is None:
-                raise GradientError(f"{node.op_type} node '{label}': its rule gives no gradient for input {i} ('{name}')")
+                raise GradientError(
+                    f"{node.op_type} node '{label}': its rule gives no gradient for input {i} ('{name}')"
+                )
             if needed:
                 contributions.setdefault(name, []).append(g)
 

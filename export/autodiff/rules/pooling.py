@@ -1,5 +1,78 @@
-"""VJP rules: pooling ops."""
+"""VJP rules: pooling ops.
+
+Max pools route ``ḡ`` to each window's first maximum (row-major scan order), as both onnxruntime and torch pick it;
+average pools are linear and use the adjoint window sum of :mod:`.conv` with onnxruntime's per-window divisors.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+from onnx import helper
+
+from ..context import VJPContext
 from ..registry import rule
+from .conv import static_dims, window_adjoint, window_pads
+
+
+def _route(ctx: VJPContext, indices: str, layout: list[int], axis: int) -> str:
+    """``x̄ = ScatterAdd(0, indices, ḡ)`` along ``axis`` with ``x``, ``indices`` and ``ḡ`` reshaped to ``layout``."""
+    x = ctx.input(0)
+    shape = ctx.const(layout)
+    zeros, index, grad = (ctx.emit("Reshape", t, shape) for t in (ctx.zeros_like(x), indices, ctx.grad()))
+    routed = ctx.emit("ScatterElements", zeros, index, grad, axis=axis, reduction="add")
+    return ctx.emit("Reshape", routed, ctx.shape_of(x))
+
+
+@rule("MaxPool")
+def max_pool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Σ_windows ḡ · [x is the window's first argmax]`` (indices from a twin MaxPool, scatter-added)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute} | {"storage_order": 0}
+    _, indices = ctx.emit_multi("MaxPool", [ctx.input(0)], 2, **attrs)  # flat indices over the whole tensor
+    return [_route(ctx, indices, [-1], 0)]
+
+
+@rule("GlobalMaxPool")
+def global_max_pool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ · [x is the first maximum of its (n, c) map]``."""
+    spatial = ctx.emit("Reshape", ctx.input(0), ctx.const([0, 0, -1]))
+    return [_route(ctx, ctx.emit("ArgMax", spatial, axis=2, keepdims=1), [0, 0, -1], 2)]
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ / (H·W·…)`` broadcast over the spatial dims."""
+    x = ctx.input(0)
+    count = ctx.emit("ReduceProd", ctx.emit("Shape", x, start=2), keepdims=0)
+    count = ctx.emit("Cast", count, to=helper.np_dtype_to_tensor_dtype(ctx.dtype(x)))
+    return [ctx.emit("Div", ctx.emit("Expand", ctx.grad(), ctx.shape_of(x)), count)]
+
+
+def _divisors(*dims: int, incl: bool) -> np.ndarray:
+    """Per-window divisor along one dim: the taps inside the input (or inside input + pads when ``incl``).
+
+    ``dims`` = (input size, output size, kernel, stride, dilation, begin pad, end pad).
+    """
+    size, out, kernel, stride, dilation, begin, end = dims
+    taps = (np.arange(out) * stride - begin)[:, None] + np.arange(kernel) * dilation
+    inside = taps < size + end if incl else (taps >= 0) & (taps < size)
+    return inside.sum(axis=1)
+
+
+@rule("AveragePool")
+def average_pool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ConvTranspose(ḡ / D, 1)`` cropped to ``x``, ``D`` the window's divisor (depends on count_include_pad)."""
+    x = ctx.input(0)
+    kernel = list(ctx.attr("kernel_shape"))  # type: ignore[call-overload]
+    ones = [1] * len(kernel)
+    strides = list(ctx.attr("strides", ones))  # type: ignore[call-overload]
+    dilations = list(ctx.attr("dilations", ones))  # type: ignore[call-overload]
+    begins, ends = window_pads(ctx, x, kernel, strides, dilations)
+    channels, *sizes = static_dims(ctx, x, 1)
+    incl = bool(ctx.attr("count_include_pad", 0))
+    divisor = np.ones([1, 1], dtype=np.int64)
+    outs = static_dims(ctx, ctx.output(), 2)
+    for dims in zip(sizes, outs, kernel, strides, dilations, begins, ends, strict=True):
+        divisor = np.multiply.outer(divisor, _divisors(*dims, incl=incl))
+    scaled = ctx.emit("Mul", ctx.grad(), ctx.const(1.0 / divisor, like=x))
+    spread = ctx.const(np.ones([channels, 1, *kernel]), like=x)
+    return [window_adjoint(ctx, scaled, spread, x, begins, strides, dilations, channels)]

@@ -1,5 +1,170 @@
-"""VJP rules: shape ops."""
+"""VJP rules: ops that move, copy or select elements without computing on them.
+
+Every rule is linear in ``x``, so ``x̄`` is ``ḡ`` routed back through the adjoint of the data movement. Shapes are
+taken at run time (``Shape`` nodes) where that is cheap, so a dynamic batch dim is fine everywhere; only ``Slice``
+needs the sliced dims to be static, and ``DepthToSpace`` (CRD) the channel count.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
+from ..context import VJPContext
 from ..registry import rule
+
+
+def _data_only(ctx: VJPContext, grad: str) -> list[str | None]:
+    """``grad`` for input 0; ``None`` for the shape-like inputs (shape, axes, pads, …) that are never differentiated."""
+    return [grad] + [None] * (len(ctx.inputs) - 1)
+
+
+def _axis(ctx: VJPContext, axis: int, name: str) -> int:
+    """``axis`` counted from 0 in ``name``'s rank."""
+    return axis % ctx.rank(name)
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Reshape(ḡ, Shape(x))``."""
+    return _data_only(ctx, ctx.emit("Reshape", ctx.grad(), ctx.shape_of(ctx.input(0))))
+
+
+@rule("Transpose")
+def transpose(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Transpose(ḡ, perm⁻¹)``."""
+    perm = ctx.attr("perm") or list(reversed(range(ctx.rank(ctx.input(0)))))
+    return [ctx.emit("Transpose", ctx.grad(), perm=[int(p) for p in np.argsort(perm)])]
+
+
+@rule("Concat")
+def concat(ctx: VJPContext) -> list[str | None]:
+    """``x̄ᵢ = ḡ[…, offsetᵢ : offsetᵢ + dᵢ, …]`` along ``axis`` (one ``Split`` of ``ḡ``)."""
+    axis = _axis(ctx, int(ctx.attr("axis")), ctx.output(0))
+    dims = [ctx.shape(x)[axis] for x in ctx.inputs]
+    if all(isinstance(d, int) for d in dims):
+        sizes = ctx.const(dims)
+    else:
+        sizes = ctx.emit("Concat", *(ctx.emit("Shape", x, start=axis, end=axis + 1) for x in ctx.inputs), axis=0)
+    pieces = ctx.emit_multi("Split", [ctx.grad(), sizes], len(ctx.inputs), axis=axis)
+    return [piece if ctx.needs(i) else None for i, piece in enumerate(pieces)]
+
+
+@rule("Split")
+def split(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Concat(ḡ₀, …, ḡₙ₋₁)`` along ``axis`` (zeros for outputs that receive no gradient)."""
+    grads = [ctx.grad(i) for i in range(len(ctx.outputs))]
+    return _data_only(ctx, ctx.emit("Concat", *grads, axis=int(ctx.attr("axis", 0))))
+
+
+def _slice_range(dim: int, start: int, end: int, step: int) -> range:
+    """The indices ONNX ``Slice`` takes along an axis of length ``dim`` (negative values wrap, then clamp)."""
+    start, end = (v + dim if v < 0 else v for v in (start, end))
+    if step > 0:
+        return range(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    return range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step)
+
+
+def _unslice_axis(ctx: VJPContext, grad: str, axis: int, taken: range, dim: int) -> str:
+    """Put ``grad``'s entries back at positions ``taken`` of a length-``dim`` axis, zeros elsewhere.
+
+    ``Gather`` from ``[grad, 0]`` with, for each position, the index of the entry that came from it (or of the zero).
+    """
+    source = np.full(dim, len(taken), dtype=np.int64)
+    source[list(taken)] = np.arange(len(taken))
+    zero = ctx.emit("Mul", ctx.emit("Slice", grad, ctx.const([0]), ctx.const([1]), ctx.const([axis])), ctx.const(0.0, like=grad))
+    return ctx.emit("Gather", ctx.emit("Concat", grad, zero, axis=axis), ctx.const(source), axis=axis)
+
+
+@rule("Slice")
+def slice_(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ`` scattered back into zeros at the sliced positions (``Pad`` for unit steps, ``Gather`` otherwise)."""
+    x = ctx.input(0)
+    shape = ctx.shape(x)
+    starts, ends = ctx.constant(1), ctx.constant(2)
+    axes = ctx.optional_constant(3)
+    steps = ctx.optional_constant(4)
+    if ctx.input(3) and axes is None or ctx.input(4) and steps is None:
+        ctx.fail("needs constant axes and steps")
+    axes = range(len(starts)) if axes is None else axes
+    steps = np.ones(len(starts), dtype=np.int64) if steps is None else steps
+    grad = ctx.grad()
+    pads = [0] * (2 * len(shape))
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = _axis(ctx, int(axis), x)
+        dim = shape[axis]
+        if not isinstance(dim, int):
+            ctx.fail(f"needs a static size for sliced axis {axis} of '{x}', got {dim}")
+        taken = _slice_range(dim, int(start), int(end), int(step))
+        if taken.step == 1:
+            pads[axis], pads[axis + len(shape)] = taken.start, dim - taken.start - len(taken)
+        else:
+            grad = _unslice_axis(ctx, grad, axis, taken, dim)
+    if any(pads):
+        grad = ctx.emit("Pad", grad, ctx.const(pads))
+    return _data_only(ctx, grad)
+
+
+@rule("Gather")
+def gather(ctx: VJPContext) -> list[str | None]:
+    """``x̄[…, idx[j], …] += ḡ[…, j, …]`` (``ScatterElements`` with ``reduction='add'``, so repeated indices add up)."""
+    x, indices = ctx.input(0), ctx.input(1)
+    rank = ctx.rank(x)
+    axis = _axis(ctx, int(ctx.attr("axis", 0)), x)
+    grad = ctx.grad()
+    if ctx.rank(indices) != 1:  # fold the index dims of ḡ into one axis
+        outer = ctx.emit("Shape", x, end=axis)
+        inner = ctx.emit("Shape", x, start=axis + 1)
+        grad = ctx.emit("Reshape", grad, ctx.emit("Concat", outer, ctx.const([-1]), inner, axis=0))
+    column = ctx.emit("Reshape", indices, ctx.const([1] * axis + [-1] + [1] * (rank - axis - 1)))
+    spread = ctx.emit("Expand", column, ctx.shape_of(grad))
+    scattered = ctx.emit("ScatterElements", ctx.zeros_like(x), spread, grad, axis=axis, reduction="add")
+    return [scattered, None]
+
+
+@rule("Expand")
+def expand(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Σ_{broadcast axes} ḡ``."""
+    return [ctx.unbroadcast(ctx.grad(), ctx.input(0), ctx.output(0)), None]
+
+
+@rule("Pad")
+def pad(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Pad(ḡ, −pads)``: crops what was padded and zero-fills what negative pads cropped (constant mode)."""
+    if ctx.attr("mode", "constant") != "constant":
+        ctx.fail(f"only mode 'constant' is supported, got '{ctx.attr('mode')}'")
+    if ctx.needs(2):
+        ctx.fail("no gradient for the padding value")
+    axes = [ctx.input(3)] if ctx.input(3) else []
+    return _data_only(ctx, ctx.emit("Pad", ctx.grad(), ctx.emit("Neg", ctx.input(1)), "", *axes))
+
+
+@rule("Tile")
+def tile(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Σ_{tiles} ḡ``: view ``ḡ`` as ``[r₀, d₀, r₁, d₁, …]`` and sum the ``rᵢ`` axes."""
+    x = ctx.input(0)
+    column = ctx.const([1])
+    pairs = [ctx.emit("Unsqueeze", ctx.input(1), column), ctx.emit("Unsqueeze", ctx.shape_of(x), column)]
+    interleaved = ctx.emit("Reshape", ctx.emit("Concat", *pairs, axis=1), ctx.const([-1]))
+    tiles = ctx.emit("Reshape", ctx.grad(), interleaved)
+    axes = ctx.const(list(range(0, 2 * ctx.rank(x), 2)))
+    return [ctx.emit("ReduceSum", tiles, axes, keepdims=0), None]
+
+
+@rule("SpaceToDepth")
+def space_to_depth(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = DepthToSpace_DCR(ḡ)`` (the inverse permutation)."""
+    return [ctx.emit("DepthToSpace", ctx.grad(), blocksize=int(ctx.attr("blocksize")), mode="DCR")]
+
+
+@rule("DepthToSpace")
+def depth_to_space(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = SpaceToDepth(ḡ)``, whose DCR channel order is permuted back to CRD order for ``mode='CRD'``."""
+    block = int(ctx.attr("blocksize"))
+    grad = ctx.emit("SpaceToDepth", ctx.grad(), blocksize=block)
+    if ctx.attr("mode", "DCR") == "CRD":
+        channels = ctx.shape(ctx.input(0))[1]
+        if not isinstance(channels, int):
+            ctx.fail(f"needs a static channel count, got {channels}")
+        dcr_of_crd = np.arange(channels).reshape(block * block, -1).T.ravel()
+        grad = ctx.emit("Gather", grad, ctx.const(dcr_of_crd), axis=1)
+    return [grad]

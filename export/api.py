@@ -1,0 +1,207 @@
+"""Python entry points of the export stage."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from onnxcam import __version__, contract
+
+from . import onnx_prep, sources
+from .assemble import build_explainer
+from .autodiff.graph_info import GraphInfo
+from .errors import ExportError
+from .sources import SourceError
+from .verify import Report, verify_finite_differences
+
+__all__ = ["ExportError", "export_model", "export_onnx_file", "export_source"]
+
+if TYPE_CHECKING:
+    import torch
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def exporter_version() -> str:
+    import torch
+
+    return f"onnxcam {__version__}; torch {torch.__version__}; onnx {onnx.__version__}"
+
+
+def export_model(
+    model: torch.nn.Module,
+    output: str | Path | None,
+    layers: Sequence[str] | None = None,
+    input_size: tuple[int, int] = (224, 224),
+    labels: Sequence[str] | None = None,
+    mean: tuple[float, float, float] = contract.Preprocess.mean,
+    std: tuple[float, float, float] = contract.Preprocess.std,
+    value_scale: float = contract.Preprocess.value_scale,
+    opset: int = 18,
+    exporter: str = "dynamo",
+    verify: bool = True,
+    tolerance: float = 1e-3,
+    source: str = "",
+    log: Log = _stderr,
+) -> tuple[onnx.ModelProto, Report | None]:
+    """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
+
+    ``layers`` are module names (``model.named_modules()``); none → the last 4-D feature map before pooling.
+    Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
+    verification fails.
+    """
+    from .torch_capture import default_layer, to_onnx
+    from .verify_torch import verify_torch
+
+    model = model.eval()
+    input_shape = (3, *input_size)
+    if not layers:
+        layers = [default_layer(model, input_shape)]
+        log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
+    started = time.perf_counter()
+    forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter)
+    metadata = contract.Metadata(
+        layers=tuple(layers),
+        preprocess=contract.Preprocess(input_size=input_size, mean=mean, std=std, value_scale=value_scale),
+        labels=tuple(labels) if labels else None,
+        source=source or type(model).__name__,
+        exporter=exporter_version(),
+    )
+    explainer = build_explainer(forward, layers, metadata)
+    log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
+    report = None
+    if verify:
+        report = verify_torch(explainer, model, layers, input_shape, tolerance=tolerance)
+        log(f"verified against torch.autograd: {report.summary()}")
+    if output is not None:
+        save(explainer, output)
+        log(f"wrote {output}")
+    return explainer, report
+
+
+def save(model: onnx.ModelProto, path: str | Path) -> None:
+    """Write atomically: a temporary file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        onnx.save_model(model, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_labels(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``'imagenet'`` → torchvision's 1000 ImageNet class names; a path → one name per line; a list as is."""
+    if labels is None or (not isinstance(labels, str) and not labels):
+        return None
+    if not isinstance(labels, str):
+        return tuple(labels)
+    if labels == "imagenet":
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        return tuple(_IMAGENET_CATEGORIES)
+    path = Path(labels)
+    if not path.is_file():
+        raise SourceError(f"labels: no such file '{labels}' (or use 'imagenet')")
+    return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def export_onnx_file(
+    path: str | Path,
+    output: str | Path | None,
+    layers: Sequence[str] | None = None,
+    input_size: tuple[int, int] | None = None,
+    labels: Sequence[str] | None = None,
+    mean: tuple[float, float, float] = contract.Preprocess.mean,
+    std: tuple[float, float, float] = contract.Preprocess.std,
+    value_scale: float = contract.Preprocess.value_scale,
+    opset: int = onnx_prep.MIN_OPSET,
+    verify: bool = True,
+    tolerance: float = 1e-2,
+    log: Log = _stderr,
+) -> tuple[onnx.ModelProto, Report | None]:
+    """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed."""
+    started = time.perf_counter()
+    forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset)
+    log(f"explaining tensor(s) {', '.join(layers)}")
+    shape = GraphInfo(forward).shape(contract.INPUT) or ()
+    spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
+    size = input_size or (spatial if len(spatial) == 2 else (224, 224))
+    channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 3
+    metadata = contract.Metadata(
+        layers=tuple(layers),
+        preprocess=contract.Preprocess(input_size=tuple(size), mean=mean, std=std, value_scale=value_scale),
+        labels=tuple(labels) if labels else None,
+        source=Path(path).name,
+        exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
+    )
+    explainer = build_explainer(forward, layers, metadata)
+    log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
+    report = None
+    if verify:
+        report = verify_finite_differences(explainer, forward, layers, (channels, *size), tolerance=tolerance)
+        log(f"verified by finite differences: {report.summary()}")
+    if output is not None:
+        save(explainer, output)
+        log(f"wrote {output}")
+    return explainer, report
+
+
+def export_source(
+    source: str,
+    layers: Sequence[str],
+    output: str | Path,
+    input_size: tuple[int, int] | None = None,
+    opset: int = 18,
+    weights: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    labels: str | None = None,
+    exporter: str = "dynamo",
+    no_verify: bool = False,
+    tolerance: float | None = None,
+    log: Log = _stderr,
+) -> tuple[onnx.ModelProto, Report | None]:
+    """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
+    preprocess = contract.Preprocess()
+    if sources.is_onnx(source):
+        return export_onnx_file(
+            source,
+            output,
+            layers,
+            input_size=input_size,
+            labels=resolve_labels(labels),
+            mean=mean or preprocess.mean,
+            std=std or preprocess.std,
+            opset=opset,
+            verify=not no_verify,
+            tolerance=tolerance or 1e-2,
+            log=log,
+        )
+    model = sources.load_module(source, weights)
+    recipe = dict(getattr(model, "onnxcam_export_info", {}))
+    return export_model(
+        model,
+        output,
+        layers=list(layers) or recipe.get("layers"),
+        input_size=tuple(input_size or recipe.get("input_size", preprocess.input_size)),
+        labels=resolve_labels(labels or recipe.get("labels")),
+        mean=tuple(mean or recipe.get("mean", preprocess.mean)),
+        std=tuple(std or recipe.get("std", preprocess.std)),
+        opset=opset,
+        exporter=exporter,
+        verify=not no_verify,
+        tolerance=tolerance or 1e-3,
+        source=source,
+        log=log,
+    )

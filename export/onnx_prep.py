@@ -1,0 +1,133 @@
+"""Bring an ONNX classifier from any exporter into the shape the explainer builder expects.
+
+Real-world files are messy; this module normalises them: weights listed as graph inputs (legacy IR), opsets older
+than 18 (upgraded), a fixed batch size (made dynamic), any input/output names (renamed to the contract's), extra
+outputs (dropped). The tapped tensors are renamed ``activation:<tensor>`` so they become graph outputs in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, version_converter
+
+from onnxcam import contract
+
+from .autodiff.graph_info import GraphInfo
+from .errors import ExportError
+from .layers import LayerError, nearest_names
+
+MIN_OPSET = 18
+
+
+class OnnxSourceError(ExportError):
+    """The ONNX file cannot be read or normalised."""
+
+
+def load(path: str | Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise OnnxSourceError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        node.output[:] = [new if o == old else o for o in node.output]
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.name == old:
+            vi.name = new
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    if _opset(model) >= opset:
+        return model
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxSourceError(f"cannot upgrade opset {_opset(model)} → {opset}: {first}") from None
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> None:
+    """Make dim 0 of the input symbolic; constant Reshape targets that hard-code the batch copy it instead (0)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+    if dims:
+        dims[0].ClearField("dim_value")
+        dims[0].dim_param = "N"
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    if fixed is None:
+        return
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in constants:
+            tensor = constants[node.input[1]]
+            shape = numpy_helper.to_array(tensor).copy()
+            if shape.size and shape[0] == fixed:
+                shape[0] = 0
+                tensor.CopyFrom(numpy_helper.from_array(shape.astype(np.int64), tensor.name))
+
+
+def default_tensor(model: onnx.ModelProto) -> str:
+    """The last 4-D tensor with more than one spatial position on the way to ``scores``."""
+    info = GraphInfo(model)
+    needed = {contract.SCORES}
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            needed.update(node.input)
+    candidates = [
+        o
+        for node in model.graph.node
+        for o in node.output
+        if o in needed
+        and (s := info.shape(o)) is not None
+        and len(s) == 4
+        and not (isinstance(s[2], int) and isinstance(s[3], int) and s[2] * s[3] <= 1)
+    ]
+    if not candidates:
+        raise LayerError("<default>", [], "no 4-D feature map found on the way to the output; name one with --layer")
+    return candidates[-1]
+
+
+def prepare(model: onnx.ModelProto, layers: Sequence[str], opset: int = MIN_OPSET) -> tuple[onnx.ModelProto, list[str]]:
+    """Normalised forward graph (input ``input``, outputs ``scores`` + ``activation:<layer>``) and the layers used.
+
+    ``layers`` are tensor names; empty → :func:`default_tensor`.
+    """
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    data_inputs = [i for i in graph.input if i.name not in weights]
+    if len(data_inputs) != 1:
+        raise OnnxSourceError(f"expected one image input, found {len(data_inputs)}: {[i.name for i in data_inputs]}")
+    del graph.input[:]
+    graph.input.extend(data_inputs)
+    if not graph.output:
+        raise OnnxSourceError("the model has no outputs")
+    del graph.output[1:]
+    model = _upgrade(model, max(opset, MIN_OPSET))
+    graph = model.graph
+    _rename(graph, graph.input[0].name, contract.INPUT)
+    _rename(graph, graph.output[0].name, contract.SCORES)
+    _dynamic_batch(model)
+
+    produced = [o for node in graph.node for o in node.output]
+    layers = list(layers) or [default_tensor(model)]
+    for layer in layers:
+        if layer not in produced:
+            raise LayerError(layer, nearest_names(layer, produced))
+    for layer in layers:
+        tap = contract.activation_name(layer)
+        _rename(graph, layer, tap)
+        graph.output.append(onnx.helper.make_tensor_value_info(tap, onnx.TensorProto.FLOAT, None))
+    return model, layers

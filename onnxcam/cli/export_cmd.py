@@ -1,0 +1,43 @@
+"""``onnxcam export SOURCE``: build an explainer graph (needs the export extra: torch + onnx)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("source")
+@click.option(
+    "--layer", "layers", multiple=True, help="Layer to explain (module name; tensor name for .onnx). Repeatable."
+)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx file.")
+@click.option("--input-size", nargs=2, type=int, default=None, metavar="H W", help="Input height and width [224 224].")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset of the written graph (≥ 18).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="State dict to load (weights_only).")
+@click.option("--mean", nargs=3, type=float, default=None, metavar="R G B", help="Normalisation mean on [0, 1].")
+@click.option("--std", nargs=3, type=float, default=None, metavar="R G B", help="Normalisation std on [0, 1].")
+@click.option("--labels", default=None, help="'imagenet', or a file with one class name per line.")
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "torchscript"]),
+    default="dynamo",
+    show_default=True,
+    help="PyTorch → ONNX tracer (torchscript is the legacy one, ~10× faster to export).",
+)
+@click.option("--no-verify", is_flag=True, help="Skip the gradient check against torch.autograd / finite differences.")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Largest relative gradient error.")
+def export(source: str, layers: tuple[str, ...], output: str, **options: object) -> None:
+    """Rewrite SOURCE into an explainer graph with exact gradients.
+
+    SOURCE is torchvision:<name>, <module or file.py>:<callable> returning an nn.Module, or an existing .onnx file.
+    """
+    try:
+        from onnxcam_export.api import ExportError, export_source
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the export stage needs torch and onnx: pip install 'onnxcam[export]' ({exc})"
+        ) from None
+    try:
+        export_source(source, list(layers), output, **options)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
