@@ -9,11 +9,14 @@ padding and ceil_mode windows that overhang the padded input.
 from functools import partial
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from gradcheck import check_vjp, run_vjp
-from onnx import helper
+from gradcheck import OPSET, check_vjp, relative_error, run_vjp
+from onnx import TensorProto, helper
+from onnxcam_export.autodiff.engine import differentiate
 from test_rules_conv import symbolic_x, torch_pads  # noqa: F401  (symbolic_x is a fixture)
 
 RNG = np.random.default_rng(0)
@@ -25,8 +28,12 @@ def x(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def onnx_attrs(kernel: list[int], stride: int, pads: list[int], extra: dict) -> dict:
-    return {"kernel_shape": kernel, "strides": [stride] * len(kernel), "pads": pads, **extra}
+def onnx_attrs(kernel: list[int], stride: int, pads: list[int] | None, extra: dict) -> dict:
+    """The pool's ONNX attributes; ``pads=None`` leaves them to ``auto_pad`` in ``extra``."""
+    return {"kernel_shape": kernel, "strides": [stride] * len(kernel), **({"pads": pads} if pads else {}), **extra}
+
+
+SAME_UPPER_PADS = [0, 1, 1, 1]  # 8 rows, k3 s2: 4 windows need 1 more row (at the end); 9 columns: 2 more (1 + 1)
 
 
 # id: (input shape, kernel, stride, ONNX pads, extra ONNX attributes)
@@ -36,17 +43,19 @@ MAX_CASES = {
     "k3_s2_p1_ceil": ((2, 3, 8, 8), [3, 3], 2, [1] * 4, {"ceil_mode": 1}),
     "k2_s2_odd": ((2, 3, 7, 7), [2, 2], 2, [0] * 4, {}),
     "k2_s2_odd_ceil": ((2, 3, 7, 7), [2, 2], 2, [0] * 4, {"ceil_mode": 1}),
-    "k3_s1_p2_dil2": ((2, 2, 9, 9), [3, 3], 1, [2] * 4, {"dilations": [2, 2]}),
+    "k3_s1_p1_dil2": ((2, 2, 9, 9), [3, 3], 1, [1] * 4, {"dilations": [2, 2]}),
+    "k3_s2_dil2_asym_pads": ((2, 2, 10, 9), [3, 3], 2, [2, 0, 1, 2], {"dilations": [2, 2]}),
     "k3_s2_asym_pads": ((2, 3, 8, 9), [3, 3], 2, [1, 0, 0, 1], {}),
+    "same_upper": ((2, 3, 8, 9), [3, 3], 2, None, {"auto_pad": "SAME_UPPER"}),
     "storage_order_1": ((2, 3, 8, 9), [3, 3], 2, [1] * 4, {"storage_order": 1}),
     "1d_k3_s2_p1": ((2, 3, 11), [3], 2, [1, 1], {}),
     "3d_k2_s2": ((2, 2, 5, 6, 7), [2, 2, 2], 2, [0] * 6, {}),
 }
 
 
-def max_reference(kernel: list[int], stride: int, pads: list[int], extra: dict):
+def max_reference(kernel: list[int], stride: int, pads: list[int] | None, extra: dict):
     """torch max pool; asymmetric pads (which torch lacks) become an explicit −inf pad, which never wins."""
-    n = len(kernel)
+    n, pads = len(kernel), pads or SAME_UPPER_PADS
     dilation, ceil = extra.get("dilations", 1), bool(extra.get("ceil_mode", 0))
     pool = partial(MAX_POOL[n], kernel_size=kernel, stride=stride, dilation=dilation, ceil_mode=ceil)
     if pads[:n] == pads[n:]:
@@ -61,7 +70,7 @@ def test_max_pool(case: tuple) -> None:
     check_vjp(node, {"x": x(*shape)}, ["x"], max_reference(kernel, stride, pads, extra))
 
 
-@pytest.mark.parametrize("case", ["k3_s2_overlap", "k3_s2_p1_ceil", "k3_s1_p2_dil2"])
+@pytest.mark.parametrize("case", ["k3_s2_overlap", "k3_s2_p1_ceil", "k3_s1_p1_dil2", "k3_s2_dil2_asym_pads"])
 def test_max_pool_ties_go_to_the_first_maximum(case: str) -> None:
     """Post-ReLU zeros and repeated small integers: every window holds ties, routed like torch (first in scan order)."""
     shape, kernel, stride, pads, extra = MAX_CASES[case]
@@ -90,3 +99,104 @@ def test_max_pool_tie_routing_is_first_index() -> None:
 @pytest.mark.parametrize("case", ["k3_s2_p1_ceil", "k3_s2_asym_pads"])
 def test_max_pool_dynamic_dims(case: str) -> None:
     test_max_pool(MAX_CASES[case])
+
+
+# id: (input shape, kernel, stride, ONNX pads, extra ONNX attributes)
+AVG_CASES = {
+    "k3_s2_p1_excl": ((2, 3, 9, 9), [3, 3], 2, [1] * 4, {}),
+    "k3_s2_p1_incl": ((2, 3, 9, 9), [3, 3], 2, [1] * 4, {"count_include_pad": 1}),
+    "k3_s2_p1_ceil_excl": ((2, 3, 8, 8), [3, 3], 2, [1] * 4, {"ceil_mode": 1}),
+    # the last window overhangs the padded input: torch and onnxruntime divide by the part inside input + pads
+    "k3_s2_p1_ceil_incl": ((2, 3, 8, 8), [3, 3], 2, [1] * 4, {"ceil_mode": 1, "count_include_pad": 1}),
+    # (11 columns would give torch 4 windows but ONNX shape inference 5: torch drops a window starting in the end pad)
+    "k3_s3_p1_ceil_incl": ((2, 3, 10, 12), [3, 3], 3, [1] * 4, {"ceil_mode": 1, "count_include_pad": 1}),
+    "k2_s2_odd_ceil_excl": ((2, 3, 7, 7), [2, 2], 2, [0] * 4, {"ceil_mode": 1}),
+    "k2_s2_odd_ceil_incl": ((2, 3, 7, 7), [2, 2], 2, [0] * 4, {"ceil_mode": 1, "count_include_pad": 1}),
+    "k2_s2_odd_floor": ((2, 3, 7, 9), [2, 2], 2, [0] * 4, {}),
+    "k2_s1_overlap": ((2, 3, 5, 6), [2, 2], 1, [0] * 4, {}),
+    "k3x2_s2_asym_excl": ((2, 3, 8, 9), [3, 2], 2, [1, 0, 0, 1], {}),
+    "k3x2_s2_asym_incl": ((2, 3, 8, 9), [3, 2], 2, [1, 0, 0, 1], {"count_include_pad": 1}),
+    "same_upper_excl": ((2, 3, 8, 9), [3, 3], 2, None, {"auto_pad": "SAME_UPPER"}),
+    "1d_k3_s2_p1_ceil_incl": ((2, 3, 10), [3], 2, [1, 1], {"ceil_mode": 1, "count_include_pad": 1}),
+    "3d_k2_s2_p1_excl": ((2, 2, 5, 6, 7), [2, 2, 2], 2, [1] * 6, {}),
+}
+
+
+def avg_reference(kernel: list[int], stride: int, pads: list[int] | None, extra: dict):
+    """torch avg pool; asymmetric pads become an explicit zero pad with divisor = avg(pad(x)) / avg(pad(1))."""
+    n, pads = len(kernel), pads or SAME_UPPER_PADS
+    incl, ceil = bool(extra.get("count_include_pad", 0)), bool(extra.get("ceil_mode", 0))
+    pool = partial(AVG_POOL[n], kernel_size=kernel, stride=stride, ceil_mode=ceil)
+    if pads[:n] == pads[n:]:
+        return lambda t: pool(t, padding=pads[:n], count_include_pad=incl)
+    if incl:
+        return lambda t: pool(F.pad(t, torch_pads(pads)))
+    return lambda t: pool(F.pad(t, torch_pads(pads))) / pool(F.pad(torch.ones_like(t), torch_pads(pads)))
+
+
+@pytest.mark.parametrize("case", AVG_CASES.values(), ids=list(AVG_CASES))
+def test_average_pool(case: tuple) -> None:
+    shape, kernel, stride, pads, extra = case
+    node = helper.make_node("AveragePool", ["x"], ["y"], **onnx_attrs(kernel, stride, pads, extra))
+    check_vjp(node, {"x": x(*shape)}, ["x"], avg_reference(kernel, stride, pads, extra))
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 4, 9), (2, 2, 3, 4, 5)], ids=["2d", "1d", "3d"])
+def test_global_pool(op: str, shape: tuple[int, ...]) -> None:
+    axes = tuple(range(2, len(shape)))
+    if op == "GlobalAveragePool":
+        reference = lambda t: t.mean(axes, keepdim=True)  # noqa: E731
+    else:
+        reference = lambda t: t.flatten(2).max(2).values.reshape(*t.shape[:2], *[1] * len(axes))  # noqa: E731
+    check_vjp(helper.make_node(op, ["x"], ["y"]), {"x": x(*shape)}, ["x"], reference)
+
+
+def test_global_max_pool_ties_go_to_the_first_maximum() -> None:
+    """Post-ReLU maps that are all zero (and maps with repeated maxima) route ḡ like torch's adaptive_max_pool2d."""
+    data = np.minimum(RNG.integers(-3, 2, (2, 4, 3, 5)), 1).astype(np.float32)
+    data[0, 1] = -1.0  # an all-zero map after ReLU
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("GlobalMaxPool", ["r"], ["y"])]
+    check_vjp(nodes, {"x": data}, ["x"], lambda t: F.adaptive_max_pool2d(torch.relu(t), 1), tol=0.0)
+
+
+@pytest.mark.usefixtures("symbolic_x")
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pool_dynamic_dims(op: str) -> None:
+    test_global_pool(op, (2, 3, 5, 7))
+
+
+def run_undeclared(node: onnx.NodeProto, data: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Forward output and VJP of a one-node graph ``x → y`` whose output shapes are left undeclared."""
+    float_vi = partial(helper.make_tensor_value_info, elem_type=TensorProto.FLOAT, shape=None)
+    inputs = [float_vi("x", shape=data.shape), float_vi("seed")]
+    graph = helper.make_graph([node], "g", inputs, [float_vi("y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    backward = differentiate(model, ["x"], "y", "seed")
+    model.graph.node.extend(backward.nodes)
+    model.graph.initializer.extend(backward.initializers)
+    model.graph.output.append(float_vi(backward.grads["x"]))
+    model.ir_version = 9
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, grad = session.run(None, {"x": data, "seed": seed})
+    return out, grad
+
+
+@pytest.mark.parametrize("op, incl", [("AveragePool", 1), ("AveragePool", 0), ("MaxPool", None)])
+def test_pool_ceil_mode_drops_a_window_starting_in_the_end_pad(op: str, incl: int | None) -> None:
+    """11 columns, k3 s3 p1 ceil: onnxruntime and torch give 4 windows, ONNX shape inference 5.
+
+    check_vjp cannot declare the output (the checker rejects 4 vs 5), so the graph runs with undeclared shapes.
+    """
+    data, seed = x(2, 3, 11), RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    extra = {} if incl is None else {"count_include_pad": incl}
+    node = helper.make_node(op, ["x"], ["y"], kernel_shape=[3], strides=[3], pads=[1, 1], ceil_mode=1, **extra)
+    out, grad = run_undeclared(node, data, seed)
+    t = torch.tensor(data, requires_grad=True)
+    if op == "MaxPool":
+        ref = F.max_pool1d(t, 3, 3, 1, ceil_mode=True)
+    else:
+        ref = F.avg_pool1d(t, 3, 3, 1, ceil_mode=True, count_include_pad=bool(incl))
+    (ref_grad,) = torch.autograd.grad(ref, t, torch.tensor(seed))
+    assert relative_error(out, ref.detach().numpy()) <= 1e-6
+    assert relative_error(grad, ref_grad.numpy()) <= 1e-6

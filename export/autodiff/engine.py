@@ -7,7 +7,7 @@ over the head of the network. Each node's VJP comes from the rule table in :mod:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -27,12 +27,18 @@ class Backward:
     grads: dict[str, str]
 
 
-def active_nodes(graph: onnx.GraphProto, sources: Sequence[str], output: str) -> tuple[list[onnx.NodeProto], set[str]]:
-    """Nodes on some path source → output (in topological order) and the tensors on those paths."""
+def active_nodes(
+    graph: onnx.GraphProto, sources: Sequence[str], output: str, differentiable: Callable[[str], bool]
+) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes on some path source → output (in topological order) and the tensors on those paths.
+
+    Only ``differentiable`` (floating-point) tensors carry gradients: shapes, indices and masks computed from a
+    source (``Shape``, ``ArgMax``, ``Greater`` …) are constants to the backward pass.
+    """
     downstream = set(sources)
     for node in graph.node:
         if any(i in downstream for i in node.input):
-            downstream.update(node.output)
+            downstream.update(o for o in node.output if differentiable(o))
     on_path = {output} if output in downstream else set()
     path_nodes: list[onnx.NodeProto] = []
     for node in reversed(graph.node):
@@ -50,12 +56,12 @@ def differentiate(model: onnx.ModelProto, sources: Sequence[str], output: str, s
     :class:`GradientError` naming the node when an op on the path has no rule, or a source does not reach ``output``.
     """
     graph = model.graph
-    path_nodes, on_path = active_nodes(graph, sources, output)
+    info = GraphInfo(model)
+    path_nodes, on_path = active_nodes(graph, sources, output, lambda name: info.dtype(name).kind == "f")
     for source in sources:
         if source not in on_path:
             raise GradientError(f"tensor '{source}' does not influence '{output}': nothing to differentiate")
 
-    info = GraphInfo(model)
     taken = {n for node in graph.node for n in (*node.input, *node.output, node.name)}
     taken |= {t.name for t in graph.initializer} | {v.name for v in graph.input} | {seed}
     emitter = Emitter(taken)

@@ -75,7 +75,7 @@ def window_adjoint(
 def conv(ctx: VJPContext) -> list[str | None]:
     """``x̄ = ConvTranspose(ḡ, W)`` cropped to ``x`` (same strides, dilations, group; pads cropped off)."""
     x, weight = ctx.input(0), ctx.input(1)
-    kernel = list(ctx.attr("kernel_shape", None) or ctx.static_shape(weight)[2:])  # type: ignore[call-overload]
+    kernel = list(ctx.attr("kernel_shape", None) or static_dims(ctx, weight, 2))  # type: ignore[call-overload]
     ones = [1] * len(kernel)
     strides = list(ctx.attr("strides", ones))  # type: ignore[call-overload]
     dilations = list(ctx.attr("dilations", ones))  # type: ignore[call-overload]

@@ -129,11 +129,10 @@ def hard_sigmoid(ctx: VJPContext) -> list[str | None]:
 def hard_swish(ctx: VJPContext) -> list[str | None]:
     """``x̄ = ḡ · (0 if x ≤ −3, x/3 + ½ if x < 3, else 1)``."""
     x = ctx.input(0)
+    zero, one = ctx.const(0.0, like=x), ctx.const(1.0, like=x)
     ramp = ctx.emit("Add", ctx.emit("Div", x, ctx.const(3.0, like=x)), ctx.const(0.5, like=x))
-    upper = ctx.emit("Where", ctx.emit("Less", x, ctx.const(3.0, like=x)), ramp, ctx.const(1.0, like=x))
-    return _scaled(
-        ctx, ctx.emit("Where", ctx.emit("LessOrEqual", x, ctx.const(-3.0, like=x)), ctx.const(0.0, like=x), upper)
-    )
+    below_top = ctx.emit("Where", ctx.emit("Less", x, ctx.const(3.0, like=x)), ramp, one)
+    return _scaled(ctx, ctx.emit("Where", ctx.emit("LessOrEqual", x, ctx.const(-3.0, like=x)), zero, below_top))
 
 
 @rule("Tanh")
@@ -247,7 +246,7 @@ def pow_(ctx: VJPContext) -> list[str | None]:
 @rule("Add", "Sum")
 def add(ctx: VJPContext) -> list[str | None]:
     """``x̄ᵢ = unbroadcast(ḡ)`` for every operand."""
-    return [ctx.grad() if ctx.needs(i) else None for i in range(len(ctx.inputs))]
+    return _per_input(ctx, lambda i: ctx.grad())
 
 
 @rule("Sub")

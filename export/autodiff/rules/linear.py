@@ -1,5 +1,69 @@
-"""VJP rules: linear ops."""
+"""VJP rules: matrix products (``Gemm``, ``MatMul``)."""
 
 from __future__ import annotations
 
+from ..context import VJPContext
+from ..graph_info import Dim
 from ..registry import rule
+
+
+@rule("Gemm")
+def gemm(ctx: VJPContext) -> list[str | None]:
+    """``Y = α·A'B' + β·C``: ``Ā' = α·ḡB'ᵀ``, ``B̄' = α·A'ᵀḡ``, ``C̄ = β·Σ_{broadcast} ḡ`` (``A' = Aᵀ`` if transA, …)."""
+    a, b = ctx.input(0), ctx.input(1)
+    trans_a, trans_b = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    g = ctx.grad()
+
+    def product(left: str, right: str, t_left: int, t_right: int) -> str:
+        return ctx.emit("Gemm", left, right, transA=t_left, transB=t_right, alpha=alpha)
+
+    grads: list[str | None] = [None] * len(ctx.inputs)
+    if ctx.needs(0):
+        grads[0] = product(b, g, trans_b, 1) if trans_a else product(g, b, 0, 1 - trans_b)
+    if ctx.needs(1):
+        grads[1] = product(g, a, 1, trans_a) if trans_b else product(a, g, 1 - trans_a, 0)
+    if ctx.needs(2):
+        scaled = g if beta == 1.0 else ctx.emit("Mul", g, ctx.const(beta, like=g))
+        grads[2] = ctx.unbroadcast(scaled, ctx.input(2), ctx.output(0))
+    return grads
+
+
+def _sum_to_operand(ctx: VJPContext, grad: str, operand: str, batch: tuple[Dim, ...]) -> str:
+    """Sum ``grad`` (``[*batch, rows, cols]``) over the batch dims that ``operand`` broadcast, then reshape to it."""
+    shape = ctx.shape(operand)
+    own = shape[:-2]
+    lead = len(batch) - len(own)
+    axes = list(range(lead)) + [lead + k for k, d in enumerate(own) if d == 1 and batch[lead + k] != 1]
+    if axes:
+        grad = ctx.emit("ReduceSum", grad, ctx.const(axes), keepdims=1)
+    if axes or len(shape) == 1:
+        grad = ctx.emit("Reshape", grad, ctx.shape_of(operand))
+    return grad
+
+
+def _last_two_swapped(ctx: VJPContext, name: str, rank: int) -> str:
+    return ctx.emit("Transpose", name, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+@rule("MatMul")
+def matmul(ctx: VJPContext) -> list[str | None]:
+    """``Ā = Σ_{broadcast} ḡ·Bᵀ``, ``B̄ = Σ_{broadcast} Aᵀ·ḡ`` (1-D operands promoted to matrices as in numpy)."""
+    a, b = ctx.input(0), ctx.input(1)
+    rank_a, rank_b = ctx.rank(a), ctx.rank(b)
+    g = ctx.grad()
+    if rank_b == 1:  # y lost B's column axis
+        b = ctx.emit("Unsqueeze", b, ctx.const([1]))
+        g = ctx.emit("Unsqueeze", g, ctx.const([-1]))
+    if rank_a == 1:  # y lost A's row axis
+        a = ctx.emit("Unsqueeze", a, ctx.const([0]))
+        g = ctx.emit("Unsqueeze", g, ctx.const([-2]))
+    batch = ctx.shape(ctx.output(0))[: max(rank_a, rank_b, 2) - 2]
+    grad_a = grad_b = None
+    if ctx.needs(0):
+        full = ctx.emit("MatMul", g, _last_two_swapped(ctx, b, max(rank_b, 2)))
+        grad_a = _sum_to_operand(ctx, full, ctx.input(0), batch)
+    if ctx.needs(1):
+        full = ctx.emit("MatMul", _last_two_swapped(ctx, a, max(rank_a, 2)), g)
+        grad_b = _sum_to_operand(ctx, full, ctx.input(1), batch)
+    return [grad_a, grad_b]

@@ -47,12 +47,17 @@ def global_average_pool(ctx: VJPContext) -> list[str | None]:
     return [ctx.emit("Div", ctx.emit("Expand", ctx.grad(), ctx.shape_of(x)), count)]
 
 
-def _divisors(*dims: int, incl: bool) -> np.ndarray:
+def _divisors(*dims: int, incl: bool, ceil: bool) -> np.ndarray:
     """Per-window divisor along one dim: the taps inside the input (or inside input + pads when ``incl``).
 
-    ``dims`` = (input size, output size, kernel, stride, dilation, begin pad, end pad).
+    ``dims`` = (input size, kernel, stride, dilation, begin pad, end pad). The window count follows onnxruntime and
+    torch: with ``ceil_mode`` a last window that would start in the end pad is dropped (ONNX shape inference keeps it).
     """
-    size, out, kernel, stride, dilation, begin, end = dims
+    size, kernel, stride, dilation, begin, end = dims
+    span = size + begin + end - (kernel - 1) * dilation - 1
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + begin:
+        out -= 1
     taps = (np.arange(out) * stride - begin)[:, None] + np.arange(kernel) * dilation
     inside = taps < size + end if incl else (taps >= 0) & (taps < size)
     return inside.sum(axis=1)
@@ -68,11 +73,10 @@ def average_pool(ctx: VJPContext) -> list[str | None]:
     dilations = list(ctx.attr("dilations", ones))  # type: ignore[call-overload]
     begins, ends = window_pads(ctx, x, kernel, strides, dilations)
     channels, *sizes = static_dims(ctx, x, 1)
-    incl = bool(ctx.attr("count_include_pad", 0))
+    incl, ceil = bool(ctx.attr("count_include_pad", 0)), bool(ctx.attr("ceil_mode", 0))
     divisor = np.ones([1, 1], dtype=np.int64)
-    outs = static_dims(ctx, ctx.output(), 2)
-    for dims in zip(sizes, outs, kernel, strides, dilations, begins, ends, strict=True):
-        divisor = np.multiply.outer(divisor, _divisors(*dims, incl=incl))
+    for dims in zip(sizes, kernel, strides, dilations, begins, ends, strict=True):
+        divisor = np.multiply.outer(divisor, _divisors(*dims, incl=incl, ceil=ceil))
     scaled = ctx.emit("Mul", ctx.grad(), ctx.const(1.0 / divisor, like=x))
     spread = ctx.const(np.ones([channels, 1, *kernel]), like=x)
     return [window_adjoint(ctx, scaled, spread, x, begins, strides, dilations, channels)]

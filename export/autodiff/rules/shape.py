@@ -71,7 +71,9 @@ def _unslice_axis(ctx: VJPContext, grad: str, axis: int, taken: range, dim: int)
     """
     source = np.full(dim, len(taken), dtype=np.int64)
     source[list(taken)] = np.arange(len(taken))
-    zero = ctx.emit("Mul", ctx.emit("Slice", grad, ctx.const([0]), ctx.const([1]), ctx.const([axis])), ctx.const(0.0, like=grad))
+    zero = ctx.emit(
+        "Mul", ctx.emit("Slice", grad, ctx.const([0]), ctx.const([1]), ctx.const([axis])), ctx.const(0.0, like=grad)
+    )
     return ctx.emit("Gather", ctx.emit("Concat", grad, zero, axis=axis), ctx.const(source), axis=axis)
 
 
@@ -83,7 +85,7 @@ def slice_(ctx: VJPContext) -> list[str | None]:
     starts, ends = ctx.constant(1), ctx.constant(2)
     axes = ctx.optional_constant(3)
     steps = ctx.optional_constant(4)
-    if ctx.input(3) and axes is None or ctx.input(4) and steps is None:
+    if (ctx.input(3) and axes is None) or (ctx.input(4) and steps is None):
         ctx.fail("needs constant axes and steps")
     axes = range(len(starts)) if axes is None else axes
     steps = np.ones(len(starts), dtype=np.int64) if steps is None else steps

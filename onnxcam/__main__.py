@@ -1,0 +1,5 @@
+"""``python -m onnxcam`` = the ``onnxcam`` command."""
+
+from onnxcam.cli import main
+
+main()

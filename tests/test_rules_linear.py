@@ -1,0 +1,96 @@
+"""Gemm/MatMul VJP rules vs torch autograd (float32, relative tolerance 1e-5).
+
+Runs with a static and with a symbolic dim 0 (the ``batch_dim`` fixture of test_rules_shape.py).
+"""
+
+import numpy as np
+import pytest
+import torch
+from gradcheck import check_vjp
+from onnx import helper
+from test_rules_shape import batch_dim  # noqa: F401  (autouse: static and symbolic dim 0)
+
+RNG = np.random.default_rng(0)
+
+
+def x(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def gemm_case(trans_a: int, trans_b: int, alpha: float, beta: float, c_shape: tuple | None, wrt: list[str]) -> None:
+    """``Y = α·A'B' + β·C`` with A' 2×3, B' 3×4."""
+    inputs = {"a": x(3, 2) if trans_a else x(2, 3), "b": x(4, 3) if trans_b else x(3, 4)}
+    if c_shape is not None:
+        inputs["c"] = x(*c_shape)
+
+    def torch_fn(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        y = alpha * (a.T if trans_a else a) @ (b.T if trans_b else b)
+        return y if c is None else y + beta * c
+
+    attrs = {"transA": trans_a, "transB": trans_b, "alpha": alpha, "beta": beta}
+    check_vjp(helper.make_node("Gemm", list(inputs), ["y"], **attrs), inputs, wrt, torch_fn)
+
+
+@pytest.mark.parametrize(("trans_a", "trans_b"), [(0, 0), (0, 1), (1, 0), (1, 1)], ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("wrt", [["a"], ["b"], ["a", "b", "c"]], ids="+".join)
+def test_gemm_transposes(trans_a: int, trans_b: int, wrt: list[str]) -> None:
+    gemm_case(trans_a, trans_b, 0.5, 2.0, (4,), wrt)
+
+
+@pytest.mark.parametrize("c_shape", [(2, 4), (4,), (1, 4), (2, 1), (), None], ids=str)
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (1.5, -0.5)], ids=str)
+def test_gemm_bias(c_shape: tuple | None, alpha: float, beta: float) -> None:
+    gemm_case(0, 1, alpha, beta, c_shape, ["a", "b"] if c_shape is None else ["a", "b", "c"])
+
+
+def test_gemm_linear_layer() -> None:
+    """``nn.Linear`` as exported: constant weight (transB=1) and bias; only the activation is differentiated."""
+    weight, bias = x(4, 3), x(4)
+    check_vjp(
+        helper.make_node("Gemm", ["a", "w", "bias"], ["y"], transB=1),
+        {"a": x(2, 3)},
+        ["a"],
+        lambda a: torch.nn.functional.linear(a, torch.tensor(weight), torch.tensor(bias)),
+        constants={"w": weight, "bias": bias},
+    )
+
+
+MATMUL_SHAPES = [
+    ((2, 3), (3, 4)),
+    ((2, 3, 4), (4, 5)),
+    ((2, 3, 4), (2, 4, 5)),
+    ((2, 3, 4), (1, 4, 5)),
+    ((1, 3, 4), (2, 4, 5)),
+    ((2, 1, 3, 4), (5, 4, 6)),
+    ((3,), (3, 4)),
+    ((4,), (2, 4, 5)),
+    ((2, 3, 4), (4,)),
+    ((4,), (4,)),
+]
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"), MATMUL_SHAPES, ids=str)
+@pytest.mark.parametrize("wrt", [["a", "b"], ["a"], ["b"]], ids="+".join)
+def test_matmul(a_shape: tuple, b_shape: tuple, wrt: list[str]) -> None:
+    check_vjp(
+        helper.make_node("MatMul", ["a", "b"], ["y"]),
+        {"a": x(*a_shape), "b": x(*b_shape)},
+        wrt,
+        torch.matmul,
+    )
+
+
+def test_matmul_same_operand_twice() -> None:
+    """``Y = A·A`` (square): both contributions reach ``A``."""
+    check_vjp(helper.make_node("MatMul", ["a", "a"], ["y"]), {"a": x(2, 3, 3)}, ["a"], lambda a: a @ a)
+
+
+def test_matmul_constant_weight() -> None:
+    weight = x(4, 5)
+    check_vjp(
+        helper.make_node("MatMul", ["a", "w"], ["y"]),
+        {"a": x(2, 3, 4)},
+        ["a"],
+        lambda a: a @ torch.tensor(weight),
+        constants={"w": weight},
+    )
