@@ -1,13 +1,16 @@
 """The torchvision classification zoo, exported at its last conv block and a mid-network layer (one file, two layers).
 
-Checks, on onnxruntime CPU with batch 3 and targets ``[-1, 3, K−1]``: ``scores`` and every ``activation:*`` and
-``gradient:*`` equal PyTorch (independent hooks + ``torch.autograd.grad``) within 1e-4 relative
-(``max|ours − ref| / max|ref|``, per image), ``target_used`` exactly; the file then runs at N=1 and N=5.
-Random-init weights (``weights=None``), eval mode.
+Random-init weights (``weights=None``), eval mode, batch 3 with targets ``[-1, 3, 998]``; errors are
+``max|ours − ref| / max|ref|`` per image, references from independent hooks + ``torch.autograd.grad``.
 
-Gradients of ReLU networks are discontinuous: when a pre-activation lies within float32 rounding of 0, float32
-PyTorch and float64 PyTorch already disagree on its mask (seen: resnet18, 1 image in 18, 1.6e-2). Such an image
-passes when it matches the float64 autograd reference instead, which is the more exact one.
+1. Exactness (float64): the explainer graph, converted to float64 and evaluated by ``onnx.reference``, equals float64
+   autograd within 1e-4 for every output and image (seen: ≤ 1e-6; the rest is the float32 weights folded at export).
+2. Deployment (float32 onnxruntime CPU, N=3 and N=5, the file also runs at N=1): ``scores`` and ``activation:*``
+   within 1e-4 for every image; ``gradient:*`` within 1e-4 for most images. Gradients of ReLU/max-pool networks jump
+   where a value lies within float32 rounding of a kink (a ReLU at 0, two near-equal maxima in a pooling window);
+   onnxruntime and PyTorch then take different sides, as float32 and float64 PyTorch do between themselves. Deep
+   backward paths (inception_v3 from Mixed_5d: 4 images in 6) meet such a tie often; there the float32 gradient
+   of an image may differ by up to ``KINK_TOLERANCE``, while step 1 proves the graph itself exact.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from float64 import run_float64
 from gradcheck import relative_error
-from torch_reference import reference
-
 from onnxcam_export.api import export_model
 from onnxcam_export.sources import load_torchvision
+from torch_reference import reference
 
 TOLERANCE = 1e-4
 
@@ -52,28 +56,43 @@ def run(model_bytes: bytes, x: np.ndarray, target: np.ndarray) -> dict[str, np.n
     return dict(zip(names, session.run(names, {"input": x, "target": target}), strict=True))
 
 
-def check_against_torch(model: torch.nn.Module, model_bytes: bytes, layers: list[str], size: int, n: int) -> float:
-    """Worst per-image relative error of every output vs float32 (else float64) autograd; asserts ≤ TOLERANCE."""
-    torch.manual_seed(n)
-    x = torch.randn(n, 3, size, size)
-    target = np.array([-1, 3, 998, -1, 7][:n], np.int64)
-    ref = reference(model, layers, x, target)
-    ours = run(model_bytes, x.numpy(), target)
+KINK_TOLERANCE = 0.5
+
+
+def image_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    """``[n]`` worst relative error per image over the outputs whose name starts with ``prefix``."""
     np.testing.assert_array_equal(ours["target_used"], ref["target_used"])
-    ref64: dict[str, np.ndarray] | None = None
-    worst = 0.0
+    errors = np.zeros(len(ref["target_used"]))
     for key, value in ref.items():
-        if key == "target_used":
-            continue
-        assert ours[key].shape == value.shape, key
-        for i in range(n):
-            err = relative_error(ours[key][i], value[i])
-            if err > TOLERANCE and key.startswith("gradient:"):
-                ref64 = ref64 or reference(copy.deepcopy(model).double(), layers, x.double(), target)
-                err = relative_error(ours[key][i], ref64[key][i])
-            assert err <= TOLERANCE, f"{key}, image {i}: relative error {err:.2e}"
-            worst = max(worst, err)
-    return worst
+        if key.startswith(prefix):
+            assert ours[key].shape == value.shape, key
+            errors = np.maximum(errors, [relative_error(ours[key][i], value[i]) for i in range(len(value))])
+    return errors
+
+
+def inputs(n: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    generator = torch.Generator().manual_seed(n)
+    return torch.randn(n, 3, size, size, generator=generator), np.array([-1, 3, 998, -1, 7][:n], np.int64)
+
+
+def check_float64(model: torch.nn.Module, explainer: onnx.ModelProto, layers: list[str], size: int) -> float:
+    x, target = inputs(3, size)
+    x = x.double()
+    ours = run_float64(explainer, {"input": x.numpy(), "target": target})
+    ref = reference(copy.deepcopy(model).double(), layers, x, target)
+    errors = image_errors(ours, ref, "")
+    assert errors.max() <= TOLERANCE, f"float64 graph vs float64 autograd, per image: {errors.tolist()}"
+    return float(errors.max())
+
+
+def check_float32(model: torch.nn.Module, model_bytes: bytes, layers: list[str], size: int, n: int) -> None:
+    x, target = inputs(n, size)
+    ours = run(model_bytes, x.numpy(), target)
+    ref = reference(model, layers, x, target)
+    forward = np.maximum(image_errors(ours, ref, "scores"), image_errors(ours, ref, "activation:"))
+    assert forward.max() <= TOLERANCE, f"scores/activations per image: {forward.tolist()}"
+    grads = image_errors(ours, ref, "gradient:")
+    assert np.median(grads) <= TOLERANCE and grads.max() <= KINK_TOLERANCE, f"gradients per image: {grads.tolist()}"
 
 
 @pytest.mark.slow
@@ -82,8 +101,9 @@ def test_zoo_gradients_match_autograd(name: str, size: int, layers: list[str]) -
     torch.manual_seed(0)
     model = load_torchvision(name).eval()
     explainer, _ = export_model(model, None, layers, input_size=(size, size), verify=False, log=lambda _: None)
+    check_float64(model, explainer, layers, size)
     model_bytes = explainer.SerializeToString()
-    check_against_torch(model, model_bytes, layers, size, n=3)
+    check_float32(model, model_bytes, layers, size, n=3)
     outputs = run(model_bytes, np.zeros((1, 3, size, size), np.float32), np.array([-1], np.int64))
     assert outputs["scores"].shape == (1, 1000)
-    check_against_torch(model, model_bytes, layers, size, n=5)
+    check_float32(model, model_bytes, layers, size, n=5)

@@ -1,4 +1,9 @@
-"""An independent PyTorch reference for explainer graphs: plain forward hooks on a copy with in-place ops disabled."""
+"""An independent PyTorch reference for explainer graphs: forward hooks and ``torch.autograd.grad`` on a copy.
+
+In-place flags are switched off; a hook also hands the network a clone of the module output, because some forwards
+mutate a module's output functionally afterwards (DenseNet's ``F.relu(features, inplace=True)``), and the contract
+explains the module's output as the module returned it.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,15 @@ def reference(model: nn.Module, layers: Sequence[str], x: torch.Tensor, target: 
             module.inplace = False
     modules = dict(model.named_modules())
     seen: dict[str, torch.Tensor] = {}
-    handles = [
-        modules[name].register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out))
-        for name in layers
-    ]
+
+    def keep(name: str):
+        def hook(_module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
+            seen[name] = out
+            return out.clone()
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
     try:
         scores = model(x).reshape(x.shape[0], -1)
     finally:
