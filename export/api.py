@@ -48,8 +48,9 @@ def export_model(
     value_scale: float = contract.Preprocess.value_scale,
     opset: int = 18,
     exporter: str = "dynamo",
+    optimize: bool = True,
     verify: bool = True,
-    tolerance: float = 1e-3,
+    tolerance: float = 1e-4,
     source: str = "",
     log: Log = _stderr,
 ) -> tuple[onnx.ModelProto, Report | None]:
@@ -68,7 +69,7 @@ def export_model(
         layers = [default_layer(model, input_shape)]
         log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
     started = time.perf_counter()
-    forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter)
+    forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize)
     metadata = contract.Metadata(
         layers=tuple(layers),
         preprocess=contract.Preprocess(input_size=input_size, mean=mean, std=std, value_scale=value_scale),
@@ -81,7 +82,7 @@ def export_model(
     report = None
     if verify:
         report = verify_torch(explainer, model, layers, input_shape, tolerance=tolerance)
-        log(f"verified against torch.autograd: {report.summary()}")
+        log(f"verified against float64 torch.autograd: {report.summary()}")
     if output is not None:
         save(explainer, output)
         log(f"wrote {output}")
@@ -127,7 +128,7 @@ def export_onnx_file(
     value_scale: float = contract.Preprocess.value_scale,
     opset: int = onnx_prep.MIN_OPSET,
     verify: bool = True,
-    tolerance: float = 1e-2,
+    tolerance: float = 1e-4,
     log: Log = _stderr,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed."""
@@ -149,8 +150,8 @@ def export_onnx_file(
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
     report = None
     if verify:
-        report = verify_finite_differences(explainer, forward, layers, (channels, *size), tolerance=tolerance)
-        log(f"verified by finite differences: {report.summary()}")
+        report = verify_finite_differences(explainer, layers, (channels, *size), tolerance=tolerance)
+        log(f"verified by float64 finite differences: {report.summary()}")
     if output is not None:
         save(explainer, output)
         log(f"wrote {output}")
@@ -169,7 +170,7 @@ def export_source(
     labels: str | None = None,
     exporter: str = "dynamo",
     no_verify: bool = False,
-    tolerance: float | None = None,
+    tolerance: float = 1e-4,
     log: Log = _stderr,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
@@ -185,7 +186,7 @@ def export_source(
             std=std or preprocess.std,
             opset=opset,
             verify=not no_verify,
-            tolerance=tolerance or 1e-2,
+            tolerance=tolerance,
             log=log,
         )
     model = sources.load_module(source, weights)
@@ -201,7 +202,7 @@ def export_source(
         opset=opset,
         exporter=exporter,
         verify=not no_verify,
-        tolerance=tolerance or 1e-3,
+        tolerance=tolerance,
         source=source,
         log=log,
     )

@@ -127,7 +127,9 @@ def prepare(model: onnx.ModelProto, layers: Sequence[str], opset: int = MIN_OPSE
         if layer not in produced:
             raise LayerError(layer, nearest_names(layer, produced))
     for layer in layers:
+        _rename(graph, layer, contract.activation_name(layer))
+    info = GraphInfo(model)
+    for layer in layers:
         tap = contract.activation_name(layer)
-        _rename(graph, layer, tap)
-        graph.output.append(onnx.helper.make_tensor_value_info(tap, onnx.TensorProto.FLOAT, None))
+        graph.output.append(onnx.helper.make_tensor_value_info(tap, onnx.TensorProto.FLOAT, info.shape(tap)))
     return model, layers

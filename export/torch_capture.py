@@ -18,6 +18,15 @@ from .layers import LayerError, nearest_names
 EXPORTERS = ("torchscript", "dynamo")
 
 
+def check_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    """The model's modules by name; a :class:`LayerError` with the nearest names for a layer that is not one."""
+    modules = dict(model.named_modules())
+    for name in layers:
+        if name not in modules:
+            raise LayerError(name, nearest_names(name, [n for n in modules if n]))
+    return modules
+
+
 @contextlib.contextmanager
 def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tensor]]:
     """Record the outputs of ``layers`` (module names) during forward passes, in ``layers`` order.
@@ -25,10 +34,7 @@ def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tenso
     Each hook hands the network a clone of the output, so in-place ops downstream (``x += identity``,
     ``ReLU(inplace=True)``) never change the recorded feature map.
     """
-    modules = dict(model.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        raise LayerError(missing[0], nearest_names(missing[0], [n for n in modules if n]))
+    modules = check_layers(model, layers)
     captured: list[torch.Tensor] = []
     slots: dict[str, torch.Tensor] = {}
 
@@ -55,6 +61,7 @@ class _TappedForward(nn.Module):
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         super().__init__()
+        check_layers(model, layers)
         self.model = model
         self.layers = list(layers)
 
@@ -78,11 +85,13 @@ def to_onnx(
     input_size: tuple[int, int],
     channels: int = 3,
     opset: int = 18,
-    exporter: str = "torchscript",
+    exporter: str = "dynamo",
+    optimize: bool = True,
 ) -> onnx.ModelProto:
     """Trace ``model`` (eval mode) to an ONNX forward graph with outputs ``scores`` and ``activation:<layer>``.
 
     The batch dimension is dynamic; the example batch has 2 images so no exporter specialises it to 1.
+    ``optimize=False`` keeps the graph as traced (no constant folding, BatchNorm not folded into Conv).
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter '{exporter}', choose one of {', '.join(EXPORTERS)}")
@@ -101,6 +110,7 @@ def to_onnx(
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes=({0: torch.export.Dim("N")},),
+                optimize=optimize,
                 verbose=False,
             )
             return program.model_proto
@@ -113,6 +123,7 @@ def to_onnx(
             opset_version=opset,
             dynamo=False,
             dynamic_axes={name: {0: "N"} for name in [contract.INPUT, *output_names]},
+            do_constant_folding=optimize,
         )
     return onnx.load_from_string(buffer.getvalue())
 

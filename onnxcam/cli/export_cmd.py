@@ -25,7 +25,7 @@ import click
     help="PyTorch → ONNX tracer (torchscript is the legacy one, ~10× faster to export).",
 )
 @click.option("--no-verify", is_flag=True, help="Skip the gradient check against torch.autograd / finite differences.")
-@click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Largest relative gradient error.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error allowed.")
 def export(source: str, layers: tuple[str, ...], output: str, **options: object) -> None:
     """Rewrite SOURCE into an explainer graph with exact gradients.
 

@@ -1,0 +1,88 @@
+"""Float64 copies of ONNX graphs, evaluated with ``onnx.reference`` (pure numpy) for exact checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+
+def _retype(tp: onnx.TypeProto) -> None:
+    if tp.tensor_type.elem_type == TensorProto.FLOAT:
+        tp.tensor_type.elem_type = TensorProto.DOUBLE
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` where every float32 tensor, constant, cast target and tensor attribute is float64."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for t in g.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for vi in [*g.input, *g.output, *g.value_info]:
+        _retype(vi.type)
+    for node in g.node:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.DOUBLE
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64)))
+    return m
+
+
+class Pad(OpRun):
+    """Constant-mode ``Pad`` that accepts negative pads (= cropping) as the spec and onnxruntime do; the reference's
+    own ``Pad`` hands negative widths to ``numpy.pad``, which refuses them (the Conv rule crops this way)."""
+
+    op_domain = ""
+
+    def _run(self, data, pads, constant_value=None, axes=None, mode=None):  # type: ignore[override]
+        if (mode or "constant") != "constant":
+            raise NotImplementedError(f"Pad mode {mode}")
+        rank = data.ndim
+        axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+        pads = [int(p) for p in pads]
+        begin = dict(zip(axes, pads[: len(axes)], strict=True))
+        end = dict(zip(axes, pads[len(axes) :], strict=True))
+        crop = tuple(slice(max(-begin.get(a, 0), 0), data.shape[a] - max(-end.get(a, 0), 0)) for a in range(rank))
+        widths = [(max(begin.get(a, 0), 0), max(end.get(a, 0), 0)) for a in range(rank)]
+        value = 0 if constant_value is None else constant_value.item()
+        return (np.pad(data[crop], widths, constant_values=value).astype(data.dtype),)
+
+
+def cut_after(model: onnx.ModelProto, tensor: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The nodes of ``model`` that depend on ``tensor``, as a model whose inputs are ``tensor`` and the ``frozen``
+    tensors those nodes read from elsewhere (skip connections, graph inputs …), returned second."""
+    downstream = {tensor}
+    nodes = []
+    for node in model.graph.node:
+        if any(i in downstream for i in node.input):
+            nodes.append(node)
+            downstream.update(node.output)
+    weights = {t.name: t for t in model.graph.initializer}
+    read = {i for n in nodes for i in n.input if i}
+    frozen = sorted(read - downstream - weights.keys())
+    outputs = [o for o in model.graph.output if o.name in downstream]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "after_" + tensor,
+        [onnx.helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in [tensor, *frozen]],
+        outputs,
+        initializer=[weights[name] for name in sorted(read & weights.keys())],
+    )
+    cut = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return cut, frozen
+
+
+def evaluate_float64(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_ops: list | None = None
+) -> dict[str, np.ndarray]:
+    """All outputs of ``model`` computed in float64 by the ONNX reference implementation."""
+    m = to_float64(model)
+    evaluator = ReferenceEvaluator(m, new_ops=[Pad, *(new_ops or [])])
+    names = [o.name for o in m.graph.output]
+    feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
+    return dict(zip(names, evaluator.run(names, feeds), strict=True))

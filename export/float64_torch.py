@@ -1,0 +1,158 @@
+"""Torch-backed float64 kernels for ``onnx.reference``: its numpy Conv/pooling are too slow for whole CNNs.
+
+Used where torch is present anyway (the PyTorch export path and the tests); each class implements one ONNX op with the
+ONNX semantics the explainer graphs use, and raises ``NotImplementedError`` for variants it does not cover.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from onnx.reference.op_run import OpRun
+
+from .float64 import evaluate_float64
+
+
+def _pairs(pads: list[int] | None, rank: int) -> list[int]:
+    """ONNX ``[b1, b2, …, e1, e2, …]`` → torch ``F.pad`` order (last dim first)."""
+    pads = list(pads or [0] * 2 * rank)
+    out: list[int] = []
+    for d in reversed(range(rank)):
+        out += [pads[d], pads[d + rank]]
+    return out
+
+
+class Conv(OpRun):
+    """``Conv`` via ``torch.nn.functional.conv{1,2,3}d`` in float64 (the numpy reference is too slow for CNNs)."""
+
+    op_domain = ""
+
+    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None, pads=None, strides=None):  # type: ignore[override]
+        if auto_pad not in (None, "NOTSET"):
+            raise NotImplementedError(auto_pad)
+        rank = x.ndim - 2
+        conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
+        t = F.pad(torch.from_numpy(np.ascontiguousarray(x)), _pairs(pads, rank))
+        y = conv(
+            t,
+            torch.from_numpy(np.ascontiguousarray(w)),
+            None if b is None else torch.from_numpy(np.ascontiguousarray(b)),
+            stride=strides or 1,
+            dilation=dilations or 1,
+            groups=group or 1,
+        )
+        return (y.numpy(),)
+
+
+class ConvTranspose(OpRun):
+    """``ConvTranspose`` (no pads / output_shape, as the Conv rule emits it) via torch in float64."""
+
+    op_domain = ""
+
+    def _run(
+        self,
+        x,
+        w,
+        b=None,
+        auto_pad=None,
+        dilations=None,
+        group=None,
+        kernel_shape=None,
+        output_padding=None,  # type: ignore[override]
+        output_shape=None,
+        pads=None,
+        strides=None,
+    ):
+        if any(pads or []) or output_shape or auto_pad not in (None, "NOTSET"):
+            raise NotImplementedError("pads/output_shape")
+        rank = x.ndim - 2
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[rank - 1]
+        y = conv(
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.ascontiguousarray(w)),
+            None if b is None else torch.from_numpy(np.ascontiguousarray(b)),
+            stride=strides or 1,
+            dilation=dilations or 1,
+            groups=group or 1,
+            output_padding=output_padding or 0,
+        )
+        return (y.numpy(),)
+
+
+class MaxPool(OpRun):
+    """2-D ``MaxPool`` via torch in float64; ``Indices`` flattened over the whole tensor as ONNX defines them."""
+
+    op_domain = ""
+
+    def _run(
+        self,
+        x,
+        auto_pad=None,
+        ceil_mode=None,
+        dilations=None,
+        kernel_shape=None,
+        pads=None,  # type: ignore[override]
+        storage_order=None,
+        strides=None,
+    ):
+        if auto_pad not in (None, "NOTSET") or x.ndim != 4 or storage_order:
+            raise NotImplementedError("MaxPool variant")
+        pads = list(pads or [0, 0, 0, 0])
+        if pads[:2] != pads[2:]:
+            raise NotImplementedError("asymmetric pads")
+        y, idx = F.max_pool2d(
+            torch.from_numpy(np.ascontiguousarray(x)),
+            kernel_shape,
+            strides or 1,
+            pads[:2],
+            dilations or 1,
+            ceil_mode=bool(ceil_mode),
+            return_indices=True,
+        )
+        n, c, h, w = x.shape
+        plane = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * (h * w)
+        return y.numpy(), idx.numpy() + plane[:, :, None, None]
+
+
+class AveragePool(OpRun):
+    """2-D ``AveragePool`` with symmetric pads via torch in float64."""
+
+    op_domain = ""
+
+    def _run(
+        self,
+        x,
+        auto_pad=None,
+        ceil_mode=None,
+        count_include_pad=None,
+        dilations=None,
+        kernel_shape=None,  # type: ignore[override]
+        pads=None,
+        strides=None,
+    ):
+        pads = list(pads or [0, 0, 0, 0])
+        if (
+            auto_pad not in (None, "NOTSET")
+            or x.ndim != 4
+            or pads[:2] != pads[2:]
+            or any(d != 1 for d in dilations or [])
+        ):
+            raise NotImplementedError("AveragePool variant")
+        y = F.avg_pool2d(
+            torch.from_numpy(np.ascontiguousarray(x)),
+            kernel_shape,
+            strides or 1,
+            pads[:2],
+            ceil_mode=bool(ceil_mode),
+            count_include_pad=bool(count_include_pad),
+        )
+        return (y.numpy(),)
+
+
+OPS = [Conv, ConvTranspose, MaxPool, AveragePool]
+
+
+def evaluate_float64_torch(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`~onnxcam_export.float64.evaluate_float64` with the kernels above."""
+    return evaluate_float64(model, feeds, new_ops=OPS)
