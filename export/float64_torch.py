@@ -33,11 +33,11 @@ class Conv(OpRun):
             raise NotImplementedError(auto_pad)
         rank = x.ndim - 2
         conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
-        t = F.pad(torch.from_numpy(np.ascontiguousarray(x)), _pairs(pads, rank))
+        t = F.pad(torch.tensor(x), _pairs(pads, rank))
         y = conv(
             t,
-            torch.from_numpy(np.ascontiguousarray(w)),
-            None if b is None else torch.from_numpy(np.ascontiguousarray(b)),
+            torch.tensor(w),
+            None if b is None else torch.tensor(b),
             stride=strides or 1,
             dilation=dilations or 1,
             groups=group or 1,
@@ -69,9 +69,9 @@ class ConvTranspose(OpRun):
         rank = x.ndim - 2
         conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[rank - 1]
         y = conv(
-            torch.from_numpy(np.ascontiguousarray(x)),
-            torch.from_numpy(np.ascontiguousarray(w)),
-            None if b is None else torch.from_numpy(np.ascontiguousarray(b)),
+            torch.tensor(x),
+            torch.tensor(w),
+            None if b is None else torch.tensor(b),
             stride=strides or 1,
             dilation=dilations or 1,
             groups=group or 1,
@@ -102,7 +102,7 @@ class MaxPool(OpRun):
         if pads[:2] != pads[2:]:
             raise NotImplementedError("asymmetric pads")
         y, idx = F.max_pool2d(
-            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.tensor(x),
             kernel_shape,
             strides or 1,
             pads[:2],
@@ -140,7 +140,7 @@ class AveragePool(OpRun):
         ):
             raise NotImplementedError("AveragePool variant")
         y = F.avg_pool2d(
-            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.tensor(x),
             kernel_shape,
             strides or 1,
             pads[:2],

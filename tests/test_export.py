@@ -224,7 +224,7 @@ def test_cli_export_and_info(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "verified against torch.autograd: max relative error" in result.output
+    assert "verified against float64 torch.autograd: relative error" in result.output
     info = runner.invoke(main, ["info", str(out)])
     assert info.exit_code == 0, info.output
     assert "layers (1): layer3" in info.output and "labels: 1000" in info.output

@@ -9,12 +9,13 @@ from independent hooks + ``torch.autograd.grad``; batch 3, targets ``[-1, 3, 998
    float64 with identical weights none does).
 2. The shipped file (optimised: BatchNorm folded into Conv in float32) passes the export's own verification (float64,
    median image ≤ 1e-4; folding moves weights by ~1e-7, which rarely flips one ReLU of one image).
-3. Deployment, float32 onnxruntime CPU, N=3 and N=5 (and it runs at N=1): ``scores`` and ``activation:*`` within 1e-4
-   for every image. ``gradient:*`` is continuous only away from kinks: where a ReLU input or two max-pool candidates
-   lie within float32 rounding of each other, onnxruntime and PyTorch take different sides — as float32 and float64
-   PyTorch do between themselves — and deep backward paths meet such ties in most images (resnet50 from layer2,
-   inception_v3 from Mixed_5d: up to 1e-1). There the test bounds the median image by ``KINK_MEDIAN`` and every
-   image by ``KINK_MAX``; step 1 is what proves the graph right.
+3. Deployment, float32 onnxruntime CPU, N=3 and N=5 (and it runs at N=1): ``scores``, ``activation:*`` and the
+   last block's ``gradient:*`` within 1e-4 for every image. A mid-network gradient is continuous only away from
+   kinks: where a ReLU input or two max-pool candidates lie within float32 rounding of each other, onnxruntime and
+   PyTorch take different sides (as float32 and float64 PyTorch do between themselves), and long backward paths
+   meet such ties in most images (seen, max-relative: resnet50 layer2 ≤ 6e-3, vgg16_bn features.23 5e-2,
+   densenet121 denseblock2 0.14, inception_v3 Mixed_5d 0.12; relative L2 ≤ 1.1e-2). There the test bounds the
+   relative L2 error of every image by ``MID_L2``; step 1 is what proves the graph right.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ def run(model_bytes: bytes, x: np.ndarray, target: np.ndarray) -> dict[str, np.n
     return dict(zip(names, session.run(names, {"input": x, "target": target}), strict=True))
 
 
-KINK_MEDIAN = 1e-2
-KINK_MAX = 0.5
+MID_L2 = 2e-2
 
 
 def image_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], prefix: str) -> np.ndarray:
@@ -94,10 +94,13 @@ def check_float32(model: torch.nn.Module, model_bytes: bytes, layers: list[str],
     x, target = inputs(n, size)
     ours = run(model_bytes, x.numpy(), target)
     ref = reference(model, layers, x, target)
-    forward = np.maximum(image_errors(ours, ref, "scores"), image_errors(ours, ref, "activation:"))
-    assert forward.max() <= TOLERANCE, f"scores/activations per image: {forward.tolist()}"
-    grads = image_errors(ours, ref, "gradient:")
-    assert np.median(grads) <= KINK_MEDIAN and grads.max() <= KINK_MAX, f"gradients per image: {grads.tolist()}"
+    exact = ["scores", "activation:", f"gradient:{layers[0]}"]
+    errors = np.max([image_errors(ours, ref, prefix) for prefix in exact], axis=0)
+    assert errors.max() <= TOLERANCE, f"scores/activations/last-block gradients per image: {errors.tolist()}"
+    for layer in layers[1:]:
+        key = f"gradient:{layer}"
+        l2 = [np.linalg.norm(ours[key][i] - ref[key][i]) / np.linalg.norm(ref[key][i]) for i in range(n)]
+        assert max(l2) <= MID_L2, f"{key}: relative L2 error per image {l2}"
 
 
 @pytest.mark.slow

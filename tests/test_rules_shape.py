@@ -389,3 +389,22 @@ def test_depth_to_space(block: int, mode: str, torch_fn: object) -> None:
         ["x"],
         lambda t: torch_fn(t, block),
     )
+
+
+@pytest.mark.parametrize(("half", "expected"), [(True, slice(3, None)), (False, slice(None, 3))])
+def test_slice_with_runtime_bounds(half: bool, expected: slice) -> None:
+    """``chunk`` traced with symbolic shapes: the bounds come from ``Shape(x)[1] / 2`` at run time."""
+    bounds = ["half", "big"] if half else ["zero", "half"]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+        helper.make_node("Div", ["s", "two"], ["half"]),
+        helper.make_node("Slice", ["x", *bounds, "axes"], ["y"]),
+    ]
+    consts = {
+        "two": np.array([2], np.int64),
+        "zero": np.array([0], np.int64),
+        "big": np.array([100], np.int64),
+        "axes": np.array([1], np.int64),
+    }
+    x = RNG.standard_normal((2, 6, 3, 3)).astype(np.float32)
+    check_vjp(nodes, {"x": x}, ["x"], lambda t: t[:, expected], constants=consts)

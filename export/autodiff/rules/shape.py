@@ -8,6 +8,8 @@ needs the sliced dims to be static, and ``DepthToSpace`` (CRD) the channel count
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from ..context import VJPContext
 from ..registry import rule
@@ -77,13 +79,51 @@ def _unslice_axis(ctx: VJPContext, grad: str, axis: int, taken: range, dim: int)
     return ctx.emit("Gather", ctx.emit("Concat", grad, zero, axis=axis), ctx.const(source), axis=axis)
 
 
+def _unslice_runtime(ctx: VJPContext, axes: np.ndarray) -> str:
+    """Slice VJP when starts/ends are computed at run time (e.g. ``chunk`` traced with symbolic shapes).
+
+    Per sliced axis ``a``: ``taken = Slice(Range(0, dim_a), start, end, step)`` are the positions read, and
+    ``ScatterElements`` puts ``ḡ`` back there into zeros (positions are distinct, so no accumulation is needed).
+    """
+    x, grad = ctx.input(0), ctx.grad()
+    rank = ctx.rank(x)
+    steps = ctx.input(4) or ctx.const(np.ones(len(axes), np.int64))
+    for i, axis in enumerate(int(a) % rank for a in axes):
+        pick = [ctx.const([i]), ctx.const([i + 1])]
+        dim = ctx.emit("Shape", x, start=axis, end=axis + 1)
+        positions = ctx.emit("Range", ctx.const(0), ctx.emit("Squeeze", dim), ctx.const(1))
+        taken = ctx.emit(
+            "Slice",
+            positions,
+            ctx.emit("Slice", ctx.input(1), *pick),
+            ctx.emit("Slice", ctx.input(2), *pick),
+            ctx.const([0]),
+            ctx.emit("Slice", steps, *pick),
+        )
+        grad_shape = ctx.shape_of(grad)
+        full = ctx.emit("ScatterElements", grad_shape, ctx.const([axis]), dim, axis=0)
+        zeros = ctx.emit("ConstantOfShape", full, value=_scalar_tensor(0.0, ctx.dtype(x)))
+        column = ctx.emit("Reshape", taken, ctx.const([1] * axis + [-1] + [1] * (rank - axis - 1)))
+        grad = ctx.emit("ScatterElements", zeros, ctx.emit("Expand", column, grad_shape), grad, axis=axis)
+    return grad
+
+
+def _scalar_tensor(value: float, dtype: np.dtype) -> onnx.TensorProto:
+    """A one-element tensor (``ConstantOfShape``'s fill value)."""
+    return numpy_helper.from_array(np.array([value], dtype=dtype))
+
+
 @rule("Slice")
 def slice_(ctx: VJPContext) -> list[str | None]:
     """``x̄ = ḡ`` scattered back into zeros at the sliced positions (``Pad`` for unit steps, ``Gather`` otherwise)."""
     x = ctx.input(0)
     shape = ctx.shape(x)
-    starts, ends = ctx.constant(1), ctx.constant(2)
+    starts, ends = ctx.optional_constant(1), ctx.optional_constant(2)
     axes = ctx.optional_constant(3)
+    if starts is None or ends is None:
+        if ctx.input(3) and axes is None:
+            ctx.fail("needs constant axes")
+        return _data_only(ctx, _unslice_runtime(ctx, np.arange(ctx.rank(ctx.input(1))) if axes is None else axes))
     steps = ctx.optional_constant(4)
     if (ctx.input(3) and axes is None) or (ctx.input(4) and steps is None):
         ctx.fail("needs constant axes and steps")

@@ -1,0 +1,142 @@
+"""``onnxcam explain MODEL INPUTS...``: the batch job of :mod:`onnxcam.batch` on the command line (no torch)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+import click
+
+from ..batch import (
+    SAVE_KINDS,
+    BatchOptions,
+    BatchUsageError,
+    Summary,
+    open_explainer,
+    parse_list,
+    resolve_methods,
+    resolve_save,
+    run_batch,
+)
+from ..methods import available_methods
+from ..providers import CHOICES
+
+
+def usage_error(exc: BatchUsageError) -> click.UsageError:
+    """The click error for a :class:`BatchUsageError` (exit status 2, naming the parameter at fault)."""
+    return click.BadParameter(str(exc), param_hint=exc.param) if exc.param else click.UsageError(str(exc))
+
+
+def result_line(record: dict[str, Any], skipped: bool) -> str:
+    """The stdout line of one input: its top-1 class and probability (and the explained class when different)."""
+    top = record["topk"][0]
+    line = f"{record['input']}: {_class_name(top)} ({top['probability']:.1%})"
+    if record["class_index"] != top["index"]:
+        line += f"; explained {_class_name({'index': record['class_index'], 'label': record['label']})}"
+    return line + (" [skipped: done before]" if skipped else "")
+
+
+def summary_line(summary: Summary) -> str:
+    return (
+        f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} skipped of {summary.total} inputs "
+        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s); results in {summary.results}"
+    )
+
+
+class Reporter:
+    """Prints per-input lines (stdout), errors (stderr) and a progress bar (stderr, only on a terminal)."""
+
+    def __init__(self, quiet: bool, stack: contextlib.ExitStack) -> None:
+        self.quiet = quiet
+        self.stack = stack
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        if sys.stderr.isatty():
+            self.bar = self.stack.enter_context(click.progressbar(length=total, label="explaining", file=sys.stderr))
+
+    def result(self, record: dict[str, Any], skipped: bool) -> None:
+        if record.get("status") == "error":
+            click.echo(f"error: {record['input']}: {record['error']}", err=True)
+        elif not self.quiet:
+            click.echo(result_line(record, skipped))
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--method",
+    default="gradcam",
+    show_default=True,
+    help=f"CAM method(s), comma-separated: {', '.join(available_methods())}.",
+)
+@click.option("--target", default="top1", show_default=True, help="Class to explain: top1, a class index or a label.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option(
+    "--layer", "layers", multiple=True, help="Layer to explain (repeatable) [all layers of the graph, fused]."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per run.")
+@click.option("--provider", type=click.Choice(CHOICES), default="auto", show_default=True, help="Execution provider.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option(
+    "--save", default="overlay", show_default=True, help=f"Artefacts, comma-separated: {', '.join(SAVE_KINDS)}."
+)
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Classes listed per image.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heat-map opacity.")
+@click.option("--eigen-smooth", is_flag=True, help="First-principal-component smoothing of the maps.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs already done (ok line and every artefact present).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-image lines or summary (errors are still printed).")
+def explain(
+    model: str,
+    inputs: tuple[str, ...],
+    method: str,
+    target: str,
+    out_dir: str,
+    layers: tuple[str, ...],
+    batch_size: int,
+    provider: str,
+    threads: int | None,
+    save: str,
+    topk: int,
+    alpha: float,
+    eigen_smooth: bool,
+    skip_existing: bool,
+    quiet: bool,
+) -> None:
+    """Explain images with an explainer graph: heat maps in --out, one JSON line per image in results.jsonl.
+
+    INPUTS are image files, directories (searched recursively for images) and glob patterns. Writes per image
+    NAME.METHOD.png (overlay on the original image), NAME.METHOD.npy (the [0, 1] map at the original size) and
+    NAME.grid.png, as --save asks. Exit status 0 when every input was explained, 1 when any failed, 2 on bad usage.
+    """
+    try:
+        options = BatchOptions(
+            methods=resolve_methods(parse_list(method)),
+            target=target,
+            layers=layers or None,
+            batch_size=batch_size,
+            save=tuple(resolve_save(parse_list(save))),
+            topk=topk,
+            alpha=alpha,
+            eigen_smooth=eigen_smooth,
+            skip_existing=skip_existing,
+        )
+        explainer = open_explainer(model, provider, threads)
+        if not quiet:
+            click.echo(f"onnxcam: {model} on {explainer.provider}", err=True)
+        with contextlib.ExitStack() as stack:
+            reporter = Reporter(quiet, stack)
+            summary = run_batch(explainer, inputs, out_dir, options, on_start=reporter.start, on_result=reporter.result)
+    except BatchUsageError as exc:
+        raise usage_error(exc) from None
+    if not quiet:
+        click.echo(summary_line(summary), err=True)
+    sys.exit(0 if summary.success else 1)
+
+
+def _class_name(entry: dict[str, Any]) -> str:
+    return str(entry["label"]) if entry.get("label") is not None else f"class {entry['index']}"

@@ -1,0 +1,215 @@
+"""``onnxcam explain`` end to end through click: good and broken inputs, artefacts, results.jsonl, reruns, usage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from skimage import data as skdata
+from test_batch import LABELS, export_tiny, small, write_image
+
+from onnxcam.cli import main
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Decodable images: colour JPEG and PNG, grey, RGBA and 16-bit PNG (read_image converts them)."""
+    folder = tmp_path_factory.mktemp("good")
+    rgba = np.dstack([small(skdata.coffee()), np.full(small(skdata.coffee()).shape[:2], 200, np.uint8)])
+    return {
+        "cat.jpg": write_image(folder / "cat.jpg", small(skdata.chelsea())),
+        "coffee.png": write_image(folder / "coffee.png", small(skdata.coffee())),
+        "grey.png": write_image(folder / "grey.png", small(skdata.camera())),
+        "rgba.png": write_image(folder / "rgba.png", rgba),
+        "deep.png": write_image(folder / "deep.png", small(skdata.astronaut()).astype(np.uint16) * 257),
+    }
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Inputs that must fail, with the cause each must report."""
+    folder = tmp_path_factory.mktemp("broken")
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("this is not a picture\n")
+    ok, jpeg = cv2.imencode(".jpg", small(skdata.chelsea()))
+    assert ok
+    (folder / "cut.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])
+    return {
+        "zero.jpg": (folder / "zero.jpg", "empty file"),
+        "text.png": (folder / "text.png", "not a decodable image"),
+        "cut.jpg": (folder / "cut.jpg", "not a decodable image"),
+        "missing.jpg": (folder / "missing.jpg", "no such file or directory"),
+    }
+
+
+def explain(*args: object) -> Result:
+    return CliRunner().invoke(main, ["explain", *map(str, args)], catch_exceptions=False)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def out_files(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir()}
+
+
+def test_good_and_broken_inputs(
+    model: Path, good: dict[str, Path], broken: dict[str, tuple[Path, str]], tmp_path: Path
+):
+    out = tmp_path / "out"
+    inputs = [*good.values(), *(path for path, _ in broken.values())]
+    result = explain(model, *inputs, "--out", out, "--method", "gradcam,layercam", "--save", "overlay,npy,grid")
+    assert result.exit_code == 1, result.output
+    lines = records(out)
+    assert [r["input"] for r in lines] == [str(p) for p in inputs]  # exactly one line per input, in input order
+    for line, (path, cause) in zip(lines[len(good) :], broken.values(), strict=True):
+        assert (line["status"], line["error"], line["class_index"], line["methods"]) == ("error", cause, None, {})
+        assert f"error: {path}: {cause}\n" in result.stderr
+    assert result.stderr.count("error: ") == len(broken)
+    for line, path in zip(lines[: len(good)], good.values(), strict=True):
+        height, width = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+        assert line["status"] == "ok" and line["error"] is None and line["image_size"] == [height, width]
+        assert line["label"] == LABELS[line["class_index"]] and len(line["topk"]) == 5
+        assert line["topk"][0]["index"] == line["class_index"]  # target top1
+        assert 0 < line["probability"] <= 1 and set(line["timings_ms"]) == {"decode", "inference_cam", "write"}
+        assert f"{path}: {line['label']} (" in result.stdout
+        for method in ("gradcam", "layercam"):
+            entry = line["methods"][method]
+            cam = np.load(out / entry["npy"])
+            assert cam.dtype == np.float32 and cam.shape == (height, width)
+            assert cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0.5
+            assert entry["stats"]["mean"] == pytest.approx(float(cam.mean()), rel=1e-5)
+            assert cv2.imread(str(out / entry["overlay"])).shape == (height, width, 3)
+            assert entry["overlay"] == f"{line['name']}.{method}.png" and line["name"].startswith(path.stem + "-")
+        grid = cv2.imread(str(out / line["grid"]))
+        assert grid.shape[0] > 0 and grid.shape[1] > 2 * grid.shape[0]  # original | gradcam | layercam
+    expected = {"results.jsonl"} | {
+        f"{r['name']}.{suffix}" for r in lines[: len(good)] for suffix in ("gradcam.png", "gradcam.npy", "layercam.png")
+    }
+    expected |= {f"{r['name']}.{s}" for r in lines[: len(good)] for s in ("layercam.npy", "grid.png")}
+    assert out_files(out) == expected  # nothing for the broken inputs, no temporary files
+    assert len(result.stdout.splitlines()) == len(good)
+    assert "on CPUExecutionProvider" in result.stderr and f"{len(good)} ok, {len(broken)} failed" in result.stderr
+
+
+def test_all_good_exits_zero_and_saves_only_what_is_asked(model: Path, good: dict[str, Path], tmp_path: Path) -> None:
+    result = explain(model, good["cat.jpg"], good["grey.png"], "--out", tmp_path, "--save", "npy", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and result.stderr == ""
+    names = [r["name"] for r in records(tmp_path)]
+    assert out_files(tmp_path) == {"results.jsonl"} | {f"{n}.gradcam.npy" for n in names}
+
+
+def test_same_named_files_in_two_folders_do_not_collide(model: Path, tmp_path: Path) -> None:
+    a = write_image(tmp_path / "a" / "img.png", small(skdata.chelsea()))
+    b = write_image(tmp_path / "b" / "img.png", small(skdata.coffee()))
+    out = tmp_path / "out"
+    result = explain(model, tmp_path / "a", tmp_path / "b", "--out", out, "--save", "npy")
+    assert result.exit_code == 0, result.output
+    first, second = records(out)
+    assert first["input"] == str(a) and second["input"] == str(b) and first["name"] != second["name"]
+    maps = [np.load(out / r["methods"]["gradcam"]["npy"]) for r in (first, second)]
+    assert maps[0].shape == small(skdata.chelsea()).shape[:2] and maps[1].shape == small(skdata.coffee()).shape[:2]
+
+
+def test_directory_input_does_not_pick_up_its_own_output(model: Path, tmp_path: Path) -> None:
+    write_image(tmp_path / "cat.png", small(skdata.chelsea()))
+    for _ in range(2):
+        result = explain(model, tmp_path, "--out", tmp_path / "cams")
+        assert result.exit_code == 0, result.output
+        assert len(records(tmp_path / "cams")) == 1
+
+
+def test_skip_existing_keeps_one_line_per_input_and_retries_errors(
+    model: Path, good: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    cat = write_image(folder / "cat.png", small(skdata.chelsea()))
+    coffee = write_image(folder / "coffee.png", small(skdata.coffee()))
+    late = folder / "late.png"
+    late.write_bytes(b"")  # fails now, fixed before the rerun
+    out = tmp_path / "out"
+    args = (model, folder, "--out", out, "--save", "overlay,npy", "--skip-existing")
+    assert explain(*args).exit_code == 1
+    first = {r["input"]: r for r in records(out)}
+    assert first[str(late)]["status"] == "error"
+
+    write_image(late, small(skdata.camera()))
+    (out / first[str(coffee)]["methods"]["gradcam"]["npy"]).unlink()  # an artefact gone: redo that input
+    result = explain(*args)
+    assert result.exit_code == 0, result.output
+    lines = records(out)
+    assert sorted(r["input"] for r in lines) == sorted(map(str, (cat, coffee, late)))  # no duplicates
+    assert all(r["status"] == "ok" for r in lines)
+    assert lines[0] == first[str(cat)]  # the skipped input's line is kept as it was
+    assert f"{cat}: " in result.stdout and "[skipped: done before]" in result.stdout
+    assert "1 skipped" in result.stderr and "2 ok" in result.stderr
+
+    result = explain(*args)
+    assert result.exit_code == 0 and "0 ok, 0 failed, 3 skipped" in result.stderr
+    assert records(out) == lines
+
+
+def test_target_by_label_and_by_index(model: Path, good: dict[str, Path], tmp_path: Path) -> None:
+    def run(name: str, *target: str) -> tuple[Result, dict, np.ndarray]:
+        result = explain(model, good["cat.jpg"], "--out", tmp_path / name, "--save", "npy", *target)
+        assert result.exit_code == 0, result.output
+        (line,) = records(tmp_path / name)
+        return result, line, np.load(tmp_path / name / line["methods"]["gradcam"]["npy"])
+
+    _, top1, top1_map = run("top1")
+    other = (top1["class_index"] + 1) % len(LABELS)  # a class that is not the prediction
+    by_label, label_line, label_map = run("label", "--target", LABELS[other].upper())
+    by_index, index_line, index_map = run("index", "--target", str(other))
+    assert label_line["class_index"] == index_line["class_index"] == other
+    assert label_line["label"] == index_line["label"] == LABELS[other]
+    assert label_line["topk"][0]["index"] == top1["class_index"]  # the prediction is still reported
+    np.testing.assert_array_equal(label_map, index_map)
+    assert not np.allclose(label_map, top1_map, atol=1e-3)  # another class, another map
+    assert f"; explained {LABELS[other]}" in by_label.stdout and f"; explained {LABELS[other]}" in by_index.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--method", "gradcam,nocam"], "Invalid value for --method: unknown CAM method 'nocam'; available: cam,"),
+        (["--target", "kind 77"], "Invalid value for --target: no class named 'kind 77'; did you mean"),
+        (["--target", "12"], "Invalid value for --target: class index 12 out of range [0, 10)"),
+        (["--layer", "fc"], "Invalid value for --layer: layer 'fc' is not in this graph; it has: features.1, feat"),
+        (["--save", "overlay,pdf"], "Invalid value for --save: unknown kind 'pdf'"),
+        (["--alpha", "2"], "Invalid value for '--alpha'"),
+    ],
+)
+def test_bad_usage_fails_fast(model: Path, good: dict[str, Path], tmp_path: Path, options: list, message: str):
+    result = explain(model, good["cat.jpg"], "--out", tmp_path / "out", *options)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "out").exists()  # no work done
+
+
+def test_bad_model_fails_fast(good: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "plain.onnx").write_text("not a protobuf")
+    missing = explain(tmp_path / "none.onnx", good["cat.jpg"], "--out", tmp_path / "out")
+    broken = explain(tmp_path / "plain.onnx", good["cat.jpg"], "--out", tmp_path / "out")
+    assert missing.exit_code == broken.exit_code == 2
+    assert "Invalid value for MODEL" in missing.stderr and "no such model file" in missing.stderr
+    assert "not a loadable ONNX model" in broken.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_runtime_modules_do_not_import_torch() -> None:
+    code = "import sys, onnxcam.batch, onnxcam.cli.explain_cmd; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
