@@ -71,6 +71,10 @@ def open_graph(
     return graph
 
 
+def _floats(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
 def describe(path: str | Path) -> str:
     """Human-readable summary of an explainer graph (what ``onnxcam info`` prints)."""
     g = open_graph(path)
@@ -88,7 +92,7 @@ def describe(path: str | Path) -> str:
         f"classes: {g.output(contract.SCORES).shape[-1]} ({m.scores_kind}); "
         + (f"labels: {len(m.labels)} (e.g. {', '.join(m.labels[:3])}, …)" if m.labels else "labels: none"),
         f"preprocessing: resize to {p.input_size[0]}x{p.input_size[1]} (H×W, {p.resize}), {p.channel_order}, "
-        f"x = (pixel·{p.value_scale:.6g} − mean) / std, mean {list(p.mean)}, std {list(p.std)}",
+        f"x = (pixel·{p.value_scale:.6g} − mean) / std, mean {_floats(p.mean)}, std {_floats(p.std)}",
         "inputs:",
         *map(fmt, g.inputs),
         "outputs:",

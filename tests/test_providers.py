@@ -1,0 +1,63 @@
+"""Execution-provider selection; CUDA tests skip cleanly where onnxruntime has no CUDA provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnxcam_export.api import export_model
+from torch import nn
+
+from onnxcam.explainer import Explainer
+from onnxcam.providers import CPU, CUDA, ProviderError, cuda_available, provider_list
+
+needs_cuda = pytest.mark.skipif(not cuda_available(), reason="onnxruntime has no CUDA execution provider here")
+
+
+@pytest.fixture(scope="module")
+def small_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
+    path = tmp_path_factory.mktemp("providers") / "small.onnx"
+    export_model(model.eval(), path, ["1"], input_size=(16, 16), exporter="torchscript", log=lambda _: None)
+    return path
+
+
+def test_cpu_is_always_available(small_graph: Path) -> None:
+    assert provider_list("cpu") == [CPU]
+    assert Explainer(small_graph, provider="cpu").provider == CPU
+
+
+def test_auto_picks_cuda_only_when_offered(small_graph: Path) -> None:
+    expected = [CUDA, CPU] if cuda_available() else [CPU]
+    assert provider_list("auto") == expected
+    assert Explainer(small_graph, provider="auto").provider in (CUDA, CPU)
+
+
+def test_unknown_provider_is_refused() -> None:
+    with pytest.raises(ProviderError, match="unknown provider 'tpu'"):
+        provider_list("tpu")
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_fails_clearly() -> None:
+    with pytest.raises(ProviderError, match="onnxruntime-gpu"):
+        provider_list("cuda")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_maps_equal_cpu_maps(small_graph: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    methods = ["gradcam", "gradcam++", "layercam", "eigencam"]
+    gpu = Explainer(small_graph, provider="cuda")
+    assert gpu.provider == CUDA
+    cpu = Explainer(small_graph, provider="cpu")
+    for a, b in zip(gpu.explain_arrays(x, methods=methods), cpu.explain_arrays(x, methods=methods), strict=True):
+        assert a.class_index == b.class_index
+        for m in methods:
+            np.testing.assert_allclose(a.maps[m], b.maps[m], atol=1e-4)
