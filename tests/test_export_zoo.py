@@ -9,13 +9,14 @@ from independent hooks + ``torch.autograd.grad``; batch 3, targets ``[-1, 3, 998
    value lies within rounding of a kink, and in float64 with identical weights none does.
 2. The shipped file (optimised: BatchNorm folded into Conv in float32) passes the export's own verification (float64,
    median image ≤ 1e-4; folding moves weights by ~1e-7, which rarely flips one ReLU of one image).
-3. Deployment, float32 onnxruntime CPU, N=3 and N=5 (and it runs at N=1): ``scores``, ``activation:*`` and the
-   last block's ``gradient:*`` within 1e-4 for every image. A mid-network gradient is continuous only away from
-   kinks: where a ReLU input or two max-pool candidates lie within float32 rounding of each other, onnxruntime and
-   PyTorch take different sides (as float32 and float64 PyTorch do between themselves), and long backward paths
-   meet such ties in most images (seen, max-relative: resnet50 layer2 ≤ 6e-3, vgg16_bn features.23 5e-2,
-   densenet121 denseblock2 0.14, inception_v3 Mixed_5d 0.12; relative L2 ≤ 1.1e-2). There the test bounds the
-   relative L2 error of every image by ``MID_L2``; step 1 is what proves the graph right.
+3. Deployment, float32 onnxruntime CPU, N=3 and N=5 (and it runs at N=1): ``scores`` and ``activation:*`` within
+   1e-4 for every image. Gradients are continuous only away from kinks: where a ReLU input or two max-pool
+   candidates lie within float32 rounding of each other, onnxruntime and PyTorch take different sides (as float32
+   and float64 PyTorch do between themselves). Long backward paths meet such ties in most images (seen,
+   max-relative: resnet50 layer2 ≤ 6e-3, vgg16_bn features.23 5e-2, densenet121 denseblock2 0.14, inception_v3
+   Mixed_5d 0.12; relative L2 ≤ 1.1e-2), short ones rarely (vgg16_bn's head has ReLUs and a max-pool: 1 image in 8).
+   So: every image's gradient within ``GRADIENT_L2`` relative L2 error, and the last block's gradient within 1e-4
+   for the median image; step 1 is what proves the graph right.
 """
 
 from __future__ import annotations
@@ -61,17 +62,16 @@ def run(model_bytes: bytes, x: np.ndarray, target: np.ndarray) -> dict[str, np.n
     return dict(zip(names, session.run(names, {"input": x, "target": target}), strict=True))
 
 
-MID_L2 = 2e-2
+GRADIENT_L2 = 2e-2
 
 
-def image_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], prefix: str) -> np.ndarray:
-    """``[n]`` worst relative error per image over the outputs whose name starts with ``prefix``."""
+def image_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    """``[n]`` worst relative error per image over ``keys``; ``target_used`` must match exactly."""
     np.testing.assert_array_equal(ours["target_used"], ref["target_used"])
     errors = np.zeros(len(ref["target_used"]))
-    for key, value in ref.items():
-        if key.startswith(prefix):
-            assert ours[key].shape == value.shape, key
-            errors = np.maximum(errors, [relative_error(ours[key][i], value[i]) for i in range(len(value))])
+    for key in keys:
+        assert ours[key].shape == ref[key].shape, key
+        errors = np.maximum(errors, [relative_error(ours[key][i], ref[key][i]) for i in range(len(errors))])
     return errors
 
 
@@ -85,7 +85,7 @@ def check_float64(model: torch.nn.Module, explainer: onnx.ModelProto, layers: li
     x = x.double()
     ours = run_float64(explainer, {"input": x.numpy(), "target": target})
     ref = reference(copy.deepcopy(model).double(), layers, x, target)
-    errors = image_errors(ours, ref, "")
+    errors = image_errors(ours, ref, [k for k in ref if k != "target_used"])
     assert errors.max() <= TOLERANCE, f"float64 graph vs float64 autograd, per image: {errors.tolist()}"
     return float(errors.max())
 
@@ -94,13 +94,14 @@ def check_float32(model: torch.nn.Module, model_bytes: bytes, layers: list[str],
     x, target = inputs(n, size)
     ours = run(model_bytes, x.numpy(), target)
     ref = reference(model, layers, x, target)
-    exact = ["scores", "activation:", f"gradient:{layers[0]}"]
-    errors = np.max([image_errors(ours, ref, prefix) for prefix in exact], axis=0)
-    assert errors.max() <= TOLERANCE, f"scores/activations/last-block gradients per image: {errors.tolist()}"
-    for layer in layers[1:]:
+    forward = image_errors(ours, ref, ["scores", *(f"activation:{layer}" for layer in layers)])
+    assert forward.max() <= TOLERANCE, f"scores/activations per image: {forward.tolist()}"
+    last = image_errors(ours, ref, [f"gradient:{layers[0]}"])
+    assert np.median(last) <= TOLERANCE, f"gradient:{layers[0]} per image: {last.tolist()}"
+    for layer in layers:
         key = f"gradient:{layer}"
         l2 = [np.linalg.norm(ours[key][i] - ref[key][i]) / np.linalg.norm(ref[key][i]) for i in range(n)]
-        assert max(l2) <= MID_L2, f"{key}: relative L2 error per image {l2}"
+        assert max(l2) <= GRADIENT_L2, f"{key}: relative L2 error per image {l2}"
 
 
 @pytest.mark.slow
