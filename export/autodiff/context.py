@@ -108,13 +108,6 @@ class VJPContext:
             self.fail(f"the shape of '{name}' is unknown")
         return shape
 
-    def static_shape(self, name: str) -> tuple[int, ...]:
-        """Shape of ``name`` with every dim known, else a :class:`GradientError`."""
-        shape = self.shape(name)
-        if not all(isinstance(d, int) for d in shape):
-            self.fail(f"needs a static shape for '{name}', got {shape}")
-        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
-
     def rank(self, name: str) -> int:
         return len(self.shape(name))
 

@@ -45,10 +45,6 @@ class GraphInfo:
                 dims.append(None)
         return tuple(dims)
 
-    def rank(self, name: str) -> int | None:
-        shape = self.shape(name)
-        return None if shape is None else len(shape)
-
     def dtype(self, name: str) -> np.dtype:
         """numpy element type of ``name`` (float32 when unknown)."""
         tp = self._types.get(name)
