@@ -134,7 +134,10 @@ class Explainer:
         out = self.run(x, self.targets(target, len(x)))
         probs = softmax(out.scores)
         size = (x.shape[3], x.shape[2])
-        order = np.argsort(-probs, axis=1)[:, :topk]
+        k = max(1, min(topk, probs.shape[1]))
+        best = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(best, np.argsort(-np.take_along_axis(probs, best, axis=1), axis=1), axis=1)
+        order = order[:, : max(topk, 0)]
         results = []
         for n, c in enumerate(out.target_used.tolist()):
             results.append(
@@ -157,7 +160,9 @@ class Explainer:
                 )
                 for layer in layers
             }
-            final = fuse([layer_map(raw[layer], size) for layer in layers])
+            per_layer = [layer_map(raw[layer], size) for layer in layers]
+            # one layer: fusion would only renormalise an already normalised map (a change below 1e-6)
+            final = per_layer[0] if len(per_layer) == 1 else fuse(per_layer)
             for n, result in enumerate(results):
                 result.maps[method.name] = final[n]
                 result.raw[method.name] = {layer: raw[layer][n] for layer in layers}
