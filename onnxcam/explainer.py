@@ -160,9 +160,7 @@ class Explainer:
                 )
                 for layer in layers
             }
-            per_layer = [layer_map(raw[layer], size) for layer in layers]
-            # one layer: fusion would only renormalise an already normalised map (a change below 1e-6)
-            final = per_layer[0] if len(per_layer) == 1 else fuse(per_layer)
+            final = fuse([layer_map(raw[layer], size) for layer in layers])
             for n, result in enumerate(results):
                 result.maps[method.name] = final[n]
                 result.raw[method.name] = {layer: raw[layer][n] for layer in layers}
