@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from onnxcam_export.api import export_model
-from torch import nn
+from small_models import export_gapnet
 
 from onnxcam import contract
 from onnxcam.explainer import Explainer
@@ -18,25 +16,9 @@ from onnxcam.targets import TargetError
 LABELS = [f"class {i}" for i in range(12)]
 
 
-class GapNet(nn.Module):
-    """Two conv blocks, global average pooling, one linear layer: the head CAM needs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
-        self.fc = nn.Linear(16, 12)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(x).mean((2, 3)))
-
-
 @pytest.fixture(scope="module")
 def explainer(tmp_path_factory: pytest.TempPathFactory) -> Explainer:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("api") / "gap.onnx"
-    export_model(
-        GapNet().eval(), path, ["body.1", "body.3"], (32, 32), labels=LABELS, exporter="torchscript", log=lambda _: 0
-    )
+    path = export_gapnet(tmp_path_factory.mktemp("api") / "gap.onnx", ["body.1", "body.3"], labels=LABELS)
     return Explainer(path, provider="cpu")
 
 

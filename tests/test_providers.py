@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from onnxcam_export.api import export_model
-from torch import nn
+from small_models import export_gapnet
 
 from onnxcam.explainer import Explainer
 from onnxcam.providers import CPU, CUDA, ProviderError, cuda_available, provider_list
@@ -18,13 +16,7 @@ needs_cuda = pytest.mark.skipif(not cuda_available(), reason="onnxruntime has no
 
 @pytest.fixture(scope="module")
 def small_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
-    )
-    path = tmp_path_factory.mktemp("providers") / "small.onnx"
-    export_model(model.eval(), path, ["1"], input_size=(16, 16), exporter="torchscript", log=lambda _: None)
-    return path
+    return export_gapnet(tmp_path_factory.mktemp("providers") / "small.onnx")
 
 
 def test_cpu_is_always_available(small_graph: Path) -> None:
@@ -52,7 +44,7 @@ def test_cuda_without_cuda_fails_clearly() -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_maps_equal_cpu_maps(small_graph: Path) -> None:
-    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     methods = ["gradcam", "gradcam++", "layercam", "eigencam"]
     gpu = Explainer(small_graph, provider="cuda")
     assert gpu.provider == CUDA

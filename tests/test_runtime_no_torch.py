@@ -6,20 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from onnxcam_export.api import export_model
-from torch import nn
-
-
-class Small(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean((2, 3)))
-
+from small_models import export_gapnet
 
 SCRIPT = """
 import sys
@@ -39,9 +26,7 @@ print("torch" in sys.modules, "torchvision" in sys.modules)
 
 
 def test_explaining_imports_no_torch(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = tmp_path / "small.onnx"
-    export_model(Small().eval(), model, ["features.3"], input_size=(32, 32), exporter="torchscript", log=lambda _: 0)
+    model = export_gapnet(tmp_path / "small.onnx")
     image = tmp_path / "img.png"
     import cv2
     import numpy as np
