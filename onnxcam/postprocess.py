@@ -56,6 +56,8 @@ def fuse(layer_maps: Sequence[np.ndarray]) -> np.ndarray:
     shapes = {np.shape(m) for m in layer_maps}
     if len(shapes) != 1:
         raise ValueError(f"cannot fuse layer maps of different shapes {sorted(shapes)}; resize them to one size first")
+    if len(layer_maps) == 1:  # the mean over one layer is the map itself: skip the stack and the mean (same bits)
+        return normalize(relu(layer_maps[0]))
     stacked = np.stack([relu(m) for m in layer_maps], axis=1)
     return normalize(stacked.mean(axis=1))
 
