@@ -77,12 +77,25 @@ def export_model(
         source=source or type(model).__name__,
         exporter=exporter_version(),
     )
-    explainer = build_explainer(forward, layers, metadata)
+    check = (lambda e: verify_torch(e, model, layers, input_shape, tolerance=tolerance)) if verify else None
+    return _build_check_save(forward, metadata, check, "float64 torch.autograd", output, started, log)
+
+
+def _build_check_save(
+    forward: onnx.ModelProto,
+    metadata: contract.Metadata,
+    check: Callable[[onnx.ModelProto], Report] | None,
+    reference: str,
+    output: str | Path | None,
+    started: float,
+    log: Log,
+) -> tuple[onnx.ModelProto, Report | None]:
+    """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it."""
+    explainer = build_explainer(forward, list(metadata.layers), metadata)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
-    report = None
-    if verify:
-        report = verify_torch(explainer, model, layers, input_shape, tolerance=tolerance)
-        log(f"verified against float64 torch.autograd: {report.summary()}")
+    report = check(explainer) if check else None
+    if report is not None:
+        log(f"verified against {reference}: {report.summary()}")
     if output is not None:
         save(explainer, output)
         log(f"wrote {output}")
@@ -146,16 +159,8 @@ def export_onnx_file(
         source=Path(path).name,
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
     )
-    explainer = build_explainer(forward, layers, metadata)
-    log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
-    report = None
-    if verify:
-        report = verify_finite_differences(explainer, layers, (channels, *size), tolerance=tolerance)
-        log(f"verified by float64 finite differences: {report.summary()}")
-    if output is not None:
-        save(explainer, output)
-        log(f"wrote {output}")
-    return explainer, report
+    check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
+    return _build_check_save(forward, metadata, check, "float64 finite differences", output, started, log)
 
 
 def export_source(

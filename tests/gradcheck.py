@@ -15,14 +15,9 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 from onnxcam_export.autodiff.engine import differentiate
+from onnxcam_export.verify import relative_error
 
 OPSET = 18
-
-
-def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    """``max|ours − ref| / max|ref|`` (absolute when ``ref`` is all zeros)."""
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    return float(np.abs(ours - ref).max() / (scale if scale > 0 else 1.0)) if ref.size else 0.0
 
 
 def run_vjp(
