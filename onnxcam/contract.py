@@ -3,15 +3,25 @@
 The export stage writes graphs that follow this module; the runtime reads them through it.
 Nothing here imports torch or onnx, so both sides can share it.
 
+The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (METHODS.md, Targets): by default the seed is
+the one-hot of the target class, so ``y_n`` is that class's logit.
+
 Graph inputs
     ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic).
     ``target``  int64 ``[N]``: class to explain per image, ``-1`` = that image's top-1 prediction.
+    ``seed``    optional float32 ``[N, *S]`` shaped like ``scores`` (default: one all-zero row). A non-zero row
+                replaces the one-hot of ``target`` for its image (class sets, a region of a dense output, a direction).
+    ``head:<layer>``  optional float32 ``[M, C, h, w]``: a feature map fed to the part of the net after ``layer``.
 
 Graph outputs
-    ``scores``              the model's logits ``[N, K]``.
-    ``target_used``         int64 ``[N]``: the class actually explained.
-    ``activation:<layer>``  feature map ``A`` of each tapped layer, ``[N, C, h, w]``.
-    ``gradient:<layer>``    ``∂ scores[n, target_used[n]] / ∂ A`` per image, same shape as ``A``.
+    ``scores``                the model's logits ``[N, K]`` (classifier) or ``[N, K, H', W']`` (dense output).
+    ``target_used``           int64 ``[N]``: the class explained; ``-1`` where a seed row was used.
+    ``activation:<layer>``    feature map ``A`` of each tapped layer, ``[N, C, h, w]``.
+    ``gradient:<layer>``      ``∂ y_n / ∂ A`` per image, same shape as ``A``.
+    ``gradient:input[:rule]`` optional ``∂ y_n / ∂ input`` with the ReLU backward ``rule`` (see ``RELU_RULES``).
+    ``head_scores:<layer>``   optional: ``scores`` computed from ``head:<layer>`` (only the part after the layer runs).
+
+onnxruntime runs only the nodes the requested outputs need, so the optional outputs cost nothing unless asked for.
 """
 
 from __future__ import annotations
@@ -28,7 +38,15 @@ SCORES = "scores"
 TARGET_USED = "target_used"
 ACTIVATION_PREFIX = "activation:"
 GRADIENT_PREFIX = "gradient:"
-TOP1 = -1  # value of ``target`` that asks for the top-1 class
+SEED = "seed"
+INPUT_GRADIENT = "gradient:input"
+HEAD_INPUT_PREFIX = "head:"
+HEAD_SCORES_PREFIX = "head_scores:"
+TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
+
+#: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
+#: ``x̄ = ḡ·[x > 0]·[ḡ > 0]``) and ``deconvnet`` (``x̄ = ḡ·[ḡ > 0]``); METHODS.md, input-gradient maps.
+RELU_RULES = ("standard", "guided", "deconvnet")
 
 META_PREFIX = "onnxcam."
 META_VERSION = META_PREFIX + "contract_version"
@@ -38,6 +56,8 @@ META_LABELS = META_PREFIX + "labels"
 META_SOURCE = META_PREFIX + "source"
 META_EXPORTER = META_PREFIX + "exporter"
 META_SCORES_KIND = META_PREFIX + "scores_kind"
+META_INPUT_GRADIENTS = META_PREFIX + "input_gradients"
+META_HEADS = META_PREFIX + "heads"
 
 
 def activation_name(layer: str) -> str:
@@ -48,6 +68,23 @@ def activation_name(layer: str) -> str:
 def gradient_name(layer: str) -> str:
     """Graph output holding ``∂y^c/∂A`` for ``layer``."""
     return GRADIENT_PREFIX + layer
+
+
+def input_gradient_name(rule: str = "standard") -> str:
+    """Graph output of ``∂y/∂input`` with ReLU backward ``rule`` (``gradient:input``, ``gradient:input:guided`` …)."""
+    if rule not in RELU_RULES:
+        raise ValueError(f"unknown ReLU backward rule {rule!r}; choose from {', '.join(RELU_RULES)}")
+    return INPUT_GRADIENT if rule == "standard" else f"{INPUT_GRADIENT}:{rule}"
+
+
+def head_input_name(layer: str) -> str:
+    """Graph input feeding a feature map of ``layer`` to the part of the network after it."""
+    return HEAD_INPUT_PREFIX + layer
+
+
+def head_scores_name(layer: str) -> str:
+    """Graph output holding the scores computed from :func:`head_input_name` ``(layer)``."""
+    return HEAD_SCORES_PREFIX + layer
 
 
 @dataclass(frozen=True)
@@ -86,6 +123,8 @@ class Metadata:
     source: str = ""
     exporter: str = ""
     scores_kind: str = "logits"
+    input_gradients: tuple[str, ...] = ()
+    heads: tuple[str, ...] = ()
     version: str = CONTRACT_VERSION
 
     def to_props(self) -> dict[str, str]:
@@ -97,6 +136,8 @@ class Metadata:
             META_SOURCE: self.source,
             META_EXPORTER: self.exporter,
             META_SCORES_KIND: self.scores_kind,
+            META_INPUT_GRADIENTS: json.dumps(list(self.input_gradients)),
+            META_HEADS: json.dumps(list(self.heads)),
         }
         if self.labels is not None:
             props[META_LABELS] = json.dumps(list(self.labels))
@@ -119,5 +160,7 @@ class Metadata:
             source=props.get(META_SOURCE, ""),
             exporter=props.get(META_EXPORTER, ""),
             scores_kind=props.get(META_SCORES_KIND, "logits"),
+            input_gradients=tuple(json.loads(props.get(META_INPUT_GRADIENTS, "[]"))),
+            heads=tuple(json.loads(props.get(META_HEADS, "[]"))),
             version=props[META_VERSION],
         )
