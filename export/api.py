@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     import torch
 
 Log = Callable[[str], None]
+
+#: Input gradients exported by default: all three ReLU backward rules (saliency, guided backprop, deconvnet …).
+DEFAULT_INPUT_GRADIENTS: tuple[str, ...] = contract.RELU_RULES
 
 
 def _stderr(message: str) -> None:
@@ -52,11 +56,15 @@ def export_model(
     verify: bool = True,
     tolerance: float = 1e-4,
     source: str = "",
+    input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
+    heads: bool = True,
     log: Log = _stderr,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
     ``layers`` are module names (``model.named_modules()``); none → the last 4-D feature map before pooling.
+    ``input_gradients``: ReLU backward rules of the ``gradient:input[:rule]`` outputs (``standard``, ``guided``,
+    ``deconvnet``; ``()`` for none). ``heads``: add the part after each layer as a head graph (Ablation-CAM).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -77,13 +85,32 @@ def export_model(
         source=source or type(model).__name__,
         exporter=exporter_version(),
     )
-    check = (lambda e: verify_torch(e, model, layers, input_shape, tolerance=tolerance)) if verify else None
-    return _build_check_save(forward, metadata, check, "float64 torch.autograd", output, started, log)
+    rules = _rules(input_gradients)
+    check = (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance)) if verify else None
+    extras = Extras(rules, heads)
+    return _build_check_save(forward, metadata, extras, check, "float64 torch.autograd", output, started, log)
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Optional parts of the explainer graph: input gradients (one per ReLU backward rule) and head graphs."""
+
+    input_gradients: tuple[str, ...] = ()
+    heads: bool = True
+
+
+def _rules(input_gradients: Sequence[str]) -> tuple[str, ...]:
+    """The ReLU backward rules asked for, checked, in contract order."""
+    unknown = [r for r in input_gradients if r not in contract.RELU_RULES]
+    if unknown:
+        raise ExportError(f"unknown input-gradient rule '{unknown[0]}'; choose from {', '.join(contract.RELU_RULES)}")
+    return tuple(r for r in contract.RELU_RULES if r in input_gradients)
 
 
 def _build_check_save(
     forward: onnx.ModelProto,
     metadata: contract.Metadata,
+    extras: Extras,
     check: Callable[[onnx.ModelProto], Report] | None,
     reference: str,
     output: str | Path | None,
@@ -91,7 +118,7 @@ def _build_check_save(
     log: Log,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it."""
-    explainer = build_explainer(forward, list(metadata.layers), metadata)
+    explainer = build_explainer(forward, list(metadata.layers), metadata, extras.input_gradients, extras.heads, log=log)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
     report = check(explainer) if check else None
     if report is not None:
@@ -142,9 +169,14 @@ def export_onnx_file(
     opset: int = onnx_prep.MIN_OPSET,
     verify: bool = True,
     tolerance: float = 1e-4,
+    input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
+    heads: bool = True,
     log: Log = _stderr,
 ) -> tuple[onnx.ModelProto, Report | None]:
-    """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed."""
+    """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
+
+    ``input_gradients`` and ``heads`` as in :func:`export_model` (the layer gradients are what is verified).
+    """
     started = time.perf_counter()
     forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset)
     log(f"explaining tensor(s) {', '.join(layers)}")
@@ -160,7 +192,8 @@ def export_onnx_file(
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
     )
     check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
-    return _build_check_save(forward, metadata, check, "float64 finite differences", output, started, log)
+    extras = Extras(_rules(input_gradients), heads)
+    return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
 
 
 def export_source(
@@ -176,6 +209,8 @@ def export_source(
     exporter: str = "dynamo",
     no_verify: bool = False,
     tolerance: float = 1e-4,
+    input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
+    heads: bool = True,
     log: Log = _stderr,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
@@ -192,6 +227,8 @@ def export_source(
             opset=opset,
             verify=not no_verify,
             tolerance=tolerance,
+            input_gradients=input_gradients,
+            heads=heads,
             log=log,
         )
     model = sources.load_module(source, weights)
@@ -209,5 +246,7 @@ def export_source(
         verify=not no_verify,
         tolerance=tolerance,
         source=source,
+        input_gradients=input_gradients,
+        heads=heads,
         log=log,
     )

@@ -1,13 +1,16 @@
 """Turn a forward graph with tapped layers into an explainer graph that follows :mod:`onnxcam.contract`.
 
 Input: an ONNX model whose input is ``input``, whose outputs are ``scores`` and one ``activation:<layer>`` per layer.
-Added: the ``target`` input, ``target_used`` (top-1 where ``target < 0``), the one-hot seed
-``ḡ_scores[n, k] = [k = target_used[n]]``, and the reverse-mode graph giving ``gradient:<layer>`` per layer.
+Added: the ``target`` and ``seed`` inputs, ``target_used`` (top-1 where ``target < 0``), the seed of the backward
+pass (``seed`` where given, else ``ḡ_scores[n, k] = [k = target_used[n]]``), the reverse-mode graph giving
+``gradient:<layer>`` per layer, optionally ``gradient:input[:rule]`` (one reverse pass per ReLU backward rule), and a
+copy of the part after each layer fed by ``head:<layer>`` (see :mod:`onnxcam.contract`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -16,8 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcam import contract
 
 from .autodiff.context import GradientError
-from .autodiff.engine import differentiate
+from .autodiff.engine import Backward, differentiate, downstream
 from .autodiff.graph_info import GraphInfo
+from .autodiff.relu_backward import overrides
 from .errors import ExportError
 
 _PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity")
@@ -41,15 +45,22 @@ def logits_of(model: onnx.ModelProto) -> tuple[str, str]:
     return contract.SCORES, "logits"
 
 
-def _class_count(info: GraphInfo, name: str) -> int:
-    """``K`` when ``name`` is shaped ``[N, K]`` or ``[N, K, 1, …, 1]``, else :class:`OutputError`."""
+def score_shape(info: GraphInfo, name: str) -> tuple[int, ...]:
+    """``(K,)`` when ``name`` is ``[N, K]`` or ``[N, K, 1, …, 1]``; ``(K, H, W)`` for a dense ``[N, K, H, W]`` output.
+
+    Anything else (unknown or dynamic dims, other ranks) raises :class:`OutputError`.
+    """
     shape = info.shape(name)
-    if shape is None or len(shape) < 2 or not isinstance(shape[1], int) or any(d != 1 for d in shape[2:]):
-        raise OutputError(
-            f"the model's output '{name}' has shape {list(shape) if shape else 'unknown'}; onnxcam needs "
-            "[N, classes] (trailing dims of size 1 are fine)"
-        )
-    return int(shape[1])
+    dims = tuple(shape[1:]) if shape else ()
+    if len(dims) >= 1 and all(isinstance(d, int) for d in dims):
+        if all(d == 1 for d in dims[1:]):
+            return (int(dims[0]),)
+        if len(dims) == 3:
+            return tuple(int(d) for d in dims)
+    raise OutputError(
+        f"the model's output '{name}' has shape {list(shape) if shape else 'unknown'}; onnxcam needs "
+        "[N, classes] (trailing dims of size 1 are fine) or a dense [N, classes, H, W] with fixed sizes"
+    )
 
 
 def _prune(graph: onnx.GraphProto) -> None:
@@ -67,8 +78,16 @@ def _prune(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(initializers)
 
 
-def build_explainer(forward: onnx.ModelProto, layers: Sequence[str], metadata: contract.Metadata) -> onnx.ModelProto:
-    """Add ``target``, ``target_used`` and ``gradient:<layer>`` to ``forward`` and stamp the contract metadata."""
+def build_explainer(
+    forward: onnx.ModelProto,
+    layers: Sequence[str],
+    metadata: contract.Metadata,
+    input_gradients: Sequence[str] = (),
+    heads: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> onnx.ModelProto:
+    """Add ``target``, ``seed``, ``target_used``, ``gradient:<layer>`` and, on request, the input gradients
+    (one per ReLU backward rule) and head graphs to ``forward``; stamp the contract metadata."""
     model = onnx.ModelProto()
     model.CopyFrom(forward)
     graph = model.graph
@@ -77,75 +96,173 @@ def build_explainer(forward: onnx.ModelProto, layers: Sequence[str], metadata: c
     for name in [contract.SCORES, *taps]:
         if name not in outputs:
             raise GradientError(f"forward graph has no output '{name}'")
+    shape = _scores_as_contract(model)
+    seed = _seed_and_target(graph, shape)
+    _set_outputs(graph, shape)
 
-    # scores := logits as [N, K]
-    logits, kind = logits_of(model)
-    info = GraphInfo(model)
-    classes = _class_count(info, logits)
-    if logits != contract.SCORES or len(info.shape(logits) or ()) != 2:
-        raw = contract.SCORES + "/raw"
-        for node in graph.node:
-            node.output[:] = [raw if o == contract.SCORES else o for o in node.output]
-            node.input[:] = [raw if i == contract.SCORES else i for i in node.input]
-        source = raw if logits == contract.SCORES else logits
-        graph.node.append(helper.make_node("Flatten", [source], [contract.SCORES], name="onnxcam/scores", axis=1))
-
-    # target_used = target < 0 ? argmax(scores) : target;  seed = one_hot(target_used, K)
-    graph.input.append(helper.make_tensor_value_info(contract.TARGET, TensorProto.INT64, ["N"]))
-    consts = {
-        "onnxcam/zero": np.array(0, np.int64),
-        "onnxcam/depth": np.array(classes, np.int64),
-        "onnxcam/onehot_values": np.array([0.0, 1.0], np.float32),
-    }
-    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
-    seed = "onnxcam/seed"
-    graph.node.extend(
-        [
-            helper.make_node("ArgMax", [contract.SCORES], ["onnxcam/top1"], name="onnxcam/top1", axis=1, keepdims=0),
-            helper.make_node("Less", [contract.TARGET, "onnxcam/zero"], ["onnxcam/use_top1"], name="onnxcam/use_top1"),
-            helper.make_node(
-                "Where",
-                ["onnxcam/use_top1", "onnxcam/top1", contract.TARGET],
-                [contract.TARGET_USED],
-                name="onnxcam/target_used",
-            ),
-            helper.make_node(
-                "OneHot",
-                [contract.TARGET_USED, "onnxcam/depth", "onnxcam/onehot_values"],
-                [seed],
-                name="onnxcam/seed",
-                axis=-1,
-            ),
-        ]
-    )
-    _set_outputs(graph, classes)
-    backward = differentiate(model, taps, contract.SCORES, seed)
-    graph.node.extend(backward.nodes)
-    graph.initializer.extend(backward.initializers)
+    standard = "standard" in input_gradients
+    backward = differentiate(model, [*taps, contract.INPUT] if standard else taps, contract.SCORES, seed)
+    _append(graph, backward)
     for layer, tap in zip(layers, taps, strict=True):
-        grad = contract.gradient_name(layer)
-        graph.node.append(helper.make_node("Identity", [backward.grads[tap]], [grad], name=grad))
-        graph.output.append(_like(graph, tap, grad))
+        _expose(graph, backward.grads[tap], contract.gradient_name(layer), like=tap)
+    if standard:
+        _expose(graph, backward.grads[contract.INPUT], contract.input_gradient_name("standard"), like=contract.INPUT)
+    for rule in input_gradients:
+        if rule != "standard":
+            modified = differentiate(model, [contract.INPUT], contract.SCORES, seed, overrides(rule), prefix=rule)
+            _append(graph, modified)
+            _expose(graph, modified.grads[contract.INPUT], contract.input_gradient_name(rule), like=contract.INPUT)
+    with_head = [layer for layer in layers if heads and add_head(graph, layer, log)]
     _prune(graph)
-    props = dict(metadata.to_props(), **{contract.META_SCORES_KIND: kind})
+    props = metadata.to_props()
+    props[contract.META_INPUT_GRADIENTS] = json.dumps(list(input_gradients))
+    props[contract.META_HEADS] = json.dumps(with_head)
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def _set_outputs(graph: onnx.GraphProto, classes: int) -> None:
+def _scores_as_contract(model: onnx.ModelProto) -> tuple[int, ...]:
+    """Make ``scores`` the logits (a trailing Softmax skipped, ``[N, K, 1, 1]`` flattened); return their ``S``."""
+    graph = model.graph
+    logits, _ = logits_of(model)
+    shape = score_shape(GraphInfo(model), logits)
+    rank = len(shape) + 1
+    if logits != contract.SCORES or len(GraphInfo(model).shape(logits) or ()) != rank:
+        raw = contract.SCORES + "/raw"
+        for node in graph.node:
+            node.output[:] = [raw if o == contract.SCORES else o for o in node.output]
+            node.input[:] = [raw if i == contract.SCORES else i for i in node.input]
+        source = raw if logits == contract.SCORES else logits
+        op = "Flatten" if len(shape) == 1 else "Identity"
+        attrs = {"axis": 1} if op == "Flatten" else {}
+        graph.node.append(helper.make_node(op, [source], [contract.SCORES], name="onnxcam/scores", **attrs))
+    return shape
+
+
+def _seed_and_target(graph: onnx.GraphProto, shape: tuple[int, ...]) -> str:
+    """Nodes for ``target_used`` and the seed of the backward pass; returns the seed's name.
+
+    ``class = target < 0 ? argmax_k Σ_positions scores : target``; ``use_seed = Σ|seed| > 0`` per seed row;
+    ``seed_used = use_seed ? seed : one_hot(class)``; ``target_used = use_seed ? −1 : class``. The ``seed`` input
+    defaults to one all-zero row, so a caller that feeds only ``target`` gets the one-hot seed.
+    """
+    dense = len(shape) > 1
+    graph.input.append(helper.make_tensor_value_info(contract.TARGET, TensorProto.INT64, ["N"]))
+    graph.input.append(_optional_input(contract.SEED, len(shape) + 1))
+    consts = {
+        contract.SEED: np.zeros((1, *shape), np.float32),
+        "onnxcam/zero": np.array(0, np.int64),
+        "onnxcam/zero_f": np.array(0.0, np.float32),
+        "onnxcam/top1_value": np.array(contract.TOP1, np.int64),
+        "onnxcam/depth": np.array(shape[0], np.int64),
+        "onnxcam/onehot_values": np.array([0.0, 1.0], np.float32),
+        "onnxcam/seed_axes": np.arange(1, len(shape) + 1, dtype=np.int64),
+        "onnxcam/spatial_axes": np.array([2, 3], np.int64),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    per_class = "onnxcam/class_scores"
+    nodes = [
+        helper.make_node("ReduceSum", [contract.SCORES, "onnxcam/spatial_axes"], [per_class], keepdims=0)
+        if dense
+        else helper.make_node("Identity", [contract.SCORES], [per_class]),
+        helper.make_node("ArgMax", [per_class], ["onnxcam/top1"], axis=1, keepdims=0),
+        helper.make_node("Less", [contract.TARGET, "onnxcam/zero"], ["onnxcam/use_top1"]),
+        helper.make_node("Where", ["onnxcam/use_top1", "onnxcam/top1", contract.TARGET], ["onnxcam/class"]),
+        helper.make_node("OneHot", ["onnxcam/class", "onnxcam/depth", "onnxcam/onehot_values"], ["onnxcam/onehot"]),
+        helper.make_node("Abs", [contract.SEED], ["onnxcam/seed_abs"]),
+        helper.make_node("ReduceSum", ["onnxcam/seed_abs", "onnxcam/seed_axes"], ["onnxcam/seed_mass"], keepdims=1),
+        helper.make_node("Greater", ["onnxcam/seed_mass", "onnxcam/zero_f"], ["onnxcam/use_seed"]),
+        helper.make_node("Squeeze", ["onnxcam/use_seed", "onnxcam/seed_axes"], ["onnxcam/use_seed_row"]),
+        helper.make_node(
+            "Where", ["onnxcam/use_seed_row", "onnxcam/top1_value", "onnxcam/class"], [contract.TARGET_USED]
+        ),
+    ]
+    onehot = "onnxcam/onehot"
+    if dense:
+        nodes.append(helper.make_node("Unsqueeze", [onehot, "onnxcam/spatial_axes"], ["onnxcam/onehot_dense"]))
+        onehot = "onnxcam/onehot_dense"
+    seed = "onnxcam/seed_used"
+    nodes.append(helper.make_node("Where", ["onnxcam/use_seed", contract.SEED, onehot], [seed]))
+    for node in nodes:
+        node.name = node.output[0]
+    graph.node.extend(nodes)
+    return seed
+
+
+def _optional_input(name: str, rank: int) -> onnx.ValueInfoProto:
+    """A float graph input that a same-named initializer gives a default (one row of zeros).
+
+    Declared with unknown dims on purpose: with sizes (even a symbolic batch) onnxruntime takes the default's batch
+    of 1 as the shape and plans fixed-size buffers from it, failing on larger batches.
+    """
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * rank)
+
+
+def _append(graph: onnx.GraphProto, backward: Backward) -> None:
+    graph.node.extend(backward.nodes)
+    graph.initializer.extend(backward.initializers)
+
+
+def _expose(graph: onnx.GraphProto, tensor: str, name: str, like: str) -> None:
+    """Make ``tensor`` the graph output ``name``, typed like the graph input or output ``like``."""
+    graph.node.append(helper.make_node("Identity", [tensor], [name], name=name))
+    graph.output.append(_like(graph, like, name))
+
+
+def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> bool:
+    """Copy the part of the graph after ``layer`` as ``head:<layer>`` → ``head_scores:<layer>`` (weights shared).
+
+    The copy takes the nodes that depend on the tapped map and lead to ``scores``. When one of them also reads a
+    tensor computed from the input by another path (a skip connection around the layer), the part after the layer is
+    not a function of the map alone: no head is added (logged) and ``False`` is returned.
+    """
+    tap = contract.activation_name(layer)
+    after = downstream(graph, [tap])
+    from_input = downstream(graph, [contract.INPUT])
+    needed = {contract.SCORES}
+    nodes: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output) and any(i in after for i in node.input):
+            nodes.append(node)
+            needed.update(node.input)
+    nodes.reverse()
+    bypass = sorted({i for node in nodes for i in node.input if i in from_input and i not in after})
+    if bypass:
+        log(f"no head graph for layer '{layer}': the part after it also reads '{bypass[0]}'")
+        return False
+    prefix = f"onnxcam/head/{layer}/"
+    renamed = {name: prefix + name for node in nodes for name in node.output} | {tap: contract.head_input_name(layer)}
+    renamed[contract.SCORES] = contract.head_scores_name(layer)
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = prefix + (node.name or node.output[0])
+        copy.input[:] = [renamed.get(i, i) for i in node.input]
+        copy.output[:] = [renamed.get(o, o) for o in node.output]
+        graph.node.append(copy)
+    dims = [d.dim_value for d in _like(graph, tap, tap).type.tensor_type.shape.dim[1:]]
+    graph.input.append(_optional_input(contract.head_input_name(layer), len(dims) + 1))
+    graph.initializer.append(numpy_helper.from_array(np.zeros((1, *dims), np.float32), contract.head_input_name(layer)))
+    scores_info = _like(graph, contract.SCORES, contract.head_scores_name(layer))
+    scores_info.type.tensor_type.shape.dim[0].dim_param = "M"
+    graph.output.append(scores_info)
+    return True
+
+
+def _set_outputs(graph: onnx.GraphProto, shape: tuple[int, ...]) -> None:
     """Graph outputs in contract order: scores, target_used, activation:* (gradients are appended later)."""
     taps = [o for o in graph.output if o.name.startswith(contract.ACTIVATION_PREFIX)]
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(contract.SCORES, TensorProto.FLOAT, ["N", classes]))
+    graph.output.append(helper.make_tensor_value_info(contract.SCORES, TensorProto.FLOAT, ["N", *shape]))
     graph.output.append(helper.make_tensor_value_info(contract.TARGET_USED, TensorProto.INT64, ["N"]))
     graph.output.extend(taps)
 
 
 def _like(graph: onnx.GraphProto, tap: str, name: str) -> onnx.ValueInfoProto:
-    """Value info for ``name`` with the type and shape of the tapped output ``tap``."""
-    for out in graph.output:
+    """Value info for ``name`` with the type and shape of the graph output or input ``tap``."""
+    for out in [*graph.output, *graph.input]:
         if out.name == tap:
             vi = onnx.ValueInfoProto()
             vi.CopyFrom(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
@@ -53,19 +55,29 @@ class Pad(OpRun):
         return (np.pad(data[crop], widths, constant_values=value).astype(data.dtype),)
 
 
-def cut_after(model: onnx.ModelProto, tensor: str) -> tuple[onnx.ModelProto, list[str]]:
-    """The nodes of ``model`` that depend on ``tensor``, as a model whose inputs are ``tensor`` and the ``frozen``
-    tensors those nodes read from elsewhere (skip connections, graph inputs …), returned second."""
+def cut_after(
+    model: onnx.ModelProto, tensor: str, keep: Sequence[str] | None = None
+) -> tuple[onnx.ModelProto, list[str]]:
+    """The nodes of ``model`` that depend on ``tensor`` (and lead to an output in ``keep``, default all), as a model
+    whose inputs are ``tensor`` and the ``frozen`` tensors those nodes read from elsewhere (skip connections, graph
+    inputs …), returned second."""
     downstream = {tensor}
     nodes = []
     for node in model.graph.node:
         if any(i in downstream for i in node.input):
             nodes.append(node)
             downstream.update(node.output)
+    outputs = [o for o in model.graph.output if o.name in downstream and (keep is None or o.name in keep)]
+    needed = {o.name for o in outputs}
+    kept = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    nodes = kept[::-1]
     weights = {t.name: t for t in model.graph.initializer}
     read = {i for n in nodes for i in n.input if i}
     frozen = sorted(read - downstream - weights.keys())
-    outputs = [o for o in model.graph.output if o.name in downstream]
     graph = onnx.helper.make_graph(
         nodes,
         "after_" + tensor,

@@ -104,7 +104,8 @@ def verify_finite_differences(
     directions: int = 2,
     seed: int = 0,
 ) -> Report:
-    """Directional central differences of ``scores[n, t_n]`` w.r.t. each tapped map vs ``⟨gradient, v⟩``.
+    """Directional central differences of ``scores[n, t_n]`` w.r.t. each tapped map (and the input, when the graph
+    has the standard input gradient) vs ``⟨gradient, v⟩``.
 
     The part of the explainer after the layer (forward head, seed and backward) runs in float64 under
     ``onnx.reference`` from the float32 map ``A`` that onnxruntime computed, so the check sees the graph's mathematics,
@@ -118,9 +119,11 @@ def verify_finite_differences(
     target = np.array([contract.TOP1, 0, 1][:batch], np.int64)
     rows = np.arange(batch)
     errors: dict[str, tuple[float, ...]] = {}
-    for layer in layers:
-        tap, grad = contract.activation_name(layer), contract.gradient_name(layer)
-        after, frozen = cut_after(explainer, tap)
+    pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
+    if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
+        pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
+    for tap, grad in pairs:
+        after, frozen = cut_after(explainer, tap, [contract.SCORES, contract.TARGET_USED, grad])
         probe = onnx.ModelProto()
         probe.CopyFrom(explainer)
         info = GraphInfo(explainer)
@@ -129,7 +132,7 @@ def verify_finite_differences(
             for f in frozen
             if f != contract.TARGET
         )
-        out = run(probe, {contract.INPUT: x, contract.TARGET: target})
+        out = {**run(probe, {contract.INPUT: x, contract.TARGET: target}), contract.INPUT: x}
         fixed = {f: target if f == contract.TARGET else out[f] for f in frozen}
         activation = out[tap].astype(np.float64)
 

@@ -94,12 +94,18 @@ def test_exported_file_passes_checker_and_carries_metadata(tmp_path: Path) -> No
     assert meta.preprocess.input_size == (32, 40)
     assert meta.preprocess.mean == (0.5, 0.5, 0.5) and meta.preprocess.std == (0.25, 0.25, 0.25)
     assert "torch" in meta.exporter and meta.version == contract.CONTRACT_VERSION
-    assert [i.name for i in model.graph.input] == ["input", "target"]
+    assert meta.input_gradients == contract.RELU_RULES and meta.heads == ("features.5",)
+    assert [i.name for i in model.graph.input] == ["input", "target", "seed", "head:features.5"]
+    assert {t.name for t in model.graph.initializer} >= {"seed", "head:features.5"}, "optional inputs have defaults"
     assert [o.name for o in model.graph.output] == [
         "scores",
         "target_used",
         "activation:features.5",
         "gradient:features.5",
+        "gradient:input",
+        "gradient:input:guided",
+        "gradient:input:deconvnet",
+        "head_scores:features.5",
     ]
     assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
 
@@ -143,13 +149,13 @@ def test_op_without_rule_names_op_node_and_where_to_add_it() -> None:
     assert "\n" not in message
 
 
-def test_output_that_is_not_n_by_classes_is_refused() -> None:
-    class Dense(TinyNet):
+def test_output_that_is_neither_classes_nor_dense_is_refused() -> None:
+    class Sequence(TinyNet):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.features(x)  # [N, 16, H, W]
+            return self.features(x).flatten(2)  # [N, 16, H·W]
 
     with pytest.raises(OutputError, match=r"\[N, classes\]"):
-        export_model(tiny(Dense), None, ["features.2"], input_size=(16, 16), verify=False, **QUIET)
+        export_model(tiny(Sequence), None, ["features.2"], input_size=(16, 16), verify=False, **QUIET)
 
 
 def torchscript_file(model: nn.Module, path: Path, opset: int, batch: int = 1, legacy: bool = False) -> Path:

@@ -7,7 +7,7 @@ over the head of the network. Each node's VJP comes from the rule table in :mod:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -15,7 +15,7 @@ import onnx
 from . import rules  # noqa: F401  (importing registers every rule)
 from .context import Emitter, GradientError, VJPContext
 from .graph_info import GraphInfo
-from .registry import RULES
+from .registry import RULES, VJPRule
 
 
 @dataclass
@@ -27,6 +27,17 @@ class Backward:
     grads: dict[str, str]
 
 
+def downstream(
+    graph: onnx.GraphProto, sources: Sequence[str], keep: Callable[[str], bool] = lambda _: True
+) -> set[str]:
+    """``sources`` and every tensor computed from them (only through tensors ``keep`` accepts)."""
+    reached = set(sources)
+    for node in graph.node:
+        if any(i in reached for i in node.input):
+            reached.update(o for o in node.output if keep(o))
+    return reached
+
+
 def active_nodes(
     graph: onnx.GraphProto, sources: Sequence[str], output: str, differentiable: Callable[[str], bool]
 ) -> tuple[list[onnx.NodeProto], set[str]]:
@@ -35,24 +46,30 @@ def active_nodes(
     Only ``differentiable`` (floating-point) tensors carry gradients: shapes, indices and masks computed from a
     source (``Shape``, ``ArgMax``, ``Greater`` …) are constants to the backward pass.
     """
-    downstream = set(sources)
-    for node in graph.node:
-        if any(i in downstream for i in node.input):
-            downstream.update(o for o in node.output if differentiable(o))
-    on_path = {output} if output in downstream else set()
+    reached = downstream(graph, sources, differentiable)
+    on_path = {output} if output in reached else set()
     path_nodes: list[onnx.NodeProto] = []
     for node in reversed(graph.node):
-        if any(o in on_path for o in node.output) and any(i in downstream for i in node.input):
+        if any(o in on_path for o in node.output) and any(i in reached for i in node.input):
             path_nodes.append(node)
-            on_path.update(i for i in node.input if i in downstream)
+            on_path.update(i for i in node.input if i in reached)
     path_nodes.reverse()
     return path_nodes, on_path
 
 
-def differentiate(model: onnx.ModelProto, sources: Sequence[str], output: str, seed: str) -> Backward:
+def differentiate(
+    model: onnx.ModelProto,
+    sources: Sequence[str],
+    output: str,
+    seed: str,
+    overrides: Mapping[str, VJPRule] | None = None,
+    prefix: str = "grad",
+) -> Backward:
     """Build the VJP ``seedᵀ · ∂output/∂source`` for every source tensor.
 
-    ``seed`` names a tensor shaped like ``output`` (it may be produced by nodes the caller adds). Raises
+    ``seed`` names a tensor shaped like ``output`` (it may be produced by nodes the caller adds). ``overrides``
+    replaces rules of the table for this pass (e.g. guided backpropagation's ``Relu``); ``prefix`` starts the new
+    tensor names, so several passes over one graph are told apart. Raises
     :class:`GradientError` naming the node when an op on the path has no rule, or a source does not reach ``output``.
     """
     graph = model.graph
@@ -64,7 +81,7 @@ def differentiate(model: onnx.ModelProto, sources: Sequence[str], output: str, s
 
     taken = {n for node in graph.node for n in (*node.input, *node.output, node.name)}
     taken |= {t.name for t in graph.initializer} | {v.name for v in graph.input} | {seed}
-    emitter = Emitter(taken)
+    emitter = Emitter(taken, prefix)
     contributions: dict[str, list[str]] = {output: [seed]}
 
     def total(name: str) -> str | None:
@@ -75,8 +92,9 @@ def differentiate(model: onnx.ModelProto, sources: Sequence[str], output: str, s
             parts[:] = emitter.op("Sum", parts)
         return parts[0]
 
+    table = {**RULES, **(overrides or {})}
     for node in reversed(path_nodes):
-        vjp = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        vjp = table.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         label = node.name or node.output[0]
         if vjp is None:
             raise GradientError(

@@ -24,9 +24,19 @@ import click
     show_default=True,
     help="PyTorch → ONNX tracer (torchscript is the legacy one, ~10× faster to export).",
 )
+@click.option(
+    "--input-gradient",
+    "input_gradients",
+    default="standard,guided,deconvnet",
+    show_default=True,
+    help="ReLU backward rules of the input-gradient outputs (saliency, guided backprop, deconvnet …), or 'none'.",
+)
+@click.option("--no-head", is_flag=True, help="Leave out the head graphs (the part after each layer; Ablation-CAM).")
 @click.option("--no-verify", is_flag=True, help="Skip the gradient check against torch.autograd / finite differences.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error allowed.")
-def export(source: str, layers: tuple[str, ...], output: str, **options: object) -> None:
+def export(
+    source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
+) -> None:
     """Rewrite SOURCE into an explainer graph with exact gradients.
 
     SOURCE is torchvision:<name>, <module or file.py>:<callable> returning an nn.Module, or an existing .onnx file.
@@ -38,6 +48,7 @@ def export(source: str, layers: tuple[str, ...], output: str, **options: object)
             f"the export stage needs torch and onnx: pip install 'onnxcam[export]' ({exc})"
         ) from None
     try:
-        export_source(source, list(layers), output, **options)
+        rules = [r.strip() for r in input_gradients.split(",") if r.strip() and r.strip() != "none"]
+        export_source(source, list(layers), output, input_gradients=rules, heads=not no_head, **options)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
