@@ -1,4 +1,10 @@
-"""Reading images robustly into RGB uint8 arrays (OpenCV only)."""
+"""Reading images robustly into RGB uint8 arrays (OpenCV only).
+
+Before anything is decoded, the file's header (:mod:`onnxcam.image_header`) is checked: an image declaring more than
+``max_pixels`` pixels (a decompression bomb: a small file that would decode into gigabytes) and a PNG or JPEG cut
+short are refused. OpenCV applies the EXIF orientation itself (JPEG, PNG ``eXIf``, WebP, TIFF), and converts CMYK
+JPEGs to RGB; :func:`to_rgb8` brings grey, alpha and 16-bit/float data to RGB uint8.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .image_header import read_header
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"})
+
+#: Largest image :func:`read_image` decodes, in pixels (width × height), unless told otherwise.
+MAX_PIXELS = 100_000_000
 
 
 class ImageError(ValueError):
@@ -17,7 +28,7 @@ class ImageError(ValueError):
 def to_rgb8(image: np.ndarray) -> np.ndarray:
     """Any decoded array → ``H×W×3`` RGB uint8: grey is replicated, alpha dropped, 16-bit/float rescaled.
 
-    Arrays from OpenCV are BGR(A); call with ``bgr=False`` data already in RGB order via :func:`as_rgb8`.
+    ``image`` is in OpenCV's channel order, BGR(A).
     """
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
@@ -35,23 +46,44 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, code)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def too_large(width: int, height: int, max_pixels: int) -> str | None:
+    """The refusal of a ``width × height`` image above ``max_pixels``, or ``None`` when it is within the limit."""
+    if width * height <= max_pixels:
+        return None
+    return (
+        f"image too large: {width}x{height} = {width * height / 1e6:g} megapixels, "
+        f"the limit is {max_pixels / 1e6:g} megapixels"
+    )
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Decode ``path`` to RGB uint8, applying the EXIF orientation (what a person sees).
 
-    Grey, 16-bit and RGBA files are converted; anything unreadable raises :class:`ImageError`.
+    Grey, 16-bit, RGBA and CMYK files are converted. ``max_pixels`` (default :data:`MAX_PIXELS`) bounds width × height,
+    checked on the header before decoding. Anything unreadable raises :class:`ImageError` ``"<path>: <cause>"``.
     """
     path = Path(path)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
-    except (IsADirectoryError, PermissionError, OSError) as exc:
+    except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if data.size == 0:
+    if not data:
         raise ImageError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    header = read_header(data)
+    refusal = too_large(*header.size, limit) if header is not None and header.size else None
+    if refusal is not None:
+        raise ImageError(f"{path}: {refusal}")
+    if header is not None and not header.complete:
+        raise ImageError(f"{path}: not a decodable image")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise ImageError(f"{path}: not a decodable image")
+    refusal = too_large(image.shape[1], image.shape[0], limit)  # formats whose header gives no size
+    if refusal is not None:
+        raise ImageError(f"{path}: {refusal}")
     try:
         return to_rgb8(image)
     except ImageError as exc:

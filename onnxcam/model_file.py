@@ -1,13 +1,22 @@
-"""Opening an explainer graph with onnxruntime and reading its contract (no onnx package needed)."""
+"""Opening an explainer graph with onnxruntime and reading its contract (no onnx package needed).
+
+Before onnxruntime reads the file, every external-data location it names is checked to stay inside the model's folder
+(:mod:`onnxcam.onnx_scan`): onnxruntime 1.32 refuses absolute and escaping paths itself, older releases may not.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
 from . import contract
+from .onnx_scan import ProtobufError, external_locations
+
+#: Bytes 4–8 of a model in onnxruntime's own (flatbuffer) format, which holds no external data.
+ORT_FORMAT_ID = b"ORTM"
 
 
 class ModelFileError(ValueError):
@@ -42,6 +51,51 @@ def _specs(args: list) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(a.name, tuple(a.shape), a.type.replace("tensor(", "").rstrip(")")) for a in args)
 
 
+def escaping_location(model: Path, location: str) -> bool:
+    """Whether external data ``location`` of ``model`` is absolute, resolves (``..``, symlinks) outside the model's
+    folder, or cannot be resolved at all (a NUL byte, a symlink loop)."""
+    folder = model.resolve().parent
+    try:
+        return os.path.isabs(location) or not (folder / location).resolve().is_relative_to(folder)
+    except (ValueError, OSError, RuntimeError):
+        return True
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse a model that is not a protobuf ModelProto, or whose external data lies outside its folder."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if data[4:8] == ORT_FORMAT_ID:
+        return
+    try:
+        locations = external_locations(data)
+    except ProtobufError as exc:
+        raise ModelFileError(f"{path}: not a loadable ONNX model (not an ONNX protobuf file: {exc})") from None
+    escaping = [location for location in locations if escaping_location(path, location)]
+    if escaping:
+        raise ModelFileError(
+            f"{path}: refused: external data location {escaping[0]!r} escapes the model's folder "
+            "(external data files must sit next to the model or below it)"
+        )
+
+
+def check_input_size(graph: ExplainerGraph) -> str | None:
+    """Why the graph's ``input`` cannot take the preprocessed images, ``[N, 3, H, W]`` with ``(H, W)`` the metadata's
+    ``input_size``, or ``None`` when it can (a symbolic dimension takes any size)."""
+    shape = next(i.shape for i in graph.inputs if i.name == contract.INPUT)
+    height, width = graph.metadata.preprocess.input_size
+    wanted = (3, height, width)
+    if len(shape) == 4 and all(not isinstance(d, int) or d == e for d, e in zip(shape[1:], wanted, strict=True)):
+        return None
+    dims = ", ".join(str(d) if isinstance(d, int) else "?" for d in shape)
+    return (
+        f"graph input '{contract.INPUT}' has shape [{dims}] but the metadata's preprocess input_size {height}x{width} "
+        f"needs [N, 3, {height}, {width}]"
+    )
+
+
 def open_graph(
     path: str | Path, providers: list[str] | None = None, options: ort.SessionOptions | None = None
 ) -> ExplainerGraph:
@@ -49,6 +103,7 @@ def open_graph(
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    check_external_data(path)
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -59,8 +114,9 @@ def open_graph(
         raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
     try:
         metadata = contract.Metadata.from_props(session.get_modelmeta().custom_metadata_map)
-    except (ValueError, KeyError) as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:  # ValueError: the contract's own message; others: bad metadata
+        cause = str(exc) if type(exc) is ValueError else f"broken onnxcam metadata ({type(exc).__name__}: {exc})"
+        raise ModelFileError(f"{path}: {cause}") from None
     graph = ExplainerGraph(session, metadata, _specs(session.get_inputs()), _specs(session.get_outputs()))
     expected = {contract.SCORES, contract.TARGET_USED} | {
         f(layer) for layer in metadata.layers for f in (contract.activation_name, contract.gradient_name)
@@ -68,6 +124,9 @@ def open_graph(
     missing = expected - {o.name for o in graph.outputs}
     if missing or {contract.INPUT, contract.TARGET} - {i.name for i in graph.inputs}:
         raise ModelFileError(f"{path}: breaks the onnxcam contract (missing {', '.join(sorted(missing)) or 'inputs'})")
+    mismatch = check_input_size(graph)
+    if mismatch is not None:
+        raise ModelFileError(f"{path}: {mismatch}")
     return graph
 
 

@@ -110,10 +110,18 @@ def test_zoo_gradients_match_autograd(name: str, size: int, layers: list[str]) -
     torch.manual_seed(0)
     model = load_torchvision(name).eval()
     exact, _ = export_model(
-        model, None, layers, (size, size), exporter="torchscript", optimize=False, verify=False, log=lambda _: None
+        model,
+        None,
+        layers,
+        (size, size),
+        exporter="torchscript",
+        optimize=False,
+        verify=False,
+        input_gradients=(),
+        log=lambda _: None,
     )
     check_float64(model, exact, layers, size)
-    shipped, report = export_model(model, None, layers, (size, size), log=lambda _: None)
+    shipped, report = export_model(model, None, layers, (size, size), input_gradients=(), log=lambda _: None)
     assert report is not None and report.typical <= TOLERANCE
     model_bytes = shipped.SerializeToString()
     check_float32(model, model_bytes, layers, size, n=3)
