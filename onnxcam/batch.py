@@ -1,15 +1,22 @@
 """The production batch job behind ``onnxcam explain``: many images in, heat maps and one JSON line per image out.
 
-Flow: validate the options against the graph (:func:`prepare`, before any work) → expand the inputs
-(:mod:`onnxcam.inputs`) → plan one :class:`Job` per input with its artefact names → skip the done ones
-(``skip_existing``) → while batch *k* runs on onnxruntime, a small thread pool decodes and preprocesses batch *k+1*
-and writes the artefacts of batch *k−1* (atomically) → append each image's JSON line to ``results.jsonl``, in input
-order.
+Flow: validate the options against the graph (:func:`prepare`, before any work) → expand the inputs and keep this
+shard's (:mod:`onnxcam.inputs`) → plan one :class:`Job` per input with its artefact names → with ``resume``, skip the
+done ones → while batch *k* runs on onnxruntime, a small thread pool decodes and preprocesses batch *k+1* and writes the
+artefacts of batch *k−1* (atomically) → append each image's JSON line to ``results.jsonl``, in input order. The
+planning and the log (:func:`run_jobs`) are shared with the Ray engine (:mod:`onnxcam.ray_engine`).
 
 Bad input never stops the job: an input that cannot be decoded, a batch whose inference fails, an artefact that cannot
 be written, each becomes a ``status: "error"`` line, and the job goes on. ``results.jsonl`` holds exactly one line per
 input: at the start, the lines of the inputs about to be processed are dropped from it (lines of other inputs, and of
 skipped ones, stay), so a rerun replaces lines instead of piling them up.
+
+Kill-safe (SIGKILL at any moment, then the same command with ``resume``): an input's line is appended (and flushed;
+``fsync`` once per batch) only after all its artefacts are in place, so a line always means finished work. On resume,
+an input is done when its last line says ``ok`` and its artefacts exist and are not empty; a line cut short by the
+kill is dropped, artefacts without a line are redone (overwritten atomically), and the temporary files the killed run
+left for this run's outputs are deleted. The log itself is reset by an atomic whole-file replace. With ``--shard I/N``
+the log is ``results.I-of-N.jsonl``, so shards can share one output directory.
 
 Record (one JSON object per line; artefact paths are file names relative to the output directory)::
 
@@ -23,6 +30,7 @@ Record (one JSON object per line; artefact paths are file names relative to the 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -37,10 +45,18 @@ import numpy as np
 from .contract import Preprocess
 from .explainer import Explainer, Explanation
 from .images import ImageError, read_image
-from .inputs import InputItem, expand_inputs
+from .inputs import InputItem, Shard, expand_inputs, select_shard
 from .methods import get_method
 from .model_file import ModelFileError
-from .outputs import JsonLinesLog, artefact_stem, inside, read_json_lines, write_npy, write_png
+from .outputs import (
+    JsonLinesLog,
+    artefact_stem,
+    inside,
+    read_json_lines,
+    remove_stale_temps,
+    write_npy,
+    write_png,
+)
 from .postprocess import map_stats
 from .preprocess import preprocess
 from .providers import ProviderError
@@ -52,6 +68,7 @@ SAVE_KINDS = ("overlay", "npy", "grid")
 MAX_ERROR_CHARS = 300
 
 OnResult = Callable[[dict[str, Any], bool], None]
+Emit = Callable[[Sequence[dict[str, Any]]], None]
 
 
 class BatchUsageError(ValueError):
@@ -76,6 +93,7 @@ class BatchOptions:
 
     ``layers``: ``None`` = every layer of the graph, fused. ``save``: any of ``overlay``, ``npy``, ``grid``.
     ``workers``: threads decoding the next batch and writing the previous one while a batch runs.
+    ``resume``: skip the inputs already done (see the module docstring). ``shard``: run only this part of the inputs.
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -86,7 +104,8 @@ class BatchOptions:
     topk: int = 5
     alpha: float = 0.5
     eigen_smooth: bool = False
-    skip_existing: bool = False
+    resume: bool = False
+    shard: Shard | None = None
     workers: int = field(default_factory=default_workers)
 
 
@@ -102,7 +121,8 @@ class Settings:
     topk: int
     alpha: float
     eigen_smooth: bool
-    skip_existing: bool
+    resume: bool
+    shard: Shard | None
     workers: int
 
 
@@ -199,7 +219,8 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         topk=options.topk,
         alpha=options.alpha,
         eigen_smooth=options.eigen_smooth,
-        skip_existing=options.skip_existing,
+        resume=options.resume,
+        shard=options.shard,
         workers=max(1, options.workers),
     )
 
@@ -222,21 +243,27 @@ def plan_jobs(items: Sequence[InputItem], settings: Settings) -> list[Job]:
     return jobs
 
 
+def results_name(shard: Shard | None) -> str:
+    """The log's file name: ``results.jsonl``, or ``results.I-of-N.jsonl`` for shard ``I/N`` of ``N > 1``."""
+    return RESULTS_FILE if shard is None or shard.count == 1 else f"results.{shard.index}-of-{shard.count}.jsonl"
+
+
 def last_records(lines: Sequence[tuple[str, dict[str, Any] | None]]) -> dict[str, dict[str, Any]]:
     """The last valid record of each name in ``lines`` (as :func:`~onnxcam.outputs.read_json_lines` returns them)."""
     return {r["name"]: r for _, r in lines if r is not None and isinstance(r.get("name"), str)}
 
 
 def is_done(job: Job, last: dict[str, dict[str, Any]], out_dir: Path) -> bool:
-    """``job``'s last record says ``ok`` and every artefact it would write exists."""
+    """``job``'s last record says ``ok`` and every artefact it would write exists and is not empty."""
     record = last.get(job.name)
     ok = record is not None and record.get("status") == "ok"
-    return ok and all(inside(out_dir, f).is_file() for f in job.artefacts.values())
+    return ok and all(_non_empty(inside(out_dir, f)) for f in job.artefacts.values())
 
 
 def kept_lines(lines: Sequence[tuple[str, dict[str, Any] | None]], rerun: set[str]) -> list[str]:
-    """The JSON lines to keep at the start of a run: valid records of inputs that are not run again."""
-    return [text for text, record in lines if record is not None and record.get("name") not in rerun]
+    """The JSON lines to keep at the start of a run: the last valid line of each input that is not run again."""
+    last = {r["name"]: text for text, r in lines if r is not None and isinstance(r.get("name"), str)}
+    return [text for name, text in last.items() if name not in rerun]
 
 
 # ----------------------------------------------------------------------------------------------------------- records
@@ -457,11 +484,34 @@ def run_batch(
     """
     explainer = model if isinstance(model, Explainer) else open_explainer(model, provider, threads)
     settings = prepare(options or BatchOptions(), explainer)
+
+    def run(jobs: Sequence[Job], out: Path, emit: Emit) -> None:
+        execute(explainer, jobs, settings, out, emit)
+
+    return run_jobs(settings, inputs, out_dir, run, on_start=on_start, on_result=on_result)
+
+
+def run_jobs(
+    settings: Settings,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    engine: Callable[[Sequence[Job], Path, Emit], None],
+    *,
+    on_start: Callable[[int], None] | None = None,
+    on_result: OnResult | None = None,
+) -> Summary:
+    """Plan the job and keep its log; ``engine(jobs, out, emit)`` explains ``jobs`` and calls ``emit(records)``
+    once per batch, each record after its artefacts are written.
+
+    Expands ``inputs``, keeps this shard's, skips the done ones (``resume``), deletes stale temporary files, resets
+    the log to the lines kept, then appends each emitted record (``fsync`` after each batch).
+    """
     out = prepare_out_dir(out_dir)
     started = time.perf_counter()
-    jobs = plan_jobs(expand_inputs(inputs, exclude=[out]), settings)
-    lines = read_json_lines(out / RESULTS_FILE)
-    last = last_records(lines) if settings.skip_existing else {}
+    jobs = plan_jobs(select_shard(expand_inputs(inputs, exclude=[out]), settings.shard), settings)
+    results = out / results_name(settings.shard)
+    lines = read_json_lines(results)
+    last = last_records(lines) if settings.resume else {}
     done = [job for job in jobs if is_done(job, last, out)]
     skip = {job.name for job in done}
     todo = [job for job in jobs if job.name not in skip]
@@ -471,40 +521,39 @@ def run_batch(
     for job in done:
         notify(last[job.name], True)
     try:
-        log = JsonLinesLog(out / RESULTS_FILE, kept_lines(lines, {job.name for job in todo}))
+        remove_stale_temps(out, {results.name, *(name for job in jobs for name in job.artefacts.values())})
+        log = JsonLinesLog(results, kept_lines(lines, {job.name for job in todo}))
     except OSError as exc:
-        raise BatchUsageError(f"cannot write {out / RESULTS_FILE} ({exc.strerror or exc})", "--out") from None
+        raise BatchUsageError(f"cannot write {results} ({exc.strerror or exc})", "--out") from None
+    counts = {"ok": 0, "error": 0}
 
-    def emit(record: dict[str, Any]) -> None:
-        log.append(record)
-        notify(record, False)
+    def emit(records: Sequence[dict[str, Any]]) -> None:
+        for record in records:
+            log.append(record)
+            counts[record["status"]] += 1
+            notify(record, False)
+        log.sync()
 
     with log:
-        counts = execute(explainer, todo, settings, out, emit)
+        engine(todo, out, emit)
     return Summary(len(jobs), counts["ok"], counts["error"], len(done), time.perf_counter() - started, log.path)
 
 
-def execute(
-    explainer: Explainer, jobs: Sequence[Job], settings: Settings, out_dir: Path, emit: Callable[[dict[str, Any]], None]
-) -> dict[str, int]:
-    """Run ``jobs`` batch by batch, ``emit`` each record in input order; count the statuses.
+def execute(explainer: Explainer, jobs: Sequence[Job], settings: Settings, out_dir: Path, emit: Emit) -> None:
+    """Run ``jobs`` batch by batch and ``emit`` each batch's records, in input order.
 
     While batch *k* runs on onnxruntime, the thread pool decodes batch *k+1* and writes the artefacts of batch *k−1*.
     """
-    counts = {"ok": 0, "error": 0}
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="onnxcam-io")
     writing: list[Future[dict[str, Any]]] = []
     try:
         for batch in chain(decoded_batches(pool, jobs, settings.batch_size, explainer.preprocess), [None]):
             current = process_batch(explainer, batch, settings, out_dir, pool) if batch is not None else []
-            for future in writing:
-                record = future.result()
-                emit(record)
-                counts[record["status"]] += 1
+            if writing:
+                emit([future.result() for future in writing])
             writing = current
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return counts
 
 
 def _resolved(record: dict[str, Any]) -> Future[dict[str, Any]]:
@@ -515,3 +564,12 @@ def _resolved(record: dict[str, Any]) -> Future[dict[str, Any]]:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
+
+
+def _non_empty(path: Path) -> bool:
+    """``path`` is a regular file holding at least one byte."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0

@@ -2,12 +2,19 @@
 
 Nothing here raises for a bad input: a path that does not exist, a directory without images or a pattern that matches
 nothing becomes an :class:`InputItem` carrying an ``error``, so the job reports it and goes on.
+
+Sharding (``--shard I/N``): input ``p`` belongs to shard ``int(sha256(p)[:8 bytes]) mod N``, where ``p`` is the path
+as expanded from the command line (as given, not resolved; ``pathlib``-normalised, ``/`` separators). The split does not
+depend on the input order, on ``PYTHONHASHSEED`` or on where the data is mounted, so N machines running the same
+command with ``I = 0 … N−1`` cover every input exactly once.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,41 @@ class InputItem:
 
     path: Path
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` (0-based) of ``count`` disjoint parts of the inputs."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` → :class:`Shard`; anything but integers with ``N ≥ 1`` and ``0 ≤ I < N`` raises ``ValueError``."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
+    if match is None:
+        raise ValueError(f"expected I/N (e.g. 0/4), got '{text}'")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise ValueError(f"need N ≥ 1 and 0 ≤ I < N, got '{text}'")
+    return Shard(index, count)
+
+
+def shard_of(path: str | Path, count: int) -> int:
+    """The shard of ``path`` among ``count``: the first 8 bytes of SHA-256 of its POSIX spelling, modulo ``count``."""
+    digest = hashlib.sha256(os.fsencode(Path(path).as_posix())).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def select_shard(items: Iterable[InputItem], shard: Shard | None) -> list[InputItem]:
+    """The items of ``shard``, in their order (all items when ``shard`` is ``None``)."""
+    if shard is None:
+        return list(items)
+    return [item for item in items if shard_of(item.path, shard.count) == shard.index]
 
 
 def is_image_name(path: Path) -> bool:

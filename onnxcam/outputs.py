@@ -2,8 +2,12 @@
 
 Names: an input's stem folded to ``[A-Za-z0-9._-]`` plus a short hash of its full resolved path, so files called
 alike in different folders never collide and no input name (``../x``, absolute paths, unicode, 300 characters) can
-place a file outside the output directory. Writes: a temporary file in the destination's directory, then
-``os.replace`` — a reader never sees half a file, and an interrupted job leaves no temporary file behind.
+place a file outside the output directory. Writes: a temporary file ``.<name>.<8 hex>.tmp`` in the destination's
+directory, then ``os.replace`` — a reader never sees half a file. An exception removes the temporary file; a job killed
+outright (SIGKILL, power loss) may leave one, which :func:`remove_stale_temps` deletes when the job is resumed.
+
+The JSON-lines log (:class:`JsonLinesLog`) is only ever reset by a whole-file atomic write and otherwise appended to,
+one whole line per record; a line cut short by a kill does not parse and :func:`read_json_lines` reports it as ``None``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import re
 import secrets
 import unicodedata
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +31,7 @@ import numpy as np
 MAX_STEM = 64
 DIGEST_CHARS = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_TEMP = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
 
 
 def safe_stem(path: str | Path) -> str:
@@ -54,13 +60,30 @@ def inside(out_dir: Path, filename: str) -> Path:
     return out_dir / filename
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh temporary name for ``path`` in its directory: ``.<name>.<8 random hex>.tmp`` (hidden)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def remove_stale_temps(directory: Path, names: Collection[str]) -> None:
+    """Delete the temporary files :func:`temp_path` made for any of ``names`` in ``directory``.
+
+    Only files of ``names`` are touched, so jobs writing other files into the same directory are left alone.
+    """
+    for entry in os.scandir(directory):
+        match = _TEMP.fullmatch(entry.name)
+        if match and match["name"] in names and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
 
     The temporary file is created with mode ``0o666`` minus the umask (what a plain ``open`` gives) and removed on
     any failure, interruption included.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -115,17 +138,27 @@ def read_json_lines(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
 
 
 class JsonLinesLog:
-    """An append-only JSON-lines file: one ``write`` of one whole line per record, flushed at once."""
+    """An append-only JSON-lines file: one ``write`` of one whole line per record, flushed at once.
 
-    def __init__(self, path: Path, keep: list[str]) -> None:
+    Kill-safe: the reset is an atomic whole-file replace (the old file stays intact until the new one is complete), and
+    a kill while appending cuts at most the last line, which readers ignore and the next reset drops.
+    """
+
+    def __init__(self, path: Path, keep: Sequence[str]) -> None:
         """Atomically reset ``path`` to the lines ``keep``, then open it for appending."""
         self.path = path
         atomic_write(path, "".join(line + "\n" for line in keep).encode("utf-8"))
         self._file: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
 
     def append(self, record: dict[str, Any]) -> None:
+        """Write ``record`` as one line and hand it to the OS (it survives a kill of this process)."""
         self._file.write(json_line(record))
         self._file.flush()
+
+    def sync(self) -> None:
+        """Flush the lines appended so far and ``fsync`` them to the disk."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

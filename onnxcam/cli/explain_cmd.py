@@ -19,8 +19,11 @@ from ..batch import (
     resolve_save,
     run_batch,
 )
+from ..inputs import Shard, parse_shard
 from ..methods import available_methods
 from ..providers import CHOICES
+
+ENGINES = ("local", "ray")
 
 
 def usage_error(exc: BatchUsageError) -> click.UsageError:
@@ -65,6 +68,47 @@ class Reporter:
             self.bar.update(1)
 
 
+class ShardType(click.ParamType):
+    """``--shard I/N`` → :class:`~onnxcam.inputs.Shard` (a bad value is a usage error, exit status 2)."""
+
+    name = "I/N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Shard:
+        if isinstance(value, Shard):
+            return value
+        try:
+            return parse_shard(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def batch_options(
+    method: str,
+    target: str,
+    layers: tuple[str, ...],
+    batch_size: int,
+    save: str,
+    topk: int,
+    alpha: float,
+    eigen_smooth: bool,
+    resume: bool,
+    shard: Shard | None,
+) -> BatchOptions:
+    """The :class:`BatchOptions` of the command-line values; unknown methods or save kinds raise BatchUsageError."""
+    return BatchOptions(
+        methods=resolve_methods(parse_list(method)),
+        target=target,
+        layers=layers or None,
+        batch_size=batch_size,
+        save=tuple(resolve_save(parse_list(save))),
+        topk=topk,
+        alpha=alpha,
+        eigen_smooth=eigen_smooth,
+        resume=resume,
+        shard=shard,
+    )
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
@@ -88,49 +132,79 @@ class Reporter:
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Classes listed per image.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heat-map opacity.")
 @click.option("--eigen-smooth", is_flag=True, help="First-principal-component smoothing of the maps.")
-@click.option("--skip-existing", is_flag=True, help="Skip inputs already done (ok line and every artefact present).")
+@click.option(
+    "--resume",
+    "--skip-existing",
+    "resume",
+    is_flag=True,
+    help="Skip inputs already done (ok line, artefacts present); rerun a killed job with the same arguments plus this.",
+)
+@click.option(
+    "--shard",
+    type=ShardType(),
+    default=None,
+    help="Run part I of N (0-based) of the inputs, split by a hash of each path; log in results.I-of-N.jsonl.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: a Ray Data actor pool (pip install 'onnxcam[ray]').",
+)
+@click.option("--address", default=None, help="Ray cluster to join (--engine ray) [a new local Ray instance].")
+@click.option(
+    "--actors", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors, one session each."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No per-image lines or summary (errors are still printed).")
 def explain(
     model: str,
     inputs: tuple[str, ...],
-    method: str,
-    target: str,
     out_dir: str,
-    layers: tuple[str, ...],
-    batch_size: int,
     provider: str,
     threads: int | None,
-    save: str,
-    topk: int,
-    alpha: float,
-    eigen_smooth: bool,
-    skip_existing: bool,
+    engine: str,
+    address: str | None,
+    actors: int,
     quiet: bool,
+    **values: Any,
 ) -> None:
     """Explain images with an explainer graph: heat maps in --out, one JSON line per image in results.jsonl.
 
     INPUTS are image files, directories (searched recursively for images) and glob patterns. Writes per image
     NAME.METHOD.png (overlay on the original image), NAME.METHOD.npy (the [0, 1] map at the original size) and
     NAME.grid.png, as --save asks. Exit status 0 when every input was explained, 1 when any failed, 2 on bad usage.
+
+    A job killed at any moment loses nothing: rerun it with --resume. With --engine ray, --provider cuda gives each
+    actor one GPU; the model, inputs and --out must be paths every node of the cluster sees.
     """
     try:
-        options = BatchOptions(
-            methods=resolve_methods(parse_list(method)),
-            target=target,
-            layers=layers or None,
-            batch_size=batch_size,
-            save=tuple(resolve_save(parse_list(save))),
-            topk=topk,
-            alpha=alpha,
-            eigen_smooth=eigen_smooth,
-            skip_existing=skip_existing,
-        )
-        explainer = open_explainer(model, provider, threads)
-        if not quiet:
-            click.echo(f"onnxcam: {model} on {explainer.provider}", err=True)
+        options = batch_options(**values)
         with contextlib.ExitStack() as stack:
             reporter = Reporter(quiet, stack)
-            summary = run_batch(explainer, inputs, out_dir, options, on_start=reporter.start, on_result=reporter.result)
+            callbacks = {"on_start": reporter.start, "on_result": reporter.result}
+            if engine == "ray":
+                from ..ray_engine import explain_dataset
+
+                if not quiet:
+                    click.echo(f"onnxcam: {model} on Ray, {actors} actors", err=True)
+                gpus = 1.0 if provider == "cuda" else 0.0
+                summary = explain_dataset(
+                    model,
+                    inputs,
+                    out_dir,
+                    options,
+                    address=address,
+                    num_actors=actors,
+                    num_gpus_per_actor=gpus,
+                    threads=threads,
+                    **callbacks,
+                )
+            else:
+                explainer = open_explainer(model, provider, threads)
+                if not quiet:
+                    click.echo(f"onnxcam: {model} on {explainer.provider}", err=True)
+                summary = run_batch(explainer, inputs, out_dir, options, **callbacks)
     except BatchUsageError as exc:
         raise usage_error(exc) from None
     if not quiet:
