@@ -3,10 +3,11 @@
 With constant scales (or sizes) and static resized dims, ``Resize`` is an affine map that acts on each axis
 separately: ``y = x ×₁ R₁ ×₂ R₂ … + c``, where ``R_a`` [out, in] interpolates along axis ``a`` and ``c`` is the
 ``extrapolation_value`` that ``tf_crop_and_resize`` writes outside the roi. Hence ``x̄ = ḡ ×₁ R₁ᵀ ×₂ R₂ᵀ …``, one
-``MatMul`` per resized axis. Each ``R_a`` is built at export by the ONNX reference implementation on an identity basis
-along that axis, ``R_a = Resize(I) − Resize(0)``, evaluated by onnxruntime: every attribute then means exactly what
-it means to the forward pass, including where rounding picks a pixel (``onnx.reference`` picks the left neighbour of a
-source coordinate that lies one ulp above an integer, as for 7 → 17 pixels; onnxruntime and torch do not).
+``MatMul`` per resized axis (none where ``R_a = I``). Each ``R_a`` is built at export by running the op itself on an
+identity basis along that axis, ``R_a = Resize(I) − Resize(0)``, in onnxruntime, which also runs the forward pass: every
+attribute then means exactly what it means there, down to which pixel a rounded source coordinate picks
+(``onnx.reference`` differs: it takes the left neighbour of a coordinate one ulp above an integer, as at output 8 of
+7 → 17 pixels, where onnxruntime and torch take the integer's pixel).
 
 Axes whose size is unknown at export (the batch) must be kept: a scale of 1, or, for ``sizes`` (computed at run time
 by torch exports), they are taken as kept, as the batch and channels of an image model always are.
@@ -71,8 +72,8 @@ def _targets(ctx: VJPContext, axes: list[int]) -> dict[int, tuple[float | None, 
         out_shape = ctx.shape(ctx.output())
         outs = [int(s) for s in sizes.ravel()] if sizes is not None else [out_shape[a] for a in axes]
         return {a: (None, m) for a, m in zip(axes, outs, strict=True)}
-    # not_larger / not_smaller: one scale for all axes, as onnx.reference computes it; expressible as a float32
-    # ``scales`` input only when that scale is exact in float32 and floor(scale·n) equals the rounded size.
+    # not_larger / not_smaller: one scale s = min / max of sizes ÷ dims for all axes, sizes round(s·n). A float32
+    # ``scales`` input reproduces that only when s is exact in float32 and floor(s·n) = round(s·n).
     if sizes is None:
         ctx.fail(f"keep_aspect_ratio_policy={policy} needs a constant sizes input")
     dims = [ctx.shape(x)[a] for a in axes]
@@ -81,7 +82,7 @@ def _targets(ctx: VJPContext, axes: list[int]) -> dict[int, tuple[float | None, 
     ratios = [int(m) / int(n) for m, n in zip(sizes.ravel(), dims, strict=True)]  # type: ignore[call-overload]
     scale = min(ratios) if policy == "not_larger" else max(ratios)
     if float(np.float32(scale)) != scale or any(int(scale * n) != int(scale * n + 0.5) for n in dims):  # type: ignore[operator]
-        ctx.fail(f"keep_aspect_ratio_policy={policy}: the common scale {scale} is not exact in float32")
+        ctx.fail(f"keep_aspect_ratio_policy={policy}: the common scale {scale} has no exact scales-input equivalent")
     return dict.fromkeys(axes, (scale, None))
 
 
