@@ -23,6 +23,7 @@ from .autodiff.engine import Backward, differentiate, downstream
 from .autodiff.graph_info import GraphInfo
 from .autodiff.relu_backward import overrides
 from .errors import ExportError
+from .gating import Part, gate, optional_input, reads
 
 _PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity")
 
@@ -70,7 +71,7 @@ def _prune(graph: onnx.GraphProto) -> None:
     for node in reversed(graph.node):
         if any(o in needed for o in node.output):
             kept.append(node)
-            needed.update(node.input)
+            needed.update(reads(node))
     del graph.node[:]
     graph.node.extend(reversed(kept))
     initializers = [t for t in graph.initializer if t.name in needed]
@@ -100,19 +101,41 @@ def build_explainer(
     seed = _seed_and_target(graph, shape)
     _set_outputs(graph, shape)
 
-    standard = "standard" in input_gradients
-    backward = differentiate(model, [*taps, contract.INPUT] if standard else taps, contract.SCORES, seed)
+    backward = differentiate(model, taps, contract.SCORES, seed)
     _append(graph, backward)
-    for layer, tap in zip(layers, taps, strict=True):
-        _expose(graph, backward.grads[tap], contract.gradient_name(layer), like=tap)
-    if standard:
-        _expose(graph, backward.grads[contract.INPUT], contract.input_gradient_name("standard"), like=contract.INPUT)
+    gradients = [
+        (backward.grads[tap], _like(graph, tap, contract.gradient_name(layer)))
+        for layer, tap in zip(layers, taps, strict=True)
+    ]
+    parts = [Part(contract.GRADIENTS_SWITCH, True, backward.nodes, gradients)]
     for rule in input_gradients:
-        if rule != "standard":
-            modified = differentiate(model, [contract.INPUT], contract.SCORES, seed, overrides(rule), prefix=rule)
-            _append(graph, modified)
-            _expose(graph, modified.grads[contract.INPUT], contract.input_gradient_name(rule), like=contract.INPUT)
-    with_head = [layer for layer in layers if heads and add_head(graph, layer, log)]
+        name = contract.input_gradient_name(rule)
+        pass_ = differentiate(model, [contract.INPUT], contract.SCORES, seed, overrides(rule), prefix=rule)
+        _append(graph, pass_)
+        parts.append(
+            Part(
+                contract.switch_name(name),
+                False,
+                pass_.nodes,
+                [(pass_.grads[contract.INPUT], _like(graph, contract.INPUT, name))],
+            )
+        )
+    with_head = []
+    for layer in layers if heads else []:
+        head = add_head(graph, layer, log)
+        if head is not None:
+            name = contract.head_scores_name(layer)
+            parts.append(
+                Part(
+                    contract.switch_name(name),
+                    False,
+                    head[0],
+                    [(head[1], _batch_of(_like(graph, contract.SCORES, name), "M"))],
+                )
+            )
+            with_head.append(layer)
+    for part in parts:
+        gate(graph, part)
     _prune(graph)
     props = metadata.to_props()
     props[contract.META_INPUT_GRADIENTS] = json.dumps(list(input_gradients))
@@ -150,9 +173,10 @@ def _seed_and_target(graph: onnx.GraphProto, shape: tuple[int, ...]) -> str:
     """
     dense = len(shape) > 1
     graph.input.append(helper.make_tensor_value_info(contract.TARGET, TensorProto.INT64, ["N"]))
-    graph.input.append(_optional_input(contract.SEED, len(shape) + 1))
+    seed_input, seed_default = optional_input(contract.SEED, len(shape) + 1, np.zeros((1, *shape), np.float32))
+    graph.input.append(seed_input)
+    graph.initializer.append(seed_default)
     consts = {
-        contract.SEED: np.zeros((1, *shape), np.float32),
         "onnxcam/zero": np.array(0, np.int64),
         "onnxcam/zero_f": np.array(0.0, np.float32),
         "onnxcam/top1_value": np.array(contract.TOP1, np.int64),
@@ -191,32 +215,18 @@ def _seed_and_target(graph: onnx.GraphProto, shape: tuple[int, ...]) -> str:
     return seed
 
 
-def _optional_input(name: str, rank: int) -> onnx.ValueInfoProto:
-    """A float graph input that a same-named initializer gives a default (one row of zeros).
-
-    Declared with unknown dims on purpose: with sizes (even a symbolic batch) onnxruntime takes the default's batch
-    of 1 as the shape and plans fixed-size buffers from it, failing on larger batches.
-    """
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * rank)
-
-
 def _append(graph: onnx.GraphProto, backward: Backward) -> None:
     graph.node.extend(backward.nodes)
     graph.initializer.extend(backward.initializers)
 
 
-def _expose(graph: onnx.GraphProto, tensor: str, name: str, like: str) -> None:
-    """Make ``tensor`` the graph output ``name``, typed like the graph input or output ``like``."""
-    graph.node.append(helper.make_node("Identity", [tensor], [name], name=name))
-    graph.output.append(_like(graph, like, name))
-
-
-def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> bool:
-    """Copy the part of the graph after ``layer`` as ``head:<layer>`` → ``head_scores:<layer>`` (weights shared).
+def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> tuple[list[onnx.NodeProto], str] | None:
+    """Copy the part of the graph after ``layer``, fed by the input ``head:<layer>`` (weights shared); return the
+    copied nodes and the copy of ``scores``.
 
     The copy takes the nodes that depend on the tapped map and lead to ``scores``. When one of them also reads a
     tensor computed from the input by another path (a skip connection around the layer), the part after the layer is
-    not a function of the map alone: no head is added (logged) and ``False`` is returned.
+    not a function of the map alone: no head is added (logged) and ``None`` is returned.
     """
     tap = contract.activation_name(layer)
     after = downstream(graph, [tap])
@@ -231,24 +241,25 @@ def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> 
     bypass = sorted({i for node in nodes for i in node.input if i in from_input and i not in after})
     if bypass:
         log(f"no head graph for layer '{layer}': the part after it also reads '{bypass[0]}'")
-        return False
+        return None
     prefix = f"onnxcam/head/{layer}/"
     renamed = {name: prefix + name for node in nodes for name in node.output} | {tap: contract.head_input_name(layer)}
-    renamed[contract.SCORES] = contract.head_scores_name(layer)
+    copies = []
     for node in nodes:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.name = prefix + (node.name or node.output[0])
         copy.input[:] = [renamed.get(i, i) for i in node.input]
         copy.output[:] = [renamed.get(o, o) for o in node.output]
-        graph.node.append(copy)
+        copies.append(copy)
+    graph.node.extend(copies)
     dims = [d.dim_value for d in _like(graph, tap, tap).type.tensor_type.shape.dim[1:]]
-    graph.input.append(_optional_input(contract.head_input_name(layer), len(dims) + 1))
-    graph.initializer.append(numpy_helper.from_array(np.zeros((1, *dims), np.float32), contract.head_input_name(layer)))
-    scores_info = _like(graph, contract.SCORES, contract.head_scores_name(layer))
-    scores_info.type.tensor_type.shape.dim[0].dim_param = "M"
-    graph.output.append(scores_info)
-    return True
+    head_input, default = optional_input(
+        contract.head_input_name(layer), len(dims) + 1, np.zeros((1, *dims), np.float32)
+    )
+    graph.input.append(head_input)
+    graph.initializer.append(default)
+    return copies, renamed[contract.SCORES]
 
 
 def _set_outputs(graph: onnx.GraphProto, shape: tuple[int, ...]) -> None:
@@ -258,6 +269,12 @@ def _set_outputs(graph: onnx.GraphProto, shape: tuple[int, ...]) -> None:
     graph.output.append(helper.make_tensor_value_info(contract.SCORES, TensorProto.FLOAT, ["N", *shape]))
     graph.output.append(helper.make_tensor_value_info(contract.TARGET_USED, TensorProto.INT64, ["N"]))
     graph.output.extend(taps)
+
+
+def _batch_of(info: onnx.ValueInfoProto, batch: str) -> onnx.ValueInfoProto:
+    """``info`` with its first dim renamed ``batch`` (head graphs run on their own batch of maps)."""
+    info.type.tensor_type.shape.dim[0].dim_param = batch
+    return info
 
 
 def _like(graph: onnx.GraphProto, tap: str, name: str) -> onnx.ValueInfoProto:

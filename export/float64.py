@@ -10,6 +10,10 @@ from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
+from onnxcam import contract
+
+from .gating import reads
+
 
 def _retype(tp: onnx.TypeProto) -> None:
     if tp.tensor_type.elem_type == TensorProto.FLOAT:
@@ -20,7 +24,12 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy of ``model`` where every float32 tensor, constant, cast target and tensor attribute is float64."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
+    _graph_to_float64(m.graph)
+    return m
+
+
+def _graph_to_float64(g: onnx.GraphProto) -> None:
+    """:func:`to_float64` in place on one graph and its subgraphs (``If`` branches)."""
     for t in g.initializer:
         if t.data_type == TensorProto.FLOAT:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
@@ -32,7 +41,8 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
                 attr.i = TensorProto.DOUBLE
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
                 attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64)))
-    return m
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _graph_to_float64(sub)
 
 
 class Pad(OpRun):
@@ -64,7 +74,7 @@ def cut_after(
     downstream = {tensor}
     nodes = []
     for node in model.graph.node:
-        if any(i in downstream for i in node.input):
+        if any(i in downstream for i in reads(node)):
             nodes.append(node)
             downstream.update(node.output)
     outputs = [o for o in model.graph.output if o.name in downstream and (keep is None or o.name in keep)]
@@ -73,10 +83,10 @@ def cut_after(
     for node in reversed(nodes):
         if any(o in needed for o in node.output):
             kept.append(node)
-            needed.update(node.input)
+            needed.update(reads(node))
     nodes = kept[::-1]
     weights = {t.name: t for t in model.graph.initializer}
-    read = {i for n in nodes for i in n.input if i}
+    read = {i for n in nodes for i in reads(n) if i}
     frozen = sorted(read - downstream - weights.keys())
     graph = onnx.helper.make_graph(
         nodes,
@@ -89,11 +99,21 @@ def cut_after(
     return cut, frozen
 
 
+def switched_on(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` whose ``compute:*`` switches all default to true (every optional output computed)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in m.graph.initializer:
+        if t.name.startswith(contract.SWITCH_PREFIX):
+            t.CopyFrom(numpy_helper.from_array(np.array(True), t.name))
+    return m
+
+
 def evaluate_float64(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_ops: list | None = None
 ) -> dict[str, np.ndarray]:
-    """All outputs of ``model`` computed in float64 by the ONNX reference implementation."""
-    m = to_float64(model)
+    """All outputs of ``model`` (every switch on) computed in float64 by the ONNX reference implementation."""
+    m = to_float64(switched_on(model))
     evaluator = ReferenceEvaluator(m, new_ops=[Pad, *(new_ops or [])])
     names = [o.name for o in m.graph.output]
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}

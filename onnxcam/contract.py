@@ -21,7 +21,10 @@ Graph outputs
     ``gradient:input[:rule]`` optional ``∂ y_n / ∂ input`` with the ReLU backward ``rule`` (see ``RELU_RULES``).
     ``head_scores:<layer>``   optional: ``scores`` computed from ``head:<layer>`` (only the part after the layer runs).
 
-onnxruntime runs only the nodes the requested outputs need, so the optional outputs cost nothing unless asked for.
+Switches: the gradients, input gradients and heads are computed only when their boolean input says so (onnxruntime
+runs every node of a graph whatever outputs are requested, so each optional part sits in an ``If``):
+``compute:gradients`` (default true) for all ``gradient:<layer>``, ``compute:<output>`` (default false) for each
+``gradient:input[:rule]`` and ``head_scores:<layer>``. A part switched off yields an empty ``[0, …]`` tensor.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ SEED = "seed"
 INPUT_GRADIENT = "gradient:input"
 HEAD_INPUT_PREFIX = "head:"
 HEAD_SCORES_PREFIX = "head_scores:"
+SWITCH_PREFIX = "compute:"
+GRADIENTS_SWITCH = SWITCH_PREFIX + "gradients"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -75,6 +80,11 @@ def input_gradient_name(rule: str = "standard") -> str:
     if rule not in RELU_RULES:
         raise ValueError(f"unknown ReLU backward rule {rule!r}; choose from {', '.join(RELU_RULES)}")
     return INPUT_GRADIENT if rule == "standard" else f"{INPUT_GRADIENT}:{rule}"
+
+
+def switch_name(output: str) -> str:
+    """Boolean graph input that turns the optional ``output`` on (``compute:gradient:input``, …)."""
+    return SWITCH_PREFIX + output
 
 
 def head_input_name(layer: str) -> str:

@@ -119,8 +119,8 @@ class Explainer:
         self.classes = self.score_shape[0]
         self.max_batch = 64
         self.input_shape = (3, *self.preprocess.input_size)
-        optional = {i.name for i in self.graph.session.get_overridable_initializers()}
-        self.has_seed = contract.SEED in optional
+        self._optional = {i.name for i in self.graph.session.get_overridable_initializers()}
+        self.has_seed = contract.SEED in self._optional
         self._names = [
             contract.SCORES,
             contract.TARGET_USED,
@@ -142,11 +142,21 @@ class Explainer:
             raise ValueError(f"{len(per_image)} targets for {n} images")
         return np.array([resolve_target(t, self.labels, self.classes) for t in per_image], np.int64)
 
-    def _feeds(self, x: np.ndarray, target: np.ndarray | None = None, seed: np.ndarray | None = None) -> dict:
-        feeds = {
+    def _feeds(
+        self,
+        x: np.ndarray,
+        target: np.ndarray | None = None,
+        seed: np.ndarray | None = None,
+        compute: tuple[str, ...] = (contract.GRADIENTS_SWITCH,),
+    ) -> dict:
+        """Feeds for one run; ``compute``: the switches to turn on (every other one of the graph is turned off)."""
+        feeds: dict[str, np.ndarray] = {
             contract.INPUT: np.ascontiguousarray(x, np.float32),
             contract.TARGET: np.full(len(x), contract.TOP1, np.int64) if target is None else target,
         }
+        for name in self._optional:
+            if name.startswith(contract.SWITCH_PREFIX):
+                feeds[name] = np.array(name in compute)
         if seed is not None:
             if not self.has_seed:
                 raise ValueError("this graph has no 'seed' input: re-export it with this onnxcam to explain seeds")
@@ -177,7 +187,7 @@ class Explainer:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Logits ``[M, *S]`` of preprocessed inputs ``x`` (forward pass only, in chunks of ``max_batch``)."""
-        return self._chunked([contract.SCORES], lambda rows: self._feeds(x[rows]), len(x))
+        return self._chunked([contract.SCORES], lambda rows: self._feeds(x[rows], compute=()), len(x))
 
     def input_gradient(self, x: np.ndarray, seed: np.ndarray, rule: str = "standard") -> np.ndarray:
         """``∂ Σ(seed ⊙ scores(x)) / ∂x`` ``[M, C, H, W]`` with the ReLU backward ``rule`` (exported in the graph)."""
@@ -188,7 +198,8 @@ class Explainer:
             )
         seed = np.broadcast_to(seed, (len(x), *self.score_shape))
         name = contract.input_gradient_name(rule)
-        return self._chunked([name], lambda rows: self._feeds(x[rows], seed=seed[rows]), len(x))
+        on = (contract.switch_name(name),)
+        return self._chunked([name], lambda rows: self._feeds(x[rows], seed=seed[rows], compute=on), len(x))
 
     def head_scores(self, layer: str, activations: np.ndarray) -> np.ndarray:
         """Logits ``[M, *S]`` from feature maps ``[M, C, h, w]`` of ``layer``: only the part after it runs."""
@@ -197,12 +208,17 @@ class Explainer:
                 f"this graph has no head graph for layer '{layer}' (heads: {', '.join(self.metadata.heads) or 'none'});"
                 " re-export it with this onnxcam"
             )
-        dummy = np.zeros((1, *self.input_shape), np.float32)
+        name = contract.head_scores_name(layer)
+        no_images = np.zeros((0, *self.input_shape), np.float32)  # the network before the layer runs on nothing
 
         def feeds(rows: slice) -> dict:
-            return {**self._feeds(dummy), contract.head_input_name(layer): np.ascontiguousarray(activations[rows])}
+            maps = np.ascontiguousarray(activations[rows], np.float32)
+            return {
+                **self._feeds(no_images, compute=(contract.switch_name(name),)),
+                contract.head_input_name(layer): maps,
+            }
 
-        return self._chunked([contract.head_scores_name(layer)], feeds, len(activations))
+        return self._chunked([name], feeds, len(activations))
 
     def explain_arrays(
         self,

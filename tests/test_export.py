@@ -95,8 +95,16 @@ def test_exported_file_passes_checker_and_carries_metadata(tmp_path: Path) -> No
     assert meta.preprocess.mean == (0.5, 0.5, 0.5) and meta.preprocess.std == (0.25, 0.25, 0.25)
     assert "torch" in meta.exporter and meta.version == contract.CONTRACT_VERSION
     assert meta.input_gradients == contract.RELU_RULES and meta.heads == ("features.5",)
-    assert [i.name for i in model.graph.input] == ["input", "target", "seed", "head:features.5"]
-    assert {t.name for t in model.graph.initializer} >= {"seed", "head:features.5"}, "optional inputs have defaults"
+    switches = [
+        "compute:gradients",
+        "compute:gradient:input",
+        "compute:gradient:input:guided",
+        "compute:gradient:input:deconvnet",
+        "compute:head_scores:features.5",
+    ]
+    optional = ["seed", "head:features.5", *switches]
+    assert [i.name for i in model.graph.input] == ["input", "target", *optional]
+    assert {t.name for t in model.graph.initializer} >= set(optional), "optional inputs have defaults"
     assert [o.name for o in model.graph.output] == [
         "scores",
         "target_used",
