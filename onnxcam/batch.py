@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
@@ -46,7 +46,7 @@ from .contract import Preprocess
 from .explainer import Explainer, Explanation
 from .images import ImageError, read_image
 from .inputs import InputItem, Shard, expand_inputs, select_shard
-from .methods import get_method
+from .methods import CamMethod, ModelMethod, get_method
 from .model_file import ModelFileError
 from .outputs import (
     JsonLinesLog,
@@ -94,6 +94,9 @@ class BatchOptions:
     ``layers``: ``None`` = every layer of the graph, fused. ``save``: any of ``overlay``, ``npy``, ``grid``.
     ``workers``: threads decoding the next batch and writing the previous one while a batch runs.
     ``resume``: skip the inputs already done (see the module docstring). ``shard``: run only this part of the inputs.
+    ``metrics``: faithfulness metrics scored per map; ``method_options``: parameters of the perturbation and
+    input-gradient methods and of the metrics; ``max_pixels``: larger images are refused before decoding
+    (default :data:`onnxcam.images.MAX_PIXELS`).
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -106,6 +109,9 @@ class BatchOptions:
     eigen_smooth: bool = False
     resume: bool = False
     shard: Shard | None = None
+    metrics: tuple[str, ...] = ()
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    max_pixels: int | None = None
     workers: int = field(default_factory=default_workers)
 
 
@@ -123,6 +129,9 @@ class Settings:
     eigen_smooth: bool
     resume: bool
     shard: Shard | None
+    metrics: tuple[str, ...]
+    method_options: Mapping[str, Any]
+    max_pixels: int | None
     workers: int
 
 
@@ -210,8 +219,11 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         target = resolve_target(options.target, explainer.labels, explainer.classes)
     except TargetError as exc:
         raise BatchUsageError(str(exc), "--target") from None
+    methods = resolve_methods(options.methods)
+    for name in methods:
+        check_graph_supports(get_method(name), explainer, layers)
     return Settings(
-        methods=resolve_methods(options.methods),
+        methods=methods,
         target=target,
         layers=layers,
         save=resolve_save(options.save),
@@ -221,8 +233,43 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         eigen_smooth=options.eigen_smooth,
         resume=options.resume,
         shard=options.shard,
+        metrics=resolve_metric_names(options.metrics),
+        method_options=dict(options.method_options),
+        max_pixels=options.max_pixels,
         workers=max(1, options.workers),
     )
+
+
+def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str]) -> None:
+    """Refuse a method whose input gradients or head graphs the graph was exported without (``--method``)."""
+    if not isinstance(method, ModelMethod):
+        return
+    missing = [rule for rule in method.rules if rule not in explainer.metadata.input_gradients]
+    if missing:
+        raise BatchUsageError(
+            f"{method.name} needs the '{missing[0]}' input gradient, which this graph lacks; "
+            f"re-export it with --input-gradient {missing[0]}",
+            "--method",
+        )
+    headless = [layer for layer in layers if method.needs_head and layer not in explainer.metadata.heads]
+    if headless:
+        raise BatchUsageError(
+            f"{method.name} needs a head graph for layer '{headless[0]}', which this graph lacks "
+            "(exported with --no-head, or the part after the layer reads earlier tensors)",
+            "--method",
+        )
+
+
+def resolve_metric_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Canonical names of the metrics asked for; an unknown one raises :class:`BatchUsageError` (``--metric``)."""
+    if not names:
+        return ()
+    from .metrics import resolve_metrics
+
+    try:
+        return resolve_metrics(names)
+    except ValueError as exc:
+        raise BatchUsageError(str(exc), "--metric") from None
 
 
 def artefact_names(name: str, methods: Sequence[str], save: frozenset[str]) -> dict[str, str]:
@@ -323,6 +370,8 @@ def ok_record(
                 "stats": values,
                 "overlay": job.artefacts.get(f"overlay:{method}"),
                 "npy": job.artefacts.get(f"npy:{method}"),
+                **({"details": explanation.details[method]} if method in explanation.details else {}),
+                **({"metrics": explanation.metrics[method]} if method in explanation.metrics else {}),
             }
             for method, values in stats.items()
         },
@@ -334,13 +383,13 @@ def ok_record(
 # ------------------------------------------------------------------------------------------------------------- stages
 
 
-def decode(job: Job, spec: Preprocess) -> Decoded:
+def decode(job: Job, spec: Preprocess, max_pixels: int | None = None) -> Decoded:
     """Read and preprocess one input; any failure becomes ``Decoded.error`` (runs on the thread pool)."""
     started = time.perf_counter()
     if job.item.error is not None:
         return Decoded(job, error=job.item.error)
     try:
-        image = read_image(job.item.path)
+        image = read_image(job.item.path, max_pixels=max_pixels)
         x = preprocess(image, spec)
     except ImageError as exc:
         return Decoded(job, error=one_line(exc, f"{job.item.path}: "), decode_ms=_ms(started))
@@ -350,14 +399,14 @@ def decode(job: Job, spec: Preprocess) -> Decoded:
 
 
 def decoded_batches(
-    pool: ThreadPoolExecutor, jobs: Sequence[Job], batch_size: int, spec: Preprocess
+    pool: ThreadPoolExecutor, jobs: Sequence[Job], batch_size: int, spec: Preprocess, max_pixels: int | None = None
 ) -> Iterator[list[Decoded]]:
     """Batches of decoded jobs, in order; batch *k+1* is submitted to ``pool`` before batch *k* is handed out."""
     chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    pending: list[Future[Decoded]] = [pool.submit(decode, j, spec) for j in chunks[0]] if chunks else []
+    pending: list[Future[Decoded]] = [pool.submit(decode, j, spec, max_pixels) for j in chunks[0]] if chunks else []
     for k in range(len(chunks)):
         current = pending
-        pending = [pool.submit(decode, j, spec) for j in chunks[k + 1]] if k + 1 < len(chunks) else []
+        pending = [pool.submit(decode, j, spec, max_pixels) for j in chunks[k + 1]] if k + 1 < len(chunks) else []
         yield [f.result() for f in current]
 
 
@@ -374,6 +423,8 @@ def explain_decoded(
             settings.layers,
             settings.topk,
             settings.eigen_smooth,
+            options=dict(settings.method_options),
+            metrics=settings.metrics,
         )
     except Exception as exc:  # onnxruntime or a CAM method failing on this batch: mark it, go on
         return None, f"inference failed: {one_line(exc)}", _ms(started)
@@ -547,7 +598,8 @@ def execute(explainer: Explainer, jobs: Sequence[Job], settings: Settings, out_d
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="onnxcam-io")
     writing: list[Future[dict[str, Any]]] = []
     try:
-        for batch in chain(decoded_batches(pool, jobs, settings.batch_size, explainer.preprocess), [None]):
+        batches = decoded_batches(pool, jobs, settings.batch_size, explainer.preprocess, settings.max_pixels)
+        for batch in chain(batches, [None]):
             current = process_batch(explainer, batch, settings, out_dir, pool) if batch is not None else []
             if writing:
                 emit([future.result() for future in writing])

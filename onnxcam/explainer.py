@@ -50,6 +50,7 @@ class Explanation:
     ``raw[method][layer]``: the un-normalised map at layer resolution (compare magnitudes across images).
     ``attributions[method]``: input-resolution attributions ``[C, H, W]`` of the input-gradient methods.
     ``details[method]``: per-image numbers a method reports (e.g. Integrated Gradients' ``completeness_gap``).
+    ``metrics[method][metric]``: faithfulness scores of the map (:mod:`onnxcam.metrics`), when asked for.
     ``topk``: ``(class index, label, probability)`` from the softmax of the logits (of their spatial mean for a
     dense output). ``class_index`` is ``-1`` and ``score`` is ``Σ seed ⊙ scores`` when a seed was explained.
     """
@@ -63,6 +64,7 @@ class Explanation:
     raw: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     attributions: dict[str, np.ndarray] = field(default_factory=dict)
     details: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None  # original (H, W) when known
 
 
@@ -230,11 +232,13 @@ class Explainer:
         eigen_smooth: bool = False,
         seed: np.ndarray | None = None,
         options: dict[str, Any] | None = None,
+        metrics: Sequence[str] = (),
     ) -> list[Explanation]:
         """Explain a preprocessed batch ``x`` ``[N, 3, H, W]``; maps come at ``H×W``.
 
         ``seed`` ``[N, *S]`` or ``[*S]``: explain ``Σ seed ⊙ scores`` (rows of zeros fall back to ``target``).
-        ``options``: parameters of the perturbation and input-gradient methods (e.g. ``{"steps": 32}``).
+        ``options``: parameters of the perturbation and input-gradient methods and of the metrics
+        (e.g. ``{"steps": 32}``). ``metrics``: faithfulness metrics to score every map with (forward passes only).
         """
         layers = list(layers or self.layers)
         unknown = [layer for layer in layers if layer not in self.layers]
@@ -261,6 +265,12 @@ class Explainer:
                     result.attributions[method.name] = computed.attributions[n]
                 if computed.details:
                     result.details[method.name] = {k: float(v[n]) for k, v in computed.details.items()}
+        if metrics:
+            from .metrics import evaluate_maps  # numpy-only, but loaded only when scores are asked for
+
+            maps = {m: np.stack([r.maps[m] for r in results]) for m in results[0].maps} if results else {}
+            for result, scored in zip(results, evaluate_maps(self, x, effective, maps, metrics, options), strict=True):
+                result.metrics = scored
         return results
 
     def _results(self, scores: np.ndarray, used: np.ndarray, explained: np.ndarray, topk: int) -> list[Explanation]:

@@ -60,7 +60,8 @@ class ExplainActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         jobs = ray_jobs(batch, self.settings)
-        decoded = list(self.pool.map(partial(decode, spec=self.explainer.preprocess), jobs))
+        read = partial(decode, spec=self.explainer.preprocess, max_pixels=self.settings.max_pixels)
+        decoded = list(self.pool.map(read, jobs))
         futures = process_batch(self.explainer, decoded, self.settings, self.out, self.pool)
         records = []
         for future, given in zip(futures, batch["input"], strict=True):

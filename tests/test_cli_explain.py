@@ -10,9 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner, Result
+from onnxcam_export.api import export_model
 from skimage import data as skdata
-from test_batch import LABELS, export_tiny, small, write_image
+from test_batch import LABELS, LAYERS, TinyNet, export_tiny, small, write_image
 
 from onnxcam.cli import main
 
@@ -213,3 +215,48 @@ def test_runtime_modules_do_not_import_torch() -> None:
     code = "import sys, onnxcam.batch, onnxcam.cli.explain_cmd; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_model_methods_metrics_and_options_in_the_report(model: Path, good: dict[str, Path], tmp_path: Path):
+    out = tmp_path / "out"
+    inputs = [good["cat.jpg"], good["coffee.png"]]
+    result = explain(
+        model, *inputs, "--out", out, "--method", "gradcam,integratedgradients", "--metric", "deletion,insertion",
+        "--option", "steps=4", "--option", "curve_steps=5", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    evaluated = tmp_path / "evaluated"
+    check = CliRunner().invoke(
+        main,
+        ["evaluate", str(model), *map(str, inputs), "--out", str(evaluated), "--method", "gradcam",
+         "--metric", "deletion,insertion", "--option", "curve_steps=5"],
+    )  # fmt: skip
+    assert check.exit_code == 0, check.output
+    scored = {r["input"]: r for r in map(json.loads, (evaluated / "metrics.jsonl").read_text().splitlines())}
+    for record in records(out):
+        methods = record["methods"]
+        assert np.isfinite(methods["integratedgradients"]["details"]["completeness_gap"])
+        for metric in ("deletion", "insertion"):
+            value = methods["gradcam"]["metrics"][metric]
+            assert 0.0 <= value <= 1.0
+            assert value == pytest.approx(scored[record["input"]]["metrics"]["gradcam"][metric], abs=1e-6)
+
+
+def test_pixel_limit_refuses_large_images_before_decoding(model: Path, good: dict[str, Path], tmp_path: Path):
+    out = tmp_path / "out"
+    result = explain(model, good["cat.jpg"], "--out", out, "--max-megapixels", "0.001", "-q")
+    assert result.exit_code == 1
+    [record] = records(out)
+    assert record["status"] == "error" and "too large" in record["error"]
+
+
+def test_method_the_graph_cannot_serve_is_a_usage_error(good: dict[str, Path], tmp_path: Path):
+    lean = tmp_path / "lean.onnx"
+    torch.manual_seed(0)
+    export_model(TinyNet().eval(), lean, LAYERS, input_size=(32, 40), exporter="torchscript", input_gradients=(),
+                 heads=False, log=lambda _: None)  # fmt: skip
+    for method, hint in (("guidedbackprop", "--input-gradient guided"), ("ablationcam", "head graph")):
+        result = CliRunner().invoke(main, ["explain", str(lean), str(good["cat.jpg"]), "--out", str(tmp_path / method),
+                                           "--method", method])  # fmt: skip
+        assert result.exit_code == 2 and hint in result.output, result.output
+        assert not (tmp_path / method / "results.jsonl").exists()

@@ -22,13 +22,9 @@ from ..batch import (
 from ..inputs import Shard, parse_shard
 from ..methods import available_methods
 from ..providers import CHOICES
+from .common import parse_options, usage_error
 
 ENGINES = ("local", "ray")
-
-
-def usage_error(exc: BatchUsageError) -> click.UsageError:
-    """The click error for a :class:`BatchUsageError` (exit status 2, naming the parameter at fault)."""
-    return click.BadParameter(str(exc), param_hint=exc.param) if exc.param else click.UsageError(str(exc))
 
 
 def result_line(record: dict[str, Any], skipped: bool) -> str:
@@ -93,6 +89,9 @@ def batch_options(
     eigen_smooth: bool,
     resume: bool,
     shard: Shard | None,
+    metric: str,
+    option_pairs: tuple[str, ...],
+    max_megapixels: float,
 ) -> BatchOptions:
     """The :class:`BatchOptions` of the command-line values; unknown methods or save kinds raise BatchUsageError."""
     return BatchOptions(
@@ -106,6 +105,9 @@ def batch_options(
         eigen_smooth=eigen_smooth,
         resume=resume,
         shard=shard,
+        metrics=parse_list(metric),
+        method_options=parse_options(option_pairs),
+        max_pixels=round(max_megapixels * 1e6),
     )
 
 
@@ -116,7 +118,7 @@ def batch_options(
     "--method",
     default="gradcam",
     show_default=True,
-    help=f"CAM method(s), comma-separated: {', '.join(available_methods())}.",
+    help=f"Method(s), comma-separated: {', '.join(available_methods())}.",
 )
 @click.option("--target", default="top1", show_default=True, help="Class to explain: top1, a class index or a label.")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -155,6 +157,25 @@ def batch_options(
 @click.option("--address", default=None, help="Ray cluster to join (--engine ray) [a new local Ray instance].")
 @click.option(
     "--actors", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors, one session each."
+)
+@click.option(
+    "--metric",
+    default="",
+    help="Faithfulness metric(s) of each map, comma-separated (see `onnxcam evaluate --help`) [none].",
+)
+@click.option(
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A parameter of the perturbation/input-gradient methods or of the metrics, e.g. steps=32 (repeatable).",
+)
+@click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Refuse larger images before decoding them (decompression bombs).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No per-image lines or summary (errors are still printed).")
 def explain(

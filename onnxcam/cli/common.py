@@ -1,0 +1,32 @@
+"""Pieces shared by the ``explain`` and ``evaluate`` commands: usage errors and ``--option KEY=VALUE`` parsing."""
+
+from __future__ import annotations
+
+import click
+
+from ..batch import BatchUsageError
+
+
+def usage_error(exc: BatchUsageError) -> click.UsageError:
+    """The click error for a :class:`BatchUsageError` (exit status 2, naming the parameter at fault)."""
+    return click.BadParameter(str(exc), param_hint=exc.param) if exc.param else click.UsageError(str(exc))
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, int | float | str]:
+    """``("curve_steps=20", "road_noise=0")`` → ``{"curve_steps": 20, "road_noise": 0}`` (numbers read as such)."""
+    options: dict[str, int | float | str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BatchUsageError(f"expected KEY=VALUE, got {pair!r}", "--option")
+        options[key.strip()] = _number(value.strip())
+    return options
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,99 @@
+"""``onnxcam evaluate MODEL INPUTS...``: faithfulness metrics of the maps, per image and on average (no torch)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..batch import BatchUsageError, open_explainer, parse_list, resolve_methods
+from ..methods import available_methods
+from ..metrics import available_metrics, metric_options
+from ..metrics.job import EvaluationOptions, format_table, run_evaluation
+from ..providers import CHOICES
+from .common import parse_options, usage_error
+
+
+def _shown(default: object) -> str:
+    values = default if isinstance(default, tuple) else (default,)
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+OPTION_HELP = "; ".join(f"{o.name}: {o.help} [{_shown(o.default)}]" for o in metric_options())
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--method",
+    default="gradcam",
+    show_default=True,
+    help=f"Method(s), comma-separated: {', '.join(available_methods())}.",
+)
+@click.option(
+    "--metric",
+    default="deletion,insertion",
+    show_default=True,
+    help=f"Metric(s), comma-separated, or all: {', '.join(available_metrics())}.",
+)
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--target", default="top1", show_default=True, help="Class to explain: top1, a class index or a label.")
+@click.option(
+    "--layer", "layers", multiple=True, help="Layer to explain (repeatable) [all layers of the graph, fused]."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per run.")
+@click.option(
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"A method or metric parameter (repeatable). Metric parameters: {OPTION_HELP}.",
+)
+@click.option("--provider", type=click.Choice(CHOICES), default="auto", show_default=True, help="Execution provider.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+def evaluate(
+    model: str,
+    inputs: tuple[str, ...],
+    method: str,
+    metric: str,
+    out_dir: str,
+    target: str,
+    layers: tuple[str, ...],
+    batch_size: int,
+    option_pairs: tuple[str, ...],
+    provider: str,
+    threads: int | None,
+) -> None:
+    """Score the maps of each method with faithfulness metrics: one JSON line per image in --out/metrics.jsonl and
+    the mean per method and metric on stdout.
+
+    INPUTS are image files, directories (searched recursively for images) and glob patterns. Exit status 0 when
+    every input was scored, 1 when any failed (each failure also gets one line on stderr), 2 on bad usage.
+    """
+    try:
+        options = EvaluationOptions(
+            methods=resolve_methods(parse_list(method)),
+            metrics=parse_list(metric),
+            target=target,
+            layers=layers or None,
+            batch_size=batch_size,
+            options=parse_options(option_pairs),
+        )
+        explainer = open_explainer(model, provider, threads)
+        click.echo(f"onnxcam: {model} on {explainer.provider}", err=True)
+        summary = run_evaluation(explainer, inputs, out_dir, options, on_result=_report_error)
+    except BatchUsageError as exc:
+        raise usage_error(exc) from None
+    click.echo(format_table(summary.means, summary.ok))
+    click.echo(
+        f"{summary.ok} ok, {summary.errors} failed of {summary.total} inputs in {summary.seconds:.1f} s; "
+        f"results in {summary.results}",
+        err=True,
+    )
+    sys.exit(0 if summary.success else 1)
+
+
+def _report_error(record: dict) -> None:
+    if record["status"] == "error":
+        click.echo(f"error: {record['input']}: {record['error']}", err=True)

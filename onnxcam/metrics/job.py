@@ -1,0 +1,235 @@
+"""The batch job behind ``onnxcam evaluate``: explain images, score the maps, one JSON line per image.
+
+Flow: check the options against the graph (before any work) → expand the inputs (:mod:`onnxcam.inputs`) → while
+batch *k* is explained and scored, a thread pool decodes batch *k+1* (:func:`onnxcam.batch.decoded_batches`) →
+explain the batch (:meth:`~onnxcam.explainer.Explainer.explain_arrays`) → score each method's maps
+(:func:`~onnxcam.metrics.evaluate.evaluate_maps`) → append the images' lines to ``metrics.jsonl`` in input order.
+
+Bad input never stops the job: an input that cannot be decoded, or a batch whose explanation or scoring fails,
+becomes a ``status: "error"`` line and the job goes on. ``metrics.jsonl`` is rewritten from scratch by each run
+(atomically emptied, then one whole line written and flushed per image).
+
+Record (one JSON object per line)::
+
+    input, status ("ok" | "error"), error (null | one line), class_index, label, probability,
+    metrics {method: {metric: value}}, timings_ms {decode, explain, metrics}
+
+``timings_ms.explain`` and ``timings_ms.metrics`` are the batch's times divided by the images it held.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..batch import (
+    BatchUsageError,
+    Decoded,
+    Job,
+    decoded_batches,
+    default_workers,
+    one_line,
+    prepare_out_dir,
+    resolve_methods,
+)
+from ..explainer import Explainer, one_hot_seed
+from ..inputs import expand_inputs
+from ..outputs import JsonLinesLog
+from ..targets import Target, TargetError, resolve_target
+from .base import check_options, get_metric, resolve_metrics
+from .evaluate import evaluate_maps
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What to explain and how to score it. ``options``: parameters of the methods and the metrics together."""
+
+    methods: tuple[str, ...] = ("gradcam",)
+    metrics: tuple[str, ...] = ("deletion", "insertion")
+    target: Target = None
+    layers: tuple[str, ...] | None = None
+    batch_size: int = 8
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """:class:`EvaluationOptions` checked against one graph."""
+
+    methods: tuple[str, ...]
+    metrics: tuple[str, ...]
+    target: int
+    layers: tuple[str, ...]
+    batch_size: int
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """How the job went; ``means[method][metric]``: the mean over the images scored (``None`` when there are none)."""
+
+    total: int
+    ok: int
+    errors: int
+    seconds: float
+    results: Path
+    means: dict[str, dict[str, float | None]]
+
+    @property
+    def success(self) -> bool:
+        return self.errors == 0
+
+
+def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
+    """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
+    layers = tuple(options.layers or explainer.layers)
+    unknown = [layer for layer in layers if layer not in explainer.layers]
+    if unknown:
+        raise BatchUsageError(
+            f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(explainer.layers)}", "--layer"
+        )
+    if options.batch_size < 1:
+        raise BatchUsageError(f"must be at least 1, got {options.batch_size}", "--batch-size")
+    if not options.metrics:
+        raise BatchUsageError("no metric given", "--metric")
+    try:
+        metrics = resolve_metrics(options.metrics)
+    except ValueError as exc:
+        raise BatchUsageError(str(exc), "--metric") from None
+    try:
+        target = resolve_target(options.target, explainer.labels, explainer.classes)
+    except TargetError as exc:
+        raise BatchUsageError(str(exc), "--target") from None
+    try:
+        checked = check_options(options.options)
+    except ValueError as exc:
+        raise BatchUsageError(str(exc), "--option") from None
+    return Plan(resolve_methods(options.methods), metrics, target, layers, options.batch_size, checked)
+
+
+def base_record(path: Path, error: str | None, timings: dict[str, float]) -> dict[str, Any]:
+    """The fields every line has (an error line keeps them, ``null`` or empty)."""
+    return {
+        "input": str(path),
+        "status": "ok" if error is None else "error",
+        "error": error,
+        "class_index": None,
+        "label": None,
+        "probability": None,
+        "metrics": {},
+        "timings_ms": {key: round(value, 3) for key, value in timings.items()},
+    }
+
+
+def score_batch(explainer: Explainer, good: Sequence[Decoded], settings: Plan) -> tuple[list[dict[str, Any]], str]:
+    """Explain and score decoded images: ``(records, "")``, or ``([], cause)`` when the batch failed."""
+    x = np.stack([d.x for d in good])
+    started = time.perf_counter()
+    try:
+        explanations = explainer.explain_arrays(
+            x, settings.target, settings.methods, settings.layers, topk=1, options=settings.options
+        )
+    except Exception as exc:  # onnxruntime or a method failing on this batch: mark it, go on
+        return [], f"inference failed: {one_line(exc)}"
+    explained = time.perf_counter()
+    seed = one_hot_seed(np.array([e.class_index for e in explanations]), explainer.score_shape)
+    maps = {m: np.stack([e.maps[m] for e in explanations]) for m in settings.methods}
+    try:
+        values = evaluate_maps(explainer, x, seed, maps, settings.metrics, settings.options)
+    except Exception as exc:  # a metric failing on this batch (e.g. imputation): mark it, go on
+        return [], f"metrics failed: {one_line(exc)}"
+    per_image = {"explain": explained - started, "metrics": time.perf_counter() - explained}
+    records = []
+    for d, explanation, value in zip(good, explanations, values, strict=True):
+        timings = {"decode": d.decode_ms, **{k: 1000 * v / len(good) for k, v in per_image.items()}}
+        record = base_record(d.job.item.path, None, timings)
+        record.update(
+            class_index=explanation.class_index,
+            label=explanation.label,
+            probability=explanation.probability,
+            metrics=value,
+        )
+        records.append(record)
+    return records, ""
+
+
+def batch_records(explainer: Explainer, batch: Sequence[Decoded], settings: Plan) -> list[dict[str, Any]]:
+    """The records of one decoded batch, in input order: decode errors, a batch failure, or scored images."""
+    good = [d for d in batch if d.error is None]
+    scored, cause = score_batch(explainer, good, settings) if good else ([], "")
+    ok = iter(scored)
+    records = []
+    for d in batch:
+        failure = d.error if d.error is not None else cause
+        records.append(base_record(d.job.item.path, failure, {"decode": d.decode_ms}) if failure else next(ok))
+    return records
+
+
+def mean_table(records: Sequence[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]) -> dict:
+    """``{method: {metric: mean}}`` over the ok records' finite values (``None`` where there are none)."""
+    means: dict[str, dict[str, float | None]] = {}
+    for method in methods:
+        means[method] = {}
+        for metric in metrics:
+            values = [r["metrics"][method][metric] for r in records if r["status"] == "ok"]
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            means[method][metric] = float(np.mean(finite)) if finite else None
+    return means
+
+
+def format_table(means: dict[str, dict[str, float | None]], count: int) -> str:
+    """The summary printed by ``onnxcam evaluate``: one row per metric, one column per method."""
+    methods = list(means)
+    metrics = list(next(iter(means.values()), {}))
+    labels = [f"{m} ({'higher' if get_metric(m).higher_is_better else 'lower'} is better)" for m in metrics]
+    first = max([len("metric"), *map(len, labels)])
+    widths = [max(10, len(m)) for m in methods]
+    lines = [f"{'metric':<{first}}  " + "  ".join(f"{m:>{w}}" for m, w in zip(methods, widths, strict=True))]
+    for metric, label in zip(metrics, labels, strict=True):
+        cells = [means[m][metric] for m in methods]
+        text = ["n/a" if v is None else f"{v:.4f}" for v in cells]
+        lines.append(f"{label:<{first}}  " + "  ".join(f"{t:>{w}}" for t, w in zip(text, widths, strict=True)))
+    lines.append(f"(means over {count} image{'s' if count != 1 else ''})")
+    return "\n".join(lines)
+
+
+def run_evaluation(
+    explainer: Explainer,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    options: EvaluationOptions | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> EvaluationSummary:
+    """Explain and score every image of ``inputs`` (files, directories, globs) into ``out_dir/metrics.jsonl``.
+
+    Usage mistakes raise :class:`BatchUsageError` before any image is read or any file written; ``on_result`` is
+    called once per input, in input order.
+    """
+    settings = plan(options or EvaluationOptions(), explainer)
+    out = prepare_out_dir(out_dir)
+    started = time.perf_counter()
+    jobs = [Job(item, str(item.path), {}) for item in expand_inputs(inputs, exclude=[out])]
+    try:
+        log = JsonLinesLog(out / METRICS_FILE, [])
+    except OSError as exc:
+        raise BatchUsageError(f"cannot write {out / METRICS_FILE} ({exc.strerror or exc})", "--out") from None
+    records: list[dict[str, Any]] = []
+    with log, ThreadPoolExecutor(default_workers(), thread_name_prefix="onnxcam-decode") as pool:
+        for batch in decoded_batches(pool, jobs, settings.batch_size, explainer.preprocess):
+            for record in batch_records(explainer, batch, settings):
+                log.append(record)
+                records.append(record)
+                if on_result is not None:
+                    on_result(record)
+    ok = sum(r["status"] == "ok" for r in records)
+    means = mean_table(records, settings.methods, settings.metrics)
+    return EvaluationSummary(len(records), ok, len(records) - ok, time.perf_counter() - started, log.path, means)
