@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 
-#: Input gradients exported by default: all three ReLU backward rules (saliency, guided backprop, deconvnet …).
-DEFAULT_INPUT_GRADIENTS: tuple[str, ...] = contract.RELU_RULES
+#: Input gradients exported by default: none. Each one is a backward pass through the whole network; switched off it
+#: costs no compute, but the forward tensors it reads stay materialised (~10 % slower CAM runs on resnet50).
+DEFAULT_INPUT_GRADIENTS: tuple[str, ...] = ()
 
 
 def _stderr(message: str) -> None:

@@ -252,7 +252,15 @@ class Explainer:
         if seed is not None:
             effective[used < 0] = seed[used < 0]
         results = self._results(out.scores, used, objective(out.scores, effective), topk)
-        request = MethodRequest(self, x, effective, out.scores, out.activations, out.gradients, options or {})
+        request = MethodRequest(
+            self,
+            x,
+            effective,
+            out.scores,
+            {layer: out.activations[layer] for layer in layers},
+            {layer: out.gradients[layer] for layer in layers},
+            options or {},
+        )
         size = (x.shape[3], x.shape[2])
         for name in methods:
             method = get_method(name)
@@ -325,17 +333,22 @@ class Explainer:
         layers: Sequence[str] | None = None,
         topk: int = 5,
         eigen_smooth: bool = False,
+        seed: np.ndarray | None = None,
+        options: dict[str, Any] | None = None,
+        metrics: Sequence[str] = (),
     ) -> list[Explanation]:
-        """Explain images (paths or RGB uint8 arrays of any size); maps at network resolution, see ``image_size``."""
+        """Explain images (paths or RGB uint8 arrays of any size); maps at network resolution, see ``image_size``.
+
+        ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
+        """
         batch = (
             [images]
             if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
             else images
         )
         decoded = [read_image(i) if isinstance(i, (str, Path)) else i for i in batch]
-        results = self.explain_arrays(
-            preprocess_batch(decoded, self.preprocess), target, methods, layers, topk, eigen_smooth
-        )
+        x = preprocess_batch(decoded, self.preprocess)
+        results = self.explain_arrays(x, target, methods, layers, topk, eigen_smooth, seed, options, metrics)
         for result, image in zip(results, decoded, strict=True):
             result.image_size = image.shape[:2]
         return results

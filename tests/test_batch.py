@@ -63,10 +63,17 @@ class TinyNet(nn.Module):
 
 
 def export_tiny(path: Path) -> Path:
-    """A labelled two-layer explainer graph with a 32×40 input at ``path``."""
+    """A labelled two-layer explainer graph with a 32×40 input (and the standard input gradient) at ``path``."""
     torch.manual_seed(0)
     export_model(
-        TinyNet().eval(), path, LAYERS, input_size=(32, 40), labels=LABELS, exporter="torchscript", log=lambda _: None
+        TinyNet().eval(),
+        path,
+        LAYERS,
+        input_size=(32, 40),
+        labels=LABELS,
+        exporter="torchscript",
+        input_gradients=("standard",),
+        log=lambda _: None,
     )
     return path
 

@@ -82,7 +82,15 @@ def test_exported_file_passes_checker_and_carries_metadata(tmp_path: Path) -> No
     path = tmp_path / "tiny.onnx"
     labels = [f"class {i}" for i in range(10)]
     _, report = export_model(
-        tiny(), path, ["features.5"], input_size=(32, 40), labels=labels, mean=(0.5,) * 3, std=(0.25,) * 3, **QUIET
+        tiny(),
+        path,
+        ["features.5"],
+        input_size=(32, 40),
+        labels=labels,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        input_gradients=contract.RELU_RULES,
+        **QUIET,
     )
     assert report is not None and report.worst < 1e-4
     model = onnx.load(str(path))

@@ -49,7 +49,7 @@ def torch_grad(model: nn.Module, x: np.ndarray, weights: np.ndarray, wrt: str = 
 # ---------------------------------------------------------------------------------------------------------------- seed
 @pytest.fixture(scope="module")
 def gapnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Explainer, nn.Module]:
-    path = export_gapnet(tmp_path_factory.mktemp("gap") / "gap.onnx")
+    path = export_gapnet(tmp_path_factory.mktemp("gap") / "gap.onnx", input_gradients=("standard",))
     torch.manual_seed(0)
     return Explainer(path, provider="cpu"), GapNet().eval()
 
@@ -110,7 +110,9 @@ def test_dense_output_region_seed_matches_autograd(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = DenseNet().eval()
     path = tmp_path / "dense.onnx"
-    _, report = export_model(model, path, ["body.3"], (16, 16), exporter="torchscript", **QUIET)
+    _, report = export_model(
+        model, path, ["body.3"], (16, 16), exporter="torchscript", input_gradients=("guided",), **QUIET
+    )
     assert report is not None and report.worst < 1e-6
     explainer = Explainer(path, provider="cpu")
     assert explainer.score_shape == (5, 8, 8)
@@ -134,7 +136,16 @@ def test_input_gradients_equal_autograd_and_captum_in_float64() -> None:
     Deconvolution (hooks on nn.ReLU). Float64 on both sides so that no ReLU sits within rounding of its kink."""
     torch.manual_seed(0)
     model = load_torchvision("resnet18").eval()
-    graph, _ = export_model(model, None, ["layer4"], (64, 64), exporter="torchscript", optimize=False, **QUIET)
+    graph, _ = export_model(
+        model,
+        None,
+        ["layer4"],
+        (64, 64),
+        exporter="torchscript",
+        optimize=False,
+        input_gradients=contract.RELU_RULES,
+        **QUIET,
+    )
     x = torch.tensor(images(2, 64, seed=4), dtype=torch.float64)
     target = np.array([-1, 7], np.int64)
     ours = run_float64(graph, {contract.INPUT: x.numpy(), contract.TARGET: target})
@@ -161,6 +172,9 @@ def test_export_cli_can_leave_out_input_gradients_and_heads(tmp_path: Path) -> N
     )
     out = tmp_path / "lean.onnx"
     args = ["export", f"{tmp_path / 'net.py'}:GapNet", "-o", str(out), "--layer", "body.3", "--input-size", "32", "32"]
+    full = CliRunner().invoke(main, [*args[:4], str(tmp_path / "all.onnx"), *args[5:], "--input-gradient", "all"])
+    assert full.exit_code == 0, full.output
+    assert Explainer(tmp_path / "all.onnx", provider="cpu").metadata.input_gradients == contract.RELU_RULES
     args += ["--weights", str(tmp_path / "w.pt"), "--input-gradient", "none", "--no-head"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -192,7 +206,7 @@ def test_head_graph_runs_the_part_after_the_layer(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = load_torchvision("resnet18").eval()
     path = tmp_path / "r18.onnx"
-    export_model(model, path, ["layer3", "layer4"], (64, 64), exporter="torchscript", input_gradients=(), **QUIET)
+    export_model(model, path, ["layer3", "layer4"], (64, 64), exporter="torchscript", **QUIET)
     explainer = Explainer(path, provider="cpu")
     assert explainer.metadata.heads == ("layer3", "layer4")
     x = images(2, 64, seed=5)

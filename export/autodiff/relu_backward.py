@@ -17,8 +17,8 @@ def _positive(ctx: VJPContext, name: str) -> str:
 
 
 def guided_relu(ctx: VJPContext) -> list[str | None]:
-    """``x̄ = ḡ · [x > 0] · [ḡ > 0]``."""
-    keep = ctx.emit("And", _positive(ctx, ctx.input(0)), _positive(ctx, ctx.grad()))
+    """``x̄ = ḡ · [x > 0] · [ḡ > 0]`` (``[y > 0]`` for ``[x > 0]``, as the ``Relu`` rule)."""
+    keep = ctx.emit("And", _positive(ctx, ctx.output()), _positive(ctx, ctx.grad()))
     return [ctx.emit("Where", keep, ctx.grad(), ctx.const(0.0, like=ctx.input(0)))]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..contract import RELU_RULES
+
 
 @click.command()
 @click.argument("source")
@@ -27,9 +29,10 @@ import click
 @click.option(
     "--input-gradient",
     "input_gradients",
-    default="standard,guided,deconvnet",
+    default="none",
     show_default=True,
-    help="ReLU backward rules of the input-gradient outputs (saliency, guided backprop, deconvnet …), or 'none'.",
+    help="Input gradients to add, by ReLU backward rule: standard (saliency, SmoothGrad, Integrated Gradients), "
+    "guided (guided backprop, guided Grad-CAM), deconvnet; comma-separated, 'all' or 'none'.",
 )
 @click.option("--no-head", is_flag=True, help="Leave out the head graphs (the part after each layer; Ablation-CAM).")
 @click.option("--no-verify", is_flag=True, help="Skip the gradient check against torch.autograd / finite differences.")
@@ -49,6 +52,7 @@ def export(
         ) from None
     try:
         rules = [r.strip() for r in input_gradients.split(",") if r.strip() and r.strip() != "none"]
+        rules = list(RELU_RULES) if rules == ["all"] else rules
         export_source(source, list(layers), output, input_gradients=rules, heads=not no_head, **options)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None

@@ -3,10 +3,14 @@
 Pure numpy, float32. Each method returns the raw map ``[N, h, w]``; :mod:`onnxcam.postprocess` turns it into the
 normalised, input-sized map. The formulas are those of /work/shared/METHODS.md. Importing this package registers
 every method (one module per method or family, each calling ``register`` at import).
+
+Methods that query the model again (:class:`ModelMethod`: Score-CAM, Ablation-CAM, occlusion, RISE, saliency,
+guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients) take a :class:`MethodRequest`.
 """
 
 from __future__ import annotations
 
+from .ablation_cam import ablation_cam
 from .base import (
     CamFunction,
     CamMethod,
@@ -22,15 +26,26 @@ from .eigen import eigen_cam, eigen_grad_cam
 from .elementwise import grad_cam_elementwise, hires_cam, layer_cam
 from .gradcam import grad_cam
 from .gradcam_plusplus import grad_cam_plusplus
+from .guided_gradcam import guided_gradcam
+from .input_gradients import deconvnet, guided_backprop, integrated_gradients, saliency, smoothgrad
+from .occlusion import occlusion
+from .request import MethodRequest, ModelAccess, ModelMethod
+from .rise import rise
+from .score_cam import score_cam
 from .xgradcam import xgrad_cam
 
 __all__ = [
     "CamFunction",
     "CamMethod",
+    "MethodRequest",
+    "ModelAccess",
+    "ModelMethod",
+    "ablation_cam",
     "available_methods",
     "channel_weighted_map",
     "class_activation_map",
     "combine",
+    "deconvnet",
     "eigen_cam",
     "eigen_grad_cam",
     "first_component_projection",
@@ -38,8 +53,16 @@ __all__ = [
     "grad_cam",
     "grad_cam_elementwise",
     "grad_cam_plusplus",
+    "guided_backprop",
+    "guided_gradcam",
     "hires_cam",
+    "integrated_gradients",
     "layer_cam",
+    "occlusion",
     "register",
+    "rise",
+    "saliency",
+    "score_cam",
+    "smoothgrad",
     "xgrad_cam",
 ]

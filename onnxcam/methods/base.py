@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+from .request import ModelMethod
 
 #: ``(activations, gradients or head weights or None, eigen_smooth) -> raw map [N, h, w]``.
 CamFunction = Callable[[np.ndarray, "np.ndarray | None", bool], np.ndarray]
@@ -50,15 +53,17 @@ class CamMethod:
         return self.fn(acts, second, eigen_smooth)
 
 
-_REGISTRY: dict[str, CamMethod] = {}
+_REGISTRY: dict[str, CamMethod | ModelMethod] = {}
+Registered = TypeVar("Registered", CamMethod, ModelMethod)
 
 
 def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
 
-def register(method: CamMethod) -> CamMethod:
-    """Add ``method`` to the registry under its name (case, ``-`` and ``_`` insensitive); returns it."""
+def register(method: Registered) -> Registered:
+    """Add ``method`` (a :class:`CamMethod` or a model-querying :class:`ModelMethod`) to the registry under its
+    name (case, ``-`` and ``_`` insensitive); returns it."""
     key = _key(method.name)
     if key in _REGISTRY:
         raise ValueError(f"CAM method {method.name!r} is already registered")
@@ -66,7 +71,7 @@ def register(method: CamMethod) -> CamMethod:
     return method
 
 
-def get_method(name: str) -> CamMethod:
+def get_method(name: str) -> CamMethod | ModelMethod:
     """The registered method called ``name`` (``"gradcam"``, ``"Grad-CAM"`` and ``"grad_cam"`` are the same)."""
     try:
         return _REGISTRY[_key(name)]

@@ -23,10 +23,10 @@ _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, Tens
 
 @rule("Relu")
 def relu(ctx: VJPContext) -> list[str | None]:
-    """``x̄ = ḡ · [x > 0]``."""
-    x = ctx.input(0)
-    positive = ctx.emit("Greater", x, ctx.const(0.0, like=x))
-    return [ctx.emit("Where", positive, ctx.grad(), ctx.const(0.0, like=x))]
+    """``x̄ = ḡ · [y > 0]`` (``y > 0 ⇔ x > 0``; reading the output leaves onnxruntime free to fuse Conv + Relu)."""
+    y = ctx.output()
+    positive = ctx.emit("Greater", y, ctx.const(0.0, like=y))
+    return [ctx.emit("Where", positive, ctx.grad(), ctx.const(0.0, like=y))]
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
