@@ -148,12 +148,18 @@ def describe(path: str | Path) -> str:
         f"{path}",
         f"contract version {m.version}; source: {m.source or '?'}; exporter: {m.exporter or '?'}",
         f"layers ({len(m.layers)}): {', '.join(m.layers)}",
-        f"classes: {g.output(contract.SCORES).shape[-1]} ({m.scores_kind}); "
+        f"classes: {g.output(contract.SCORES).shape[1]} ({m.scores_kind}"
+        + (f", dense {list(g.output(contract.SCORES).shape[2:])}" if len(g.output(contract.SCORES).shape) > 2 else "")
+        + "); "
         + (f"labels: {len(m.labels)} (e.g. {', '.join(m.labels[:3])}, …)" if m.labels else "labels: none"),
         f"preprocessing: resize to {p.input_size[0]}x{p.input_size[1]} (H×W, {p.resize}), {p.channel_order}, "
         f"x = (pixel·{p.value_scale:.6g} − mean) / std, mean {_floats(p.mean)}, std {_floats(p.std)}",
+        f"input gradients: {', '.join(m.input_gradients) or 'none (export with --input-gradient)'}; "
+        f"head graphs: {', '.join(m.heads) or 'none'}",
         "inputs:",
         *map(fmt, g.inputs),
+        "optional inputs (with defaults):",
+        *map(fmt, _specs(g.session.get_overridable_initializers())),
         "outputs:",
         *map(fmt, g.outputs),
     ]
