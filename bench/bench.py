@@ -31,6 +31,7 @@ from typing import TypeVar
 import numpy as np
 from common import REPO, Table, fmt, median_seconds, ratio, run_worker, timed_subprocess
 from footprint import RUNTIME, TORCH_STACK, footprint
+from methods import methods_table
 from workers import inputs
 
 MAIN_MODELS = (
@@ -144,14 +145,23 @@ class Lab:
 
         return self._file(f"{arch}.plain.onnx", make)
 
-    def explainer(self, arch: str, layers: tuple[str, ...]) -> Path:
+    def explainer(self, arch: str, layers: tuple[str, ...], input_gradients: tuple[str, ...] = ()) -> Path:
         """The explainer graph (verification skipped: the test suite checks the gradients)."""
         from onnxcam_export.api import export_model
 
         def make(path: Path) -> None:
-            export_model(self.model(arch), path, list(layers), exporter=self.cfg.exporter, verify=False, log=log)
+            export_model(
+                self.model(arch),
+                path,
+                list(layers),
+                exporter=self.cfg.exporter,
+                verify=False,
+                input_gradients=input_gradients,
+                log=log,
+            )
 
-        return self._file(f"{arch}.{'+'.join(layers)}.onnx", make)
+        suffix = "".join(f".{rule}" for rule in input_gradients)
+        return self._file(f"{arch}.{'+'.join(layers)}{suffix}.onnx", make)
 
     def weights(self, arch: str) -> Path:
         import torch
@@ -688,7 +698,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=0, help="timed runs per cell (default 7; 2 with --quick)")
     parser.add_argument("--flat-batches", type=int, default=250, help="batches of the long memory run")
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+    parser.add_argument(
+        "--only-methods",
+        action="store_true",
+        help="measure only the perturbation/input-gradient methods and replace that section of --out",
+    )
     return parser.parse_args(argv)
+
+
+def methods_section(lab: Lab) -> Table:
+    """The perturbation and input-gradient methods on ResNet-50 (an explainer graph with all input gradients)."""
+    from methods import ARCH, LAYER
+
+    from onnxcam.contract import RELU_RULES
+
+    path = lab.explainer(ARCH, (LAYER,), RELU_RULES)
+    table = methods_table(lab.model(ARCH), str(path), lab.cfg.threads, log)
+    lab.forget(ARCH)
+    return table
+
+
+def replace_section(text: str, section: Table) -> str:
+    """``text`` with the markdown section titled like ``section`` replaced (or added before the CUDA section)."""
+    heading = f"### {section.title}"
+    new = section.markdown()
+    if heading in text:
+        start = text.index(heading)
+        end = text.find("\n### ", start + len(heading))
+        end = text.find("\n## ", start) if end < 0 else end
+        return text[:start] + new + text[end + 1 :]
+    return text.replace("### CUDA", new + "\n### CUDA", 1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -702,6 +741,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     host = machine(cfg)  # before the run: the load average says whether others share the cores
     import torch
+
+    if args.only_methods:
+        torch.set_num_threads(cfg.threads)
+        with tempfile.TemporaryDirectory(prefix="onnxcam-bench-") as tmp:
+            table = methods_section(Lab(cfg, Path(tmp)))
+        out.write_text(replace_section(out.read_text(encoding="utf-8"), table), encoding="utf-8")
+        log(f"updated the methods section of {out}")
+        return
 
     torch.set_num_threads(cfg.threads)
     with contextlib.suppress(RuntimeError):
@@ -734,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log("== memory over a long run")
         flat_table, growth = flat_memory_table(lab)
         sections.append(flat_table)
+        log("== perturbation and input-gradient methods")
+        sections.append(attempt("methods", lambda: methods_section(lab)) or "")
         log("== CUDA")
         if cuda_available():
             sections.append(throughput_table(lab, "Throughput, last conv block (CUDA)", cfg.models, "cuda")[0])

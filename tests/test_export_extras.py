@@ -172,7 +172,7 @@ def test_export_cli_can_leave_out_input_gradients_and_heads(tmp_path: Path) -> N
     )
     out = tmp_path / "lean.onnx"
     args = ["export", f"{tmp_path / 'net.py'}:GapNet", "-o", str(out), "--layer", "body.3", "--input-size", "32", "32"]
-    full = CliRunner().invoke(main, [*args[:4], str(tmp_path / "all.onnx"), *args[5:], "--input-gradient", "all"])
+    full = CliRunner().invoke(main, [*args[:3], str(tmp_path / "all.onnx"), *args[4:], "--input-gradient", "all"])
     assert full.exit_code == 0, full.output
     assert Explainer(tmp_path / "all.onnx", provider="cpu").metadata.input_gradients == contract.RELU_RULES
     args += ["--weights", str(tmp_path / "w.pt"), "--input-gradient", "none", "--no-head"]
