@@ -100,11 +100,12 @@ def cut_after(
 
 
 def switched_on(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` whose ``compute:*`` switches all default to true (every optional output computed)."""
+    """Copy of ``model`` whose gradient switches (``compute:gradients``, ``compute:gradient:input…``) default to
+    true. Head graphs stay off: they compute scores, not gradients, and are checked against the forward instead."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for t in m.graph.initializer:
-        if t.name.startswith(contract.SWITCH_PREFIX):
+        if t.name.startswith(contract.switch_name(contract.GRADIENT_PREFIX)) or t.name == contract.GRADIENTS_SWITCH:
             t.CopyFrom(numpy_helper.from_array(np.array(True), t.name))
     return m
 
@@ -112,7 +113,7 @@ def switched_on(model: onnx.ModelProto) -> onnx.ModelProto:
 def evaluate_float64(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_ops: list | None = None
 ) -> dict[str, np.ndarray]:
-    """All outputs of ``model`` (every switch on) computed in float64 by the ONNX reference implementation."""
+    """All outputs of ``model`` (gradient switches on) computed in float64 by the ONNX reference implementation."""
     m = to_float64(switched_on(model))
     evaluator = ReferenceEvaluator(m, new_ops=[Pad, *(new_ops or [])])
     names = [o.name for o in m.graph.output]

@@ -47,8 +47,8 @@ def resnet18_case(
     init they are the identity, and a ReLU network without biases is positively homogeneous (``f(αx) = α f(x)``),
     which would make Integrated Gradients from a zero baseline exact for any number of steps.
 
-    ``export``: options of ``export_model`` (``input_gradients``, ``heads``): onnxruntime runs the whole graph
-    whatever outputs are asked for, so each test module exports only the outputs it uses.
+    ``export``: options of ``export_model`` (``input_gradients``, ``heads``): each test module exports the outputs
+    it uses (input gradients are opt-in).
     """
     torch.manual_seed(0)
     model = randomize_batch_norm(torchvision.models.resnet18(weights=None)).eval()

@@ -28,6 +28,7 @@ from method_cases import explain, gapnet_case, relative_error, resnet18_case
 from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from onnxcam.contract import RELU_RULES
 from onnxcam.methods.input_gradients import quadrature, smoothgrad_noise
 from onnxcam.methods.request import MethodRequest
 from onnxcam.postprocess import normalize
@@ -64,13 +65,15 @@ CASES = ["gapnet", pytest.param("resnet", marks=pytest.mark.slow)]
 
 @pytest.fixture(scope="module")
 def gapnet(tmp_path_factory: pytest.TempPathFactory):
-    model, explainer, x = gapnet_case(tmp_path_factory.mktemp("gapnet"), heads=False)
+    model, explainer, x = gapnet_case(tmp_path_factory.mktemp("gapnet"), heads=False, input_gradients=RELU_RULES)
     return model, explainer, x, ["body.3"], [3, 5]
 
 
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory: pytest.TempPathFactory):
-    model, explainer, x = resnet18_case(tmp_path_factory.mktemp("resnet18"), ("layer4",), heads=False)
+    model, explainer, x = resnet18_case(
+        tmp_path_factory.mktemp("resnet18"), ("layer4",), heads=False, input_gradients=RELU_RULES
+    )
     return model, explainer, x, ["layer4"], [281, 967]
 
 
