@@ -100,7 +100,7 @@ def methods_table(model: Any, explainer_path: str, threads: int, log: Callable[[
     table = Table(
         f"Perturbation and input-gradient methods ({ARCH}, one image, CPU)",
         ["method", "options", "onnxcam ms", "peer", "peer ms", "speed-up", "onnxcam images/s"],
-        note=__doc__.split("\n\n")[0].split("\n", 1)[1].replace("\n", " "),
+        note=__doc__.split("\n\n")[1].replace("\n", " "),
     )
     explainer = Explainer(explainer_path, provider="cpu", threads=threads)
     x = inputs(1)
