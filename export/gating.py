@@ -1,4 +1,4 @@
-"""Optional outputs that cost nothing unless asked for: their nodes move into an ``If`` switched by a graph input.
+"""Optional outputs that cost no computation unless asked for: their nodes move into an ``If`` switched by an input.
 
 onnxruntime runs every node of a graph whatever outputs a caller requests, so a file holding input gradients (three
 backward passes through the whole network) and head graphs would make every CAM run pay for them. Each optional part

@@ -17,6 +17,7 @@ from independent hooks + ``torch.autograd.grad``; batch 3, targets ``[-1, 3, 998
    Mixed_5d 0.12; relative L2 ≤ 1.1e-2), short ones rarely (vgg16_bn's head has ReLUs and a max-pool: 1 image in 8).
    So: every image's gradient within ``GRADIENT_L2`` relative L2 error, and the last block's gradient within 1e-4
    for the median image; step 1 is what proves the graph right.
+4. Head graphs (Ablation-CAM): fed each layer's maps, they give the full forward's scores within 1e-4.
 """
 
 from __future__ import annotations
@@ -128,3 +129,25 @@ def test_zoo_gradients_match_autograd(name: str, size: int, layers: list[str]) -
     outputs = run(model_bytes, np.zeros((1, 3, size, size), np.float32), np.array([-1], np.int64))
     assert outputs["scores"].shape == (1, 1000)
     check_float32(model, model_bytes, layers, size, n=5)
+    check_heads(model_bytes, layers, size)
+
+
+def check_heads(model_bytes: bytes, layers: list[str], size: int) -> None:
+    """Each layer's head graph, fed the layer's maps, gives the scores of the full forward (the network before the
+    layer runs on an empty batch, as ``Explainer.head_scores`` does)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, size, size)).astype(np.float32)
+    full = run(model_bytes, x, np.array([-1, -1], np.int64))
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    heads = {i.name for i in session.get_overridable_initializers()}
+    for layer in layers:
+        if f"head:{layer}" not in heads:
+            continue  # a layer some skip connection goes around has no head (export logs it)
+        feeds = {
+            "input": np.zeros((0, 3, size, size), np.float32),
+            "target": np.zeros(0, np.int64),
+            f"head:{layer}": full[f"activation:{layer}"],
+            "compute:gradients": np.array(False),
+            f"compute:head_scores:{layer}": np.array(True),
+        }
+        [scores] = session.run([f"head_scores:{layer}"], feeds)
+        assert relative_error(scores, full["scores"]) <= TOLERANCE, layer
