@@ -202,23 +202,34 @@ def resolve_save(kinds: Sequence[str]) -> frozenset[str]:
     return frozenset(kinds)
 
 
-def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
-    """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
-    layers = tuple(options.layers or explainer.layers)
-    unknown = [layer for layer in layers if layer not in explainer.layers]
+def resolve_layers(layers: Sequence[str] | None, explainer: Explainer) -> tuple[str, ...]:
+    """``layers`` (``None``: every layer of the graph); one the graph lacks raises :class:`BatchUsageError`."""
+    chosen = tuple(layers or explainer.layers)
+    unknown = [layer for layer in chosen if layer not in explainer.layers]
     if unknown:
         raise BatchUsageError(
             f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(explainer.layers)}", "--layer"
         )
+    return chosen
+
+
+def resolve_class(target: Target, explainer: Explainer) -> int:
+    """The class index of ``target`` (``-1``: top-1); a class the graph lacks raises :class:`BatchUsageError`."""
+    try:
+        return resolve_target(target, explainer.labels, explainer.classes)
+    except TargetError as exc:
+        raise BatchUsageError(str(exc), "--target") from None
+
+
+def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
+    """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
+    layers = resolve_layers(options.layers, explainer)
     for name, value in (("--batch-size", options.batch_size), ("--topk", options.topk)):
         if value < 1:
             raise BatchUsageError(f"must be at least 1, got {value}", name)
     if not 0 <= options.alpha <= 1:
         raise BatchUsageError(f"must be in [0, 1], got {options.alpha}", "--alpha")
-    try:
-        target = resolve_target(options.target, explainer.labels, explainer.classes)
-    except TargetError as exc:
-        raise BatchUsageError(str(exc), "--target") from None
+    target = resolve_class(options.target, explainer)
     methods = resolve_methods(options.methods)
     for name in methods:
         check_graph_supports(get_method(name), explainer, layers)

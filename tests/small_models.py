@@ -27,3 +27,14 @@ def export_gapnet(path: Path, layers: Sequence[str] = ("body.3",), **options: ob
     torch.manual_seed(0)
     export_model(GapNet().eval(), path, list(layers), (32, 32), exporter="torchscript", log=lambda _: None, **options)
     return path
+
+
+class SegmentationOut(nn.Module):
+    """A torchvision segmentation model returning its dense logits ``out["out"]`` [N, K, H, W]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcam_export.autodiff.context import GradientError
 from onnxcam_export.autodiff.engine import differentiate
 from onnxcam_export.torch_capture import forward_with_taps, to_onnx
+from small_models import SegmentationOut
 from test_rules_conv import symbolic_x  # noqa: F401  (a fixture)
 from test_rules_shape import symbolic_batch
 from torch import nn
@@ -384,17 +385,6 @@ def test_exported_segmentation_net_vs_torch(exporter: str) -> None:
     """Three Resize nodes as the exporter writes them (runtime sizes from Shape(x), constant scales)."""
     torch.manual_seed(0)
     assert exported_vjp_error(SegNet(), "stem", (22, 30), exporter) <= TOL  # stem 6 × 8 → 12 × 16 → 22 × 30
-
-
-class SegmentationOut(nn.Module):
-    """A torchvision segmentation model returning its dense logits ``out["out"]`` [N, K, H, W]."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
 
 
 @pytest.mark.slow

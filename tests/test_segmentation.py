@@ -15,7 +15,7 @@ import torchvision
 from onnxcam_export.api import export_model
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
-from torch import nn
+from small_models import SegmentationOut
 
 from onnxcam.explainer import Explainer
 
@@ -24,24 +24,13 @@ CLASSES = 21
 TOLERANCE = 1e-4  # max |difference| of [0, 1] maps, as the classifier parity tests
 
 
-class OutOnly(nn.Module):
-    """torchvision segmentation models return a dict; the explained output is ``out`` ``[N, K, H, W]``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
-
-
 @pytest.mark.slow
 def test_region_of_a_class_matches_pytorch_grad_cam(tmp_path: Path) -> None:
     torch.manual_seed(0)
     fcn = torchvision.models.segmentation.fcn_resnet50(
         weights=None, weights_backbone=None, aux_loss=False, num_classes=CLASSES
     )
-    model = OutOnly(fcn).eval()
+    model = SegmentationOut(fcn).eval()
     layer = "model.backbone.layer4"
     path = tmp_path / "fcn.onnx"
     _, report = export_model(

@@ -5,6 +5,15 @@ from __future__ import annotations
 import click
 
 from ..batch import BatchUsageError
+from ..methods import available_methods
+
+#: ``--method``: the methods to run, comma-separated (``explain`` and ``evaluate``).
+method_option = click.option(
+    "--method",
+    default="gradcam",
+    show_default=True,
+    help=f"Method(s), comma-separated: {', '.join(available_methods())}.",
+)
 
 
 def usage_error(exc: BatchUsageError) -> click.UsageError:

@@ -7,11 +7,10 @@ import sys
 import click
 
 from ..batch import BatchUsageError, open_explainer, parse_list, resolve_methods
-from ..methods import available_methods
 from ..metrics import available_metrics, metric_options
 from ..metrics.job import EvaluationOptions, format_table, run_evaluation
 from ..providers import CHOICES
-from .common import parse_options, usage_error
+from .common import method_option, parse_options, usage_error
 
 
 def _shown(default: object) -> str:
@@ -25,12 +24,7 @@ OPTION_HELP = "; ".join(f"{o.name}: {o.help} [{_shown(o.default)}]" for o in met
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "--method",
-    default="gradcam",
-    show_default=True,
-    help=f"Method(s), comma-separated: {', '.join(available_methods())}.",
-)
+@method_option
 @click.option(
     "--metric",
     default="deletion,insertion",

@@ -20,9 +20,8 @@ from ..batch import (
     run_batch,
 )
 from ..inputs import Shard, parse_shard
-from ..methods import available_methods
 from ..providers import CHOICES
-from .common import parse_options, usage_error
+from .common import method_option, parse_options, usage_error
 
 ENGINES = ("local", "ray")
 
@@ -114,12 +113,7 @@ def batch_options(
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "--method",
-    default="gradcam",
-    show_default=True,
-    help=f"Method(s), comma-separated: {', '.join(available_methods())}.",
-)
+@method_option
 @click.option("--target", default="top1", show_default=True, help="Class to explain: top1, a class index or a label.")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option(

@@ -37,13 +37,16 @@ from ..batch import (
     default_workers,
     one_line,
     prepare_out_dir,
+    resolve_class,
+    resolve_layers,
     resolve_methods,
+    resolve_metric_names,
 )
 from ..explainer import Explainer, one_hot_seed
 from ..inputs import expand_inputs
 from ..outputs import JsonLinesLog
-from ..targets import Target, TargetError, resolve_target
-from .base import check_options, get_metric, resolve_metrics
+from ..targets import Target
+from .base import check_options, get_metric
 from .evaluate import evaluate_maps
 
 METRICS_FILE = "metrics.jsonl"
@@ -91,24 +94,13 @@ class EvaluationSummary:
 
 def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
     """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
-    layers = tuple(options.layers or explainer.layers)
-    unknown = [layer for layer in layers if layer not in explainer.layers]
-    if unknown:
-        raise BatchUsageError(
-            f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(explainer.layers)}", "--layer"
-        )
+    layers = resolve_layers(options.layers, explainer)
     if options.batch_size < 1:
         raise BatchUsageError(f"must be at least 1, got {options.batch_size}", "--batch-size")
     if not options.metrics:
         raise BatchUsageError("no metric given", "--metric")
-    try:
-        metrics = resolve_metrics(options.metrics)
-    except ValueError as exc:
-        raise BatchUsageError(str(exc), "--metric") from None
-    try:
-        target = resolve_target(options.target, explainer.labels, explainer.classes)
-    except TargetError as exc:
-        raise BatchUsageError(str(exc), "--target") from None
+    metrics = resolve_metric_names(options.metrics)
+    target = resolve_class(options.target, explainer)
     try:
         checked = check_options(options.options)
     except ValueError as exc:
