@@ -14,9 +14,10 @@ import onnx
 from onnxcam import __version__, contract
 
 from . import onnx_prep, sources
-from .assemble import build_explainer
+from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
+from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
 from .verify import Report, verify_finite_differences
 
@@ -60,36 +61,64 @@ def export_model(
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    scores_kind: str | None = None,
+    scores_from: str | int | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
     ``layers`` are module names (``model.named_modules()``); none → the last 4-D feature map before pooling.
     ``input_gradients``: ReLU backward rules of the ``gradient:input[:rule]`` outputs (``standard``, ``guided``,
     ``deconvnet``; ``()`` for none). ``heads``: add the part after each layer as a head graph (Ablation-CAM).
+    ``scores_kind``: what the scores are (``logits``, ``sigmoid``, ``probabilities``, ``raw``; ``None``: detected,
+    :mod:`.scores_head`). ``scores_from``: which output holds them when ``forward`` returns several (name or index,
+    :mod:`.scores_from`). Labels must number the classes (a binary sigmoid head: 1 or 2).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
     from .torch_capture import default_layer, to_onnx
+    from .torch_outputs import model_scores_name
     from .verify_torch import verify_torch
 
     model = model.eval()
     input_shape = (3, *input_size)
+    chosen = model_scores_name(model, input_shape, scores_from)
+    if chosen is not None:
+        log(f"explaining the model's output '{chosen}'")
     if not layers:
         layers = [default_layer(model, input_shape)]
         log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
     started = time.perf_counter()
-    forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize)
+    forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen)
+    head = scores_head(forward, scores_kind, labels, log)
     metadata = contract.Metadata(
         layers=tuple(layers),
         preprocess=contract.Preprocess(input_size=input_size, mean=mean, std=std, value_scale=value_scale),
         labels=tuple(labels) if labels else None,
         source=source or type(model).__name__,
         exporter=exporter_version(),
+        scores_kind=head.kind,
     )
     rules = _rules(input_gradients)
-    check = (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance)) if verify else None
+
+    def check(explainer: onnx.ModelProto) -> Report:
+        return verify_torch(
+            explainer, model, layers, input_shape, rules, tolerance=tolerance, scores_from=chosen, skipped=head.skipped
+        )
+
     extras = Extras(rules, heads)
-    return _build_check_save(forward, metadata, extras, check, "float64 torch.autograd", output, started, log)
+    return _build_check_save(
+        forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
+    )
+
+
+def scores_head(forward: onnx.ModelProto, declared: str | None, labels: Sequence[str] | None, log: Log) -> ScoresHead:
+    """What the forward graph's scores are (:func:`.scores_head.resolve_head`), the labels checked against them."""
+    classes = score_shape(GraphInfo(forward), contract.SCORES)[0]
+    head = resolve_head(forward, declared, classes)
+    check_labels(labels, head.kind, classes)
+    skipped = f" (the {head.skipped} before them is left out)" if head.skipped else ""
+    log(f"scores: {head.kind}{' (declared)' if declared else ''}{skipped}")
+    return head
 
 
 @dataclass(frozen=True)
@@ -155,7 +184,16 @@ def resolve_labels(labels: str | Sequence[str] | None) -> tuple[str, ...] | None
     path = Path(labels)
     if not path.is_file():
         raise SourceError(f"labels: no such file '{labels}' (or use 'imagenet')")
-    return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = next((n for n, line in enumerate(lines, 1) if not line), None)
+    if blank is not None:
+        raise SourceError(
+            f"labels file '{labels}': line {blank} is blank; every line must name one class, in class order "
+            "(a blank line would shift every later name)"
+        )
+    return tuple(lines)
 
 
 def export_onnx_file(
@@ -173,13 +211,17 @@ def export_onnx_file(
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    scores_kind: str | None = None,
+    scores_from: str | int | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
-    ``input_gradients`` and ``heads`` as in :func:`export_model` (the layer gradients are what is verified).
+    ``input_gradients``, ``heads``, ``scores_kind`` as in :func:`export_model` (the layer gradients are what is
+    verified); ``scores_from``: the graph output holding the scores (name or index) when the file has several.
     """
     started = time.perf_counter()
-    forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset)
+    forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset, scores_from)
+    head = scores_head(forward, scores_kind, labels, log)
     log(f"explaining tensor(s) {', '.join(layers)}")
     shape = GraphInfo(forward).shape(contract.INPUT) or ()
     spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
@@ -191,6 +233,7 @@ def export_onnx_file(
         labels=tuple(labels) if labels else None,
         source=Path(path).name,
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
+        scores_kind=head.kind,
     )
     check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
     extras = Extras(_rules(input_gradients), heads)
@@ -213,6 +256,8 @@ def export_source(
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    scores_kind: str | None = None,
+    scores_from: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
     preprocess = contract.Preprocess()
@@ -231,6 +276,8 @@ def export_source(
             input_gradients=input_gradients,
             heads=heads,
             log=log,
+            scores_kind=scores_kind,
+            scores_from=scores_from,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -250,4 +297,6 @@ def export_source(
         input_gradients=input_gradients,
         heads=heads,
         log=log,
+        scores_kind=scores_kind or recipe.get("scores_kind"),
+        scores_from=scores_from if scores_from is not None else recipe.get("scores_from"),
     )

@@ -24,26 +24,11 @@ from .autodiff.graph_info import GraphInfo
 from .autodiff.relu_backward import overrides
 from .errors import ExportError
 from .gating import Part, gate, optional_input, reads
-
-_PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity")
+from .scores_head import resolve_head
 
 
 class OutputError(ExportError):
     """The model's output cannot be read as ``[N, classes]``."""
-
-
-def logits_of(model: onnx.ModelProto) -> tuple[str, str]:
-    """The tensor holding the class scores before any trailing Softmax, and what it is (``logits``/``scores``).
-
-    Walks back from ``scores`` through shape-only ops; a Softmax met there is skipped (CAMs explain logits).
-    """
-    producers = {o: n for n in model.graph.node for o in n.output}
-    name = contract.SCORES
-    while (node := producers.get(name)) is not None and node.op_type in _PASS_THROUGH:
-        name = node.input[0]
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        return node.input[0], "logits"
-    return contract.SCORES, "logits"
 
 
 def score_shape(info: GraphInfo, name: str) -> tuple[int, ...]:
@@ -97,7 +82,7 @@ def build_explainer(
     for name in [contract.SCORES, *taps]:
         if name not in outputs:
             raise GradientError(f"forward graph has no output '{name}'")
-    shape = _scores_as_contract(model)
+    shape = _scores_as_contract(model, metadata.scores_kind)
     seed = _seed_and_target(graph, shape)
     _set_outputs(graph, shape)
 
@@ -146,10 +131,11 @@ def build_explainer(
     return model
 
 
-def _scores_as_contract(model: onnx.ModelProto) -> tuple[int, ...]:
-    """Make ``scores`` the logits (a trailing Softmax skipped, ``[N, K, 1, 1]`` flattened); return their ``S``."""
+def _scores_as_contract(model: onnx.ModelProto, kind: str) -> tuple[int, ...]:
+    """Make ``scores`` what ``kind`` explains (:mod:`.scores_head`: e.g. the logits before a trailing Softmax or
+    Sigmoid; ``[N, K, 1, 1]`` flattened); return their ``S``."""
     graph = model.graph
-    logits, _ = logits_of(model)
+    logits = resolve_head(model, kind).tensor
     shape = score_shape(GraphInfo(model), logits)
     rank = len(shape) + 1
     if logits != contract.SCORES or len(GraphInfo(model).shape(logits) or ()) != rank:

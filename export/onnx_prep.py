@@ -1,8 +1,9 @@
 """Bring an ONNX classifier from any exporter into the shape the explainer builder expects.
 
 Real-world files are messy; this module normalises them: weights listed as graph inputs (legacy IR), opsets older
-than 18 (upgraded), a fixed batch size (made dynamic), any input/output names (renamed to the contract's), extra
-outputs (dropped). The tapped tensors are renamed ``activation:<tensor>`` so they become graph outputs in place.
+than 18 (upgraded), a fixed batch size (made dynamic), any input/output names (renamed to the contract's), several
+outputs (the scores chosen by ``scores_from`` or by shape, :mod:`.scores_from`; the others dropped). The tapped
+tensors are renamed ``activation:<tensor>`` so they become graph outputs in place.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .layers import LayerError, nearest_names
+from .scores_from import choose_output
 
 MIN_OPSET = 18
 
@@ -100,10 +102,20 @@ def default_tensor(model: onnx.ModelProto) -> str:
     return candidates[-1]
 
 
-def prepare(model: onnx.ModelProto, layers: Sequence[str], opset: int = MIN_OPSET) -> tuple[onnx.ModelProto, list[str]]:
+def _declared_shape(output: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    tensor = output.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+
+
+def prepare(
+    model: onnx.ModelProto, layers: Sequence[str], opset: int = MIN_OPSET, scores_from: str | int | None = None
+) -> tuple[onnx.ModelProto, list[str]]:
     """Normalised forward graph (input ``input``, outputs ``scores`` + ``activation:<layer>``) and the layers used.
 
-    ``layers`` are tensor names; empty → :func:`default_tensor`.
+    ``layers`` are tensor names; empty → :func:`default_tensor`. ``scores_from``: the graph output holding the
+    scores (name or index); ``None`` → the only one, or the only one shaped like scores.
     """
     graph = model.graph
     weights = {t.name for t in graph.initializer}
@@ -114,7 +126,11 @@ def prepare(model: onnx.ModelProto, layers: Sequence[str], opset: int = MIN_OPSE
     graph.input.extend(data_inputs)
     if not graph.output:
         raise OnnxSourceError("the model has no outputs")
-    del graph.output[1:]
+    outputs = [(o.name, _declared_shape(o)) for o in graph.output]
+    chosen = onnx.ValueInfoProto()
+    chosen.CopyFrom(graph.output[choose_output(outputs, scores_from, "the ONNX file has")])
+    del graph.output[:]
+    graph.output.append(chosen)
     model = _upgrade(model, max(opset, MIN_OPSET))
     graph = model.graph
     _rename(graph, graph.input[0].name, contract.INPUT)

@@ -14,6 +14,7 @@ from torch import nn
 from onnxcam import contract
 
 from .layers import LayerError, nearest_names
+from .torch_outputs import pick
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -57,25 +58,27 @@ def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tenso
 
 
 class _TappedForward(nn.Module):
-    """``x ↦ (scores, A_1, …, A_L)``: the model's output followed by the tapped feature maps."""
+    """``x ↦ (scores, A_1, …, A_L)``: the model's scores (its output, or the output called ``scores_from`` among
+    several, :mod:`.torch_outputs`) followed by the tapped feature maps."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], scores_from: str | None = None) -> None:
         super().__init__()
         check_layers(model, layers)
         self.model = model
         self.layers = list(layers)
+        self.scores_from = scores_from
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with tapped(self.model, self.layers) as activations:
-            scores = self.model(x)
+            scores = pick(self.model(x), self.scores_from)
         return (scores, *activations)
 
 
 def forward_with_taps(
-    model: nn.Module, layers: Sequence[str], x: torch.Tensor
+    model: nn.Module, layers: Sequence[str], x: torch.Tensor, scores_from: str | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Eager forward returning the model output and the feature maps of ``layers`` (part of the autograd graph)."""
-    scores, *activations = _TappedForward(model, layers)(x)
+    """Eager forward returning the scores and the feature maps of ``layers`` (part of the autograd graph)."""
+    scores, *activations = _TappedForward(model, layers, scores_from)(x)
     return scores, activations
 
 
@@ -87,15 +90,17 @@ def to_onnx(
     opset: int = 18,
     exporter: str = "dynamo",
     optimize: bool = True,
+    scores_from: str | None = None,
 ) -> onnx.ModelProto:
     """Trace ``model`` (eval mode) to an ONNX forward graph with outputs ``scores`` and ``activation:<layer>``.
 
     The batch dimension is dynamic; the example batch has 2 images so no exporter specialises it to 1.
     ``optimize=False`` keeps the graph as traced (no constant folding, BatchNorm not folded into Conv).
+    ``scores_from``: the name of the scores among the model's outputs (:func:`.torch_outputs.scores_name`).
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter '{exporter}', choose one of {', '.join(EXPORTERS)}")
-    wrapper = _TappedForward(model.eval(), layers).eval()
+    wrapper = _TappedForward(model.eval(), layers, scores_from).eval()
     example = torch.randn(2, channels, *input_size)
     output_names = [contract.SCORES, *(contract.activation_name(layer) for layer in layers)]
     buffer = io.BytesIO()

@@ -17,6 +17,7 @@ from onnxcam import contract
 
 from .float64_torch import evaluate_float64_torch
 from .torch_capture import forward_with_taps
+from .torch_outputs import PreActivation, pick
 from .verify import Report, check, measure
 
 
@@ -63,12 +64,23 @@ def _objective(scores: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, 
 
 
 def torch_reference(
-    model: nn.Module, layers: Sequence[str], x: torch.Tensor, target: np.ndarray, rules: Sequence[str] = ()
+    model: nn.Module,
+    layers: Sequence[str],
+    x: torch.Tensor,
+    target: np.ndarray,
+    rules: Sequence[str] = (),
+    scores_from: str | None = None,
+    skipped: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores, target used, activations, ``∂ y / ∂ A`` and the input gradients (one per ReLU backward rule in
-    ``rules``) from PyTorch autograd, named as the contract; ``y = Σ_n scores[n, c_n]``."""
+    ``rules``) from PyTorch autograd, named as the contract; ``y = Σ_n scores[n, c_n]``.
+
+    ``scores_from``: the scores' name among the model's outputs; ``skipped``: the trailing op (``Softmax``,
+    ``LogSoftmax``, ``Sigmoid``) the graph left out, whose input is then the scores (:mod:`.scores_head`)."""
     x = x.detach().requires_grad_(bool(rules))
-    scores, activations = forward_with_taps(model.eval(), layers, x)
+    with PreActivation() as trailing:
+        scores, activations = forward_with_taps(model.eval(), layers, x, scores_from)
+    scores = trailing.logits(scores, skipped) if skipped else scores
     picked, used = _objective(scores, target)
     grads = torch.autograd.grad(picked, [*activations, x] if "standard" in rules else activations)
     ref = {
@@ -82,8 +94,9 @@ def torch_reference(
         ref[contract.input_gradient_name("standard")] = grads[-1].numpy()
     for rule in rules:
         if rule != "standard":
-            with _ReluRule(rule):
-                modified, _ = _objective(model(x), target)
+            with _ReluRule(rule), PreActivation() as trailing:
+                out = pick(model(x), scores_from)
+            modified, _ = _objective(trailing.logits(out, skipped) if skipped else out, target)
             ref[contract.input_gradient_name(rule)] = torch.autograd.grad(modified, x)[0].numpy()
     return ref
 
@@ -102,10 +115,12 @@ def verify_torch(
     tolerance: float = 1e-4,
     batch: int = 3,
     seed: int = 0,
+    scores_from: str | None = None,
+    skipped: str | None = None,
 ) -> Report:
     """The explainer graph in float64 (``onnx.reference``) vs float64 ``torch.autograd`` on a random batch,
     targets ``[-1, 0, K−1]``; raises when an output differs by more than ``tolerance``. ``rules``: the input
-    gradients the graph has (compared too).
+    gradients the graph has (compared too). ``scores_from``, ``skipped``: as :func:`torch_reference`.
 
     Float64 on both sides, because float32 gradients of ReLU/max-pool networks jump wherever a value lies within
     rounding of a kink, and onnxruntime and PyTorch may take different sides there (a difference in rounding, not
@@ -115,7 +130,8 @@ def verify_torch(
     x = torch.randn(batch, *input_shape, generator=generator, dtype=torch.float64)
     model64 = copy.deepcopy(model).eval().double()
     with torch.no_grad():
-        classes = model64(x[:1]).shape[1]
+        classes = pick(model64(x[:1]), scores_from).shape[1]
     target = np.array(([contract.TOP1, 0, classes - 1] * batch)[:batch], np.int64)
     ours = evaluate_float64_torch(explainer, {contract.INPUT: x.numpy(), contract.TARGET: target})
-    return check(measure(ours, torch_reference(model64, layers, x, target, rules)), tolerance)
+    reference = torch_reference(model64, layers, x, target, rules, scores_from, skipped)
+    return check(measure(ours, reference), tolerance)

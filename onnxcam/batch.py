@@ -60,7 +60,8 @@ from .outputs import (
 from .postprocess import map_stats
 from .preprocess import preprocess
 from .providers import ProviderError
-from .targets import Target, TargetError, resolve_target
+from .scores import ScoresError
+from .targets import ClassSet, Target, TargetError
 from .visual import method_grid, overlay
 
 RESULTS_FILE = "results.jsonl"
@@ -120,7 +121,7 @@ class Settings:
     """:class:`BatchOptions` checked against one graph: canonical method names, resolved class index, layers."""
 
     methods: tuple[str, ...]
-    target: int
+    target: int | ClassSet
     layers: tuple[str, ...]
     save: frozenset[str]
     batch_size: int
@@ -213,11 +214,12 @@ def resolve_layers(layers: Sequence[str] | None, explainer: Explainer) -> tuple[
     return chosen
 
 
-def resolve_class(target: Target, explainer: Explainer) -> int:
-    """The class index of ``target`` (``-1``: top-1); a class the graph lacks raises :class:`BatchUsageError`."""
+def resolve_class(target: Target, explainer: Explainer) -> int | ClassSet:
+    """The class index of ``target`` (``-1``: top-1) or a set of classes; a class the graph lacks raises
+    :class:`BatchUsageError`."""
     try:
-        return resolve_target(target, explainer.labels, explainer.classes)
-    except TargetError as exc:
+        return explainer.resolve_target(target)
+    except (TargetError, ScoresError) as exc:
         raise BatchUsageError(str(exc), "--target") from None
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,24 @@ from .model_file import ExplainerGraph, open_graph
 from .postprocess import fuse, layer_map, normalize
 from .preprocess import preprocess_batch
 from .providers import check_used, provider_list, session_options
-from .targets import Target, resolve_target
+from .scores import (
+    BINARY_SIDES,
+    LOGITS,
+    RAW,
+    ScoresError,
+    check_kind,
+    class_count,
+    class_labels,
+    class_probabilities,
+    class_seed,
+    class_set_seed,
+    is_binary,
+    predicted_classes,
+    target_probability,
+    top1,
+    topk,
+)
+from .targets import ClassSet, Target, resolve_target
 
 ImageLike = str | Path | np.ndarray
 
@@ -51,8 +69,11 @@ class Explanation:
     ``attributions[method]``: input-resolution attributions ``[C, H, W]`` of the input-gradient methods.
     ``details[method]``: per-image numbers a method reports (e.g. Integrated Gradients' ``completeness_gap``).
     ``metrics[method][metric]``: faithfulness scores of the map (:mod:`onnxcam.metrics`), when asked for.
-    ``topk``: ``(class index, label, probability)`` from the softmax of the logits (of their spatial mean for a
-    dense output). ``class_index`` is ``-1`` and ``score`` is ``Σ seed ⊙ scores`` when a seed was explained.
+    ``topk``: ``(class index, label, probability)``, the probabilities as the graph's scores kind defines them
+    (:mod:`onnxcam.scores`: softmax of logits, sigmoid, …; of the spatial mean of a dense output; ``raw`` scores
+    are ranked by value and list the value). ``class_index`` is ``-1`` and ``score`` is ``Σ seed ⊙ scores`` when a
+    seed (or a set of classes) was explained. A single-logit binary head has two classes: 0 = negative (explains
+    ``−logit``, probability ``1 − σ``), 1 = positive. ``seed``: the weights ``[*S]`` of the explained quantity.
     """
 
     class_index: int
@@ -66,25 +87,12 @@ class Explanation:
     details: dict[str, dict[str, float]] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None  # original (H, W) when known
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 for stable probabilities."""
-    z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def class_scores(scores: np.ndarray) -> np.ndarray:
-    """Per-class scores ``[N, K]``: the logits, or their spatial mean for a dense output ``[N, K, H, W]``."""
-    return scores if scores.ndim == 2 else scores.reshape(*scores.shape[:2], -1).mean(axis=2)
+    seed: np.ndarray | None = None
 
 
 def one_hot_seed(classes: np.ndarray, score_shape: Sequence[int]) -> np.ndarray:
     """The seed of class targets: ``seed[n, k, …] = [k = classes[n]]`` broadcast over a dense output's positions."""
-    seed = np.zeros((len(classes), *score_shape), np.float32)
-    seed[np.arange(len(classes)), np.asarray(classes)] = 1.0
-    return seed
+    return class_seed(classes, LOGITS, score_shape)
 
 
 def head_weights(gradients: np.ndarray) -> np.ndarray:
@@ -116,9 +124,11 @@ class Explainer:
         self.metadata = self.graph.metadata
         self.preprocess = preprocess or self.metadata.preprocess
         self.layers = self.metadata.layers
-        self.labels = self.metadata.labels
         self.score_shape = tuple(int(d) for d in self.graph.output(contract.SCORES).shape[1:])
-        self.classes = self.score_shape[0]
+        self.scores_kind = check_kind(self.metadata.scores_kind)
+        self.binary = is_binary(self.scores_kind, self.score_shape)
+        self.classes = class_count(self.scores_kind, self.score_shape)
+        self.labels = class_labels(self.scores_kind, self.score_shape, self.metadata.labels)
         self.max_batch = 64
         self.input_shape = (3, *self.preprocess.input_size)
         self._optional = {i.name for i in self.graph.session.get_overridable_initializers()}
@@ -137,12 +147,36 @@ class Explainer:
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels and 0 <= index < len(self.labels) else None
 
-    def targets(self, target: Target | Sequence[Target], n: int) -> np.ndarray:
-        """Per-image class indices (``-1`` = top-1) from one target for all images or one per image."""
+    def resolve_target(self, target: Target) -> int | ClassSet:
+        """A class index (``-1`` = top-1) or a :class:`ClassSet`; a binary head also takes ``positive``/``negative``."""
+        if self.binary and isinstance(target, str) and target.strip().lower() in BINARY_SIDES:
+            return BINARY_SIDES.index(target.strip().lower())
+        resolved = resolve_target(target, self.labels, self.classes)
+        if isinstance(resolved, ClassSet):
+            class_set_seed(resolved.classes, self.scores_kind, self.score_shape)  # refuses a binary head's sides
+        return resolved
+
+    def _resolved(self, target: Target | Sequence[Target], n: int) -> list[int | ClassSet]:
         per_image = list(target) if isinstance(target, (list, tuple)) else [target] * n
         if len(per_image) != n:
             raise ValueError(f"{len(per_image)} targets for {n} images")
-        return np.array([resolve_target(t, self.labels, self.classes) for t in per_image], np.int64)
+        return [self.resolve_target(t) for t in per_image]
+
+    def targets(self, target: Target | Sequence[Target], n: int) -> np.ndarray:
+        """Per-image class indices (``-1`` = top-1, or a set of classes) from one target for all images or one per
+        image. For a binary head the indices are sides (0 = negative, 1 = positive), see :mod:`onnxcam.scores`."""
+        return np.array([-1 if isinstance(r, ClassSet) else r for r in self._resolved(target, n)], np.int64)
+
+    def _seeds(self, target: Target | Sequence[Target], n: int, seed: np.ndarray | None) -> np.ndarray | None:
+        """``seed`` ``[N, *S]`` with the rows of class-set targets filled in (rows given non-zero are kept)."""
+        sets = [(i, r) for i, r in enumerate(self._resolved(target, n)) if isinstance(r, ClassSet)]
+        if not sets:
+            return seed
+        rows = np.zeros((n, *self.score_shape), np.float32) if seed is None else np.array(seed, np.float32)
+        for i, wanted in sets:
+            if not rows[i].any():
+                rows[i] = class_set_seed(wanted.classes, self.scores_kind, self.score_shape)
+        return rows
 
     def _feeds(
         self,
@@ -246,12 +280,19 @@ class Explainer:
             raise ValueError(f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(self.layers)}")
         if seed is not None:
             seed = np.broadcast_to(np.asarray(seed, np.float32), (len(x), *self.score_shape))
-        out = self.run(x, self.targets(target, len(x)), seed)
+        classes = self.targets(target, len(x))
+        seed = self._seeds(target, len(x), seed)
+        out = self.run(x, np.zeros_like(classes) if self.binary else classes, seed)
         used = out.target_used
-        effective = one_hot_seed(np.maximum(used, 0), self.score_shape)
+        if self.binary:  # the graph explained the logit; the negative side is −logit, so its gradient is −∂z/∂A
+            used = np.where(used < 0, contract.TOP1, np.where(classes < 0, top1(out.scores, self.scores_kind), classes))
+            sign = np.where(used == 0, -1.0, 1.0).astype(np.float32)
+            flipped = {layer: g * sign.reshape(-1, *(1,) * (g.ndim - 1)) for layer, g in out.gradients.items()}
+            out = replace(out, gradients=flipped)
+        effective = class_seed(np.maximum(used, 0), self.scores_kind, self.score_shape)
         if seed is not None:
             effective[used < 0] = seed[used < 0]
-        results = self._results(out.scores, used, objective(out.scores, effective), topk)
+        results = self._results(out.scores, used, effective, topk)
         request = MethodRequest(
             self,
             x,
@@ -260,6 +301,7 @@ class Explainer:
             {layer: out.activations[layer] for layer in layers},
             {layer: out.gradients[layer] for layer in layers},
             options or {},
+            scores_kind=self.scores_kind,
         )
         size = (x.shape[3], x.shape[2])
         for name in methods:
@@ -277,27 +319,45 @@ class Explainer:
             from .metrics import evaluate_maps  # numpy-only, but loaded only when scores are asked for
 
             maps = {m: np.stack([r.maps[m] for r in results]) for m in results[0].maps} if results else {}
-            for result, scored in zip(results, evaluate_maps(self, x, effective, maps, metrics, options), strict=True):
-                result.metrics = scored
+            scored = evaluate_maps(self, x, effective, maps, metrics, options, scores_kind=self.scores_kind)
+            for result, values in zip(results, scored, strict=True):
+                result.metrics = values
         return results
 
-    def _results(self, scores: np.ndarray, used: np.ndarray, explained: np.ndarray, topk: int) -> list[Explanation]:
-        """One :class:`Explanation` per image with its class, explained score and top-k classes (no maps yet)."""
-        probs = softmax(class_scores(scores))
-        k = max(1, min(topk, probs.shape[1]))
-        best = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(best, np.argsort(-np.take_along_axis(probs, best, axis=1), axis=1), axis=1)
-        order = order[:, : max(topk, 0)]
-        return [
-            Explanation(
-                class_index=c,
-                label=self.label(c),
-                score=float(explained[n]),
-                probability=float(probs[n, c]) if c >= 0 else float("nan"),
-                topk=[(int(k), self.label(int(k)), float(probs[n, k])) for k in order[n]],
+    def _results(self, scores: np.ndarray, used: np.ndarray, seed: np.ndarray, k: int) -> list[Explanation]:
+        """One :class:`Explanation` per image with its class, explained score ``Σ seed ⊙ scores``, its probability
+        and the top-k classes (no maps yet)."""
+        kind = self.scores_kind
+        probs = class_probabilities(scores, kind)
+        order, values = topk(scores, kind, k)
+        explained = objective(scores, seed)
+        results = []
+        for n, c in enumerate(used.tolist()):
+            if kind == RAW:
+                probability = float("nan")
+            elif c >= 0:
+                probability = float(probs[n, c])
+            else:
+                probability = self._seed_probability(scores[n : n + 1], seed[n : n + 1])
+            topk_n = [(int(i), self.label(int(i)), float(v)) for i, v in zip(order[n], values[n], strict=True)]
+            results.append(
+                Explanation(
+                    class_index=c,
+                    label=self.label(c),
+                    score=float(explained[n]),
+                    probability=probability,
+                    topk=topk_n[: max(k, 0)],
+                    seed=seed[n],
+                )
             )
-            for n, c in enumerate(used.tolist())
-        ]
+        return results
+
+    def _seed_probability(self, scores: np.ndarray, seed: np.ndarray) -> float:
+        """:func:`~onnxcam.scores.target_probability` of one seed row; NaN where it has none (signed weights)."""
+        try:
+            return float(target_probability(scores, seed, self.scores_kind)[0])
+        except ScoresError:
+            return float("nan")
 
     def _method_maps(
         self,
@@ -341,14 +401,41 @@ class Explainer:
 
         ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
         """
+        decoded, x = self._decode(images)
+        results = self.explain_arrays(x, target, methods, layers, topk, eigen_smooth, seed, options, metrics)
+        for result, image in zip(results, decoded, strict=True):
+            result.image_size = image.shape[:2]
+        return results
+
+    def _decode(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray], np.ndarray]:
+        """The decoded images and their preprocessed batch ``[N, 3, H, W]``."""
         batch = (
             [images]
             if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
             else images
         )
         decoded = [read_image(i) if isinstance(i, (str, Path)) else i for i in batch]
-        x = preprocess_batch(decoded, self.preprocess)
-        results = self.explain_arrays(x, target, methods, layers, topk, eigen_smooth, seed, options, metrics)
-        for result, image in zip(results, decoded, strict=True):
-            result.image_size = image.shape[:2]
-        return results
+        return decoded, preprocess_batch(decoded, self.preprocess)
+
+    def explain_predicted(
+        self, images: ImageLike | Sequence[ImageLike], threshold: float = 0.5, **kwargs: Any
+    ) -> list[list[Explanation]]:
+        """Explain every class each image is predicted to have, one :class:`Explanation` (map) per class.
+
+        A class is predicted when its probability (:mod:`onnxcam.scores`: ``σ(logit)`` for a multi-label head)
+        exceeds ``threshold``; an image with none gets ``[]``. ``kwargs`` as :meth:`explain_arrays` (no ``target``).
+        """
+        decoded, x = self._decode(images)
+        per_image = self.explain_predicted_arrays(x, threshold, **kwargs)
+        for explanations, image in zip(per_image, decoded, strict=True):
+            for result in explanations:
+                result.image_size = image.shape[:2]
+        return per_image
+
+    def explain_predicted_arrays(self, x: np.ndarray, threshold: float = 0.5, **kwargs: Any) -> list[list[Explanation]]:
+        """:meth:`explain_predicted` on a preprocessed batch ``x`` ``[N, 3, H, W]`` (one forward pass to choose)."""
+        chosen = predicted_classes(self.scores(x), self.scores_kind, threshold)
+        rows = np.repeat(np.arange(len(x)), [len(c) for c in chosen])
+        flat = self.explain_arrays(x[rows], [int(c) for c in np.concatenate(chosen)], **kwargs) if len(rows) else []
+        bounds = np.cumsum([0, *(len(c) for c in chosen)])
+        return [flat[start:stop] for start, stop in itertools.pairwise(bounds)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..contract import RELU_RULES
+from ..scores import KINDS
 
 
 @click.command()
@@ -37,6 +38,22 @@ from ..contract import RELU_RULES
 @click.option("--no-head", is_flag=True, help="Leave out the head graphs (the part after each layer; Ablation-CAM).")
 @click.option("--no-verify", is_flag=True, help="Skip the gradient check against torch.autograd / finite differences.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error allowed.")
+@click.option(
+    "--scores",
+    "scores_kind",
+    type=click.Choice(KINDS),
+    default=None,
+    help="What the model's scores are: logits (softmax), sigmoid (binary [N, 1] or multi-label), probabilities "
+    "(already normalised), raw (regression, embeddings). Default: detected (a trailing Softmax → logits, Sigmoid or "
+    "[N, 1] → sigmoid, else logits).",
+)
+@click.option(
+    "--scores-from",
+    default=None,
+    metavar="NAME|INDEX",
+    help="The output holding the scores when the model returns several (tuple index, dict key, attribute such as "
+    "logits, ONNX output name). Default: the only [N, K] or [N, K, H, W] output.",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:

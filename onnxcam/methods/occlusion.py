@@ -26,7 +26,8 @@ def occlusion(request: MethodRequest, layer: str | None = None) -> np.ndarray:
 
     Options: ``patch`` (size, int or (h, w), default 32), ``stride`` (default 16, at most ``patch``), ``baseline``
     (fill value: a number or an array broadcastable to the input, default 0), ``score`` (``"logit"``, default, or
-    ``"probability"``: the drop of ``Σ seed ⊙ softmax``), ``batch_size`` (default 64).
+    ``"probability"``: the drop of the probability, :func:`onnxcam.scores.target_probability`), ``batch_size``
+    (default 64).
     Cost: one forward pass per patch position per image (``⌈(H − p)/s⌉ + 1`` times the same for ``W``).
     """
     patch = pair_option(request, "patch", 32)
@@ -38,7 +39,7 @@ def occlusion(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     rows = window_starts(height, patch[0], stride[0])
     cols = window_starts(width, patch[1], stride[1])
     corners = [(r, c) for r in rows for c in cols]
-    reference = explained(request.scores, request.seed, kind)
+    reference = explained(request.scores, request.seed, kind, request.scores_kind)
     attributions = np.zeros(request.x.shape, np.float64)
     for n, image in enumerate(request.x):
 
@@ -50,7 +51,9 @@ def occlusion(request: MethodRequest, layer: str | None = None) -> np.ndarray:
             return batch
 
         seed = request.seed[n : n + 1]
-        occluded_y = perturbed_objective(request.model.scores, occluded, len(corners), seed, batch_size, kind)
+        occluded_y = perturbed_objective(
+            request.model.scores, occluded, len(corners), seed, batch_size, kind, request.scores_kind
+        )
         total = np.zeros((height, width))
         count = np.zeros((height, width))
         for drop, (r, c) in zip(reference[n] - occluded_y, corners, strict=True):

@@ -1,7 +1,8 @@
 """What the perturbation methods share: the explained value of many perturbed copies of one image.
 
-``y = Σ seed ⊙ scores`` (METHODS.md, Targets), on the logits (``"logit"``) or on the class probabilities
-(``"probability"``: softmax over the class axis, axis 1 of ``[M, K, …]``), as RISE and, optionally, occlusion use.
+``y = Σ seed ⊙ scores`` (METHODS.md, Targets), on the scores (``"logit"``) or on the probability of the explained
+quantity (``"probability"``: :func:`onnxcam.scores.target_probability` for the graph's scores kind — softmax of
+logits, sigmoid of a binary or multi-label head, …), as RISE and, optionally, occlusion use.
 """
 
 from __future__ import annotations
@@ -10,21 +11,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..scores import LOGITS, target_probability
 from .request import objective
 
 SCORE_KINDS = ("logit", "probability")
 
 
-def class_probabilities(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the class axis (axis 1) in float64."""
-    z = scores.astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def explained(scores: np.ndarray, seed: np.ndarray, kind: str = "logit") -> np.ndarray:
-    """``Σ seed ⊙ scores`` per row (``kind="logit"``) or ``Σ seed ⊙ softmax(scores)`` (``"probability"``): ``[M]``."""
-    return objective(class_probabilities(scores) if kind == "probability" else scores, seed)
+def explained(scores: np.ndarray, seed: np.ndarray, kind: str = "logit", scores_kind: str = LOGITS) -> np.ndarray:
+    """``Σ seed ⊙ scores`` per row (``kind="logit"``) or the probability of that quantity (``"probability"``,
+    :func:`~onnxcam.scores.target_probability` of ``scores_kind``): ``[M]``."""
+    return target_probability(scores, seed, scores_kind) if kind == "probability" else objective(scores, seed)
 
 
 def perturbed_objective(
@@ -34,6 +30,7 @@ def perturbed_objective(
     seed: np.ndarray,
     batch_size: int,
     kind: str = "logit",
+    scores_kind: str = LOGITS,
 ) -> np.ndarray:
     """``y`` of ``count`` perturbed inputs ``[count]`` (float64), built and run ``batch_size`` at a time.
 
@@ -41,7 +38,7 @@ def perturbed_objective(
     (``ModelAccess.scores``, or ``head_scores`` of a layer); ``seed`` is the image's seed row ``[1, *S]``.
     """
     parts = [
-        explained(forward(make(start, min(start + batch_size, count))), seed, kind)
+        explained(forward(make(start, min(start + batch_size, count))), seed, kind, scores_kind)
         for start in range(0, count, batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros(0)

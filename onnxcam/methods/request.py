@@ -46,6 +46,7 @@ class MethodRequest:
     ``x``: preprocessed inputs ``[N, C, H, W]``. ``seed``: ``[N, *S]``, the explained quantity's weights.
     ``scores``, ``activations[layer]``, ``gradients[layer]``: the explainer graph's outputs for ``x``.
     ``options``: the method's parameters (e.g. ``{"steps": 50}``); unknown keys are ignored by methods.
+    ``scores_kind``: what the scores are (:mod:`onnxcam.scores`), for methods that use probabilities.
     """
 
     model: ModelAccess
@@ -55,6 +56,7 @@ class MethodRequest:
     activations: Mapping[str, np.ndarray] = field(default_factory=dict)
     gradients: Mapping[str, np.ndarray] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    scores_kind: str = "logits"
 
     @property
     def target_scores(self) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..scores import RAW
 from .base import register
 from .options import choice_option, float_option, int_option
 from .perturbation import SCORE_KINDS, explained
@@ -36,7 +37,8 @@ def rise_masks(
 def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     """Saliency ``[N, 1, H, W]``: ``S = Σ_n y(x ⊙ m_n) · m_n / (N · p)`` over ``N`` random masks :func:`rise_masks`.
 
-    ``y`` is ``Σ seed ⊙ softmax(scores)`` (the class probability, RISE's choice) or the logit (``score="logit"``).
+    ``y`` is the probability of ``Σ seed ⊙ scores`` (RISE's choice; softmax, or sigmoid for a sigmoid head, see
+    :mod:`onnxcam.scores`) or the score itself (``score="logit"``, the default for ``raw`` scores).
     Options: ``masks`` (N, default 4000), ``cells`` (grid cells per side, default 7), ``p`` (keep probability,
     default 0.5), ``random_seed`` (default 0: the same masks for the same seed, whatever ``batch_size``),
     ``score`` (``"probability"`` or ``"logit"``), ``batch_size`` (masks per model run, default 64).
@@ -45,7 +47,8 @@ def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     count = int_option(request, "masks", 4000)
     cells = int_option(request, "cells", 7)
     keep = float_option(request, "p", 0.5, 1e-6, 1.0)
-    kind = choice_option(request, "score", "probability", SCORE_KINDS)
+    default = "logit" if request.scores_kind == RAW else "probability"
+    kind = choice_option(request, "score", default, SCORE_KINDS)
     batch_size = int_option(request, "batch_size", 64)
     grids, shifts = (
         np.random.default_rng(s) for s in np.random.SeedSequence(request.option("random_seed", 0)).spawn(2)
@@ -55,7 +58,8 @@ def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     for start in range(0, count, batch_size):
         masks = rise_masks(min(batch_size, count - start), (height, width), cells, keep, grids, shifts)
         for n, image in enumerate(request.x):
-            y = explained(request.model.scores(image[None] * masks[:, None]), request.seed[n : n + 1], kind)
+            scores = request.model.scores(image[None] * masks[:, None])
+            y = explained(scores, request.seed[n : n + 1], kind, request.scores_kind)
             saliency[n] += y @ masks.reshape(len(masks), -1)
     return (saliency / (count * keep)).reshape(n_images, 1, height, width)
 

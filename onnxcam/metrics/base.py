@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..methods.request import ModelAccess, objective
+from ..scores import LOGITS, target_probability
 
 #: ``(request, names of the family's metrics wanted) -> {name: per-image values [N]}``.
 Family = Callable[["MetricRequest", frozenset[str]], dict[str, np.ndarray]]
@@ -101,7 +102,7 @@ class MetricRequest:
     ``x``: preprocessed inputs ``[N, C, H, W]``; ``seed``: ``[N, *S]``, weights of the explained quantity
     ``y = Σ seed ⊙ scores`` (the one-hot of the class for class targets); ``maps``: ``[N, H, W]`` in ``[0, 1]``;
     ``scores``: the model's logits for ``x`` ``[N, *S]``; ``options``: metric parameters, as :func:`check_options`
-    returns them.
+    returns them; ``scores_kind``: what the scores are (:mod:`onnxcam.scores`), which defines the probabilities.
     """
 
     model: ModelAccess
@@ -110,6 +111,7 @@ class MetricRequest:
     maps: np.ndarray
     scores: np.ndarray
     options: Mapping[str, Any] = field(default_factory=dict)
+    scores_kind: str = LOGITS
 
     def option(self, option: MetricOption) -> Any:
         """The value of a declared parameter: given in ``options``, else its default."""
@@ -117,7 +119,11 @@ class MetricRequest:
 
     def target_values(self, scores: np.ndarray, seed: np.ndarray) -> np.ndarray:
         """:func:`target_value` of the kind the ``metric_score`` option names."""
-        return target_value(scores, seed, self.option(METRIC_SCORE))
+        return target_value(scores, seed, self.option(METRIC_SCORE), self.scores_kind)
+
+    def probability(self, scores: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        """:func:`probability` of the request's scores kind."""
+        return probability(scores, seed, self.scores_kind)
 
 
 def convert_option(name: str, value: Any, default: Any) -> Any:
@@ -138,21 +144,16 @@ def convert_option(name: str, value: Any, default: Any) -> Any:
         raise ValueError(f"option {name}: cannot read {value!r} as {type(default).__name__}") from None
 
 
-def probability(scores: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """``Σ seed ⊙ softmax(scores) / Σ seed`` per row, the softmax over the class axis (per position of a dense
-    output): the target class's probability for a one-hot seed, its mean probability over a dense seed's region."""
-    z = scores.astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
-    weight = np.broadcast_to(seed, scores.shape).reshape(len(scores), -1).sum(axis=1)
-    if np.any(weight <= 0):
-        raise ValueError("probability-based metrics need a class target (a seed of non-negative weights)")
-    return objective(p, seed) / weight
+def probability(scores: np.ndarray, seed: np.ndarray, scores_kind: str = LOGITS) -> np.ndarray:
+    """The probability of the explained quantity per row, :func:`onnxcam.scores.target_probability`: for logits
+    ``Σ seed ⊙ softmax(scores) / Σ seed`` (softmax over the class axis, per position of a dense output), for a sigmoid
+    head ``σ(±logit)`` of the explained side; a class's probability for a one-hot seed, the mean over a region."""
+    return target_probability(scores, seed, scores_kind)
 
 
-def target_value(scores: np.ndarray, seed: np.ndarray, kind: str) -> np.ndarray:
+def target_value(scores: np.ndarray, seed: np.ndarray, kind: str, scores_kind: str = LOGITS) -> np.ndarray:
     """The explained quantity per row: ``y = Σ seed ⊙ scores`` (``logit``) or :func:`probability`."""
-    return objective(scores, seed) if kind == "logit" else probability(scores, seed)
+    return objective(scores, seed) if kind == "logit" else probability(scores, seed, scores_kind)
 
 
 _REGISTRY: dict[str, Metric] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Metric, MetricRequest, probability, register
+from .base import Metric, MetricRequest, register
 
 
 def confidence_family(request: MetricRequest, names: frozenset[str]) -> dict[str, np.ndarray]:
@@ -25,7 +25,7 @@ def confidence_family(request: MetricRequest, names: frozenset[str]) -> dict[str
         "drop_in_confidence": lambda: np.maximum(-change, 0.0),
         "increase_in_confidence": lambda: (change > 0).astype(np.float64),
         "average_drop": lambda: average_drop(
-            probability(request.scores, request.seed), probability(masked_scores, request.seed)
+            request.probability(request.scores, request.seed), request.probability(masked_scores, request.seed)
         ),
     }
     return {name: values[name]() for name in names}

@@ -8,7 +8,8 @@ Pixels are taken in order of decreasing saliency (ties in raster order). After s
 - *insertion*: copied from ``x`` into the ``insertion_baseline`` (default ``blur``: ``x`` blurred by an 11×11
   Gaussian of σ = 5, as RISE, with OpenCV's reflected border).
 
-The metric is the area under the curve of the target probability (:func:`~onnxcam.metrics.base.probability`) over
+The metric is the area under the curve of the target probability (:func:`~onnxcam.metrics.base.probability`, e.g.
+``σ(logit)`` for a sigmoid head) over
 the fraction ``i/s ∈ [0, 1]`` removed or revealed, by the trapezoid rule: ``AUC = (Σ_i p_i − (p_0 + p_s)/2) / s``.
 Deletion: lower is better; insertion: higher is better. Each image costs ``s + 1`` forward passes per metric.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .base import Metric, MetricOption, MetricRequest, declare_option, probability, register
+from .base import Metric, MetricOption, MetricRequest, declare_option, register
 
 BLUR_SIZE = 11
 BLUR_SIGMA = 5.0
@@ -71,7 +72,7 @@ def curve_family(request: MetricRequest, names: frozenset[str]) -> dict[str, np.
             substrate = baseline(x, request.option(BASELINE[name]))
             start, finish = (x, substrate) if name == "deletion" else (substrate, x)
             scores = request.model.scores(curve_inputs(start, finish, rank, steps))
-            out[name][n] = trapezoid_auc(probability(scores, request.seed[n : n + 1]))
+            out[name][n] = trapezoid_auc(request.probability(scores, request.seed[n : n + 1]))
     return out
 
 

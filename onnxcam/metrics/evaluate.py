@@ -18,6 +18,7 @@ def evaluate_maps(
     maps: Mapping[str, np.ndarray],
     metrics: Sequence[str],
     options: Mapping[str, Any] | None = None,
+    scores_kind: str = "logits",
 ) -> list[dict[str, dict[str, float]]]:
     """``[image n][method][metric] → value`` for the maps ``[N, H, W]`` (in ``[0, 1]``) of each method.
 
@@ -25,6 +26,8 @@ def evaluate_maps(
     quantity ``y = Σ seed ⊙ scores`` (the one-hot of each image's class for class targets); ``metrics``: registered
     names (:func:`~onnxcam.metrics.base.available_metrics`); ``options``: metric parameters
     (:func:`~onnxcam.metrics.base.metric_options`), strings converted; a bad value raises ValueError.
+    ``scores_kind``: what the scores are (:mod:`onnxcam.scores`; an :class:`~onnxcam.Explainer` has it as
+    ``explainer.scores_kind``), which defines the probabilities of deletion, insertion and average drop.
     The unperturbed inputs run once; metrics of one family share their perturbed inputs.
     """
     x = np.asarray(x, np.float32)
@@ -40,7 +43,7 @@ def evaluate_maps(
         cams = np.asarray(method_maps, np.float32)
         if cams.shape != (len(x), *x.shape[2:]):
             raise ValueError(f"maps of {method!r} must be [N, H, W] = {(len(x), *x.shape[2:])}, got {cams.shape}")
-        request = MetricRequest(model, x, seed, cams, scores, options)
+        request = MetricRequest(model, x, seed, cams, scores, options, scores_kind)
         values: dict[str, np.ndarray] = {}
         for family, wanted in families.items():
             values.update(family(request, frozenset(wanted)))

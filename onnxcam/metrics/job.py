@@ -42,10 +42,10 @@ from ..batch import (
     resolve_methods,
     resolve_metric_names,
 )
-from ..explainer import Explainer, one_hot_seed
+from ..explainer import Explainer
 from ..inputs import expand_inputs
 from ..outputs import JsonLinesLog
-from ..targets import Target
+from ..targets import ClassSet, Target
 from .base import check_options, get_metric
 from .evaluate import evaluate_maps
 
@@ -70,7 +70,7 @@ class Plan:
 
     methods: tuple[str, ...]
     metrics: tuple[str, ...]
-    target: int
+    target: int | ClassSet
     layers: tuple[str, ...]
     batch_size: int
     options: dict[str, Any]
@@ -133,10 +133,10 @@ def score_batch(explainer: Explainer, good: Sequence[Decoded], settings: Plan) -
     except Exception as exc:  # onnxruntime or a method failing on this batch: mark it, go on
         return [], f"inference failed: {one_line(exc)}"
     explained = time.perf_counter()
-    seed = one_hot_seed(np.array([e.class_index for e in explanations]), explainer.score_shape)
+    seed = np.stack([e.seed for e in explanations])
     maps = {m: np.stack([e.maps[m] for e in explanations]) for m in settings.methods}
     try:
-        values = evaluate_maps(explainer, x, seed, maps, settings.metrics, settings.options)
+        values = evaluate_maps(explainer, x, seed, maps, settings.metrics, settings.options, explainer.scores_kind)
     except Exception as exc:  # a metric failing on this batch (e.g. imputation): mark it, go on
         return [], f"metrics failed: {one_line(exc)}"
     per_image = {"explain": explained - started, "metrics": time.perf_counter() - explained}
