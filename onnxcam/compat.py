@@ -19,6 +19,7 @@ from .explainer import Explainer
 from .visual import show_cam_on_image
 
 __all__ = [
+    "BinaryClassifierOutputTarget",
     "ClassifierOutputTarget",
     "EigenCAM",
     "EigenGradCAM",
@@ -39,6 +40,14 @@ class ClassifierOutputTarget:
     category: int
 
 
+@dataclass(frozen=True)
+class BinaryClassifierOutputTarget:
+    """A side of a single-logit sigmoid head: ``category`` 1 explains the logit, 0 its negative (pytorch-grad-cam's
+    target of the same name; the sides are the head's classes 0 and 1, :mod:`onnxcam.scores`)."""
+
+    category: int
+
+
 class _Cam:
     method = "gradcam"
 
@@ -51,11 +60,13 @@ class _Cam:
     def __call__(
         self,
         input_tensor: np.ndarray,
-        targets: Sequence[ClassifierOutputTarget] | None = None,
+        targets: Sequence[ClassifierOutputTarget | BinaryClassifierOutputTarget] | None = None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         """Final maps ``[N, H, W]`` in [0, 1] for a preprocessed batch ``[N, C, H, W]`` (top-1 when no targets)."""
         x = np.asarray(input_tensor, np.float32)
+        if any(isinstance(t, BinaryClassifierOutputTarget) for t in targets or ()) and not self.explainer.binary:
+            raise ValueError("BinaryClassifierOutputTarget needs a single-logit sigmoid head ([N, 1] scores)")
         target = [t.category for t in targets] if targets is not None else None
         results = self.explainer.explain_arrays(x, target, [self.method], self.target_layers, eigen_smooth=eigen_smooth)
         return np.stack([r.maps[self.method] for r in results])

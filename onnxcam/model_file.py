@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from . import contract
 from .onnx_scan import ProtobufError, external_locations
+from .scores import describe as describe_scores
 
 #: Bytes 4–8 of a model in onnxruntime's own (flatbuffer) format, which holds no external data.
 ORT_FORMAT_ID = b"ORTM"
@@ -130,6 +131,10 @@ def open_graph(
     return graph
 
 
+def _score_dims(graph: ExplainerGraph) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else 0 for d in graph.output(contract.SCORES).shape[1:])
+
+
 def _floats(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
@@ -148,7 +153,7 @@ def describe(path: str | Path) -> str:
         f"{path}",
         f"contract version {m.version}; source: {m.source or '?'}; exporter: {m.exporter or '?'}",
         f"layers ({len(m.layers)}): {', '.join(m.layers)}",
-        f"classes: {g.output(contract.SCORES).shape[1]} ({m.scores_kind}"
+        f"classes: {g.output(contract.SCORES).shape[1]} ({describe_scores(m.scores_kind, _score_dims(g))}"
         + (f", dense {list(g.output(contract.SCORES).shape[2:])}" if len(g.output(contract.SCORES).shape) > 2 else "")
         + "); "
         + (f"labels: {len(m.labels)} (e.g. {', '.join(m.labels[:3])}, …)" if m.labels else "labels: none"),

@@ -66,6 +66,18 @@ def class_labels(kind: str, score_shape: Sequence[int], labels: Sequence[str] | 
     return BINARY_SIDES
 
 
+def describe(kind: str, score_shape: Sequence[int]) -> str:
+    """One phrase saying what the scores are, for ``onnxcam info``."""
+    if is_binary(kind, score_shape):
+        return "sigmoid: one logit, binary: class 0 = negative (σ(−z)), class 1 = positive (σ(z))"
+    return {
+        LOGITS: "logits: probabilities by softmax",
+        SIGMOID: "sigmoid: multi-label, σ per class",
+        PROBABILITIES: "probabilities: already normalised",
+        RAW: "raw: no probabilities",
+    }.get(kind, kind)
+
+
 def per_class(scores: np.ndarray) -> np.ndarray:
     """Per-class scores ``[N, K]``: the scores, or their spatial mean for a dense output ``[N, K, H, W]``."""
     return scores if scores.ndim == 2 else scores.reshape(*scores.shape[:2], -1).mean(axis=2)
