@@ -35,7 +35,10 @@ from .scores import (
     top1,
     topk,
 )
-from .targets import ClassSet, Target, resolve_target
+from .targets import ClassSet, Target, TargetError, resolve_target
+
+#: Target asking for every class the model predicts (:meth:`Explainer.explain_predicted`).
+PREDICTED = "predicted"
 
 ImageLike = str | Path | np.ndarray
 
@@ -148,9 +151,17 @@ class Explainer:
         return self.labels[index] if self.labels and 0 <= index < len(self.labels) else None
 
     def resolve_target(self, target: Target) -> int | ClassSet:
-        """A class index (``-1`` = top-1) or a :class:`ClassSet`; a binary head also takes ``positive``/``negative``."""
-        if self.binary and isinstance(target, str) and target.strip().lower() in BINARY_SIDES:
-            return BINARY_SIDES.index(target.strip().lower())
+        """A class index (``-1`` = top-1) or a :class:`ClassSet`; a binary head also takes ``positive``/``negative``
+        (and ``predicted``: its predicted side). ``predicted`` (every label above a threshold, one map each) is
+        :meth:`explain_predicted`'s job."""
+        name = target.strip().lower() if isinstance(target, str) else None
+        if self.binary and name in (*BINARY_SIDES, PREDICTED):
+            return contract.TOP1 if name == PREDICTED else BINARY_SIDES.index(name)
+        if name == PREDICTED:
+            raise TargetError(
+                "'predicted' (every class above a probability threshold, one map each) is Explainer.explain_predicted;"
+                " here name one class, top1, or a comma list of classes (one map of their sum)"
+            )
         resolved = resolve_target(target, self.labels, self.classes)
         if isinstance(resolved, ClassSet):
             class_set_seed(resolved.classes, self.scores_kind, self.score_shape)  # refuses a binary head's sides

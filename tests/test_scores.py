@@ -327,3 +327,44 @@ def test_info_shows_the_kind(binary) -> None:
     assert result.exit_code == 0 and "sigmoid: one logit, binary" in result.output
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["onnxcam.scores_kind"] == "sigmoid"
+
+
+def test_onnx_file_ending_in_sigmoid(tmp_path: Path) -> None:
+    from onnxcam_export.api import export_onnx_file
+
+    source = tmp_path / "foreign.onnx"
+    model = Net(1, torch.sigmoid).eval()
+    torch.onnx.export(
+        model, (torch.randn(1, 3, *SIZE),), str(source), input_names=["x"], opset_version=17, dynamo=False
+    )
+    layer = next(n.output[0] for n in onnx.load(str(source)).graph.node if n.op_type == "Relu")
+    export_onnx_file(source, tmp_path / "e.onnx", [layer], log=lambda _: None)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    assert explainer.scores_kind == "sigmoid" and explainer.binary
+    x = images(2)
+    with torch.no_grad():
+        logits = Net(1).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(explainer.scores(x), logits, atol=1e-5)
+
+
+def test_evaluate_negative_side_and_predicted_target(binary, multilabel, tmp_path: Path) -> None:
+    import cv2
+
+    explainer, _, path = binary
+    image = tmp_path / "img.png"
+    pixels = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(image), pixels[..., ::-1])
+    args = ["evaluate", str(path), str(image), "--out", str(tmp_path / "ev"), "--target", "negative"]
+    result = CliRunner().invoke(main, [*args, "--metric", "deletion", "--option", "curve_steps=4"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ev" / "metrics.jsonl").read_text().splitlines()[0])
+    [direct] = explainer.explain(pixels, "negative", ["gradcam"], metrics=["deletion"], options={"curve_steps": 4})
+    assert record["class_index"] == 0
+    assert record["metrics"]["gradcam"]["deletion"] == pytest.approx(direct.metrics["gradcam"]["deletion"], abs=1e-6)
+    [predicted] = explainer.explain(pixels, "predicted", ["gradcam"])
+    assert predicted.class_index == int(predicted.topk[0][0])
+    out = tmp_path / "multi"
+    refused = CliRunner().invoke(main, ["explain", str(path), str(image), "--out", str(out), "--target", "0,1"])
+    assert refused.exit_code != 0 and "binary head has one logit" in refused.output
+    with pytest.raises(ValueError, match="explain_predicted"):
+        multilabel[0].explain_arrays(images(1), "predicted")
