@@ -14,7 +14,9 @@ Graph inputs
     ``head:<layer>``  optional float32 ``[M, C, h, w]``: a feature map fed to the part of the net after ``layer``.
 
 Graph outputs
-    ``scores``                the model's logits ``[N, K]`` (classifier) or ``[N, K, H', W']`` (dense output).
+    ``scores``                the model's scores ``[N, K]`` (classifier) or ``[N, K, H', W']`` (dense output): logits
+                              unless the metadata ``onnxcam.scores_kind`` says ``sigmoid``, ``probabilities`` or
+                              ``raw`` (:mod:`onnxcam.scores`; absent = ``logits``).
     ``target_used``           int64 ``[N]``: the class explained; ``-1`` where a seed row was used.
     ``activation:<layer>``    feature map ``A`` of each tapped layer, ``[N, C, h, w]``.
     ``gradient:<layer>``      ``∂ y_n / ∂ A`` per image, same shape as ``A``.
