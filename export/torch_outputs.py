@@ -83,6 +83,9 @@ _CALLS: dict[Callable[..., Any], str] = {
     torch.sigmoid: "Sigmoid",
     torch.Tensor.sigmoid: "Sigmoid",
     F.sigmoid: "Sigmoid",
+    torch.special.expit: "Sigmoid",
+    torch.special.softmax: "Softmax",
+    torch.special.log_softmax: "LogSoftmax",
 }
 
 

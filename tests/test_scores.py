@@ -368,3 +368,35 @@ def test_evaluate_negative_side_and_predicted_target(binary, multilabel, tmp_pat
     assert refused.exit_code != 0 and "binary head has one logit" in refused.output
     with pytest.raises(ValueError, match="explain_predicted"):
         multilabel[0].explain_arrays(images(1), "predicted")
+
+
+class DenseBinary(nn.Module):
+    """A binary segmentation head: one logit per pixel, ``[N, 1, 16, 16]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_dense_binary_head(tmp_path: Path) -> None:
+    model = DenseBinary().eval()
+    path = tmp_path / "seg.onnx"
+    export_model(model, path, ["features.1"], SIZE, **QUIET)
+    explainer = Explainer(path, provider="cpu")
+    assert explainer.scores_kind == "sigmoid" and explainer.binary and explainer.score_shape == (1, 16, 16)
+    x = images(2)
+    with torch.no_grad():
+        z = model(torch.from_numpy(x)).numpy()[:, 0]
+    for side, sign in (("negative", -1.0), ("positive", 1.0)):
+        results = explainer.explain_arrays(x, side, ["gradcam"])
+        for n, result in enumerate(results):
+            assert result.probability == pytest.approx(logistic(sign * z[n].mean()), abs=1e-6)
+            assert result.score == pytest.approx(sign * z[n].sum(), rel=1e-5)
+        with GradCAM(model=model, target_layers=[model.features[1]]) as cam:
+            ref = cam(input_tensor=torch.from_numpy(x), targets=[lambda out, s=sign: s * out.sum()] * 2)
+        assert float(np.abs(np.stack([r.maps["gradcam"] for r in results]) - ref).max()) <= 1e-4
