@@ -65,11 +65,21 @@ class _Cam:
     ) -> np.ndarray:
         """Final maps ``[N, H, W]`` in [0, 1] for a preprocessed batch ``[N, C, H, W]`` (top-1 when no targets)."""
         x = np.asarray(input_tensor, np.float32)
-        if any(isinstance(t, BinaryClassifierOutputTarget) for t in targets or ()) and not self.explainer.binary:
-            raise ValueError("BinaryClassifierOutputTarget needs a single-logit sigmoid head ([N, 1] scores)")
-        target = [t.category for t in targets] if targets is not None else None
+        target = [self._class(t) for t in targets] if targets is not None else None
         results = self.explainer.explain_arrays(x, target, [self.method], self.target_layers, eigen_smooth=eigen_smooth)
         return np.stack([r.maps[self.method] for r in results])
+
+    def _class(self, target: ClassifierOutputTarget | BinaryClassifierOutputTarget) -> int:
+        """The explainer's class for a pytorch-grad-cam target. On a single-logit head the classes are its sides
+        (0 = negative), so ``ClassifierOutputTarget(0)`` — the logit itself in pytorch-grad-cam — is side 1."""
+        binary = self.explainer.binary
+        if isinstance(target, BinaryClassifierOutputTarget) and not binary:
+            raise ValueError("BinaryClassifierOutputTarget needs a single-logit sigmoid head ([N, 1] scores)")
+        if isinstance(target, BinaryClassifierOutputTarget) or not binary:
+            return target.category
+        if target.category != 0:
+            raise ValueError(f"ClassifierOutputTarget({target.category}): this head has one logit (category 0)")
+        return 1
 
 
 def _cam_class(name: str, method: str) -> type[_Cam]:

@@ -159,6 +159,9 @@ def test_binary_compat_target(binary) -> None:
     ours = compat.GradCAM(model=explainer)(input_tensor=x, targets=[compat.BinaryClassifierOutputTarget(0)] * 2)
     ref = gradcam_reference(model, x, [BinaryClassifierOutputTarget(0)] * 2)
     assert float(np.abs(ours - ref).max()) <= 1e-4
+    logit = compat.GradCAM(model=explainer)(input_tensor=x, targets=[compat.ClassifierOutputTarget(0)] * 2)
+    assert float(np.abs(logit - gradcam_reference(model, x, [ClassifierOutputTarget(0)] * 2)).max()) <= 1e-4
+    assert float(np.abs(logit - ours).max()) > 1e-2, "the two sides differ"
 
 
 def test_binary_rise_uses_sigmoid_probability(binary) -> None:
