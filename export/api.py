@@ -116,7 +116,7 @@ def scores_head(forward: onnx.ModelProto, declared: str | None, labels: Sequence
     classes = score_shape(GraphInfo(forward), contract.SCORES)[0]
     head = resolve_head(forward, declared, classes)
     check_labels(labels, head.kind, classes)
-    skipped = f" (the {head.skipped} before them is left out)" if head.skipped else ""
+    skipped = f" (the trailing {head.skipped} is left out: its input is explained)" if head.skipped else ""
     log(f"scores: {head.kind}{' (declared)' if declared else ''}{skipped}")
     return head
 
