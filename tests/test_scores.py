@@ -403,3 +403,25 @@ def test_dense_binary_head(tmp_path: Path) -> None:
         with GradCAM(model=model, target_layers=[model.features[1]]) as cam:
             ref = cam(input_tensor=torch.from_numpy(x), targets=[lambda out, s=sign: s * out.sum()] * 2)
         assert float(np.abs(np.stack([r.maps["gradcam"] for r in results]) - ref).max()) <= 1e-4
+
+
+@pytest.mark.parametrize(("declared", "kind"), [(None, "logits"), ("probabilities", "probabilities")])
+def test_onnx_file_whose_output_is_a_probability(tmp_path: Path, declared, kind: str) -> None:
+    from onnxcam_export.api import export_onnx_file
+
+    source = tmp_path / "softmax.onnx"
+    model = Net(3, nn.Softmax(dim=1)).eval()
+    torch.onnx.export(
+        model, (torch.randn(1, 3, *SIZE),), str(source), input_names=["x"], opset_version=13, dynamo=False
+    )
+    layer = next(n.output[0] for n in onnx.load(str(source)).graph.node if n.op_type == "Relu")
+    export_onnx_file(source, tmp_path / "e.onnx", [layer], scores_kind=declared, log=lambda _: None)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    assert explainer.scores_kind == kind
+    x = images(2)
+    with torch.no_grad():
+        p = model(torch.from_numpy(x)).numpy()
+        logits = Net(3).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(explainer.scores(x), logits if kind == "logits" else p, atol=1e-5)
+    results = explainer.explain_arrays(x, 2, ["gradcam"])
+    assert [r.probability for r in results] == pytest.approx(p[:, 2], abs=1e-6)
