@@ -6,7 +6,7 @@ nested ones joined by ``.``). :func:`scores_name` picks the scores among them (:
 
 When export skips a trailing Softmax/LogSoftmax/Sigmoid of the graph (the graph's ``scores`` are the logits before
 it, :mod:`.scores_head`), the PyTorch reference must be those logits too: :class:`PreActivation` records the input
-of the last such call during a forward pass.
+of such a call during a forward pass.
 """
 
 from __future__ import annotations
@@ -90,22 +90,21 @@ _CALLS: dict[Callable[..., Any], str] = {
 
 
 class PreActivation(TorchFunctionMode):
-    """Records the op and input of the last softmax / log-softmax / sigmoid call of a forward pass."""
+    """Records the op, input and output of every softmax / log-softmax / sigmoid call of a forward pass."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.last: tuple[str, torch.Tensor, torch.Tensor] | None = None
+        self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         if func in _CALLS:
-            self.last = (_CALLS[func], args[0], out)
+            self.calls.append((_CALLS[func], args[0], out))
         return out
 
     def logits(self, scores: torch.Tensor, op: str) -> torch.Tensor:
-        """The input of the trailing ``op`` (ONNX name) that produced ``scores``, shaped like ``scores``."""
-        if self.last is None or self.last[0] != op or self.last[2].numel() != scores.numel():
-            raise ExportError(f"the ONNX graph ends in {op}, but the PyTorch model's scores do not come from one")
-        if not torch.equal(self.last[2].reshape(scores.shape), scores):
-            raise ExportError(f"the ONNX graph ends in {op}, but the PyTorch model's scores are not its last {op}")
-        return self.last[1].reshape(scores.shape)
+        """The input of the last ``op`` call (ONNX name) whose output is ``scores``, shaped like ``scores``."""
+        for name, given, out in reversed(self.calls):
+            if name == op and out.numel() == scores.numel() and torch.equal(out.reshape(scores.shape), scores):
+                return given.reshape(scores.shape)
+        raise ExportError(f"the ONNX graph ends in {op}, but the PyTorch model's scores do not come from a {op} call")
