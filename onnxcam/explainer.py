@@ -75,8 +75,9 @@ class Explanation:
     ``topk``: ``(class index, label, probability)``, the probabilities as the graph's scores kind defines them
     (:mod:`onnxcam.scores`: softmax of logits, sigmoid, …; of the spatial mean of a dense output; ``raw`` scores
     are ranked by value and list the value). ``class_index`` is ``-1`` and ``score`` is ``Σ seed ⊙ scores`` when a
-    seed (or a set of classes) was explained. A single-logit binary head has two classes: 0 = negative (explains
-    ``−logit``, probability ``1 − σ``), 1 = positive. ``seed``: the weights ``[*S]`` of the explained quantity.
+    seed (or a set of classes, then ``label`` joins their names with ``+``) was explained. A single-logit binary
+    head has two classes: 0 = negative (explains ``−logit``, probability ``1 − σ``), 1 = positive. ``seed``: the
+    weights ``[*S]`` of the explained quantity.
     """
 
     class_index: int
@@ -96,6 +97,11 @@ class Explanation:
 def one_hot_seed(classes: np.ndarray, score_shape: Sequence[int]) -> np.ndarray:
     """The seed of class targets: ``seed[n, k, …] = [k = classes[n]]`` broadcast over a dense output's positions."""
     return class_seed(classes, LOGITS, score_shape)
+
+
+def _class_indices(resolved: Sequence[int | ClassSet]) -> np.ndarray:
+    """Class index per image ``[N]`` int64; ``-1`` for top-1 and for class sets (explained through the seed)."""
+    return np.array([-1 if isinstance(r, ClassSet) else r for r in resolved], np.int64)
 
 
 def head_weights(gradients: np.ndarray) -> np.ndarray:
@@ -176,14 +182,15 @@ class Explainer:
     def targets(self, target: Target | Sequence[Target], n: int) -> np.ndarray:
         """Per-image class indices (``-1`` = top-1, or a set of classes) from one target for all images or one per
         image. For a binary head the indices are sides (0 = negative, 1 = positive), see :mod:`onnxcam.scores`."""
-        return np.array([-1 if isinstance(r, ClassSet) else r for r in self._resolved(target, n)], np.int64)
+        return _class_indices(self._resolved(target, n))
 
-    def _seeds(self, target: Target | Sequence[Target], n: int, seed: np.ndarray | None) -> np.ndarray | None:
+    def _seeds(self, resolved: Sequence[int | ClassSet], seed: np.ndarray | None) -> np.ndarray | None:
         """``seed`` ``[N, *S]`` with the rows of class-set targets filled in (rows given non-zero are kept)."""
-        sets = [(i, r) for i, r in enumerate(self._resolved(target, n)) if isinstance(r, ClassSet)]
+        sets = [(i, r) for i, r in enumerate(resolved) if isinstance(r, ClassSet)]
         if not sets:
             return seed
-        rows = np.zeros((n, *self.score_shape), np.float32) if seed is None else np.array(seed, np.float32)
+        shape = (len(resolved), *self.score_shape)
+        rows = np.zeros(shape, np.float32) if seed is None else np.array(seed, np.float32)
         for i, wanted in sets:
             if not rows[i].any():
                 rows[i] = class_set_seed(wanted.classes, self.scores_kind, self.score_shape)
@@ -291,8 +298,9 @@ class Explainer:
             raise ValueError(f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(self.layers)}")
         if seed is not None:
             seed = np.broadcast_to(np.asarray(seed, np.float32), (len(x), *self.score_shape))
-        classes = self.targets(target, len(x))
-        seed = self._seeds(target, len(x), seed)
+        resolved = self._resolved(target, len(x))
+        classes = _class_indices(resolved)
+        seed = self._seeds(resolved, seed)
         out = self.run(x, np.zeros_like(classes) if self.binary else classes, seed)
         used = out.target_used
         if self.binary:  # the graph explained the logit; the negative side is −logit, so its gradient is −∂z/∂A
@@ -304,6 +312,9 @@ class Explainer:
         if seed is not None:
             effective[used < 0] = seed[used < 0]
         results = self._results(out.scores, used, effective, topk)
+        for result, wanted in zip(results, resolved, strict=True):
+            if isinstance(wanted, ClassSet) and result.class_index < 0 and result.label is None:
+                result.label = " + ".join(self.label(k) or f"class {k}" for k in wanted.classes)
         request = MethodRequest(
             self,
             x,

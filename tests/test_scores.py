@@ -253,7 +253,8 @@ def test_multilabel_probabilities_and_sum_parity(multilabel) -> None:
         z = model(torch.from_numpy(x)).numpy()
     results = explainer.explain_arrays(x, "a,c", ["gradcam"], topk=4)
     for n, result in enumerate(results):
-        assert result.class_index == -1 and result.score == pytest.approx(z[n, 0] + z[n, 2], abs=1e-5)
+        assert result.class_index == -1 and result.label == "a + c"
+        assert result.score == pytest.approx(z[n, 0] + z[n, 2], abs=1e-5)
         assert result.probability == pytest.approx(logistic(z[n, [0, 2]]).mean(), abs=1e-6)
         assert {i: p for i, _, p in result.topk} == pytest.approx(dict(enumerate(logistic(z[n]))), abs=1e-6)
 
