@@ -210,3 +210,10 @@ def depth_to_space(ctx: VJPContext) -> list[str | None]:
         dcr_of_crd = np.arange(channels).reshape(block * block, -1).T.ravel()
         grad = ctx.emit("Gather", grad, ctx.const(dcr_of_crd), axis=1)
     return [grad]
+
+
+@rule("Trilu")
+def trilu(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Trilu(ḡ)`` with the same ``k`` and ``upper`` (a fixed mask)."""
+    k = [ctx.input(1)] if ctx.input(1) else []
+    return _data_only(ctx, ctx.emit("Trilu", ctx.grad(), *k, upper=int(ctx.attr("upper", 1))))  # type: ignore[call-overload]
