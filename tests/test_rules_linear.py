@@ -8,6 +8,7 @@ import pytest
 import torch
 from gradcheck import check_vjp
 from onnx import helper
+from onnxcam_export.autodiff.context import GradientError
 from test_rules_shape import batch_dim  # noqa: F401  (autouse: static and symbolic dim 0)
 
 RNG = np.random.default_rng(0)
@@ -94,3 +95,38 @@ def test_matmul_constant_weight() -> None:
         lambda a: a @ torch.tensor(weight),
         constants={"w": weight},
     )
+
+
+# id: (equation, operand shapes)
+EINSUM = {
+    "attention_scores": ("bhid,bhjd->bhij", [(2, 3, 4, 5), (2, 3, 6, 5)]),
+    "attention_values": ("bhij,bhjd->bhid", [(2, 3, 4, 6), (2, 3, 6, 5)]),
+    "channel_mix": ("nchw,oc->nohw", [(2, 3, 4, 5), (6, 3)]),
+    "bilinear_pool": ("nchw,ndhw->ncd", [(2, 3, 4, 5), (2, 2, 4, 5)]),
+    "outer": ("ni,nj->nij", [(2, 3), (2, 4)]),
+    "ellipsis_matmul": ("...ij,...jk->...ik", [(2, 3, 4, 5), (2, 3, 5, 2)]),
+    "implicit_output": ("nij,njk", [(2, 3, 4), (2, 4, 5)]),
+    "summed_only_in_first": ("nij,nk->nk", [(2, 3, 4), (2, 5)]),
+    "transpose": ("nchw->nhwc", [(2, 3, 4, 5)]),
+    "reduce": ("nchw->nc", [(2, 3, 4, 5)]),
+    "three_operands": ("ni,ij,jk->nk", [(2, 3), (3, 4), (4, 5)]),
+    "spaces": ("n c, n c -> n", [(2, 3), (2, 3)]),
+}
+
+
+@pytest.mark.parametrize(("equation", "shapes"), EINSUM.values(), ids=list(EINSUM))
+def test_einsum(equation: str, shapes: list[tuple[int, ...]]) -> None:
+    inputs = {f"x{i}": x(*s) for i, s in enumerate(shapes)}
+    node = helper.make_node("Einsum", list(inputs), ["y"], equation=equation)
+    check_vjp(node, inputs, list(inputs), lambda *ts: torch.einsum(equation, *ts))
+
+
+def test_einsum_same_operand_twice() -> None:
+    node = helper.make_node("Einsum", ["a", "a"], ["y"], equation="nij,nkj->nik")
+    check_vjp(node, {"a": x(2, 3, 4)}, ["a"], lambda t: torch.einsum("nij,nkj->nik", t, t))
+
+
+def test_einsum_diagonal_is_refused() -> None:
+    node = helper.make_node("Einsum", ["a"], ["y"], equation="nii->ni")
+    with pytest.raises(GradientError, match="repeated within one term"):
+        check_vjp(node, {"a": x(2, 3, 3)}, ["a"], lambda t: torch.einsum("nii->ni", t))

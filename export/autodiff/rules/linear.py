@@ -67,3 +67,48 @@ def matmul(ctx: VJPContext) -> list[str | None]:
         full = ctx.emit("MatMul", _last_two_swapped(ctx, a, max(rank_a, 2)), g)
         grad_b = _sum_to_operand(ctx, full, ctx.input(1), batch)
     return [grad_a, grad_b]
+
+
+def _einsum_terms(ctx: VJPContext) -> tuple[list[str], str]:
+    """The operand terms and the output term of ``Einsum``'s equation, ``...`` spelled out with unused letters and an
+    implicit output made explicit (letters used once, in alphabetical order, after the ellipsis dims)."""
+    equation = str(ctx.attr("equation")).replace(" ", "")
+    left, arrow, right = equation.partition("->")
+    terms = left.split(",")
+    spare = iter(sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") - set(equation)))
+    ellipsis_rank = {
+        ctx.rank(name) - len(t.replace("...", "")) for name, t in zip(ctx.inputs, terms, strict=True) if "..." in t
+    }
+    if len(ellipsis_rank) > 1:
+        ctx.fail(f"equation '{equation}': operands whose '...' span different ranks are not supported")
+    dots = "".join(next(spare) for _ in range(ellipsis_rank.pop())) if ellipsis_rank else ""
+    terms = [t.replace("...", dots) for t in terms]
+    if not arrow:
+        counts = "".join(terms)
+        right = dots + "".join(sorted(c for c in set(counts) if counts.count(c) == 1 and c not in dots))
+    right = right.replace("...", dots)
+    if any(len(set(t)) != len(t) for t in [*terms, right]):
+        ctx.fail(f"equation '{equation}': a letter repeated within one term (diagonal, trace) is not supported")
+    return terms, right
+
+
+@rule("Einsum")
+def einsum(ctx: VJPContext) -> list[str | None]:
+    """``x̄ᵢ = Einsum(ḡ, xⱼ (j ≠ i))`` from the output's and the other operands' terms to operand ``i``'s term (the
+    product rule for a multilinear map), then broadcast over the letters only ``xᵢ`` had (summed out by the forward)."""
+    terms, out = _einsum_terms(ctx)
+    grads: list[str | None] = []
+    for i, (name, term) in enumerate(zip(ctx.inputs, terms, strict=True)):
+        if not ctx.needs(i):
+            grads.append(None)
+            continue
+        others = [t for j, t in enumerate(terms) if j != i]
+        seen = set(out).union(*others)
+        kept = "".join(c for c in term if c in seen)
+        equation = ",".join([out, *others]) + "->" + kept
+        grad = ctx.emit("Einsum", ctx.grad(), *(n for j, n in enumerate(ctx.inputs) if j != i), equation=equation)
+        if kept != term:  # letters summed by the forward only within xᵢ: x̄ is constant along them
+            lost = [k for k, c in enumerate(term) if c not in seen]
+            grad = ctx.emit("Expand", ctx.emit("Unsqueeze", grad, ctx.const(lost)), ctx.shape_of(name))
+        grads.append(grad)
+    return grads
