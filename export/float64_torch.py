@@ -158,7 +158,27 @@ class AveragePool(OpRun):
         return (y.numpy(),)
 
 
-OPS = [Conv, ConvTranspose, MaxPool, AveragePool]
+class GridSample(OpRun):
+    """2-D ``GridSample`` via ``torch.nn.functional.grid_sample`` in float64; takes the opset-16 and opset-20 mode
+    names (the reference knows only the latter)."""
+
+    op_domain = ""
+
+    def _run(self, x, grid, align_corners=None, mode=None, padding_mode=None):  # type: ignore[override]
+        modes = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
+        if x.ndim != 4 or (mode or "bilinear") not in {*modes, "bicubic"}:
+            raise NotImplementedError(f"GridSample rank {x.ndim}, mode {mode}")
+        y = F.grid_sample(
+            torch.tensor(x),
+            torch.tensor(grid),
+            mode=modes.get(mode or "bilinear", mode),
+            padding_mode=padding_mode or "zeros",
+            align_corners=bool(align_corners),
+        )
+        return (y.numpy(),)
+
+
+OPS = [Conv, ConvTranspose, MaxPool, AveragePool, GridSample]
 
 
 def evaluate_float64_torch(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
