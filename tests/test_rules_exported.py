@@ -31,7 +31,8 @@ class Decoder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Einsum attention over feature-map tokens, RMSNorm, softsign/shrink activations, gather, cumsum and prod."""
+    """Einsum and fused (``scaled_dot_product_attention``) attention over feature-map tokens, RMSNorm, softsign and
+    shrink activations, gather, cumsum and prod."""
 
     def __init__(self, exporter: str) -> None:
         super().__init__()
@@ -46,7 +47,9 @@ class Attention(nn.Module):
         n, c, h, w = f.shape
         q, k, v = self.qkv(f).reshape(n, 3, 2, c // 2, h * w).unbind(1)  # [n, heads, d, tokens]
         attention = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) * 0.5, -1)
-        mixed = torch.einsum("bhij,bhdj->bhid", attention, v).reshape(n, h * w, c)
+        mixed = torch.einsum("bhij,bhdj->bhid", attention, v)
+        fused = F.scaled_dot_product_attention(*(t.transpose(2, 3) for t in (q, k, v)))  # [n, heads, tokens, d]
+        mixed = (mixed + fused).reshape(n, h * w, c)
         tokens = F.softshrink(F.softsign(self.norm(mixed)), 0.1) + F.hardshrink(mixed, 0.2)
         picked = torch.gather(tokens, 1, torch.arange(h * w - 1, -1, -1).repeat(n, c, 1).transpose(1, 2))
         running = picked.cumsum(1) + torch.prod(torch.sigmoid(tokens[:, :3]), 1, keepdim=True)
@@ -76,7 +79,7 @@ CASES = {
     "attention": (
         Attention,
         {"Einsum", "GatherElements", "CumSum", "ReduceProd"},
-        {"Einsum", "CumSum", "RMSNormalization"},
+        {"Einsum", "CumSum", "RMSNormalization", "Attention"},
     ),
     "sampler": (Sampler, {"GridSample", "Sin", "Atan"}, {"GridSample", "Sin", "Atan"}),
 }

@@ -1,6 +1,10 @@
-"""VJP rules: matrix products (``Gemm``, ``MatMul``)."""
+"""VJP rules: matrix products (``Gemm``, ``MatMul``, ``Einsum``, ``Attention``)."""
 
 from __future__ import annotations
+
+import math
+
+from onnx import helper
 
 from ..context import VJPContext
 from ..graph_info import Dim
@@ -111,4 +115,49 @@ def einsum(ctx: VJPContext) -> list[str | None]:
             lost = [k for k, c in enumerate(term) if c not in seen]
             grad = ctx.emit("Expand", ctx.emit("Unsqueeze", grad, ctx.const(lost)), ctx.shape_of(name))
         grads.append(grad)
+    return grads
+
+
+@rule("Attention")
+def attention(ctx: VJPContext) -> list[str | None]:
+    """``Y = P·V``, ``P = softmax(s·QKᵀ + mask)`` (opset 23, 4-D, as many K/V heads as Q heads, no KV cache, no
+    softcap): ``V̄ = Pᵀḡ``, ``S̄ = P ⊙ (ḡVᵀ − Σ_row(ḡVᵀ ⊙ P))``, ``Q̄ = s·S̄K``, ``K̄ = s·S̄ᵀQ``. ``P`` comes from a twin
+    node with ``qk_matmul_output_mode=3`` (the post-softmax scores), so mask and causality mean what the forward means.
+    """
+    q, k, v = ctx.input(0), ctx.input(1), ctx.input(2)
+    q_shape, k_shape = ctx.shape(q), ctx.shape(k)
+    if (
+        len(q_shape) != 4
+        or any(ctx.input(i) for i in (4, 5))
+        or float(ctx.attr("softcap", 0.0))  # type: ignore[arg-type]
+        or q_shape[1] != k_shape[1]
+        or any(ctx.has_grad(i) for i in (1, 2, 3))
+        or ctx.needs(3)
+    ):
+        ctx.fail(
+            "only 4-D attention with equal Q/KV heads, no past key/value, no softcap, and gradients through Y to "
+            "Q, K, V is differentiable"
+        )
+    depth = q_shape[3]
+    if ctx.attr("scale", None) is None and not isinstance(depth, int):
+        ctx.fail(f"the default scale 1/√D needs a static head size, got {depth}")
+    scale = float(ctx.attr("scale", None) or 1.0 / math.sqrt(depth))  # type: ignore[arg-type]
+    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute} | {"qk_matmul_output_mode": 3}
+    probabilities = ctx.emit_multi("Attention", ctx.inputs[:4], 4, **attrs)[3]
+    g = ctx.grad(0)
+
+    def swapped(name: str) -> str:
+        return _last_two_swapped(ctx, name, 4)
+
+    grads: list[str | None] = [None] * len(ctx.inputs)
+    if ctx.needs(2):
+        grads[2] = ctx.emit("MatMul", swapped(probabilities), g)
+    if ctx.needs(0) or ctx.needs(1):
+        p_bar = ctx.emit("MatMul", g, swapped(v))
+        row = ctx.emit("ReduceSum", ctx.emit("Mul", p_bar, probabilities), ctx.const([-1]), keepdims=1)
+        s_bar = ctx.emit("Mul", ctx.emit("Mul", probabilities, ctx.emit("Sub", p_bar, row)), ctx.const(scale, like=q))
+        if ctx.needs(0):
+            grads[0] = ctx.emit("MatMul", s_bar, k)
+        if ctx.needs(1):
+            grads[1] = ctx.emit("MatMul", swapped(s_bar), q)
     return grads
