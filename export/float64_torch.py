@@ -178,7 +178,17 @@ class GridSample(OpRun):
         return (y.numpy(),)
 
 
-OPS = [Conv, ConvTranspose, MaxPool, AveragePool, GridSample]
+class AffineGrid(OpRun):
+    """``AffineGrid`` via ``torch.nn.functional.affine_grid`` (the reference's casts its result to float32)."""
+
+    op_domain = ""
+
+    def _run(self, theta, size, align_corners=None):  # type: ignore[override]
+        grid = F.affine_grid(torch.tensor(theta), [int(d) for d in size], align_corners=bool(align_corners))
+        return (grid.numpy(),)
+
+
+OPS = [Conv, ConvTranspose, MaxPool, AveragePool, GridSample, AffineGrid]
 
 
 def evaluate_float64_torch(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

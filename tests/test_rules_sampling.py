@@ -61,3 +61,14 @@ def test_grid_sample_other_modes_are_refused(mode: str, padding: str) -> None:
     reference = lambda t, g: F.grid_sample(t, g, mode=mode, padding_mode=padding, align_corners=False)  # noqa: E731
     with pytest.raises(GradientError, match="only 2-D bilinear/nearest"):
         check_vjp(node, {"x": x(2, 3, 5, 6), "g": grid(2, 4, 7)}, ["x"], reference)
+
+
+@pytest.mark.parametrize("align", [0, 1])
+@pytest.mark.parametrize("size", [(2, 3, 5, 7), (2, 1, 3, 4, 5)], ids=["2d", "3d"])
+def test_affine_grid(size: tuple[int, ...], align: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gradcheck, "OPSET", 20)
+    rank = len(size) - 2
+    theta = (np.eye(rank, rank + 1)[None] + 0.3 * x(size[0], rank, rank + 1)).astype(np.float32)
+    node = helper.make_node("AffineGrid", ["theta", "size"], ["y"], align_corners=align)
+    reference = lambda t: F.affine_grid(t, list(size), align_corners=bool(align))  # noqa: E731
+    check_vjp(node, {"theta": theta}, ["theta"], reference, constants={"size": np.array(size, np.int64)})

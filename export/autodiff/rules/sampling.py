@@ -1,4 +1,4 @@
-"""VJP rule: ``GridSample`` (2-D; bilinear or nearest; zeros or border padding; either ``align_corners``).
+"""VJP rules: ``GridSample`` (2-D; bilinear or nearest; zeros or border padding; ``align_corners``), ``AffineGrid``.
 
 The forward reads, for each output pixel, the input at a sampling point ``(u, v)`` given by the grid in ``[−1, 1]``:
 ``u = ((g_x + 1)/2)·(W − 1)`` with ``align_corners``, ``((g_x + 1)·W − 1)/2`` without (``v`` likewise with ``H``),
@@ -11,10 +11,12 @@ and the grid gets 0. Reference: PyTorch's ``grid_sampler_2d_backward`` (aten/src
 
 from __future__ import annotations
 
+import numpy as np
 from onnx import TensorProto, helper
 
 from ..context import VJPContext
 from ..registry import rule
+from .conv import static_dims
 
 _MODES = {"bilinear": "linear", "linear": "linear", "nearest": "nearest"}  # opset 16 and opset 20 names
 
@@ -128,3 +130,22 @@ def grid_sample(ctx: VJPContext) -> list[str | None]:
             total = grid_terms[0] if len(grid_terms) == 1 else ctx.emit("Sum", *grid_terms)
             grads[1] = ctx.emit("Reshape", ctx.emit("Mul", total, slope), ctx.shape_of(grid))
     return grads
+
+
+@rule("AffineGrid")
+def affine_grid(ctx: VJPContext) -> list[str | None]:
+    """``θ̄[n] = Σ_pixels ḡ[n, p]ᵀ ⊗ (b[p], 1)``: the grid is ``θ[n]·(b, 1)`` with ``b`` the base grid, which is
+    the op's own output for the identity ``θ`` (so ``align_corners`` means what the forward means)."""
+    theta, size = ctx.input(0), ctx.input(1)
+    rank = static_dims(ctx, size, 0)[0] - 2  # spatial dims: 2 (θ [N, 2, 3]) or 3 (θ [N, 3, 4])
+    identity = ctx.const(np.eye(rank, rank + 1)[None], like=theta)
+    one_image = ctx.emit(
+        "Concat", ctx.const([1]), ctx.emit("Slice", size, ctx.const([1]), ctx.const([rank + 2])), axis=0
+    )
+    base = ctx.emit("AffineGrid", identity, one_image, align_corners=int(ctx.attr("align_corners", 0)))  # type: ignore[call-overload]
+    homogeneous = ctx.emit(
+        "Pad", base, ctx.const([0] * (rank + 2) + [0] * (rank + 1) + [1]), ctx.const(1.0, like=theta)
+    )
+    pixels = "dhw"[3 - rank :]
+    equation = f"n{pixels}i,m{pixels}j->nij"
+    return [ctx.emit("Einsum", ctx.grad(), homogeneous, equation=equation), None]
