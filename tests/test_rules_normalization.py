@@ -190,3 +190,16 @@ def test_new_normalization_dynamic_dims(op: str, monkeypatch: pytest.MonkeyPatch
         test_group_normalization(GROUP_NORM_CASES["2d_g2"], monkeypatch)
     else:
         test_rms_normalization(RMS_NORM_CASES["axis1"], monkeypatch)
+
+
+@pytest.mark.parametrize("axes", [[0, 2, 3], [2, 3], [1], [0, 1, 2, 3]], ids=str)
+def test_mean_variance_normalization(axes: list[int]) -> None:
+    """(Without ``axes`` the ONNX checker itself fails on the op's function body, so the default is written out.)"""
+    dims = tuple(axes)
+    node = helper.make_node("MeanVarianceNormalization", ["x"], ["y"], axes=axes)
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        centred = t - t.mean(dims, keepdim=True)
+        return centred / (centred * centred).mean(dims, keepdim=True).sqrt()
+
+    check_vjp(node, {"x": x(2, 3, 4, 5)}, ["x"], reference)

@@ -26,8 +26,11 @@ def batch_normalization(ctx: VJPContext) -> list[str | None]:
     return data_grad_only(ctx, ctx.emit("Mul", ctx.grad(), _per_channel(ctx, factor, ctx.rank(x))))
 
 
-def _normalized_adjoint(ctx: VJPContext, g_hat: str, axes: list[int], x: str | None = None) -> str:
-    """``x̄ = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) / σ`` with ``x̂ = (x − mean(x)) / σ``, means over ``axes`` (``x``: input 0)."""
+def _normalized_adjoint(
+    ctx: VJPContext, g_hat: str, axes: list[int], x: str | None = None, epsilon: str | None = None
+) -> str:
+    """``x̄ = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) / σ`` with ``x̂ = (x − mean(x)) / σ``, ``σ = √(var + ε)``, means over
+    ``axes`` (``x``: input 0; ``ε``: the ``epsilon`` attribute)."""
     x = x or ctx.input(0)
     axes_const = ctx.const(axes)
 
@@ -36,7 +39,8 @@ def _normalized_adjoint(ctx: VJPContext, g_hat: str, axes: list[int], x: str | N
 
     centred = ctx.emit("Sub", x, mean(x))
     inv_std = ctx.emit(
-        "Reciprocal", ctx.emit("Sqrt", ctx.emit("Add", mean(ctx.emit("Mul", centred, centred)), _epsilon(ctx, x)))
+        "Reciprocal",
+        ctx.emit("Sqrt", ctx.emit("Add", mean(ctx.emit("Mul", centred, centred)), epsilon or _epsilon(ctx, x))),
     )
     x_hat = ctx.emit("Mul", centred, inv_std)
     inner = ctx.emit(
@@ -137,3 +141,12 @@ def lp_normalization(ctx: VJPContext) -> list[str | None]:
     direction = y if p == 2 else ctx.emit("Sign", x)
     dot = ctx.emit("ReduceSum", ctx.emit("Mul", g, y), axis, keepdims=1)
     return [ctx.emit("Div", ctx.emit("Sub", g, ctx.emit("Mul", direction, dot)), norm)]
+
+
+@rule("MeanVarianceNormalization")
+def mean_variance_normalization(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = (ḡ − mean(ḡ) − x̂·mean(ḡ·x̂)) / σ`` for ``y = x̂ = (x − mean(x)) / σ`` over ``axes`` (no ε, as the spec
+    and onnxruntime)."""
+    x = ctx.input(0)
+    axes = [int(a) % ctx.rank(x) for a in ctx.attr("axes", [0, 2, 3])]  # type: ignore[union-attr]
+    return [_normalized_adjoint(ctx, ctx.grad(), axes, epsilon=ctx.const(0.0, like=x))]
