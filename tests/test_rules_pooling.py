@@ -263,3 +263,23 @@ def test_torch_lp_pool2d_decomposition() -> None:
     ]
     constants = {k: np.array(v, np.float32) for k, v in {"two": 2.0, "four": 4.0, "half": 0.5}.items()}
     check_vjp(nodes, {"x": x(2, 3, 6, 6)}, ["x"], lambda t: F.lp_pool2d(t, 2, 2), constants=constants)
+
+
+@pytest.mark.parametrize("output_shape", [None, (2, 3, 9, 9)], ids=["default", "output_shape"])
+def test_max_unpool(output_shape: tuple[int, ...] | None) -> None:
+    """SegNet's decoder: MaxUnpool2d with the indices of the encoder's MaxPool2d (torch's are per (n, c) plane)."""
+    size = output_shape[2:] if output_shape else (8, 8)
+    _, plane_indices = F.max_pool2d(torch.tensor(x(2, 3, *size)), 2, 2, return_indices=True)
+    h, w = size
+    offsets = (np.arange(2)[:, None] * 3 + np.arange(3)[None, :]) * h * w
+    constants = {"i": plane_indices.numpy() + offsets[:, :, None, None]}
+    inputs = ["x", "i"]
+    if output_shape:
+        constants["shape"] = np.array(output_shape, np.int64)
+        inputs.append("shape")
+    node = helper.make_node("MaxUnpool", inputs, ["y"], kernel_shape=[2, 2], strides=[2, 2])
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        return F.max_unpool2d(t, plane_indices, 2, 2, output_size=size)
+
+    check_vjp(node, {"x": x(2, 3, *plane_indices.shape[2:])}, ["x"], reference, constants=constants)

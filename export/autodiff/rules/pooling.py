@@ -120,3 +120,11 @@ def lp_pool(ctx: VJPContext) -> list[str | None]:
 def global_lp_pool(ctx: VJPContext) -> list[str | None]:
     """``x̄ = sign(x)|x|^(p−1) · ḡ · y^(1−p)`` broadcast over the spatial dims."""
     return [_lp_adjoint(ctx, _scaled_by_norm(ctx))]
+
+
+@rule("MaxUnpool")
+def max_unpool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ_flat[I]``: each value was written at its flat index ``I`` (over the whole output, as ``MaxPool``'s
+    ``Indices``), so its gradient is read back from there; the indices and ``output_shape`` get none."""
+    flat = ctx.emit("Reshape", ctx.grad(), ctx.const([-1]))
+    return [ctx.emit("Gather", flat, ctx.input(1)), *[None] * (len(ctx.inputs) - 1)]
