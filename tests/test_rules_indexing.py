@@ -4,6 +4,7 @@ autograd (float32, relative tolerance 1e-5). Repeated indices check that gathere
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from gradcheck import check_vjp
 from onnx import helper
 from onnxcam_export.autodiff.context import GradientError
@@ -129,3 +130,33 @@ def test_trilu(upper: int, k: int | None) -> None:
         (lambda t: torch.triu(t, offset)) if upper else (lambda t: torch.tril(t, offset)),
         constants=constants,
     )
+
+
+@pytest.mark.parametrize("axis", [None, 1, -1])
+def test_compress(axis: int | None) -> None:
+    n = int(np.prod(SHAPE)) if axis is None else SHAPE[axis]
+    condition = RNG.random(n) < 0.5
+    condition[0] = True
+    node = helper.make_node("Compress", ["x", "c"], ["y"], **({} if axis is None else {"axis": axis}))
+    keep = torch.tensor(np.flatnonzero(condition))
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1)[keep] if axis is None else t.index_select(axis % t.dim(), keep)
+
+    check_vjp(node, {"x": x(*SHAPE)}, ["x"], reference, constants={"c": condition})
+
+
+@pytest.mark.parametrize(("size", "axes"), [((2, 3, 2, 7), None), ((6, 3), [2, 3]), ((3, 2), [-2, -1])], ids=str)
+def test_center_crop_pad(size: tuple[int, ...], axes: list[int] | None) -> None:
+    """Crop and pad at once (4 → 2 rows, 5 → 7 columns; odd differences put the extra row/column at the end)."""
+    node = helper.make_node("CenterCropPad", ["x", "s"], ["y"], **({} if axes is None else {"axes": axes}))
+    full = SHAPE[:2] + size[-2:] if axes else size
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for n, s in zip(reversed(t.shape), reversed(full), strict=True):
+            begin = (s - n) // 2 if s >= n else -((n - s) // 2)
+            pads += [begin, (s - n) - begin]
+        return F.pad(t, pads)
+
+    check_vjp(node, {"x": x(*SHAPE)}, ["x"], reference, constants={"s": np.array(size, np.int64)})
