@@ -18,7 +18,7 @@ from ..context import VJPContext
 from ..registry import rule
 from .conv import static_dims
 
-_MODES = {"bilinear": "linear", "linear": "linear", "nearest": "nearest"}  # opset 16 and opset 20 names
+_MODES = ("bilinear", "linear", "nearest")  # opset 16 says bilinear, opset 20 linear
 
 
 def _float_type(ctx: VJPContext) -> int:
@@ -60,7 +60,7 @@ def _read(ctx: VJPContext, corner: str, sizes: str) -> tuple[str, str]:
 
 def _corners(ctx: VJPContext, point: str) -> list[tuple[str, str | None, list[float]]]:
     """``(corner [N, L, 2], per-axis weights [N, L, 2] or None for nearest, ∂w/∂(u, v) signs)`` of each neighbour."""
-    if _MODES[str(ctx.attr("mode", "bilinear"))] == "nearest":
+    if ctx.attr("mode", "bilinear") == "nearest":
         return [(ctx.emit("Round", point), None, [])]
     grid = ctx.input(1)
     low = ctx.emit("Floor", point)
@@ -73,6 +73,14 @@ def _corners(ctx: VJPContext, point: str) -> list[tuple[str, str | None, list[fl
         )
         corners.append((ctx.emit("Add", low, ctx.const(offset, like=grid)), weights, sign))
     return corners
+
+
+def _point_slope(ctx: VJPContext, flat_g: str, read: str, mask: str, weights: str, sign: list[float]) -> str:
+    """One corner's ``Σ_c ḡ·x_k · ∂w_k/∂(u, v)`` [N, L, 2]: ``∂w_k/∂u = ±w_v``, ``∂w_k/∂v = ±w_u`` (in-image only)."""
+    dot = ctx.emit("ReduceSum", ctx.emit("Mul", flat_g, read), ctx.const([1]), keepdims=0)  # [N, L]
+    scale = ctx.emit("Unsqueeze", ctx.emit("Mul", dot, mask), ctx.const([2]))
+    other = ctx.emit("Gather", weights, ctx.const([1, 0]), axis=2)  # (w_v, w_u)
+    return ctx.emit("Mul", scale, ctx.emit("Mul", other, ctx.const(sign, like=ctx.input(1))))
 
 
 @rule("GridSample")
@@ -101,16 +109,9 @@ def grid_sample(ctx: VJPContext) -> list[str | None]:
         indices.append(spread)
         values.append(ctx.emit("Mul", flat_g, ctx.emit("Unsqueeze", weight, ctx.const([1]))))
         if weights is not None and ctx.needs(1):
-            # Σ_c ḡ·x_k [N, L, 1] × mask × sign ⊙ (the other axis's weight) [N, L, 2]
-            read = ctx.emit(
-                "ReduceSum",
-                ctx.emit("Mul", flat_g, ctx.emit("GatherElements", flat_x, spread, axis=2)),
-                ctx.const([1]),
-                keepdims=0,
+            grid_terms.append(
+                _point_slope(ctx, flat_g, ctx.emit("GatherElements", flat_x, spread, axis=2), mask, weights, sign)
             )
-            scale = ctx.emit("Unsqueeze", ctx.emit("Mul", read, mask), ctx.const([2]))
-            other = ctx.emit("Gather", weights, ctx.const([1, 0]), axis=2)
-            grid_terms.append(ctx.emit("Mul", scale, ctx.emit("Mul", other, ctx.const(sign, like=grid))))
     grads: list[str | None] = [None, None]
     if ctx.needs(0):
         zeros = ctx.zeros_like(flat_x)
