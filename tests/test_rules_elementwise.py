@@ -430,3 +430,17 @@ def test_cast_like() -> None:
         lambda t: t.double(),
         constants={"like": np.zeros(1, np.float64)},
     )
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"), BROADCAST_PAIRS[:3], ids=str)
+def test_fmod(a_shape: tuple, b_shape: tuple) -> None:
+    inputs = {
+        "a": 4 * y(*a_shape),
+        "b": np.asarray(np.sign(y(*b_shape)) * MORE_RNG.uniform(0.6, 1.5, b_shape), np.float32),
+    }
+    check_vjp(node("Mod", ["a", "b"], fmod=1), inputs, ["a", "b"], torch.fmod)
+
+
+def test_integer_mod_is_refused() -> None:
+    with pytest.raises(GradientError, match="fmod=1"):
+        run_vjp([node("Mod", ["a", "b"])], {"a": y(*SHAPE), "b": y(*SHAPE)}, ["a"], "y", y(*SHAPE))

@@ -160,3 +160,19 @@ def test_center_crop_pad(size: tuple[int, ...], axes: list[int] | None) -> None:
         return F.pad(t, pads)
 
     check_vjp(node, {"x": x(*SHAPE)}, ["x"], reference, constants={"s": np.array(size, np.int64)})
+
+
+@pytest.mark.parametrize(("batch_axis", "time_axis"), [(1, 0), (0, 1)])
+def test_reverse_sequence(batch_axis: int, time_axis: int) -> None:
+    shape = (5, 3, 4) if time_axis == 0 else (3, 5, 4)
+    lengths = np.array([5, 1, 3], np.int64)
+    node = helper.make_node("ReverseSequence", ["x", "lens"], ["y"], batch_axis=batch_axis, time_axis=time_axis)
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for b, n in enumerate(lengths):
+            seq = t.select(batch_axis, b)  # [time, 4]
+            rows.append(torch.cat([seq[:n].flip(0), seq[n:]]))
+        return torch.stack(rows, batch_axis)
+
+    check_vjp(node, {"x": x(*shape)}, ["x"], reference, constants={"lens": lengths})

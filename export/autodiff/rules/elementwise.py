@@ -403,6 +403,23 @@ def div(ctx: VJPContext) -> list[str | None]:
     return _per_input(ctx, lambda i: g_over_b if i == 0 else ctx.emit("Neg", ctx.emit("Mul", g_over_b, ctx.output())))
 
 
+@rule("Mod")
+def mod(ctx: VJPContext) -> list[str | None]:
+    """Float ``Mod`` (``fmod=1``: ``y = a − b·trunc(a/b)``): ``ā = unbroadcast(ḡ)``, ``b̄ = unbroadcast(−ḡ·(a − y)/b)``
+    (``(a − y)/b = trunc(a/b)``, piecewise constant, as torch's ``fmod``)."""
+    if not int(ctx.attr("fmod", 0)):  # type: ignore[call-overload]
+        ctx.fail("only the float form (fmod=1) has a gradient")
+    a, b, g = ctx.input(0), ctx.input(1), ctx.grad()
+
+    def full(i: int) -> str:
+        if i == 0:
+            return g
+        quotient = ctx.emit("Div", ctx.emit("Sub", a, ctx.output()), b)
+        return ctx.emit("Neg", ctx.emit("Mul", g, quotient))
+
+    return _per_input(ctx, full)
+
+
 @rule("Max", "Min")
 def extremum(ctx: VJPContext) -> list[str | None]:
     """``x̄ᵢ = unbroadcast(ḡ · [xᵢ = y] / Σⱼ [xⱼ = y])``: ties share the gradient equally (as ``torch.maximum``)."""

@@ -247,3 +247,10 @@ def compress(ctx: VJPContext) -> list[str | None]:
     spread = ctx.emit("Expand", column, ctx.shape_of(ctx.grad()))
     grad = ctx.emit("ScatterElements", ctx.zeros_like(x), spread, ctx.grad(), axis=axis, reduction="add")
     return _data_only(ctx, grad)
+
+
+@rule("ReverseSequence")
+def reverse_sequence(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ReverseSequence(ḡ)``, same lengths and axes (reversing a prefix is its own inverse and transpose)."""
+    attrs = {a: int(ctx.attr(a, d)) for a, d in (("batch_axis", 1), ("time_axis", 0))}  # type: ignore[call-overload]
+    return _data_only(ctx, ctx.emit("ReverseSequence", ctx.grad(), ctx.input(1), **attrs))
