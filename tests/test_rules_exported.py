@@ -32,7 +32,7 @@ class Decoder(nn.Module):
 
 class Attention(nn.Module):
     """Einsum and fused (``scaled_dot_product_attention``) attention over feature-map tokens, RMSNorm, softsign and
-    shrink activations, gather, cumsum and prod."""
+    shrink activations, gather, cumsum, prod and top-k."""
 
     def __init__(self, exporter: str) -> None:
         super().__init__()
@@ -53,7 +53,7 @@ class Attention(nn.Module):
         tokens = F.softshrink(F.softsign(self.norm(mixed)), 0.1) + F.hardshrink(mixed, 0.2)
         picked = torch.gather(tokens, 1, torch.arange(h * w - 1, -1, -1).repeat(n, c, 1).transpose(1, 2))
         running = picked.cumsum(1) + torch.prod(torch.sigmoid(tokens[:, :3]), 1, keepdim=True)
-        return self.fc(running.mean(1))
+        return self.fc(running.mean(1) + torch.topk(tokens, 3, dim=1).values.sum(1))
 
 
 class Sampler(nn.Module):
@@ -81,13 +81,13 @@ class Sampler(nn.Module):
 CASES = {
     "decoder": (
         Decoder,
-        {"ConvTranspose", "Celu", "Gelu"},
-        {"ConvTranspose", "Celu", "Mish", "GroupNormalization", "Gelu"},
+        {"ConvTranspose", "Celu", "Gelu", "Sign"},
+        {"ConvTranspose", "Celu", "Mish", "GroupNormalization", "Gelu", "Sign"},
     ),
     "attention": (
         Attention,
-        {"Einsum", "GatherElements", "CumSum", "ReduceProd"},
-        {"Einsum", "CumSum", "RMSNormalization", "Attention"},
+        {"Einsum", "GatherElements", "CumSum", "ReduceProd", "TopK"},
+        {"Einsum", "GatherElements", "CumSum", "ReduceProd", "RMSNormalization", "Attention", "TopK"},
     ),
     "sampler": (Sampler, {"GridSample", "AffineGrid", "Sin", "Atan"}, {"GridSample", "Sin", "Atan"}),
 }
