@@ -65,6 +65,18 @@ class Pad(OpRun):
         return (np.pad(data[crop], widths, constant_values=value).astype(data.dtype),)
 
 
+class GatherElements(OpRun):
+    """``GatherElements`` by ``numpy.take_along_axis``: the reference's own uses ``numpy.choose``, which refuses axes
+    longer than 64 (the GatherElements, GridSample and ScatterElements rules gather along whole feature maps)."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):  # type: ignore[override]
+        axis = int(axis or 0) % data.ndim
+        indices = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, indices, axis=axis),)
+
+
 def cut_after(
     model: onnx.ModelProto, tensor: str, keep: Sequence[str] | None = None
 ) -> tuple[onnx.ModelProto, list[str]]:
@@ -115,7 +127,7 @@ def evaluate_float64(
 ) -> dict[str, np.ndarray]:
     """All outputs of ``model`` (gradient switches on) computed in float64 by the ONNX reference implementation."""
     m = to_float64(switched_on(model))
-    evaluator = ReferenceEvaluator(m, new_ops=[Pad, *(new_ops or [])])
+    evaluator = ReferenceEvaluator(m, new_ops=[Pad, GatherElements, *(new_ops or [])])
     names = [o.name for o in m.graph.output]
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
     return dict(zip(names, evaluator.run(names, feeds), strict=True))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from onnx.reference.op_run import OpRun
 
+from .autodiff.rules.conv import transposed_begins
 from .float64 import evaluate_float64
 
 
@@ -46,7 +47,8 @@ class Conv(OpRun):
 
 
 class ConvTranspose(OpRun):
-    """``ConvTranspose`` (no pads / output_shape, as the Conv rule emits it) via torch in float64."""
+    """``ConvTranspose`` via torch in float64: the full transposed conv, then cropped (or zero-extended) to the ONNX
+    output as :func:`~onnxcam_export.autodiff.rules.conv.transposed_begins` places it."""
 
     op_domain = ""
 
@@ -64,19 +66,25 @@ class ConvTranspose(OpRun):
         pads=None,
         strides=None,
     ):
-        if any(pads or []) or output_shape or auto_pad not in (None, "NOTSET"):
-            raise NotImplementedError("pads/output_shape")
         rank = x.ndim - 2
+        kernel = list(kernel_shape or w.shape[2:])
+        strides, dilations = list(strides or [1] * rank), list(dilations or [1] * rank)
+        extra = list(output_padding or [0] * rank)
         conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[rank - 1]
-        y = conv(
-            torch.tensor(x),
-            torch.tensor(w),
-            None if b is None else torch.tensor(b),
-            stride=strides or 1,
-            dilation=dilations or 1,
-            groups=group or 1,
-            output_padding=output_padding or 0,
-        )
+        full = conv(torch.tensor(x), torch.tensor(w), stride=strides, dilation=dilations, groups=group or 1)
+        auto_pad = auto_pad or "NOTSET"
+        begins = transposed_begins(kernel, strides, dilations, extra, pads, auto_pad, output_shape, x.shape[2:])
+        if output_shape:
+            sizes = list(output_shape)[-rank:]
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            sizes = [n * s for n, s in zip(x.shape[2:], strides, strict=True)]
+        else:
+            ends = [0] * rank if auto_pad == "VALID" else list(pads or [0] * 2 * rank)[rank:]
+            sizes = [f + p - bg - e for f, p, bg, e in zip(full.shape[2:], extra, begins, ends, strict=True)]
+        widths = [-bg for bg in begins] + [n + bg - f for n, bg, f in zip(sizes, begins, full.shape[2:], strict=True)]
+        y = F.pad(full, _pairs(widths, rank))
+        if b is not None:
+            y = y + torch.tensor(b).reshape(1, -1, *[1] * rank)
         return (y.numpy(),)
 
 
@@ -150,7 +158,37 @@ class AveragePool(OpRun):
         return (y.numpy(),)
 
 
-OPS = [Conv, ConvTranspose, MaxPool, AveragePool]
+class GridSample(OpRun):
+    """2-D ``GridSample`` via ``torch.nn.functional.grid_sample`` in float64; takes the opset-16 and opset-20 mode
+    names (the reference knows only the latter)."""
+
+    op_domain = ""
+
+    def _run(self, x, grid, align_corners=None, mode=None, padding_mode=None):  # type: ignore[override]
+        modes = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
+        if x.ndim != 4 or (mode or "bilinear") not in {*modes, "bicubic"}:
+            raise NotImplementedError(f"GridSample rank {x.ndim}, mode {mode}")
+        y = F.grid_sample(
+            torch.tensor(x),
+            torch.tensor(grid),
+            mode=modes.get(mode or "bilinear", mode),
+            padding_mode=padding_mode or "zeros",
+            align_corners=bool(align_corners),
+        )
+        return (y.numpy(),)
+
+
+class AffineGrid(OpRun):
+    """``AffineGrid`` via ``torch.nn.functional.affine_grid`` (the reference's casts its result to float32)."""
+
+    op_domain = ""
+
+    def _run(self, theta, size, align_corners=None):  # type: ignore[override]
+        grid = F.affine_grid(torch.tensor(theta), [int(d) for d in size], align_corners=bool(align_corners))
+        return (grid.numpy(),)
+
+
+OPS = [Conv, ConvTranspose, MaxPool, AveragePool, GridSample, AffineGrid]
 
 
 def evaluate_float64_torch(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import gradcheck
 import numpy as np
 import onnx
 import pytest
@@ -362,3 +363,84 @@ def test_gelu_erf_decomposition() -> None:
         "half": np.array(0.5, np.float32),
     }
     check_vjp(nodes, {"x": 3 * x(*SHAPE)}, ["x"], F.gelu, constants=constants)
+
+
+# -- more activations and unary math: (op, attributes, opset, input, torch reference) -------------------------------
+MORE_RNG = np.random.default_rng(1)  # its own stream: the values the tests above draw stay as they were
+
+
+def y(*shape: int) -> np.ndarray:
+    return MORE_RNG.standard_normal(shape).astype(np.float32)
+
+
+def bounded(*shape: int, limit: float = 0.9) -> np.ndarray:
+    """Random values in ``(−limit, limit)`` (domains of asin/acos/atanh)."""
+    return MORE_RNG.uniform(-limit, limit, shape).astype(np.float32)
+
+
+MORE_UNARY = [
+    ("Celu", {}, 18, with_ties(2 * y(*SHAPE), 0.0), F.celu),
+    ("Celu", {"alpha": 0.5}, 18, 2 * y(*SHAPE), lambda t: F.celu(t, 0.5)),
+    ("Mish", {}, 18, 4 * y(*SHAPE), F.mish),
+    ("Gelu", {}, 20, 3 * y(*SHAPE), F.gelu),
+    ("Gelu", {"approximate": "tanh"}, 20, 3 * y(*SHAPE), lambda t: F.gelu(t, approximate="tanh")),
+    ("Swish", {}, 24, 4 * y(*SHAPE), F.silu),
+    ("Swish", {"alpha": 1.702}, 24, 4 * y(*SHAPE), lambda t: t * torch.sigmoid(1.702 * t)),
+    ("Softsign", {}, 18, with_ties(3 * y(*SHAPE), 0.0), F.softsign),
+    ("ThresholdedRelu", {}, 18, with_ties(2 * y(*SHAPE), 1.0), lambda t: F.threshold(t, 1.0, 0.0)),
+    ("ThresholdedRelu", {"alpha": -0.5}, 18, with_ties(2 * y(*SHAPE), -0.5), lambda t: F.threshold(t, -0.5, 0.0)),
+    ("Shrink", {}, 18, with_ties(2 * y(*SHAPE), 0.5, -0.5), lambda t: F.hardshrink(t, 0.5)),
+    ("Shrink", {"lambd": 0.3, "bias": 0.3}, 18, with_ties(2 * y(*SHAPE), 0.3, -0.3), lambda t: F.softshrink(t, 0.3)),
+    ("Sign", {}, 18, with_ties(y(*SHAPE), 0.0), torch.sign),
+    ("Sin", {}, 18, 3 * y(*SHAPE), torch.sin),
+    ("Cos", {}, 18, 3 * y(*SHAPE), torch.cos),
+    ("Tan", {}, 18, bounded(*SHAPE, limit=1.2), torch.tan),
+    ("Asin", {}, 18, bounded(*SHAPE), torch.asin),
+    ("Acos", {}, 18, bounded(*SHAPE), torch.acos),
+    ("Atan", {}, 18, 3 * y(*SHAPE), torch.atan),
+    ("Sinh", {}, 18, 2 * y(*SHAPE), torch.sinh),
+    ("Cosh", {}, 18, 2 * y(*SHAPE), torch.cosh),
+    ("Asinh", {}, 18, 3 * y(*SHAPE), torch.asinh),
+    ("Acosh", {}, 18, 1.2 + np.abs(y(*SHAPE)), torch.acosh),
+    ("Atanh", {}, 18, bounded(*SHAPE), torch.atanh),
+]
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "opset", "value", "torch_fn"), MORE_UNARY, ids=[f"{u[0]}-{u[1]}" for u in MORE_UNARY]
+)
+def test_more_unary(
+    op: str, attrs: dict, opset: int, value: np.ndarray, torch_fn: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gradcheck, "OPSET", opset)
+    check_vjp(node(op, ["x"], **attrs), {"x": value}, ["x"], torch_fn)
+
+
+@pytest.mark.parametrize("shapes", [[SHAPE], [SHAPE, (3, 1, 1)], [SHAPE, (3, 1, 1), (1,), ()]], ids=str)
+def test_mean(shapes: list[tuple[int, ...]]) -> None:
+    inputs = {f"x{i}": y(*s) for i, s in enumerate(shapes)}
+    check_vjp(node("Mean", list(inputs)), inputs, list(inputs), lambda *ts: sum(ts[1:], ts[0]) / len(ts))
+
+
+def test_cast_like() -> None:
+    check_vjp(
+        node("CastLike", ["x", "like"]),
+        {"x": y(*SHAPE)},
+        ["x"],
+        lambda t: t.double(),
+        constants={"like": np.zeros(1, np.float64)},
+    )
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"), BROADCAST_PAIRS[:3], ids=str)
+def test_fmod(a_shape: tuple, b_shape: tuple) -> None:
+    inputs = {
+        "a": 4 * y(*a_shape),
+        "b": np.asarray(np.sign(y(*b_shape)) * MORE_RNG.uniform(0.6, 1.5, b_shape), np.float32),
+    }
+    check_vjp(node("Mod", ["a", "b"], fmod=1), inputs, ["a", "b"], torch.fmod)
+
+
+def test_integer_mod_is_refused() -> None:
+    with pytest.raises(GradientError, match="fmod=1"):
+        run_vjp([node("Mod", ["a", "b"])], {"a": y(*SHAPE), "b": y(*SHAPE)}, ["a"], "y", y(*SHAPE))

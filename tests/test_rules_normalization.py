@@ -1,10 +1,11 @@
 """Normalization VJPs (w.r.t. the data input) vs torch autograd (float32, relative tolerance 1e-5)."""
 
+import gradcheck
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradcheck import check_vjp
+from gradcheck import check_vjp, run_vjp
 from onnx import helper
 from onnxcam_export.autodiff.context import GradientError
 from test_rules_conv import symbolic_x  # noqa: F401  (a fixture)
@@ -127,3 +128,78 @@ def test_lrn(case: tuple) -> None:
     shape, size, alpha, beta, bias = case
     node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=alpha, beta=beta, bias=bias)
     check_vjp(node, {"x": x(*shape)}, ["x"], lambda t: F.local_response_norm(t, size, alpha, beta, bias))
+
+
+# id: (input shape, groups, epsilon)
+GROUP_NORM_CASES = {
+    "2d_g2": ((2, 6, 4, 5), 2, 1e-5),
+    "2d_g1_layer_like": ((2, 4, 3, 3), 1, 1e-5),
+    "2d_g_eq_c": ((2, 4, 3, 5), 4, 0.1),
+    "1d_g3": ((2, 6, 7), 3, 1e-5),
+    "3d_g2": ((2, 4, 2, 3, 4), 2, 1e-5),
+}
+
+
+@pytest.mark.parametrize("case", GROUP_NORM_CASES.values(), ids=list(GROUP_NORM_CASES))
+def test_group_normalization(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    shape, groups, epsilon = case
+    monkeypatch.setattr(gradcheck, "OPSET", 21)
+    params = {"scale": x(shape[1]), "bias": x(shape[1])}
+    node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=groups, epsilon=epsilon)
+    weight, bias = (torch.tensor(params[k]) for k in params)
+    reference = lambda t: F.group_norm(t, groups, weight, bias, eps=epsilon)  # noqa: E731
+    check_vjp(node, {"x": x(*shape)}, ["x"], reference, constants=params)
+
+
+def test_group_normalization_per_group_scale_is_refused() -> None:
+    """Opset 18's per-group scale (deprecated; the checker refuses the model, so only the rule is run)."""
+    node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=2)
+    with pytest.raises(GradientError, match="one scale per channel"):
+        run_vjp([node], {"x": x(2, 6, 3, 3)}, ["x"], "y", x(2, 6, 3, 3), constants={"scale": x(2), "bias": x(2)})
+
+
+# id: (input shape, axis, epsilon)
+RMS_NORM_CASES = {
+    "last_axis": ((2, 7, 16), -1, 1e-5),
+    "axis1": ((2, 3, 4, 5), 1, 1e-5),
+    "axis_minus2": ((2, 3, 4), -2, 0.1),
+}
+
+
+@pytest.mark.parametrize("case", RMS_NORM_CASES.values(), ids=list(RMS_NORM_CASES))
+def test_rms_normalization(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    shape, axis, epsilon = case
+    monkeypatch.setattr(gradcheck, "OPSET", 23)
+    normalized = shape[axis:]
+    gamma = x(*normalized)
+    node = helper.make_node("RMSNormalization", ["x", "gamma"], ["y"], axis=axis, epsilon=epsilon)
+    reference = lambda t: F.rms_norm(t, normalized, torch.tensor(gamma), eps=epsilon)  # noqa: E731
+    check_vjp(node, {"x": x(*shape)}, ["x"], reference, constants={"gamma": gamma})
+
+
+@pytest.mark.parametrize(("p", "axis"), [(2, -1), (2, 1), (1, -1), (1, 0)])
+def test_lp_normalization(p: int, axis: int) -> None:
+    node = helper.make_node("LpNormalization", ["x"], ["y"], p=p, axis=axis)
+    check_vjp(node, {"x": x(2, 3, 4, 5)}, ["x"], lambda t: F.normalize(t, p=p, dim=axis))
+
+
+@pytest.mark.usefixtures("symbolic_x")
+@pytest.mark.parametrize("op", ["GroupNormalization", "RMSNormalization"])
+def test_new_normalization_dynamic_dims(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if op == "GroupNormalization":
+        test_group_normalization(GROUP_NORM_CASES["2d_g2"], monkeypatch)
+    else:
+        test_rms_normalization(RMS_NORM_CASES["axis1"], monkeypatch)
+
+
+@pytest.mark.parametrize("axes", [[0, 2, 3], [2, 3], [1], [0, 1, 2, 3]], ids=str)
+def test_mean_variance_normalization(axes: list[int]) -> None:
+    """(Without ``axes`` the ONNX checker itself fails on the op's function body, so the default is written out.)"""
+    dims = tuple(axes)
+    node = helper.make_node("MeanVarianceNormalization", ["x"], ["y"], axes=axes)
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        centred = t - t.mean(dims, keepdim=True)
+        return centred / (centred * centred).mean(dims, keepdim=True).sqrt()
+
+    check_vjp(node, {"x": x(2, 3, 4, 5)}, ["x"], reference)

@@ -200,3 +200,86 @@ def test_pool_ceil_mode_drops_a_window_starting_in_the_end_pad(op: str, incl: in
     (ref_grad,) = torch.autograd.grad(ref, t, torch.tensor(seed))
     assert relative_error(out, ref.detach().numpy()) <= 1e-6
     assert relative_error(grad, ref_grad.numpy()) <= 1e-6
+
+
+def lp_reference(p: int, kernel: list[int], stride: int, pads: list[int], dilation: int = 1):
+    """``(Σ_window |x|^p)^(1/p)``: a depthwise all-ones conv over the zero-padded ``|x|^p``."""
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(t.shape[1], 1, *kernel, dtype=t.dtype)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
+        summed = conv(F.pad(t.abs() ** p, torch_pads(pads)), ones, stride=stride, dilation=dilation, groups=t.shape[1])
+        return summed ** (1.0 / p)
+
+    return fn
+
+
+# id: (input shape, p, kernel, stride, ONNX pads, dilation)
+LP_CASES = {
+    "p2_k2_s2": ((2, 3, 6, 7), 2, [2, 2], 2, [0] * 4, 1),
+    "p2_k3_s2_p1": ((2, 3, 7, 8), 2, [3, 3], 2, [1] * 4, 1),
+    "p3_k3_s1_asym_pads": ((2, 2, 6, 6), 3, [3, 3], 1, [1, 0, 0, 2], 1),
+    "p1_k2_s1": ((2, 3, 5, 5), 1, [2, 2], 1, [0] * 4, 1),
+    "p2_k2_s1_dil2": ((2, 3, 7, 7), 2, [2, 2], 1, [0] * 4, 2),
+    "1d_p2_k3_s2": ((2, 3, 9), 2, [3], 2, [0, 0], 1),
+}
+
+
+@pytest.mark.parametrize("case", LP_CASES.values(), ids=list(LP_CASES))
+def test_lp_pool(case: tuple) -> None:
+    shape, p, kernel, stride, pads, dilation = case
+    attrs = {"p": p, "kernel_shape": kernel, "strides": [stride] * len(kernel), "pads": pads}
+    if dilation != 1:
+        attrs["dilations"] = [dilation] * len(kernel)
+    node = helper.make_node("LpPool", ["x"], ["y"], **attrs)
+    check_vjp(node, {"x": x(*shape)}, ["x"], lp_reference(p, kernel, stride, pads, dilation))
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_global_lp_pool(p: int) -> None:
+    node = helper.make_node("GlobalLpPool", ["x"], ["y"], p=p)
+    check_vjp(node, {"x": x(2, 3, 4, 5)}, ["x"], lambda t: (t.abs() ** p).sum((2, 3), keepdim=True) ** (1.0 / p))
+
+
+def test_lp_pool_all_zero_window_gets_zero_gradient() -> None:
+    value = x(2, 3, 6, 6)
+    value[0, 1, :2, :2] = 0.0
+    node = helper.make_node("LpPool", ["x"], ["y"], p=2, kernel_shape=[2, 2], strides=[2, 2])
+    _, (grad,) = run_vjp([node], {"x": value}, ["x"], "y", x(2, 3, 3, 3))
+    assert np.isfinite(grad).all() and not grad[0, 1, :2, :2].any()
+
+
+def test_torch_lp_pool2d_decomposition() -> None:
+    """torch exports ``LPPool2d`` as Pow → AveragePool → sign·relu(|·|) → ·k → Pow(1/p): needs the Sign rule."""
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["sq"]),
+        helper.make_node("AveragePool", ["sq"], ["avg"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Sign", ["avg"], ["sgn"]),
+        helper.make_node("Abs", ["avg"], ["mag"]),
+        helper.make_node("Relu", ["mag"], ["pos"]),
+        helper.make_node("Mul", ["sgn", "pos"], ["signed"]),
+        helper.make_node("Mul", ["signed", "four"], ["summed"]),
+        helper.make_node("Pow", ["summed", "half"], ["y"]),
+    ]
+    constants = {k: np.array(v, np.float32) for k, v in {"two": 2.0, "four": 4.0, "half": 0.5}.items()}
+    check_vjp(nodes, {"x": x(2, 3, 6, 6)}, ["x"], lambda t: F.lp_pool2d(t, 2, 2), constants=constants)
+
+
+@pytest.mark.parametrize("output_shape", [None, (2, 3, 9, 9)], ids=["default", "output_shape"])
+def test_max_unpool(output_shape: tuple[int, ...] | None) -> None:
+    """SegNet's decoder: MaxUnpool2d with the indices of the encoder's MaxPool2d (torch's are per (n, c) plane)."""
+    size = output_shape[2:] if output_shape else (8, 8)
+    _, plane_indices = F.max_pool2d(torch.tensor(x(2, 3, *size)), 2, 2, return_indices=True)
+    h, w = size
+    offsets = (np.arange(2)[:, None] * 3 + np.arange(3)[None, :]) * h * w
+    constants = {"i": plane_indices.numpy() + offsets[:, :, None, None]}
+    inputs = ["x", "i"]
+    if output_shape:
+        constants["shape"] = np.array(output_shape, np.int64)
+        inputs.append("shape")
+    node = helper.make_node("MaxUnpool", inputs, ["y"], kernel_shape=[2, 2], strides=[2, 2])
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        return F.max_unpool2d(t, plane_indices, 2, 2, output_size=size)
+
+    check_vjp(node, {"x": x(2, 3, *plane_indices.shape[2:])}, ["x"], reference, constants=constants)

@@ -17,6 +17,14 @@ RNG = np.random.default_rng(0)
 SHAPE = (2, 3, 4, 5)
 Reduce = Callable[[torch.Tensor, tuple[int, ...], bool], torch.Tensor]
 
+
+def prod(t: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    """``torch.prod`` over several dims (one at a time, from the last, so the dim numbers stay valid)."""
+    for d in sorted((d % t.dim() for d in dims), reverse=True):
+        t = t.prod(d, keepdim=keepdim)
+    return t
+
+
 # op: (torch reduction over dims, the element-wise op it becomes when nothing is reduced)
 REDUCTIONS: dict[str, tuple[Reduce, Callable[[torch.Tensor], torch.Tensor]]] = {
     "ReduceSum": (lambda t, d, k: t.sum(d, keepdim=k), lambda t: t),
@@ -28,6 +36,7 @@ REDUCTIONS: dict[str, tuple[Reduce, Callable[[torch.Tensor], torch.Tensor]]] = {
     "ReduceL1": (lambda t, d, k: t.abs().sum(d, keepdim=k), torch.abs),
     "ReduceLogSumExp": (lambda t, d, k: torch.logsumexp(t, d, keepdim=k), lambda t: t),
     "ReduceLogSum": (lambda t, d, k: t.sum(d, keepdim=k).log(), torch.log),
+    "ReduceProd": (lambda t, d, k: prod(t, d, k), lambda t: t),
 }
 # id: (the axes input, or None for no input; noop_with_empty_axes; the dims torch reduces, () for none)
 AXES = {
@@ -61,6 +70,8 @@ def reduce_case(op: str, value: np.ndarray, axes: list[int] | None, noop: int, d
 @pytest.mark.parametrize("op", list(REDUCTIONS))
 def test_reduce(op: str, axes: list[int] | None, noop: int, dims: tuple, keepdims: int) -> None:
     value = np.abs(x(*SHAPE)) + 0.1 if op == "ReduceLogSum" else x(*SHAPE)
+    if op == "ReduceProd":  # magnitudes near 1: a product of 120 standard normals can underflow float32
+        value = np.sign(value) * RNG.uniform(0.7, 1.4, SHAPE).astype(np.float32)
     reduce_case(op, value, axes, noop, dims, keepdims)
 
 
@@ -81,3 +92,27 @@ def test_reduce_norm_at_zero(op: str) -> None:
     value = x(*SHAPE)
     value[0, :, 1, 2] = 0.0
     reduce_case(op, value, [1], 0, (1,), 1)
+
+
+@pytest.mark.parametrize("keepdims", [1, 0])
+@pytest.mark.parametrize("axes", [[1], [2, 3], None], ids=str)
+def test_reduce_prod_with_zeros(axes: list[int] | None, keepdims: int) -> None:
+    """Slices with no zero, one zero (its gradient is the product of the others) and two zeros (all 0)."""
+    value = (np.sign(x(*SHAPE)) * RNG.uniform(0.7, 1.4, SHAPE)).astype(np.float32)
+    value[0, 0, 1, 2] = 0.0
+    value[1, 2, 0, 1] = value[1, 2, 3, 4] = value[1, 1, 0, 1] = 0.0
+    dims = (0, 1, 2, 3) if axes is None else tuple(axes)
+    reduce_case("ReduceProd", value, axes, 0, dims, keepdims)
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis", [1, -1, 0])
+def test_cum_sum(axis: int, exclusive: int, reverse: int) -> None:
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        t = t.flip(axis) if reverse else t
+        y = t.cumsum(axis) - (t if exclusive else 0)
+        return y.flip(axis) if reverse else y
+
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=exclusive, reverse=reverse)
+    check_vjp(node, {"x": x(*SHAPE)}, ["x"], reference, constants={"axis": np.array(axis, np.int64)})

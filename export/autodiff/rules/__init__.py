@@ -1,3 +1,3 @@
 """VJP rules, one module per family of ONNX ops; importing this package registers them all."""
 
-from . import conv, elementwise, linear, normalization, pooling, reduce, resize, shape  # noqa: F401
+from . import conv, elementwise, indexing, linear, normalization, pooling, reduce, resize, sampling, shape  # noqa: F401

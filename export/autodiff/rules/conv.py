@@ -82,3 +82,71 @@ def conv(ctx: VJPContext) -> list[str | None]:
     begins, _ = window_pads(ctx, x, kernel, strides, dilations)
     group = int(ctx.attr("group", 1))  # type: ignore[call-overload]
     return data_grad_only(ctx, window_adjoint(ctx, ctx.grad(), weight, x, begins, strides, dilations, group))
+
+
+def transposed_begins(
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    output_padding: Sequence[int],
+    pads: Sequence[int] | None,
+    auto_pad: str,
+    output_shape: Sequence[int] | None,
+    sizes: Sequence[int] | None,
+) -> list[int]:
+    """How many leading positions ``ConvTranspose`` crops off its full output ``s·(in − 1) + op + (k − 1)·d + 1``.
+
+    ``pads`` begins (NOTSET), 0 (VALID), or, for ``output_shape`` (which needs the input ``sizes``) and SAME_*
+    (output ``in·s``), the total crop split as onnxruntime and ``onnx.reference`` split it: the odd one at the end for
+    SAME_UPPER, at the start otherwise (ONNX ConvTranspose spec).
+    """
+    spatial = len(kernel)
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    if output_shape:
+        if sizes is None:
+            raise ValueError("output_shape needs the input's spatial sizes")
+        totals = [
+            s * (n - 1) + p + k - o
+            for s, n, p, k, o in zip(strides, sizes, output_padding, spans, output_shape[-spatial:], strict=True)
+        ]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        totals = [p + k - s for s, p, k in zip(strides, output_padding, spans, strict=True)]
+    elif auto_pad == "VALID":
+        return [0] * spatial
+    else:
+        return list(pads or [0] * 2 * spatial)[:spatial]
+    totals = [max(t, 0) for t in totals]
+    return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+
+
+@rule("ConvTranspose")
+def conv_transpose(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Conv(ḡ', W)`` with the same strides, dilations and group, where ``ḡ'`` is ``ḡ`` placed back in the full
+    (uncropped) output: ``begins`` zeros before, zeros (or a crop, for ``output_padding`` rows) after, so that the Conv
+    yields exactly ``in`` positions. ``W`` [C_in, C_out/g, k…] is already the Conv weight of the adjoint.
+    """
+    x, weight = ctx.input(0), ctx.input(1)
+    kernel = list(ctx.attr("kernel_shape", None) or static_dims(ctx, weight, 2))  # type: ignore[call-overload]
+    spatial, ones = len(kernel), [1] * len(kernel)
+    strides = list(ctx.attr("strides", ones))  # type: ignore[call-overload]
+    dilations = list(ctx.attr("dilations", ones))  # type: ignore[call-overload]
+    output_shape = ctx.attr("output_shape", None)
+    begins = transposed_begins(
+        kernel,
+        strides,
+        dilations,
+        list(ctx.attr("output_padding", [0] * spatial)),  # type: ignore[call-overload]
+        ctx.attr("pads", None),  # type: ignore[arg-type]
+        str(ctx.attr("auto_pad", "NOTSET")),
+        output_shape,  # type: ignore[arg-type]
+        static_dims(ctx, x, 2) if output_shape else None,
+    )
+    # end = s·(in − 1) + (k − 1)·d + 1 − begin − out = s·in + ((k − 1)·d + 1 − s − begin) − out, at run time.
+    offsets = [(k - 1) * d + 1 - s - b for k, d, s, b in zip(kernel, dilations, strides, begins, strict=True)]
+    full = ctx.emit("Add", ctx.emit("Mul", ctx.emit("Shape", x, start=2), ctx.const(strides)), ctx.const(offsets))
+    end = ctx.emit("Sub", full, ctx.emit("Shape", ctx.output(0), start=2))
+    pads = ctx.emit("Concat", ctx.const(begins), end, axis=0)
+    placed = ctx.emit("Pad", ctx.grad(), pads, "", ctx.const(list(range(2, 2 + spatial))))
+    group = int(ctx.attr("group", 1))  # type: ignore[call-overload]
+    grad = ctx.emit("Conv", placed, weight, strides=strides, dilations=dilations, group=group)
+    return data_grad_only(ctx, grad)

@@ -170,6 +170,93 @@ def softplus(ctx: VJPContext) -> list[str | None]:
     return _scaled(ctx, ctx.emit("Sigmoid", ctx.input(0)))
 
 
+@rule("Celu")
+def celu(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ`` where ``x > 0``, else ``ḡ · (y/α + 1)`` (``= ḡ · e^(x/α)``)."""
+    g, y = ctx.grad(), ctx.output()
+    alpha = float(ctx.attr("alpha", 1.0))  # type: ignore[arg-type]
+    negative = ctx.emit("Mul", g, ctx.emit("Add", ctx.emit("Div", y, ctx.const(alpha, like=y)), ctx.const(1.0, like=y)))
+    return [_split_at_zero(ctx, g, negative)]
+
+
+@rule("Mish")
+def mish(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ · (t + x·σ(x)·(1 − t²))`` with ``t = tanh(softplus(x))`` (Misra 2019)."""
+    x = ctx.input(0)
+    t = ctx.emit("Tanh", ctx.emit("Softplus", x))
+    slope = ctx.emit(
+        "Mul",
+        ctx.emit("Mul", x, ctx.emit("Sigmoid", x)),
+        ctx.emit("Sub", ctx.const(1.0, like=x), ctx.emit("Mul", t, t)),
+    )
+    return _scaled(ctx, ctx.emit("Add", t, slope))
+
+
+@rule("Gelu")
+def gelu(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ · (Φ(x) + x·φ(x))`` (exact), or for ``approximate='tanh'`` with ``u = √(2/π)(x + 0.044715x³)``,
+    ``t = tanh(u)``: ``x̄ = ḡ · (½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²))`` (Hendrycks & Gimpel 2016)."""
+    x = ctx.input(0)
+    half, one = ctx.const(0.5, like=x), ctx.const(1.0, like=x)
+    square = ctx.emit("Mul", x, x)
+    if ctx.attr("approximate", "none") == "tanh":
+        c = math.sqrt(2.0 / math.pi)
+        cube_term = ctx.emit("Mul", square, ctx.const(0.044715, like=x))
+        t = ctx.emit("Tanh", ctx.emit("Mul", ctx.emit("Mul", x, ctx.emit("Add", one, cube_term)), ctx.const(c, like=x)))
+        du = ctx.emit(
+            "Mul", ctx.emit("Add", one, ctx.emit("Mul", cube_term, ctx.const(3.0, like=x))), ctx.const(c, like=x)
+        )
+        inner = ctx.emit("Mul", ctx.emit("Mul", x, ctx.emit("Sub", one, ctx.emit("Mul", t, t))), du)
+        return _scaled(ctx, ctx.emit("Mul", half, ctx.emit("Add", ctx.emit("Add", one, t), inner)))
+    cdf = ctx.emit(
+        "Mul", half, ctx.emit("Add", one, ctx.emit("Erf", ctx.emit("Mul", x, ctx.const(math.sqrt(0.5), like=x))))
+    )
+    pdf = ctx.emit(
+        "Mul",
+        ctx.emit("Exp", ctx.emit("Mul", square, ctx.const(-0.5, like=x))),
+        ctx.const(1.0 / math.sqrt(2.0 * math.pi), like=x),
+    )
+    return _scaled(ctx, ctx.emit("Add", cdf, ctx.emit("Mul", x, pdf)))
+
+
+@rule("Swish")
+def swish(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ · (s + αx·s(1 − s))`` with ``s = σ(αx)``."""
+    x = ctx.input(0)
+    ax = ctx.emit("Mul", x, ctx.const(float(ctx.attr("alpha", 1.0)), like=x))  # type: ignore[arg-type]
+    s = ctx.emit("Sigmoid", ax)
+    return _scaled(
+        ctx, ctx.emit("Add", s, ctx.emit("Mul", ax, ctx.emit("Mul", s, ctx.emit("Sub", ctx.const(1.0, like=x), s))))
+    )
+
+
+@rule("Softsign")
+def softsign(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ / (1 + |x|)²``."""
+    x = ctx.input(0)
+    denominator = ctx.emit("Add", ctx.const(1.0, like=x), ctx.emit("Abs", x))
+    return [ctx.emit("Div", ctx.grad(), ctx.emit("Mul", denominator, denominator))]
+
+
+def _masked(ctx: VJPContext, mask: str) -> list[str | None]:
+    """``x̄ = ḡ`` where ``mask``, else 0."""
+    return [ctx.emit("Where", mask, ctx.grad(), ctx.const(0.0, like=ctx.input(0)))]
+
+
+@rule("ThresholdedRelu")
+def thresholded_relu(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ · [x > α]`` (as ``torch.nn.functional.threshold``)."""
+    x = ctx.input(0)
+    return _masked(ctx, ctx.emit("Greater", x, ctx.const(float(ctx.attr("alpha", 1.0)), like=x)))  # type: ignore[arg-type]
+
+
+@rule("Shrink")
+def shrink(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ · [|x| > λ]`` (the bias only shifts; ``|x| = λ`` gets 0, as torch's hard/soft shrink)."""
+    x = ctx.input(0)
+    return _masked(ctx, ctx.emit("Greater", ctx.emit("Abs", x), ctx.const(float(ctx.attr("lambd", 0.5)), like=x)))  # type: ignore[arg-type]
+
+
 @rule("Softmax")
 def softmax(ctx: VJPContext) -> list[str | None]:
     """``x̄ = y ⊙ (ḡ − Σ_axis ḡ ⊙ y)`` (opset-13 single-axis semantics)."""
@@ -225,6 +312,47 @@ def abs_(ctx: VJPContext) -> list[str | None]:
     return _scaled(ctx, ctx.emit("Sign", ctx.input(0)))
 
 
+@rule("Sign")
+def sign(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = 0`` (a step function; torch's convention at 0 too). It appears as ``sign(y)·|y|`` factorisations, e.g.
+    ``LPPool2d``, whose other factor carries the gradient."""
+    return [ctx.zeros_like(ctx.input(0))]
+
+
+def _unary(derivative: Callable[[VJPContext, str, str], str]) -> Callable[[VJPContext], list[str | None]]:
+    """A rule ``x̄ = ḡ · derivative(ctx, x, y)``."""
+    return lambda ctx: _scaled(ctx, derivative(ctx, ctx.input(0), ctx.output()))
+
+
+def _inverse_root(ctx: VJPContext, x: str, sign: float, offset: float) -> str:
+    """``1 / √(offset + sign·x²)``."""
+    square = ctx.emit("Mul", ctx.emit("Mul", x, x), ctx.const(sign, like=x))
+    return ctx.emit("Reciprocal", ctx.emit("Sqrt", ctx.emit("Add", square, ctx.const(offset, like=x))))
+
+
+def _one_plus(ctx: VJPContext, x: str, sign: float) -> str:
+    """``1 + sign·x²``."""
+    return ctx.emit("Add", ctx.const(1.0, like=x), ctx.emit("Mul", ctx.emit("Mul", x, x), ctx.const(sign, like=x)))
+
+
+# d/dx of each trigonometric / hyperbolic op, from x and y.
+_TRIG: dict[str, Callable[[VJPContext, str, str], str]] = {
+    "Sin": lambda ctx, x, y: ctx.emit("Cos", x),
+    "Cos": lambda ctx, x, y: ctx.emit("Neg", ctx.emit("Sin", x)),
+    "Tan": lambda ctx, x, y: _one_plus(ctx, y, 1.0),
+    "Asin": lambda ctx, x, y: _inverse_root(ctx, x, -1.0, 1.0),
+    "Acos": lambda ctx, x, y: ctx.emit("Neg", _inverse_root(ctx, x, -1.0, 1.0)),
+    "Atan": lambda ctx, x, y: ctx.emit("Reciprocal", _one_plus(ctx, x, 1.0)),
+    "Sinh": lambda ctx, x, y: ctx.emit("Cosh", x),
+    "Cosh": lambda ctx, x, y: ctx.emit("Sinh", x),
+    "Asinh": lambda ctx, x, y: _inverse_root(ctx, x, 1.0, 1.0),
+    "Acosh": lambda ctx, x, y: _inverse_root(ctx, x, 1.0, -1.0),
+    "Atanh": lambda ctx, x, y: ctx.emit("Reciprocal", _one_plus(ctx, x, -1.0)),
+}
+for _op, _derivative in _TRIG.items():
+    rule(_op)(_unary(_derivative))
+
+
 @rule("Pow")
 def pow_(ctx: VJPContext) -> list[str | None]:
     """``x̄ = ḡ · p · x^(p−1)``, ``p̄ = ḡ · y · ln x`` for ``y = x^p`` (both unbroadcast)."""
@@ -249,6 +377,13 @@ def add(ctx: VJPContext) -> list[str | None]:
     return _per_input(ctx, lambda i: ctx.grad())
 
 
+@rule("Mean")
+def mean(ctx: VJPContext) -> list[str | None]:
+    """``x̄ᵢ = unbroadcast(ḡ / n)`` for ``n`` operands."""
+    share = ctx.emit("Div", ctx.grad(), ctx.const(float(len(ctx.inputs)), like=ctx.output()))
+    return _per_input(ctx, lambda i: share)
+
+
 @rule("Sub")
 def sub(ctx: VJPContext) -> list[str | None]:
     """``ā = unbroadcast(ḡ)``, ``b̄ = unbroadcast(−ḡ)``."""
@@ -266,6 +401,23 @@ def div(ctx: VJPContext) -> list[str | None]:
     """``ā = unbroadcast(ḡ / b)``, ``b̄ = unbroadcast(−(ḡ / b) · y)`` with ``y = a / b``."""
     g_over_b = ctx.emit("Div", ctx.grad(), ctx.input(1))
     return _per_input(ctx, lambda i: g_over_b if i == 0 else ctx.emit("Neg", ctx.emit("Mul", g_over_b, ctx.output())))
+
+
+@rule("Mod")
+def mod(ctx: VJPContext) -> list[str | None]:
+    """Float ``Mod`` (``fmod=1``: ``y = a − b·trunc(a/b)``): ``ā = unbroadcast(ḡ)``, ``b̄ = unbroadcast(−ḡ·(a − y)/b)``
+    (``(a − y)/b = trunc(a/b)``, piecewise constant, as torch's ``fmod``)."""
+    if not int(ctx.attr("fmod", 0)):  # type: ignore[call-overload]
+        ctx.fail("only the float form (fmod=1) has a gradient")
+    a, b, g = ctx.input(0), ctx.input(1), ctx.grad()
+
+    def full(i: int) -> str:
+        if i == 0:
+            return g
+        quotient = ctx.emit("Div", ctx.emit("Sub", a, ctx.output()), b)
+        return ctx.emit("Neg", ctx.emit("Mul", g, quotient))
+
+    return _per_input(ctx, full)
 
 
 @rule("Max", "Min")
@@ -304,14 +456,16 @@ def dropout(ctx: VJPContext) -> list[str | None]:
     return _first_only(ctx, ctx.grad())
 
 
-@rule("Cast")
+@rule("Cast", "CastLike")
 def cast(ctx: VJPContext) -> list[str | None]:
-    """``x̄ = cast(ḡ, dtype(x))`` for a float-to-float cast."""
+    """``x̄ = cast(ḡ, dtype(x))`` for a float-to-float cast (``CastLike``'s type operand only gives a type: 0)."""
     source = helper.np_dtype_to_tensor_dtype(ctx.dtype(ctx.input(0)))
-    target = int(ctx.attr("to"))
+    like = ctx.input(1) if ctx.node.op_type == "CastLike" else None
+    target = helper.np_dtype_to_tensor_dtype(ctx.dtype(like)) if like else int(ctx.attr("to"))  # type: ignore[call-overload]
     if source not in _FLOAT_TYPES or target not in _FLOAT_TYPES:
         ctx.fail(
             f"only float-to-float casts are differentiable, got {TensorProto.DataType.Name(source)} → "
             f"{TensorProto.DataType.Name(target)}"
         )
-    return [ctx.emit("Cast", ctx.grad(), to=source)]
+    grad = ctx.emit("Cast", ctx.grad(), to=source)
+    return [grad, ctx.zeros_like(ctx.input(1))] if ctx.needs(1) else _first_only(ctx, grad)

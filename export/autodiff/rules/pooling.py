@@ -80,3 +80,51 @@ def average_pool(ctx: VJPContext) -> list[str | None]:
     scaled = ctx.emit("Mul", ctx.grad(), ctx.const(1.0 / divisor, like=x))
     spread = ctx.const(np.ones([channels, 1, *kernel]), like=x)
     return [window_adjoint(ctx, scaled, spread, x, begins, strides, dilations, channels)]
+
+
+def _lp_adjoint(ctx: VJPContext, spread: str) -> str:
+    """``sign(x)·|x|^(p−1) · spread``: ``∂y/∂xᵢ = sign(xᵢ)|xᵢ|^(p−1) · y^(1−p)``, ``y^(1−p)`` being in ``spread``."""
+    x = ctx.input(0)
+    p = float(ctx.attr("p", 2))  # type: ignore[arg-type]
+    power = ctx.emit("Pow", ctx.emit("Abs", x), ctx.const(p - 1.0, like=x))
+    return ctx.emit("Mul", ctx.emit("Mul", ctx.emit("Sign", x), power), spread)
+
+
+def _scaled_by_norm(ctx: VJPContext) -> str:
+    """``ḡ · y^(1−p)`` (0 where the window is all zeros, ``y = 0``: torch's subgradient)."""
+    y, x = ctx.output(0), ctx.input(0)
+    p = float(ctx.attr("p", 2))  # type: ignore[arg-type]
+    zero = ctx.const(0.0, like=x)
+    is_zero = ctx.emit("Equal", y, zero)
+    safe = ctx.emit("Where", is_zero, ctx.const(1.0, like=x), y)
+    inverse = ctx.emit("Where", is_zero, zero, ctx.emit("Pow", safe, ctx.const(1.0 - p, like=x)))
+    return ctx.emit("Mul", ctx.grad(), inverse)
+
+
+@rule("LpPool")
+def lp_pool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = sign(x)|x|^(p−1) · ConvTranspose(ḡ · y^(1−p), 1)`` cropped to ``x``, for ``y = (Σ_window |x|^p)^(1/p)``."""
+    x = ctx.input(0)
+    kernel = list(ctx.attr("kernel_shape"))  # type: ignore[call-overload]
+    ones = [1] * len(kernel)
+    strides = list(ctx.attr("strides", ones))  # type: ignore[call-overload]
+    dilations = list(ctx.attr("dilations", ones))  # type: ignore[call-overload]
+    begins, _ = window_pads(ctx, x, kernel, strides, dilations)
+    channels = static_dims(ctx, x, 1)[0]
+    spread = ctx.const(np.ones([channels, 1, *kernel]), like=x)
+    window = window_adjoint(ctx, _scaled_by_norm(ctx), spread, x, begins, strides, dilations, channels)
+    return [_lp_adjoint(ctx, window)]
+
+
+@rule("GlobalLpPool")
+def global_lp_pool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = sign(x)|x|^(p−1) · ḡ · y^(1−p)`` broadcast over the spatial dims."""
+    return [_lp_adjoint(ctx, _scaled_by_norm(ctx))]
+
+
+@rule("MaxUnpool")
+def max_unpool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡ_flat[I]``: each value was written at its flat index ``I`` (over the whole output, as ``MaxPool``'s
+    ``Indices``), so its gradient is read back from there; the indices and ``output_shape`` get none."""
+    flat = ctx.emit("Reshape", ctx.grad(), ctx.const([-1]))
+    return [ctx.emit("Gather", flat, ctx.input(1)), *[None] * (len(ctx.inputs) - 1)]

@@ -1,4 +1,4 @@
-"""VJP rules: ``Reduce*`` ops (opset 18: the axes are input 1).
+"""VJP rules: ``Reduce*`` ops (opset 18: the axes are input 1) and the running sum ``CumSum``.
 
 Each rule first restores the reduced axes of ``ḡ`` (and of ``y`` where needed) as size-1 dims, written ``ḡₖ``/``yₖ``
 below, then broadcasts against ``x``. With ``noop_with_empty_axes`` and no axes nothing is reduced and the op is
@@ -111,3 +111,31 @@ def reduce_log_sum(ctx: VJPContext) -> list[str | None]:
     axes = _axes(ctx)
     total = ctx.emit("Exp", _kept(ctx, ctx.output(0), axes))
     return _spread(ctx, ctx.emit("Div", _kept(ctx, ctx.grad(), axes), total))
+
+
+@rule("ReduceProd")
+def reduce_prod(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ḡₖ · Π_{j≠i} xⱼ``, exact with zeros: with ``P`` the product of the non-zero entries and ``z`` the count
+    of zeros, ``Π_{j≠i} xⱼ = P/xᵢ`` if ``z = 0``; ``P`` at the zero and 0 elsewhere if ``z = 1``; 0 if ``z ≥ 2``."""
+    x, axes = ctx.input(0), _axes(ctx)
+    zero, one = ctx.const(0.0, like=x), ctx.const(1.0, like=x)
+    is_zero = ctx.emit("Equal", x, zero)
+    nonzero = ctx.emit("Where", is_zero, one, x)
+    axes_const = ctx.const(np.array(axes, dtype=np.int64))
+    product = ctx.emit("ReduceProd", nonzero, axes_const, keepdims=1, noop_with_empty_axes=1)
+    zeros = ctx.emit(
+        "ReduceSum", ctx.emit("Cast", is_zero, to=_onnx_type(ctx, x)), axes_const, keepdims=1, noop_with_empty_axes=1
+    )
+    at_zero = ctx.emit("Where", ctx.emit("Equal", zeros, one), product, zero)
+    elsewhere = ctx.emit("Where", ctx.emit("Equal", zeros, zero), ctx.emit("Div", product, nonzero), zero)
+    others = ctx.emit("Where", is_zero, at_zero, elsewhere)
+    return [ctx.emit("Mul", others, _kept(ctx, ctx.grad(), axes)), None]
+
+
+@rule("CumSum")
+def cum_sum(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = CumSum(ḡ)`` along the same axis in the other direction (``exclusive`` kept): ``x̄ᵢ = Σ_{j ≥ i} ḡⱼ`` for
+    the inclusive forward sum ``yⱼ = Σ_{i ≤ j} xᵢ``, ``Σ_{j > i}`` for the exclusive one."""
+    reverse = 1 - int(ctx.attr("reverse", 0))  # type: ignore[call-overload]
+    exclusive = int(ctx.attr("exclusive", 0))  # type: ignore[call-overload]
+    return [ctx.emit("CumSum", ctx.grad(), ctx.input(1), exclusive=exclusive, reverse=reverse), None]

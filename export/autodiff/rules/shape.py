@@ -210,3 +210,47 @@ def depth_to_space(ctx: VJPContext) -> list[str | None]:
         dcr_of_crd = np.arange(channels).reshape(block * block, -1).T.ravel()
         grad = ctx.emit("Gather", grad, ctx.const(dcr_of_crd), axis=1)
     return [grad]
+
+
+@rule("Trilu")
+def trilu(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = Trilu(ḡ)`` with the same ``k`` and ``upper`` (a fixed mask)."""
+    k = [ctx.input(1)] if ctx.input(1) else []
+    return _data_only(ctx, ctx.emit("Trilu", ctx.grad(), *k, upper=int(ctx.attr("upper", 1))))  # type: ignore[call-overload]
+
+
+@rule("CenterCropPad")
+def center_crop_pad(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = CenterCropPad(ḡ, Shape(x))``: cropping and padding about the centre use the same offset ``⌊(n − s)/2⌋``,
+    so the op back to the input's size is the adjoint (padded rows read 0, cropped rows get 0)."""
+    x = ctx.input(0)
+    axes = ctx.attr("axes", None)
+    shape = ctx.shape_of(x) if axes is None else ctx.emit("Gather", ctx.shape_of(x), ctx.const(list(axes)))  # type: ignore[arg-type]
+    attrs = {} if axes is None else {"axes": list(axes)}  # type: ignore[arg-type]
+    return _data_only(ctx, ctx.emit("CenterCropPad", ctx.grad(), shape, **attrs))
+
+
+@rule("Compress")
+def compress(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ScatterElements(0, k, ḡ, reduction='add')`` along ``axis`` (or over the flattened ``x``), ``k`` the
+    positions where the condition holds (``NonZero``), i.e. the adjoint of a ``Gather`` at ``k``."""
+    x = ctx.input(0)
+    picked = ctx.emit("Reshape", ctx.emit("NonZero", ctx.input(1)), ctx.const([-1]))
+    axis = ctx.attr("axis", None)
+    if axis is None:
+        flat = ctx.emit("Reshape", ctx.zeros_like(x), ctx.const([-1]))
+        scattered = ctx.emit("ScatterElements", flat, picked, ctx.grad(), axis=0, reduction="add")
+        return _data_only(ctx, ctx.emit("Reshape", scattered, ctx.shape_of(x)))
+    rank = ctx.rank(x)
+    axis = _axis(ctx, int(axis), x)  # type: ignore[call-overload]
+    column = ctx.emit("Reshape", picked, ctx.const([1] * axis + [-1] + [1] * (rank - axis - 1)))
+    spread = ctx.emit("Expand", column, ctx.shape_of(ctx.grad()))
+    grad = ctx.emit("ScatterElements", ctx.zeros_like(x), spread, ctx.grad(), axis=axis, reduction="add")
+    return _data_only(ctx, grad)
+
+
+@rule("ReverseSequence")
+def reverse_sequence(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ReverseSequence(ḡ)``, same lengths and axes (reversing a prefix is its own inverse and transpose)."""
+    attrs = {a: int(ctx.attr(a, d)) for a, d in (("batch_axis", 1), ("time_axis", 0))}  # type: ignore[call-overload]
+    return _data_only(ctx, ctx.emit("ReverseSequence", ctx.grad(), ctx.input(1), **attrs))
