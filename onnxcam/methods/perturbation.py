@@ -1,6 +1,6 @@
 """What the perturbation methods share: the explained value of many perturbed copies of one image.
 
-``y = Σ seed ⊙ scores`` (METHODS.md, Targets), on the logits (``"logit"``) or on the class probabilities
+``y = Σ seed ⊙ scores`` (docs/METHODS.md, Targets), on the logits (``"logit"``) or on the class probabilities
 (``"probability"``: softmax over the class axis, axis 1 of ``[M, K, …]``), as RISE and, optionally, occlusion use.
 """
 

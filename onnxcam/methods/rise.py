@@ -1,4 +1,4 @@
-"""RISE (Petsiuk et al., BMVC 2018) — METHODS.md, "Perturbation maps"."""
+"""RISE (Petsiuk et al., BMVC 2018) — docs/METHODS.md, "Perturbation maps"."""
 
 from __future__ import annotations
 
@@ -6,9 +6,15 @@ import cv2
 import numpy as np
 
 from .base import register
-from .options import choice_option, float_option, int_option
+from .options import BATCH_SIZE, MethodOption, declare_options
 from .perturbation import SCORE_KINDS, explained
 from .request import MethodRequest, ModelMethod
+
+MASKS = MethodOption("masks", "int", 4000, "number of random masks")
+CELLS = MethodOption("cells", "int", 7, "grid cells per side")
+KEEP = MethodOption("p", "number", 0.5, "probability that a cell is kept", low=1e-6, high=1.0)
+RANDOM_SEED = MethodOption("random_seed", "seed", 0, "seed of the masks")
+SCORE = MethodOption("score", "choice", "probability", "score weighting each mask", choices=SCORE_KINDS)
 
 
 def rise_masks(
@@ -42,14 +48,9 @@ def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     ``score`` (``"probability"`` or ``"logit"``), ``batch_size`` (masks per model run, default 64).
     Cost: ``N`` forward passes per image; every image sees the same masks.
     """
-    count = int_option(request, "masks", 4000)
-    cells = int_option(request, "cells", 7)
-    keep = float_option(request, "p", 0.5, 1e-6, 1.0)
-    kind = choice_option(request, "score", "probability", SCORE_KINDS)
-    batch_size = int_option(request, "batch_size", 64)
-    grids, shifts = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(request.option("random_seed", 0)).spawn(2)
-    )
+    count, cells, keep, kind = MASKS.read(request), CELLS.read(request), KEEP.read(request), SCORE.read(request)
+    batch_size = BATCH_SIZE.read(request)
+    grids, shifts = (np.random.default_rng(s) for s in np.random.SeedSequence(RANDOM_SEED.read(request)).spawn(2))
     n_images, _, height, width = request.x.shape
     saliency = np.zeros((n_images, height * width))
     for start in range(0, count, batch_size):
@@ -63,3 +64,4 @@ def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
 RISE = register(
     ModelMethod("rise", rise, "score-weighted mean of random masks", resolution="input", reduce=lambda a: a[:, 0])
 )
+declare_options("rise", MASKS, CELLS, KEEP, RANDOM_SEED, SCORE, BATCH_SIZE)
