@@ -77,6 +77,8 @@ MAX_ERROR_CHARS = 300
 #: Longest side of the overlays, ``.npy`` maps and the image they are drawn on (pixels); larger images are decoded
 #: and written at this size (the record keeps the original ``image_size``).
 DEFAULT_MAX_SIDE = 4096
+#: Map statistics of larger maps are computed on the map shrunk to this many pixels.
+STATS_PIXELS = 2**22
 
 OnResult = Callable[[dict[str, Any], bool], None]
 Emit = Callable[[Sequence[dict[str, Any]]], None]
@@ -540,7 +542,18 @@ def original_size_map(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A ``[0, 1]`` map at network resolution → float32 ``[H, W]`` in ``[0, 1]`` for ``size = (H, W)``."""
     height, width = size
     resized = cv2.resize(np.asarray(cam_map, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+    return np.clip(resized, 0.0, 1.0, out=resized)
+
+
+def stats_of(cam_map: np.ndarray) -> dict[str, float]:
+    """:func:`~onnxcam.postprocess.map_stats` of one map; a map over :data:`STATS_PIXELS` is first shrunk to that
+    many pixels (``INTER_AREA``), which bounds the float64 work space (~50 bytes per pixel)."""
+    height, width = cam_map.shape
+    if height * width > STATS_PIXELS:
+        scale = (STATS_PIXELS / (height * width)) ** 0.5
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        cam_map = cv2.resize(cam_map, size, interpolation=cv2.INTER_AREA)
+    return map_stats(cam_map)[0].to_dict()
 
 
 def caption(explanation: Explanation) -> str:
@@ -565,7 +578,8 @@ def write_artefacts(
             write_png(inside(out_dir, job.artefacts[f"overlay:{method}"]), picture)
         if f"npy:{method}" in job.artefacts:
             write_npy(inside(out_dir, job.artefacts[f"npy:{method}"]), cam_map)
-        stats[method] = map_stats(cam_map)[0].to_dict()
+        stats[method] = stats_of(cam_map)
+        del cam_map
     if "grid" in job.artefacts:
         maps = {m: explanation.maps[m] for m in methods}
         write_png(inside(out_dir, job.artefacts["grid"]), method_grid(image, maps, alpha=alpha, caption=text))

@@ -93,7 +93,8 @@ def test_good_and_broken_inputs(
             assert cam.dtype == np.float32 and cam.shape == (height, width)
             assert cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0.5
             assert entry["stats"]["mean"] == pytest.approx(float(cam.mean()), rel=1e-5)
-            assert cv2.imread(str(out / entry["overlay"])).shape == (height, width, 3)
+            picture = cv2.imread(str(out / entry["overlay"]))  # the overlay over a caption strip
+            assert picture.shape[0] >= height + 20 and picture.shape[1:] == (width, 3)
             assert entry["overlay"] == f"{line['name']}.{method}.png" and line["name"].startswith(path.stem + "-")
         grid = cv2.imread(str(out / line["grid"]))
         assert grid.shape[0] > 0 and grid.shape[1] > 2 * grid.shape[0]  # original | gradcam | layercam

@@ -6,6 +6,10 @@ import click
 
 from ..batch import BatchUsageError
 from ..methods import available_methods
+from ..methods.options import options_help
+
+#: The method parameters, for ``--option``'s help.
+OPTION_HELP = f"Method parameters: {options_help()}"
 
 #: ``--method``: the methods to run, comma-separated (``explain`` and ``evaluate``).
 method_option = click.option(

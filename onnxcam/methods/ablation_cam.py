@@ -1,4 +1,5 @@
-"""Ablation-CAM (Desai & Ramaswamy, WACV 2020) — docs/METHODS.md, "Perturbation maps"; pytorch-grad-cam's ``AblationCAM``."""
+"""Ablation-CAM (Desai & Ramaswamy, WACV 2020) — docs/METHODS.md, "Perturbation maps";
+pytorch-grad-cam's ``AblationCAM``."""
 
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def ablation_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
             maps[np.arange(stop - start), channels[start:stop]] = ablation_value(image)
             return maps
 
-        y_k = perturbed_objective(heads, ablated, len(channels), request.seed[n : n + 1], batch_size)
+        y_k = perturbed_objective(
+            heads, ablated, len(channels), request.seed[n : n + 1], batch_size, desc="Ablation-CAM channels"
+        )
         if y[n] != 0:
             weights[n, channels] = (y[n] - y_k) / y[n]
     return channel_weighted_map(acts, weights.astype(np.float32), False)

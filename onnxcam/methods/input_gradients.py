@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..progress import chunks
 from .base import register
 from .options import BATCH_SIZE, MethodOption, declare_options
 from .request import MethodRequest, ModelMethod, objective
@@ -43,8 +44,7 @@ def weighted_gradient(
     """``Σ_i w_i · ∂y_n/∂x (p_i)`` ``[C, H, W]`` (float64) over points ``p_i`` built ``batch_size`` at a time by
     ``points(start, stop)``, with image ``n``'s seed and the true gradient."""
     total = np.zeros(request.x.shape[1:])
-    for start in range(0, len(weights), batch_size):
-        stop = min(start + batch_size, len(weights))
+    for start, stop in chunks(len(weights), batch_size, "gradient points"):
         grads = request.model.input_gradient(points(start, stop), request.seed[n : n + 1], "standard")
         total += np.tensordot(weights[start:stop], grads.astype(np.float64), axes=1)
     return total
@@ -122,8 +122,8 @@ def integrated_gradients(request: MethodRequest, layer: str | None = None) -> tu
     ``completeness_gap = Σ attributions − (y(x) − y(x'))`` (0 for an exact integral).
 
     Options: ``steps`` (default 50), ``method`` (one of :data:`IG_METHODS`, default ``"riemann_right"``, the
-    formula of docs/METHODS.md), ``baseline`` (``x'``: a number or an array broadcastable to the input, default 0 — in the
-    *preprocessed* space, so the mean colour under mean/std normalisation; pass the normalised black image for a
+    formula of docs/METHODS.md), ``baseline`` (``x'``: a number or an array broadcastable to the input, default 0 —
+    in the *preprocessed* space, so the mean colour under mean/std normalisation; pass the normalised black image for a
     black baseline), ``batch_size`` (default 64). Cost: ``steps`` forward and backward passes per image, plus one
     forward pass of the baselines.
     """

@@ -1,4 +1,5 @@
-"""Occlusion (Zeiler & Fergus, ECCV 2014) — docs/METHODS.md, "Perturbation maps"; ``captum.attr.Occlusion`` semantics."""
+"""Occlusion (Zeiler & Fergus, ECCV 2014) — docs/METHODS.md, "Perturbation maps";
+``captum.attr.Occlusion`` semantics."""
 
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def occlusion(request: MethodRequest, layer: str | None = None) -> np.ndarray:
             return batch
 
         seed = request.seed[n : n + 1]
-        occluded_y = perturbed_objective(request.model.scores, occluded, len(corners), seed, batch_size, kind)
+        occluded_y = perturbed_objective(
+            request.model.scores, occluded, len(corners), seed, batch_size, kind, desc="occlusion patches"
+        )
         total = np.zeros((height, width))
         count = np.zeros((height, width))
         for drop, (r, c) in zip(reference[n] - occluded_y, corners, strict=True):

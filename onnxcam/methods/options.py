@@ -108,9 +108,7 @@ def options_help() -> str:
     )
 
 
-def check_options(
-    methods: Sequence[str], metrics: Sequence[str], options: Mapping[str, Any] | None
-) -> dict[str, Any]:
+def check_options(methods: Sequence[str], metrics: Sequence[str], options: Mapping[str, Any] | None) -> dict[str, Any]:
     """``options`` checked against what ``methods`` and ``metrics`` read, before any image is touched.
 
     Method parameters are checked (values kept as given, read again by the methods); metric parameters are converted
@@ -147,8 +145,10 @@ def _unknown(key: str, valid: list[str], methods: list[str], metrics: bool) -> s
     everything = sorted({o.name for opts in _DECLARED.values() for o in opts} | {o.name for o in metric_options()})
     near = difflib.get_close_matches(key, valid or everything, n=1, cutoff=0.5)
     hint = f"; did you mean '{near[0]}'?" if near else ""
-    listed = f"valid options for {chosen}{' and the metrics' if metrics else ''}: {', '.join(valid)}" if valid else (
-        f"{chosen} take{'s' if len(methods) == 1 else ''} no options"
+    listed = (
+        f"valid options for {chosen}{' and the metrics' if metrics else ''}: {', '.join(valid)}"
+        if valid
+        else (f"{chosen} take{'s' if len(methods) == 1 else ''} no options")
     )
     return f"unknown option '{key}'{hint} ({listed})"
 

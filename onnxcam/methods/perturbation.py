@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..progress import chunks
 from .request import objective
 
 SCORE_KINDS = ("logit", "probability")
@@ -34,14 +35,13 @@ def perturbed_objective(
     seed: np.ndarray,
     batch_size: int,
     kind: str = "logit",
+    desc: str = "perturbed inputs",
 ) -> np.ndarray:
     """``y`` of ``count`` perturbed inputs ``[count]`` (float64), built and run ``batch_size`` at a time.
 
     ``make(start, stop)`` builds rows ``start..stop`` of the perturbed batch; ``forward`` gives their logits
-    (``ModelAccess.scores``, or ``head_scores`` of a layer); ``seed`` is the image's seed row ``[1, *S]``.
+    (``ModelAccess.scores``, or ``head_scores`` of a layer); ``seed`` is the image's seed row ``[1, *S]``;
+    ``desc`` names the inner progress bar (:mod:`onnxcam.progress`, on a terminal only).
     """
-    parts = [
-        explained(forward(make(start, min(start + batch_size, count))), seed, kind)
-        for start in range(0, count, batch_size)
-    ]
+    parts = [explained(forward(make(start, stop)), seed, kind) for start, stop in chunks(count, batch_size, desc)]
     return np.concatenate(parts) if parts else np.zeros(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..progress import chunks
 from .base import register
 from .options import BATCH_SIZE, MethodOption, declare_options
 from .perturbation import SCORE_KINDS, explained
@@ -53,8 +54,8 @@ def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     grids, shifts = (np.random.default_rng(s) for s in np.random.SeedSequence(RANDOM_SEED.read(request)).spawn(2))
     n_images, _, height, width = request.x.shape
     saliency = np.zeros((n_images, height * width))
-    for start in range(0, count, batch_size):
-        masks = rise_masks(min(batch_size, count - start), (height, width), cells, keep, grids, shifts)
+    for start, stop in chunks(count, batch_size, "RISE masks", unit="mask"):
+        masks = rise_masks(stop - start, (height, width), cells, keep, grids, shifts)
         for n, image in enumerate(request.x):
             y = explained(request.model.scores(image[None] * masks[:, None]), request.seed[n : n + 1], kind)
             saliency[n] += y @ masks.reshape(len(masks), -1)

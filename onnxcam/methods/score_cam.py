@@ -55,7 +55,9 @@ def score_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
         def masked(start: int, stop: int, n: int = n, image: np.ndarray = image) -> np.ndarray:
             return image[None] * channel_masks(acts[n, start:stop], size)[:, None]
 
-        y = perturbed_objective(request.model.scores, masked, acts.shape[1], request.seed[n : n + 1], batch_size)
+        y = perturbed_objective(
+            request.model.scores, masked, acts.shape[1], request.seed[n : n + 1], batch_size, desc="Score-CAM masks"
+        )
         e = np.exp(y - y.max())
         weights[n] = e / e.sum()
     return channel_weighted_map(acts, weights.astype(np.float32), False)
