@@ -79,7 +79,7 @@ class BinaryClassifierOutputTarget:
 
 @dataclass(frozen=True)
 class RawScoresOutputTarget:
-    """Explain the sum of all the scores."""
+    """Explain the sum of all the scores (what ``backward`` of the raw output gives for a one-output model)."""
 
     def seed(self, score_shape: tuple[int, ...]) -> np.ndarray:
         return np.ones(score_shape, np.float32)
