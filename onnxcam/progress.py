@@ -9,6 +9,7 @@ imported only when a bar is shown, so ``import onnxcam`` stays light.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -49,7 +50,12 @@ def bar(total: int | None, desc: str, unit: str = "image", leave: bool = True) -
         return _Silent()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, dynamic_ncols=True)
+    try:
+        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError):
+        sized = False
+    width = {"dynamic_ncols": True} if sized else {"ncols": 80, "nrows": 24}  # a terminal that reports no size
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, **width)
 
 
 def echo(text: str, err: bool = False) -> None:
