@@ -41,6 +41,7 @@ from onnxcam.outputs import (
     read_json_lines,
     safe_stem,
 )
+from onnxcam.targets import TargetError, resolve_target, search_labels
 from onnxcam.visual import overlay
 
 LABELS = [f"kind {i}" for i in range(10)]
@@ -397,3 +398,21 @@ def test_run_batch_refuses_bad_usage_before_writing_anything(model: Path, photos
     (tmp_path / "file").write_text("")
     with pytest.raises(BatchUsageError, match="not a directory"):
         run_batch(model, photos, tmp_path / "file", provider="cpu")
+
+
+def test_python_api_takes_one_method_name_and_checks_options_first(explainer: Explainer, photos: list[Path]) -> None:
+    [one] = explainer.explain(photos[0], methods="layercam")  # a name, not a sequence of letters
+    [listed] = explainer.explain(photos[0], methods=["layercam"])
+    assert list(one.maps) == ["layercam"]
+    np.testing.assert_array_equal(one.maps["layercam"], listed.maps["layercam"])
+    with pytest.raises(ValueError, match="unknown option 'mask'; did you mean 'masks'"):
+        explainer.explain(photos[0], methods="rise", options={"mask": 10})
+
+
+def test_label_search_ranks_whole_words_then_substrings_then_spellings() -> None:
+    labels = ["tench", "tabby", "tiger cat", "Persian cat", "crate", "polecat", "golden retriever", "espresso"]
+    assert search_labels("cat", labels)[:4] == [2, 3, 5, 4]  # tiger cat, Persian cat, polecat, then crate (spelling)
+    assert search_labels("golden retriever dog", labels)[0] == 6
+    assert search_labels("espreso", labels) == [7]
+    with pytest.raises(TargetError, match=r"no class named 'cat'; did you mean 2 'tiger cat', 3 'Persian cat'"):
+        resolve_target("cat", labels, len(labels))
