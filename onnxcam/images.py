@@ -1,9 +1,10 @@
 """Reading images robustly into RGB uint8 arrays (OpenCV only).
 
-Before anything is decoded, the file's header (:mod:`onnxcam.image_header`) is checked: an image declaring more than
-``max_pixels`` pixels (a decompression bomb: a small file that would decode into gigabytes) and a PNG or JPEG cut
-short are refused. OpenCV applies the EXIF orientation itself (JPEG, PNG ``eXIf``, WebP, TIFF), and converts CMYK
-JPEGs to RGB; :func:`to_rgb8` brings grey, alpha and 16-bit/float data to RGB uint8.
+:func:`load_image` decodes no larger than asked (a JPEG at 1/2, 1/4 or 1/8 scale by libjpeg itself), for the batch
+job's capped artefacts. Before anything is decoded, the file's header (:mod:`onnxcam.image_header`) is checked: an
+image declaring more than ``max_pixels`` pixels (a decompression bomb: a small file that would decode into gigabytes)
+and a PNG or JPEG cut short are refused. OpenCV applies the EXIF orientation itself (JPEG, PNG ``eXIf``, WebP, TIFF),
+and converts CMYK JPEGs to RGB; :func:`to_rgb8` brings grey, alpha and 16-bit/float data to RGB uint8.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np
 from .image_header import ImageHeader, read_header
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"})
+
+#: OpenCV's flags for libjpeg's scaled decoding, by scale-down factor.
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 #: Largest image :func:`read_image` decodes, in pixels (width × height), unless told otherwise.
 MAX_PIXELS = 100_000_000
@@ -107,9 +111,7 @@ def load_image(
         width, height = header.size
         out_h, out_w = capped_size(height, width, max_side)
         factor = jpeg_reduction(width, height, (max(out_h, *min_size), max(out_w, *min_size)))
-        flags = {1: flags, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[
-            factor
-        ]
+        flags = _REDUCED.get(factor, flags)
     image = _decode(path, data, flags, max_pixels)
     del data
     original = image.shape[:2]
