@@ -369,3 +369,11 @@ def test_target_search_lists_the_cat_classes_first(good: dict[str, Path], tmp_pa
     assert result.exit_code == 2
     message = " ".join(result.stderr.split())
     assert "no class named 'cat'; did you mean 2 'tiger cat', 3 'Persian cat', 6 'Egyptian cat', 7 'polecat'" in message
+
+
+def test_help_lists_every_methods_options() -> None:
+    result = CliRunner().invoke(main, ["explain", "--help"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert any(line.split()[:3] == ["rise", "masks", "[4000]"] for line in lines)
+    assert any(line.split()[:2] == ["cells", "[7]"] for line in lines)  # rise's second row

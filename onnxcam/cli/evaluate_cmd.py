@@ -24,7 +24,7 @@ def _shown(default: object) -> str:
 OPTION_HELP = "; ".join(f"{o.name}: {o.help} [{_shown(o.default)}]" for o in metric_options())
 
 
-@click.command()
+@click.command(epilog=METHOD_OPTION_HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @method_option
@@ -45,8 +45,8 @@ OPTION_HELP = "; ".join(f"{o.name}: {o.help} [{_shown(o.default)}]" for o in met
     "option_pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help=f"A method or metric parameter (repeatable); an unknown key is an error. Metric parameters: {OPTION_HELP}. "
-    f"{METHOD_OPTION_HELP}",
+    help="A method or metric parameter (repeatable; the methods' options are listed below); an unknown key is an "
+    f"error. Metric parameters: {OPTION_HELP}.",
 )
 @click.option("--provider", type=click.Choice(CHOICES), default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")

@@ -117,7 +117,7 @@ def batch_options(
     )
 
 
-@click.command()
+@click.command(epilog=OPTION_HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @method_option
@@ -169,8 +169,8 @@ def batch_options(
     "option_pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A parameter of the chosen methods or metrics, e.g. masks=2000 (repeatable); an unknown key is an error. "
-    f"{OPTION_HELP}",
+    help="A parameter of the chosen methods or metrics, e.g. masks=2000 (repeatable; the methods' options are listed "
+    "below, the metrics' in `onnxcam evaluate --help`); an unknown key is an error.",
 )
 @click.option(
     "--max-megapixels",

@@ -83,10 +83,6 @@ class MethodOption:
                 f" got shape {value.shape}"
             ) from None
 
-    def describe(self) -> str:
-        """``name: help [default]`` for ``--help``."""
-        return f"{self.name}: {self.help} [{self.default}]"
-
 
 _DECLARED: dict[str, tuple[MethodOption, ...]] = {}
 
@@ -102,10 +98,15 @@ def method_options(method: str) -> tuple[MethodOption, ...]:
 
 
 def options_help() -> str:
-    """Every method's parameters, one ``method: name: help [default]; …`` group per method (``--help``)."""
-    return " ".join(
-        f"{method}: {'; '.join(o.describe() for o in options)}." for method, options in sorted(_DECLARED.items())
-    )
+    """Every method's parameters as a table, one line per parameter: ``method  name [default]  help``."""
+    rows = [(m, f"{o.name} [{o.default}]", o.help) for m, opts in sorted(_DECLARED.items()) for o in opts]
+    first = max(len(m) for m, _, _ in rows)
+    second = max(len(n) for _, n, _ in rows)
+    lines, previous = [], None
+    for method, name, text in rows:
+        lines.append(f"  {method if method != previous else '':<{first}}  {name:<{second}}  {text}")
+        previous = method
+    return "\n".join(lines)
 
 
 def check_options(methods: Sequence[str], metrics: Sequence[str], options: Mapping[str, Any] | None) -> dict[str, Any]:
