@@ -254,7 +254,7 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         check_graph_supports(get_method(name), explainer, layers)
     metrics = resolve_metric_names(options.metrics)
     try:
-        method_options = check_options(methods, metrics, options.method_options)
+        method_options = check_options(methods, metrics, options.method_options, explainer.preprocess.input_size)
     except ValueError as exc:
         raise BatchUsageError(str(exc), "--option") from None
     if options.max_side is not None and options.max_side < 1:

@@ -247,7 +247,7 @@ class Explainer:
         ``errors`` and the other methods go on (default: the exception propagates).
         """
         methods = [methods] if isinstance(methods, str) else list(methods)
-        options = check_options(methods, metrics, options)
+        options = check_options(methods, metrics, options, x.shape[2:4])
         layers = list(layers or self.layers)
         unknown = [layer for layer in layers if layer not in self.layers]
         if unknown:

@@ -367,24 +367,24 @@ def test_cam_without_a_linear_head_is_refused_before_any_image(
 
 
 def test_a_method_failing_on_an_image_fails_alone(explainer: Explainer, photos: list[Path], tmp_path: Path) -> None:
-    """A method raising on a batch (here occlusion with a patch larger than the input, which only the input size
+    """A method raising on a batch (here SmoothGrad given explicit noise for one image, which only the batch of three
     reveals) leaves the other methods' artefacts and a line naming it; the job goes on and reports the failure."""
     options = BatchOptions(
-        methods=("gradcam", "occlusion", "layercam"),
+        methods=("gradcam", "smoothgrad", "layercam"),
         save=("overlay", "npy", "grid"),
-        method_options={"patch": 10_000, "stride": 1},
+        method_options={"noise": np.zeros((1, 2, 3, 32, 40), np.float32)},
     )
     summary = run_batch(explainer, photos, tmp_path, options)
     records = [json.loads(line) for line in (tmp_path / RESULTS_FILE).read_text().splitlines()]
     assert (summary.ok, summary.errors) == (0, 3) and not summary.success
     for record in records:
-        assert record["status"] == "error" and record["error"].startswith("occlusion failed: occlusion patch 10000")
-        assert record["methods"]["occlusion"] == {"error": record["error"].removeprefix("occlusion failed: ")}
+        assert record["status"] == "error" and record["error"].startswith("smoothgrad failed: option 'noise' must be")
+        assert record["methods"]["smoothgrad"] == {"error": record["error"].removeprefix("smoothgrad failed: ")}
         for method in ("gradcam", "layercam"):
             for kind in ("overlay", "npy"):
                 assert (tmp_path / record["methods"][method][kind]).stat().st_size > 0
         assert (tmp_path / record["grid"]).stat().st_size > 0
-        assert not list(tmp_path.glob(f"{record['name']}.occlusion.*"))
+        assert not list(tmp_path.glob(f"{record['name']}.smoothgrad.*"))
 
 
 def test_run_batch_refuses_bad_usage_before_writing_anything(model: Path, photos: list[Path], tmp_path: Path) -> None:

@@ -200,6 +200,8 @@ def test_target_by_label_and_by_index(model: Path, good: dict[str, Path], tmp_pa
         ),
         (["--method", "rise", "--option", "masks=many"], "option 'masks' must be an integer >= 1, got 'many'"),
         (["--method", "occlusion", "--option", "score=odds"], "option 'score' must be one of logit, probability"),
+        (["--method", "occlusion", "--option", "patch=33"], "occlusion patch 33 is larger than the input (32)"),
+        (["--method", "integratedgradients", "--option", "steps=1"], "option 'steps' must be >= 2 for riemann_right"),
         (["--option", "steps=8"], "option 'steps' is read by integratedgradients, which this run does not use"),
         (["--option", "curve_steps=8"], "option 'curve_steps' is read by the metrics (--metric)"),
         (["--method", "cam", "--layer", "features.1"], "cam needs global average pooling → a linear layer right after"),

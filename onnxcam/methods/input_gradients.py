@@ -175,4 +175,11 @@ INTEGRATED_GRADIENTS = register(
     )
 )
 declare_options("smoothgrad", SAMPLES, SIGMA, RANDOM_SEED, NOISE, BATCH_SIZE)
-declare_options("integratedgradients", STEPS, IG_METHOD, BASELINE, BATCH_SIZE)
+
+
+def check_quadrature(values: dict, input_size: tuple[int, int]) -> None:
+    """The quadrature exists for that many steps (the Riemann and trapezoid rules need at least 2)."""
+    quadrature(values["method"], values["steps"])
+
+
+declare_options("integratedgradients", STEPS, IG_METHOD, BASELINE, BATCH_SIZE, check=check_quadrature)

@@ -75,4 +75,12 @@ OCCLUSION = register(
         reduce=lambda a: a.mean(axis=1),
     )
 )
-declare_options("occlusion", PATCH, STRIDE, BASELINE, SCORE, BATCH_SIZE)
+
+
+def check_windows(values: dict, input_size: tuple[int, int]) -> None:
+    """The patch fits the input and the stride skips no pixel, on both axes (before any image)."""
+    for axis in (0, 1):
+        window_starts(input_size[axis], values["patch"][axis], values["stride"][axis])
+
+
+declare_options("occlusion", PATCH, STRIDE, BASELINE, SCORE, BATCH_SIZE, check=check_windows)

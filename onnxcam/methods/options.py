@@ -9,7 +9,7 @@ valid keys with the closest match; a bad value is an error naming the option.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from .request import MethodRequest
 
 #: Value kinds of :class:`MethodOption`.
 KINDS = ("int", "number", "choice", "pair", "array", "tensor", "seed")
+_SCALAR_KINDS = ("int", "number", "choice", "pair", "seed")
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,20 @@ class MethodOption:
             ) from None
 
 
+#: ``check(values, input_size)``: a method's checks across its parameters and the input's ``(H, W)``.
+OptionCheck = Callable[[dict[str, Any], tuple[int, int]], None]
+
 _DECLARED: dict[str, tuple[MethodOption, ...]] = {}
+_CHECKS: dict[str, OptionCheck] = {}
 
 
-def declare_options(method: str, *options: MethodOption) -> None:
-    """Make ``options`` the parameters of the registered method ``method`` (canonical name)."""
+def declare_options(method: str, *options: MethodOption, check: OptionCheck | None = None) -> None:
+    """Make ``options`` the parameters of the registered method ``method`` (canonical name); ``check`` raises
+    ValueError for values that are bad together or for the input size (e.g. an occlusion patch larger than the
+    input)."""
     _DECLARED[method] = options
+    if check is not None:
+        _CHECKS[method] = check
 
 
 def method_options(method: str) -> tuple[MethodOption, ...]:
@@ -109,10 +118,16 @@ def options_help() -> str:
     return "\n".join(lines)
 
 
-def check_options(methods: Sequence[str], metrics: Sequence[str], options: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_options(
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    options: Mapping[str, Any] | None,
+    input_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """``options`` checked against what ``methods`` and ``metrics`` read, before any image is touched.
 
-    Method parameters are checked (values kept as given, read again by the methods); metric parameters are converted
+    Method parameters are checked (values kept as given, read again by the methods), together and against the
+    network's ``input_size`` ``(H, W)`` when given (defaults included); metric parameters are converted
     (:func:`onnxcam.metrics.base.check_options`). An unknown key raises ValueError listing the valid keys and the
     closest one (``'mask'`` → ``'masks'``); a key of a method or metric not chosen says which one reads it.
     """
@@ -121,8 +136,6 @@ def check_options(methods: Sequence[str], metrics: Sequence[str], options: Mappi
     from .base import get_method
 
     given = dict(options or {})
-    if not given:
-        return given
     names = [get_method(m).name for m in methods]
     valid = {o.name: o for m in names for o in method_options(m)}
     metric_keys = {o.name for o in metric_options()} if metrics else set()
@@ -131,7 +144,11 @@ def check_options(methods: Sequence[str], metrics: Sequence[str], options: Mappi
             valid[key].value(value)
         elif key not in metric_keys:
             raise ValueError(_unknown(key, sorted({*valid, *metric_keys}), names, bool(metrics)))
-    return check_metric_options(given) if metrics else given
+    for name in names if input_size is not None else ():
+        if name in _CHECKS:
+            values = {o.name: o.value(given.get(o.name)) for o in method_options(name) if o.kind in _SCALAR_KINDS}
+            _CHECKS[name](values, tuple(input_size))  # type: ignore[arg-type]
+    return check_metric_options(given) if metrics and given else given
 
 
 def _unknown(key: str, valid: list[str], methods: list[str], metrics: bool) -> str:

@@ -108,7 +108,7 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
     for name in methods:
         check_graph_supports(get_method(name), explainer, layers)
     try:
-        checked = check_options(methods, metrics, options.options)
+        checked = check_options(methods, metrics, options.options, explainer.preprocess.input_size)
     except ValueError as exc:
         raise BatchUsageError(str(exc), "--option") from None
     return Plan(methods, metrics, target, layers, options.batch_size, checked)
