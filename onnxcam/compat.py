@@ -12,9 +12,10 @@ What changes from pytorch-grad-cam: ``model`` is the explainer graph's path (or 
 ``target_layers`` are layer *names* of that graph (``onnxcam info`` lists them; ``None`` = all of them, fused). One
 class per CAM method onnxcam has: :class:`GradCAM`, :class:`HiResCAM`, :class:`GradCAMPlusPlus`, :class:`XGradCAM`,
 :class:`LayerCAM`, :class:`EigenCAM`, :class:`EigenGradCAM`, :class:`GradCAMElementWise`, :class:`ScoreCAM`,
-:class:`AblationCAM`. Targets are the linear ones, ``y = Σ seed ⊙ scores`` (docs/METHODS.md, Targets):
-:class:`ClassifierOutputTarget`, :class:`BinaryClassifierOutputTarget`, :class:`RawScoresOutputTarget`,
-:class:`SemanticSegmentationTarget`. ``aug_smooth`` is pytorch-grad-cam's test-time augmentation (its default ttach
+:class:`AblationCAM`, and :class:`GuidedBackpropReLUModel` (with :func:`deprocess_image`). Targets are the linear
+ones, ``y = Σ seed ⊙ scores`` (docs/METHODS.md, Targets): :class:`ClassifierOutputTarget`,
+:class:`BinaryClassifierOutputTarget`, :class:`RawScoresOutputTarget`, :class:`SemanticSegmentationTarget`.
+``aug_smooth`` is pytorch-grad-cam's test-time augmentation (its default ttach
 transforms: horizontal flip × multiply by 0.9, 1, 1.1; the map of each augmented input, de-augmented, averaged);
 ``eigen_smooth`` the first-principal-component projection. A batch whose size does not match the graph's input
 raises one ValueError naming both shapes.
@@ -42,12 +43,14 @@ __all__ = [
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GuidedBackpropReLUModel",
     "HiResCAM",
     "LayerCAM",
     "RawScoresOutputTarget",
     "ScoreCAM",
     "SemanticSegmentationTarget",
     "XGradCAM",
+    "deprocess_image",
     "preprocess_image",
     "show_cam_on_image",
 ]
@@ -179,16 +182,7 @@ class BaseCAM:
         return np.stack([r.maps[self.method] for r in results])
 
     def _batch(self, input_tensor: Any) -> np.ndarray:
-        x = _numpy(input_tensor)
-        want = (len(self.explainer.input_shape) + 1, *self.explainer.input_shape)
-        if x.ndim != want[0] or x.shape[1:] != tuple(want[1:]):
-            dims = "×".join(str(d) for d in self.explainer.input_shape)
-            raise ValueError(
-                f"input_tensor has shape {tuple(x.shape)}; this graph takes [N, {', '.join(map(str, want[1:]))}] "
-                f"(a batch of {dims} inputs): resize first, or use cam.preprocess(images) for the graph's own "
-                "preprocessing"
-            )
-        return np.ascontiguousarray(x, np.float32)
+        return _input_batch(self.explainer, input_tensor)
 
     def _targets(self, targets: Sequence[Any] | None, n: int) -> tuple[list[int] | None, np.ndarray | None]:
         """Class indices (``-1``: top-1) and, when a target is not a plain class, the seed rows ``[N, *S]``."""
@@ -213,6 +207,50 @@ class BaseCAM:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+class GuidedBackpropReLUModel:
+    """pytorch-grad-cam's ``GuidedBackpropReLUModel``: ``model(input_img, target_category)`` gives the guided
+    backpropagation gradient of the first image's class score, ``[H, W, C]`` (``target_category=None``: its top-1).
+
+    Needs the guided input gradient in the graph (``onnxcam export --input-gradient guided``). ``device``: ``None``,
+    ``"cpu"`` or ``"cuda"`` (the onnxruntime provider).
+    """
+
+    def __init__(self, model: str | Path | Explainer, device: str | None = None) -> None:
+        provider = {"cpu": "cpu", "cuda": "cuda"}.get(str(device).split(":")[0], "auto")
+        self.explainer = model if isinstance(model, Explainer) else Explainer(model, provider=provider)
+        if "guided" not in self.explainer.metadata.input_gradients:
+            raise ValueError("this graph has no guided input gradient; re-export it with --input-gradient guided")
+
+    def __call__(self, input_img: Any, target_category: int | None = None) -> np.ndarray:
+        x = _input_batch(self.explainer, input_img)[:1]
+        if target_category is None:
+            target_category = int(np.argmax(self.explainer.scores(x)))
+        seed = np.zeros((1, *self.explainer.score_shape), np.float32)
+        seed[0, target_category] = 1.0
+        return self.explainer.input_gradient(x, seed, "guided")[0].transpose(1, 2, 0)
+
+
+def deprocess_image(img: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's ``deprocess_image``: standardise, scale by 0.1 around 0.5, clip to [0, 1], uint8."""
+    img = img - np.mean(img)
+    img = img / (np.std(img) + 1e-5)
+    return np.uint8(np.clip(img * 0.1 + 0.5, 0, 1) * 255)
+
+
+def _input_batch(explainer: Explainer, input_tensor: Any) -> np.ndarray:
+    """``input_tensor`` as float32 ``[N, *explainer.input_shape]``; any other shape raises one ValueError."""
+    x = _numpy(input_tensor)
+    want = (len(explainer.input_shape) + 1, *explainer.input_shape)
+    if x.ndim != want[0] or x.shape[1:] != tuple(want[1:]):
+        dims = "×".join(str(d) for d in explainer.input_shape)
+        raise ValueError(
+            f"input_tensor has shape {tuple(x.shape)}; this graph takes [N, {', '.join(map(str, want[1:]))}] "
+            f"(a batch of {dims} inputs): resize first, or use cam.preprocess(images) for the graph's own "
+            "preprocessing"
+        )
+    return np.ascontiguousarray(x, np.float32)
 
 
 def _numpy(value: Any) -> np.ndarray:

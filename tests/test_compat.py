@@ -18,11 +18,13 @@ from pytorch_grad_cam import (
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
+    GuidedBackpropReLUModel,
     HiResCAM,
     LayerCAM,
     ScoreCAM,
     XGradCAM,
 )
+from pytorch_grad_cam.utils.image import deprocess_image as reference_deprocess_image
 from pytorch_grad_cam.utils.image import preprocess_image as reference_preprocess_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from small_models import GapNet, export_gapnet
@@ -138,3 +140,19 @@ def test_clear_errors(explainer: Explainer, batch: np.ndarray) -> None:
         compat.GradCAM(explainer, ["layer4"])
     with pytest.raises(ValueError, match="target dict is not supported"):
         cam(batch, [{}, {}])
+
+
+def test_guided_backprop_model_equals_pytorch_grad_cam(
+    tmp_path_factory: pytest.TempPathFactory, torch_model: GapNet, batch: np.ndarray
+) -> None:
+    graph = export_gapnet(tmp_path_factory.mktemp("guided") / "gap.onnx", input_gradients=("guided",))
+    ours = compat.GuidedBackpropReLUModel(model=graph, device="cpu")
+    reference = GuidedBackpropReLUModel(model=torch_model, device="cpu")
+    for target in (None, 5):
+        theirs = reference(torch.from_numpy(batch[:1]), target_category=target)
+        mine = ours(batch[:1], target_category=target)
+        assert mine.shape == theirs.shape == (32, 32, 3)
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
+        np.testing.assert_array_equal(compat.deprocess_image(theirs), reference_deprocess_image(theirs))
+    with pytest.raises(ValueError, match="re-export it with --input-gradient guided"):
+        compat.GuidedBackpropReLUModel(model=export_gapnet(tmp_path_factory.mktemp("plain") / "gap.onnx"))
