@@ -8,8 +8,10 @@ planning and the log (:func:`run_jobs`) are shared with the Ray engine (:mod:`on
 
 Bad input never stops the job: an input that cannot be decoded, a batch whose inference fails, an artefact that cannot
 be written, each becomes a ``status: "error"`` line, and the job goes on. ``results.jsonl`` holds exactly one line per
-input: at the start, the lines of the inputs about to be processed are dropped from it (lines of other inputs, and of
-skipped ones, stay), so a rerun replaces lines instead of piling them up.
+input of *this* run: at the start, every line but those of the inputs skipped as done (``resume``) is dropped — lines
+of inputs run again, and lines of an earlier command's inputs (a glob that matched nothing, a file since removed) —
+and the artefacts those dropped lines name are deleted, so the folder holds exactly this run's results. Files the log
+never named (anything else in the folder) are left alone.
 
 Kill-safe (SIGKILL at any moment, then the same command with ``resume``): an input's line is appended (and flushed;
 ``fsync`` once per batch) only after all its artefacts are in place, so a line always means finished work. On resume,
@@ -21,8 +23,13 @@ the log is ``results.I-of-N.jsonl``, so shards can share one output directory.
 Record (one JSON object per line; artefact paths are file names relative to the output directory)::
 
     input, name, status ("ok" | "error"), error (null | one line), image_size [H, W], class_index, label,
-    probability, score, topk [{index, label, probability}], layers, methods {method: {stats, overlay, npy}},
-    grid, timings_ms {decode, inference_cam, write}
+    probability, score, topk [{index, label, probability}], layers, methods {method: {stats, overlay, npy} or
+    {error}}, grid, timings_ms {decode, inference_cam, write}, artefact_size [H, W], warnings [one line each]
+
+A method that fails on an image fails alone: its entry in ``methods`` is ``{"error": cause}``, the line's status is
+``error`` and its ``error`` names the method, and the other methods' artefacts are written. Artefacts (overlays with
+a caption strip naming the class and probability, ``.npy`` maps, grids) are at the original size with the longer side
+capped at ``max_side`` (``artefact_size``); ``image_size`` is the file's own size.
 
 ``timings_ms.inference_cam`` is the batch's inference + CAM time divided by the images it held.
 """
@@ -42,11 +49,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .contract import Preprocess
-from .explainer import Explainer, Explanation
-from .images import ImageError, read_image
+from .contract import Preprocess, activation_name
+from .explainer import Explainer, Explanation, head_weights
+from .images import ImageError, load_image
 from .inputs import InputItem, Shard, expand_inputs, select_shard
 from .methods import CamMethod, ModelMethod, get_method
+from .methods.options import check_options
 from .model_file import ModelFileError
 from .outputs import (
     JsonLinesLog,
@@ -62,11 +70,16 @@ from .preprocess import preprocess
 from .providers import ProviderError
 from .scores import ScoresError
 from .targets import ClassSet, Target, TargetError
-from .visual import method_grid, overlay
+from .visual import method_grid, overlay, with_caption
 
 RESULTS_FILE = "results.jsonl"
 SAVE_KINDS = ("overlay", "npy", "grid")
 MAX_ERROR_CHARS = 300
+#: Longest side of the overlays, ``.npy`` maps and the image they are drawn on (pixels); larger images are decoded
+#: and written at this size (the record keeps the original ``image_size``).
+DEFAULT_MAX_SIDE = 4096
+#: Map statistics of larger maps are computed on the map shrunk to this many pixels.
+STATS_PIXELS = 2**22
 
 OnResult = Callable[[dict[str, Any], bool], None]
 Emit = Callable[[Sequence[dict[str, Any]]], None]
@@ -97,7 +110,8 @@ class BatchOptions:
     ``resume``: skip the inputs already done (see the module docstring). ``shard``: run only this part of the inputs.
     ``metrics``: faithfulness metrics scored per map; ``method_options``: parameters of the perturbation and
     input-gradient methods and of the metrics; ``max_pixels``: larger images are refused before decoding
-    (default :data:`onnxcam.images.MAX_PIXELS`).
+    (default :data:`onnxcam.images.MAX_PIXELS`); ``max_side``: longest side of the artefacts (``None``: the original
+    size; default :data:`DEFAULT_MAX_SIDE`), a JPEG being decoded at the smallest libjpeg scale that still gives it.
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -114,6 +128,7 @@ class BatchOptions:
     method_options: Mapping[str, Any] = field(default_factory=dict)
     max_pixels: int | None = None
     workers: int = field(default_factory=default_workers)
+    max_side: int | None = DEFAULT_MAX_SIDE
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,8 @@ class Settings:
     method_options: Mapping[str, Any]
     max_pixels: int | None
     workers: int
+    max_side: int | None = DEFAULT_MAX_SIDE
+    feature_grid: tuple[int, int] = (1, 1)
 
 
 @dataclass(frozen=True)
@@ -147,13 +164,15 @@ class Job:
 
 @dataclass
 class Decoded:
-    """A job after decoding: the original RGB image and the network input, or the reason there are none."""
+    """A job after decoding: the RGB image (at most ``max_side``), its file's ``original_size`` ``(H, W)`` and the
+    network input, or the reason there are none."""
 
     job: Job
     image: np.ndarray | None = None
     x: np.ndarray | None = None
     error: str | None = None
     decode_ms: float = 0.0
+    original_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +254,13 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
     methods = resolve_methods(options.methods)
     for name in methods:
         check_graph_supports(get_method(name), explainer, layers)
+    metrics = resolve_metric_names(options.metrics)
+    try:
+        method_options = check_options(methods, metrics, options.method_options, explainer.preprocess.input_size)
+    except ValueError as exc:
+        raise BatchUsageError(str(exc), "--option") from None
+    if options.max_side is not None and options.max_side < 1:
+        raise BatchUsageError(f"must be at least 1, got {options.max_side}", "--max-side")
     return Settings(
         methods=methods,
         target=target,
@@ -246,15 +272,27 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         eigen_smooth=options.eigen_smooth,
         resume=options.resume,
         shard=options.shard,
-        metrics=resolve_metric_names(options.metrics),
-        method_options=dict(options.method_options),
+        metrics=metrics,
+        method_options=method_options,
         max_pixels=options.max_pixels,
         workers=max(1, options.workers),
+        max_side=options.max_side,
+        feature_grid=feature_grid(explainer, layers),
     )
 
 
+def feature_grid(explainer: Explainer, layers: Sequence[str]) -> tuple[int, int]:
+    """The largest ``(h, w)`` feature map of ``layers`` (sizes the graph leaves symbolic count as 1)."""
+    sizes = [explainer.graph.output(activation_name(layer)).shape[2:4] for layer in layers]
+    dims = [[d if isinstance(d, int) else 1 for d in size] for size in sizes if len(size) == 2]
+    return (max((d[0] for d in dims), default=1), max((d[1] for d in dims), default=1))
+
+
 def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str]) -> None:
-    """Refuse a method whose input gradients or head graphs the graph was exported without (``--method``)."""
+    """Refuse a method whose input gradients or head graphs the graph was exported without, and CAM on a layer not
+    followed by global average pooling and a linear layer (``--method``)."""
+    if isinstance(method, CamMethod) and method.needs_head_weights:
+        check_linear_head(method.name, explainer, layers)
     if not isinstance(method, ModelMethod):
         return
     missing = [rule for rule in method.rules if rule not in explainer.metadata.input_gradients]
@@ -271,6 +309,27 @@ def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, 
             "(exported with --no-head, or the part after the layer reads earlier tensors)",
             "--method",
         )
+
+
+def check_linear_head(name: str, explainer: Explainer, layers: Sequence[str]) -> None:
+    """Refuse ``name`` (CAM) unless every layer is followed by global average pooling → linear.
+
+    Decided from the graph by one probe run on a random input (fixed seed): after such a head, ``∂y/∂A = w^c/Z`` is
+    the same at every position for *any* input, so a gradient that varies over positions proves the head is
+    something else (:func:`onnxcam.explainer.head_weights`).
+    """
+    probe = np.random.default_rng(0).standard_normal((1, *explainer.input_shape)).astype(np.float32)
+    out = explainer.run(probe, np.full(1, -1, np.int64))
+    for layer in layers:
+        try:
+            head_weights(out.gradients[layer])
+        except ValueError:
+            raise BatchUsageError(
+                f"{name} needs global average pooling → a linear layer right after layer '{layer}', and this graph "
+                "has something else there (the gradient varies over positions); choose the layer before the pooling "
+                "or use gradcam",
+                "--method",
+            ) from None
 
 
 def resolve_metric_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -320,10 +379,33 @@ def is_done(job: Job, last: dict[str, dict[str, Any]], out_dir: Path) -> bool:
     return ok and all(_non_empty(inside(out_dir, f)) for f in job.artefacts.values())
 
 
-def kept_lines(lines: Sequence[tuple[str, dict[str, Any] | None]], rerun: set[str]) -> list[str]:
-    """The JSON lines to keep at the start of a run: the last valid line of each input that is not run again."""
+def kept_lines(lines: Sequence[tuple[str, dict[str, Any] | None]], keep: set[str]) -> list[str]:
+    """The JSON lines to keep at the start of a run: the last valid line of each input named in ``keep`` (the inputs
+    skipped as done); every other line (inputs run again, inputs of an earlier command) is dropped."""
     last = {r["name"]: text for text, r in lines if r is not None and isinstance(r.get("name"), str)}
-    return [text for name, text in last.items() if name not in rerun]
+    return [text for name, text in last.items() if name in keep]
+
+
+def recorded_artefacts(lines: Sequence[tuple[str, dict[str, Any] | None]], keep: set[str]) -> set[str]:
+    """File names of the artefacts the log's records name (overlays, ``.npy`` maps, grids), except those of the
+    inputs in ``keep``; names that are not one plain file name are left out."""
+    names: set[str] = set()
+    for _, record in lines:
+        if record is None or record.get("name") in keep:
+            continue
+        entries = record.get("methods") if isinstance(record.get("methods"), dict) else {}
+        files = [record.get("grid")]
+        files += [e.get(kind) for e in entries.values() if isinstance(e, dict) for kind in ("overlay", "npy")]
+        names.update(f for f in files if isinstance(f, str) and f and Path(f).name == f and f not in (".", ".."))
+    return names
+
+
+def remove_files(out_dir: Path, names: set[str]) -> None:
+    """Delete the regular files ``names`` in ``out_dir`` (missing ones are fine)."""
+    for name in names:
+        path = inside(out_dir, name)
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------- records
@@ -396,30 +478,43 @@ def ok_record(
 # ------------------------------------------------------------------------------------------------------------- stages
 
 
-def decode(job: Job, spec: Preprocess, max_pixels: int | None = None) -> Decoded:
-    """Read and preprocess one input; any failure becomes ``Decoded.error`` (runs on the thread pool)."""
+def decode(
+    job: Job, spec: Preprocess, max_pixels: int | None = None, max_side: int | None = DEFAULT_MAX_SIDE
+) -> Decoded:
+    """Read (no larger than ``max_side`` and the network input need, :func:`~onnxcam.images.load_image`) and
+    preprocess one input; any failure becomes ``Decoded.error`` (runs on the thread pool)."""
     started = time.perf_counter()
     if job.item.error is not None:
         return Decoded(job, error=job.item.error)
     try:
-        image = read_image(job.item.path, max_pixels=max_pixels)
+        loaded = load_image(job.item.path, max_pixels=max_pixels, max_side=max_side, min_size=spec.input_size)
+        image = loaded.image
         x = preprocess(image, spec)
     except ImageError as exc:
         return Decoded(job, error=one_line(exc, f"{job.item.path}: "), decode_ms=_ms(started))
     except Exception as exc:  # a decoder or resize failure on odd data must not stop the job
         return Decoded(job, error=f"cannot decode: {one_line(exc)}", decode_ms=_ms(started))
-    return Decoded(job, image, x, decode_ms=_ms(started))
+    return Decoded(job, image, x, decode_ms=_ms(started), original_size=loaded.original_size)
 
 
 def decoded_batches(
-    pool: ThreadPoolExecutor, jobs: Sequence[Job], batch_size: int, spec: Preprocess, max_pixels: int | None = None
+    pool: ThreadPoolExecutor,
+    jobs: Sequence[Job],
+    batch_size: int,
+    spec: Preprocess,
+    max_pixels: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
 ) -> Iterator[list[Decoded]]:
     """Batches of decoded jobs, in order; batch *k+1* is submitted to ``pool`` before batch *k* is handed out."""
     chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    pending: list[Future[Decoded]] = [pool.submit(decode, j, spec, max_pixels) for j in chunks[0]] if chunks else []
+
+    def submit(chunk: Sequence[Job]) -> list[Future[Decoded]]:
+        return [pool.submit(decode, j, spec, max_pixels, max_side) for j in chunk]
+
+    pending = submit(chunks[0]) if chunks else []
     for k in range(len(chunks)):
         current = pending
-        pending = [pool.submit(decode, j, spec, max_pixels) for j in chunks[k + 1]] if k + 1 < len(chunks) else []
+        pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
         yield [f.result() for f in current]
 
 
@@ -438,6 +533,7 @@ def explain_decoded(
             settings.eigen_smooth,
             options=dict(settings.method_options),
             metrics=settings.metrics,
+            isolate_methods=True,
         )
     except Exception as exc:  # onnxruntime or a CAM method failing on this batch: mark it, go on
         return None, f"inference failed: {one_line(exc)}", _ms(started)
@@ -448,36 +544,89 @@ def original_size_map(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A ``[0, 1]`` map at network resolution → float32 ``[H, W]`` in ``[0, 1]`` for ``size = (H, W)``."""
     height, width = size
     resized = cv2.resize(np.asarray(cam_map, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+    return np.clip(resized, 0.0, 1.0, out=resized)
 
 
-def write_artefacts(job: Job, image: np.ndarray, maps: dict[str, np.ndarray], out_dir: Path, alpha: float) -> None:
-    """Write the overlays, ``.npy`` maps and grid ``job`` plans (maps already at the image's size)."""
-    for method, cam_map in maps.items():
+def stats_of(cam_map: np.ndarray) -> dict[str, float]:
+    """:func:`~onnxcam.postprocess.map_stats` of one map; a map over :data:`STATS_PIXELS` is first shrunk to that
+    many pixels (``INTER_AREA``), which bounds the float64 work space (~50 bytes per pixel)."""
+    height, width = cam_map.shape
+    if height * width > STATS_PIXELS:
+        scale = (STATS_PIXELS / (height * width)) ** 0.5
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        cam_map = cv2.resize(cam_map, size, interpolation=cv2.INTER_AREA)
+    return map_stats(cam_map)[0].to_dict()
+
+
+def caption(explanation: Explanation) -> str:
+    """What a map explains, for the caption strips: ``tabby cat (78.5%)``, ``class 3 (12.0%)`` or the seed's score."""
+    if explanation.class_index < 0:
+        return f"seed: score {explanation.score:.4g}"
+    name = explanation.label if explanation.label is not None else f"class {explanation.class_index}"
+    return f"{name} ({explanation.probability:.1%})"
+
+
+def write_artefacts(
+    job: Job, image: np.ndarray, explanation: Explanation, methods: Sequence[str], out_dir: Path, alpha: float
+) -> dict[str, dict[str, float]]:
+    """Write the overlays, ``.npy`` maps and grid ``job`` plans for ``methods`` (maps brought to the image's size one
+    method at a time, so memory holds one full-size map); returns each method's map statistics."""
+    text = caption(explanation)
+    stats = {}
+    for method in methods:
+        cam_map = original_size_map(explanation.maps[method], image.shape[:2])
         if f"overlay:{method}" in job.artefacts:
-            write_png(inside(out_dir, job.artefacts[f"overlay:{method}"]), overlay(image, cam_map, alpha))
+            picture = with_caption(overlay(image, cam_map, alpha), f"{method}: {text}")
+            write_png(inside(out_dir, job.artefacts[f"overlay:{method}"]), picture)
         if f"npy:{method}" in job.artefacts:
             write_npy(inside(out_dir, job.artefacts[f"npy:{method}"]), cam_map)
+        stats[method] = stats_of(cam_map)
+        del cam_map
     if "grid" in job.artefacts:
-        write_png(inside(out_dir, job.artefacts["grid"]), method_grid(image, maps, alpha=alpha))
+        maps = {m: explanation.maps[m] for m in methods}
+        write_png(inside(out_dir, job.artefacts["grid"]), method_grid(image, maps, alpha=alpha, caption=text))
+    return stats
+
+
+def size_warnings(size: tuple[int, int], grid: tuple[int, int]) -> list[str]:
+    """A warning when an image of ``size`` ``(H, W)`` is smaller than the feature ``grid`` ``(h, w)``: the map then
+    has more cells than the image has pixels, and the network saw an upsampled image."""
+    if size[0] >= grid[0] and size[1] >= grid[1]:
+        return []
+    return [
+        f"image {size[1]}x{size[0]} is smaller than the feature grid {grid[1]}x{grid[0]}: the map's detail is the "
+        "network's upsampling, not the image's"
+    ]
 
 
 def finish(
     decoded: Decoded, explanation: Explanation, settings: Settings, out_dir: Path, inference_ms: float
 ) -> dict[str, Any]:
-    """Bring one explanation to the original size, write its artefacts and return its record."""
+    """Bring one explanation to the artefact size, write its artefacts and return its record.
+
+    A method that failed on this image (``explanation.errors``) gets ``{"error": cause}`` in ``methods`` and makes
+    the line ``status: "error"`` naming it; the other methods' artefacts are written all the same.
+    """
     started = time.perf_counter()
     image = decoded.image
     assert image is not None
-    maps = {m: original_size_map(explanation.maps[m], image.shape[:2]) for m in settings.methods}
+    good = [m for m in settings.methods if m not in explanation.errors]
     timings = {"decode": decoded.decode_ms, "inference_cam": inference_ms}
     try:
-        write_artefacts(decoded.job, image, maps, out_dir, settings.alpha)
+        stats = write_artefacts(decoded.job, image, explanation, good, out_dir, settings.alpha)
     except (OSError, ValueError, cv2.error) as exc:
         return error_record(decoded.job, f"cannot write artefacts: {one_line(exc)}", {**timings, "write": _ms(started)})
-    stats = {m: map_stats(cam_map)[0].to_dict() for m, cam_map in maps.items()}
     timings["write"] = _ms(started)
-    return ok_record(decoded.job, image.shape[:2], explanation, stats, settings.layers, timings)
+    size = decoded.original_size or image.shape[:2]
+    record = ok_record(decoded.job, size, explanation, stats, settings.layers, timings)
+    record["artefact_size"] = list(image.shape[:2])
+    record["warnings"] = size_warnings(size, settings.feature_grid)
+    if explanation.errors:
+        failed = [m for m in settings.methods if m in explanation.errors]
+        record["status"] = "error"
+        record["error"] = "; ".join(f"{m} failed: {explanation.errors[m]}" for m in failed)[:MAX_ERROR_CHARS]
+        record["methods"].update({m: {"error": explanation.errors[m][:MAX_ERROR_CHARS]} for m in failed})
+    return record
 
 
 def process_batch(
@@ -586,7 +735,8 @@ def run_jobs(
         notify(last[job.name], True)
     try:
         remove_stale_temps(out, {results.name, *(name for job in jobs for name in job.artefacts.values())})
-        log = JsonLinesLog(results, kept_lines(lines, {job.name for job in todo}))
+        remove_files(out, recorded_artefacts(lines, skip))
+        log = JsonLinesLog(results, kept_lines(lines, skip))
     except OSError as exc:
         raise BatchUsageError(f"cannot write {results} ({exc.strerror or exc})", "--out") from None
     counts = {"ok": 0, "error": 0}
@@ -611,7 +761,9 @@ def execute(explainer: Explainer, jobs: Sequence[Job], settings: Settings, out_d
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="onnxcam-io")
     writing: list[Future[dict[str, Any]]] = []
     try:
-        batches = decoded_batches(pool, jobs, settings.batch_size, explainer.preprocess, settings.max_pixels)
+        batches = decoded_batches(
+            pool, jobs, settings.batch_size, explainer.preprocess, settings.max_pixels, settings.max_side
+        )
         for batch in chain(batches, [None]):
             current = process_batch(explainer, batch, settings, out_dir, pool) if batch is not None else []
             if writing:

@@ -13,6 +13,7 @@ import numpy as np
 from . import contract
 from .images import read_image
 from .methods import CamMethod, get_method
+from .methods.options import check_options
 from .methods.request import MethodRequest, ModelMethod, objective
 from .model_file import ExplainerGraph, open_graph
 from .postprocess import fuse, layer_map, normalize
@@ -92,6 +93,7 @@ class Explanation:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None  # original (H, W) when known
     seed: np.ndarray | None = None
+    errors: dict[str, str] = field(default_factory=dict)  # method → one-line cause (``isolate_methods`` only)
 
 
 def one_hot_seed(classes: np.ndarray, score_shape: Sequence[int]) -> np.ndarray:
@@ -285,13 +287,19 @@ class Explainer:
         seed: np.ndarray | None = None,
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
+        isolate_methods: bool = False,
     ) -> list[Explanation]:
         """Explain a preprocessed batch ``x`` ``[N, 3, H, W]``; maps come at ``H×W``.
 
-        ``seed`` ``[N, *S]`` or ``[*S]``: explain ``Σ seed ⊙ scores`` (rows of zeros fall back to ``target``).
-        ``options``: parameters of the perturbation and input-gradient methods and of the metrics
-        (e.g. ``{"steps": 32}``). ``metrics``: faithfulness metrics to score every map with (forward passes only).
+        ``methods``: a name or a sequence of names. ``seed`` ``[N, *S]`` or ``[*S]``: explain ``Σ seed ⊙ scores``
+        (rows of zeros fall back to ``target``). ``options``: parameters of the perturbation and input-gradient
+        methods and of the metrics (e.g. ``{"steps": 32}``; an unknown key or a bad value raises ValueError before
+        any work, see :func:`onnxcam.methods.options.check_options`). ``metrics``: faithfulness metrics to score every
+        map with (forward passes only). ``isolate_methods``: a method that fails leaves its cause in each result's
+        ``errors`` and the other methods go on (default: the exception propagates).
         """
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        options = check_options(methods, metrics, options, x.shape[2:4])
         layers = list(layers or self.layers)
         unknown = [layer for layer in layers if layer not in self.layers]
         if unknown:
@@ -328,7 +336,14 @@ class Explainer:
         size = (x.shape[3], x.shape[2])
         for name in methods:
             method = get_method(name)
-            computed = self._method_maps(method, out, request, layers, size, eigen_smooth)
+            try:
+                computed = self._method_maps(method, out, request, layers, size, eigen_smooth)
+            except Exception as exc:  # with isolate_methods, one method's failure is that method's alone
+                if not isolate_methods:
+                    raise
+                for result in results:
+                    result.errors[method.name] = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                continue
             for n, result in enumerate(results):
                 result.maps[method.name] = computed.final[n]
                 if computed.raw is not None:

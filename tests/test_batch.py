@@ -41,6 +41,7 @@ from onnxcam.outputs import (
     read_json_lines,
     safe_stem,
 )
+from onnxcam.targets import TargetError, resolve_target, search_labels
 from onnxcam.visual import overlay
 
 LABELS = [f"kind {i}" for i in range(10)]
@@ -255,7 +256,7 @@ def test_previous_lines_kept_and_done_names() -> None:
         ("garbage", None),
     ]
     assert {name: r["status"] for name, r in last_records(lines).items()} == {"a": "ok", "b": "ok", "c": "error"}
-    assert kept_lines(lines, {"a", "c"}) == ['{"name": "b", "status": "ok"}']
+    assert kept_lines(lines, {"b"}) == ['{"name": "b", "status": "ok"}']
 
 
 def test_prepare_resolves_targets_and_rejects_bad_options(explainer: Explainer) -> None:
@@ -346,21 +347,44 @@ def test_run_batch_maps_equal_the_explainer_at_the_original_size(
             assert cam.dtype == np.float32 and cam.shape == (height, width)
             np.testing.assert_allclose(cam, np.clip(want, 0, 1), atol=1e-5)
             png = cv2.cvtColor(cv2.imread(str(out / record["methods"][method]["overlay"])), cv2.COLOR_BGR2RGB)
-            np.testing.assert_array_equal(png, overlay(image, cam, 0.5))
+            np.testing.assert_array_equal(png[:height], overlay(image, cam, 0.5))
+            strip = png[height:]  # the caption strip names the class and its probability
+            assert strip.shape[0] >= 20 and (strip < 128).any() and (strip == 255).mean() > 0.5
             assert record["methods"][method]["stats"]["max"] == pytest.approx(float(cam.max()))
 
 
-def test_an_inference_failure_marks_the_batch_and_the_job_goes_on(
+def test_cam_without_a_linear_head_is_refused_before_any_image(
     explainer: Explainer, photos: list[Path], tmp_path: Path
 ) -> None:
-    # CAM reads the classifier weights off the gradient, which only works right before the pooling head.
-    summary = run_batch(explainer, photos, tmp_path, BatchOptions(methods=("cam",), layers=("features.1",)))
+    # CAM reads the classifier weights off the gradient, which only works right before the pooling head: the graph
+    # says so (a probe run) before the first image is read.
+    out = tmp_path / "out"
+    with pytest.raises(BatchUsageError, match="cam needs global average pooling") as info:
+        run_batch(explainer, photos, out, BatchOptions(methods=("gradcam", "cam"), layers=("features.1",)))
+    assert info.value.param == "--method" and not out.exists()
+    summary = run_batch(explainer, photos, out, BatchOptions(methods=("cam",), layers=("features.4",)))
+    assert (summary.ok, summary.errors) == (3, 0)
+
+
+def test_a_method_failing_on_an_image_fails_alone(explainer: Explainer, photos: list[Path], tmp_path: Path) -> None:
+    """A method raising on a batch (here SmoothGrad given explicit noise for one image, which only the batch of three
+    reveals) leaves the other methods' artefacts and a line naming it; the job goes on and reports the failure."""
+    options = BatchOptions(
+        methods=("gradcam", "smoothgrad", "layercam"),
+        save=("overlay", "npy", "grid"),
+        method_options={"noise": np.zeros((1, 2, 3, 32, 40), np.float32)},
+    )
+    summary = run_batch(explainer, photos, tmp_path, options)
     records = [json.loads(line) for line in (tmp_path / RESULTS_FILE).read_text().splitlines()]
     assert (summary.ok, summary.errors) == (0, 3) and not summary.success
-    assert all(r["status"] == "error" and r["error"].startswith("inference failed: CAM needs") for r in records)
-    summary = run_batch(explainer, photos, tmp_path, BatchOptions(methods=("cam",), layers=("features.4",)))
-    assert (summary.ok, summary.errors) == (3, 0)
-    assert len((tmp_path / RESULTS_FILE).read_text().splitlines()) == 3  # the rerun replaced the error lines
+    for record in records:
+        assert record["status"] == "error" and record["error"].startswith("smoothgrad failed: option 'noise' must be")
+        assert record["methods"]["smoothgrad"] == {"error": record["error"].removeprefix("smoothgrad failed: ")}
+        for method in ("gradcam", "layercam"):
+            for kind in ("overlay", "npy"):
+                assert (tmp_path / record["methods"][method][kind]).stat().st_size > 0
+        assert (tmp_path / record["grid"]).stat().st_size > 0
+        assert not list(tmp_path.glob(f"{record['name']}.smoothgrad.*"))
 
 
 def test_run_batch_refuses_bad_usage_before_writing_anything(model: Path, photos: list[Path], tmp_path: Path) -> None:
@@ -374,3 +398,21 @@ def test_run_batch_refuses_bad_usage_before_writing_anything(model: Path, photos
     (tmp_path / "file").write_text("")
     with pytest.raises(BatchUsageError, match="not a directory"):
         run_batch(model, photos, tmp_path / "file", provider="cpu")
+
+
+def test_python_api_takes_one_method_name_and_checks_options_first(explainer: Explainer, photos: list[Path]) -> None:
+    [one] = explainer.explain(photos[0], methods="layercam")  # a name, not a sequence of letters
+    [listed] = explainer.explain(photos[0], methods=["layercam"])
+    assert list(one.maps) == ["layercam"]
+    np.testing.assert_array_equal(one.maps["layercam"], listed.maps["layercam"])
+    with pytest.raises(ValueError, match="unknown option 'mask'; did you mean 'masks'"):
+        explainer.explain(photos[0], methods="rise", options={"mask": 10})
+
+
+def test_label_search_ranks_whole_words_then_substrings_then_spellings() -> None:
+    labels = ["tench", "tabby", "tiger cat", "Persian cat", "crate", "polecat", "golden retriever", "espresso"]
+    assert search_labels("cat", labels)[:4] == [2, 3, 5, 4]  # tiger cat, Persian cat, polecat, then crate (spelling)
+    assert search_labels("golden retriever dog", labels)[0] == 6
+    assert search_labels("espreso", labels) == [7]
+    with pytest.raises(TargetError, match=r"no class named 'cat'; did you mean 2 'tiger cat', 3 'Persian cat'"):
+        resolve_target("cat", labels, len(labels))

@@ -103,7 +103,14 @@ def test_all_good_inputs_exit_zero(model: Path, inputs, tmp_path: Path) -> None:
     result = evaluate(model, *good, "--out", tmp_path, "--metric", "average_drop,increase_in_confidence")
     assert result.exit_code == 0, result.output
     assert result.stderr.count("error: ") == 0
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(good)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(good)
+    for line in lines:  # one line per image on stderr as it is scored
+        value = line["metrics"]["gradcam"]["average_drop"]
+        name = line["label"] or f"class {line['class_index']}"
+        assert f"{line['input']}: {name} (" in result.stderr and f"average_drop={value:.4f}" in result.stderr
+    quiet = evaluate(model, *good, "--out", tmp_path / "q", "--metric", "average_drop", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and "average_drop" in quiet.stdout
 
 
 @pytest.mark.parametrize(
@@ -115,6 +122,8 @@ def test_all_good_inputs_exit_zero(model: Path, inputs, tmp_path: Path) -> None:
         (["--option", "road_seed=1.5"], "option road_seed: cannot read 1.5 as int"),
         (["--target", "99"], "class index 99 out of range"),
         (["--method", "nomethod"], "unknown"),
+        (["--option", "curve_step=5"], "unknown option 'curve_step'; did you mean 'curve_steps'?"),
+        (["--method", "rise", "--option", "masks=0"], "option 'masks' must be an integer >= 1, got 0"),
     ],
 )
 def test_usage_errors_write_nothing(model: Path, inputs, tmp_path: Path, args: list[str], message: str) -> None:

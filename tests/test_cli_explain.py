@@ -93,7 +93,8 @@ def test_good_and_broken_inputs(
             assert cam.dtype == np.float32 and cam.shape == (height, width)
             assert cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0.5
             assert entry["stats"]["mean"] == pytest.approx(float(cam.mean()), rel=1e-5)
-            assert cv2.imread(str(out / entry["overlay"])).shape == (height, width, 3)
+            picture = cv2.imread(str(out / entry["overlay"]))  # the overlay over a caption strip
+            assert picture.shape[0] >= height + 20 and picture.shape[1:] == (width, 3)
             assert entry["overlay"] == f"{line['name']}.{method}.png" and line["name"].startswith(path.stem + "-")
         grid = cv2.imread(str(out / line["grid"]))
         assert grid.shape[0] > 0 and grid.shape[1] > 2 * grid.shape[0]  # original | gradcam | layercam
@@ -192,6 +193,18 @@ def test_target_by_label_and_by_index(model: Path, good: dict[str, Path], tmp_pa
         (["--layer", "fc"], "Invalid value for --layer: layer 'fc' is not in this graph; it has: features.1, feat"),
         (["--save", "overlay,pdf"], "Invalid value for --save: unknown kind 'pdf'"),
         (["--alpha", "2"], "Invalid value for '--alpha'"),
+        (
+            ["--method", "rise", "--option", "mask=300"],
+            "Invalid value for --option: unknown option 'mask'; did you mean 'masks'? (valid options for rise: "
+            "batch_size, cells, masks, p, random_seed, score)",
+        ),
+        (["--method", "rise", "--option", "masks=many"], "option 'masks' must be an integer >= 1, got 'many'"),
+        (["--method", "occlusion", "--option", "score=odds"], "option 'score' must be one of logit, probability"),
+        (["--method", "occlusion", "--option", "patch=33"], "occlusion patch 33 is larger than the input (32)"),
+        (["--method", "integratedgradients", "--option", "steps=1"], "option 'steps' must be >= 2 for riemann_right"),
+        (["--option", "steps=8"], "option 'steps' is read by integratedgradients, which this run does not use"),
+        (["--option", "curve_steps=8"], "option 'curve_steps' is read by the metrics (--metric)"),
+        (["--method", "cam", "--layer", "features.1"], "cam needs global average pooling → a linear layer right after"),
     ],
 )
 def test_bad_usage_fails_fast(model: Path, good: dict[str, Path], tmp_path: Path, options: list, message: str):
@@ -260,3 +273,109 @@ def test_method_the_graph_cannot_serve_is_a_usage_error(good: dict[str, Path], t
                                            "--method", method])  # fmt: skip
         assert result.exit_code == 2 and hint in result.output, result.output
         assert not (tmp_path / method / "results.jsonl").exists()
+
+
+def test_a_rerun_leaves_only_this_runs_results(model: Path, good: dict[str, Path], tmp_path: Path) -> None:
+    """Without --resume the folder is started over: the previous run's artefacts (here .npy maps this run does not
+    save, and the error line of a pattern that matched nothing) are gone; files onnxcam never wrote stay."""
+    folder, out = tmp_path / "imgs", tmp_path / "out"
+    folder.mkdir()
+    assert explain(model, f"{folder}/*.png", "--out", out, "--save", "overlay,npy", "-q").exit_code == 1
+    assert [r["error"] for r in records(out)] == ["pattern matches no image file"]
+    write_image(folder / "cat.png", small(skdata.chelsea()))
+    assert explain(model, f"{folder}/*.png", "--out", out, "--save", "overlay,npy", "-q").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    old = records(out)
+    assert [r["status"] for r in old] == ["ok"] and (out / old[0]["methods"]["gradcam"]["npy"]).exists()
+    for resume in ((), ("--resume",)):
+        result = explain(model, f"{folder}/*.png", "--out", out, "--save", "overlay", "-q", *resume)
+        assert result.exit_code == 0, result.output
+        [line] = records(out)
+        assert line["status"] == "ok" and out_files(out) == {
+            "results.jsonl",
+            "notes.txt",
+            line["methods"]["gradcam"]["overlay"],
+        }
+
+
+def test_an_image_smaller_than_the_feature_grid_is_explained_with_a_warning(model: Path, tmp_path: Path) -> None:
+    tiny = write_image(tmp_path / "tiny.png", small(skdata.chelsea())[:3, :3])
+    result = explain(model, tiny, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    [line] = records(tmp_path / "out")
+    assert line["status"] == "ok" and line["warnings"][0].startswith("image 3x3 is smaller than the feature grid")
+    assert f"warning: {tiny}: image 3x3 is smaller than the feature grid" in result.stderr
+
+
+def test_huge_images_are_decoded_small_and_drawn_at_the_capped_size(model: Path, tmp_path: Path) -> None:
+    """A 2400×1600 JPEG with --max-side 500: libjpeg decodes it at 1/2 (it must stay >= the cap), the overlay and
+    map are 500 px on the long side, the record keeps the file's size; the map equals the one of the image decoded
+    at that scale."""
+    photo = cv2.resize(small(skdata.chelsea()), (2400, 1600), interpolation=cv2.INTER_LINEAR)
+    path = write_image(tmp_path / "big.jpg", photo)
+    result = explain(model, path, "--out", tmp_path / "out", "--save", "overlay,npy", "--max-side", "500", "-q")
+    assert result.exit_code == 0, result.output
+    [line] = records(tmp_path / "out")
+    assert line["image_size"] == [1600, 2400] and line["artefact_size"] == [333, 500]
+    assert np.load(tmp_path / "out" / line["methods"]["gradcam"]["npy"]).shape == (333, 500)
+    assert cv2.imread(str(tmp_path / "out" / line["methods"]["gradcam"]["overlay"])).shape[1] == 500
+
+
+def _run_on_terminal(args: list[str], tty: bool) -> str:
+    """stderr of ``python -m onnxcam ARGS`` on a pseudo-terminal (``tty``) or a pipe."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    command = [sys.executable, "-m", "onnxcam", *args]
+    if not tty:
+        return subprocess.run(command, capture_output=True, text=True, check=False).stderr
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait()
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal_only(model: Path, good: dict[str, Path], tmp_path: Path) -> None:
+    args = ["explain", str(model), str(good["cat.jpg"]), str(good["coffee.png"]), "--method", "gradcam,rise",
+            "--option", "masks=300", "--option", "batch_size=50"]  # fmt: skip
+    terminal = _run_on_terminal([*args, "--out", str(tmp_path / "tty")], tty=True)
+    assert "explaining" in terminal and "2/2" in terminal and "RISE masks" in terminal, terminal
+    piped = _run_on_terminal([*args, "--out", str(tmp_path / "pipe")], tty=False)
+    assert "explaining" not in piped and "RISE masks" not in piped and "\r" not in piped, piped
+    quiet = _run_on_terminal([*args, "--out", str(tmp_path / "quiet"), "-q"], tty=True)
+    assert quiet.strip() == "", quiet
+
+
+def test_target_search_lists_the_cat_classes_first(good: dict[str, Path], tmp_path: Path) -> None:
+    names = ["tench", "tabby", "tiger cat", "Persian cat", "crate", "oxcart", "Egyptian cat", "polecat", "castle", "ox"]
+    graph = tmp_path / "named.onnx"
+    torch.manual_seed(0)
+    export_model(TinyNet().eval(), graph, LAYERS, input_size=(32, 40), exporter="torchscript",
+                 labels=names, log=lambda _: None)  # fmt: skip
+    result = explain(graph, good["cat.jpg"], "--out", tmp_path / "out", "--target", "cat")
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "no class named 'cat'; did you mean 2 'tiger cat', 3 'Persian cat', 6 'Egyptian cat', 7 'polecat'" in message
+
+
+def test_help_lists_every_methods_options() -> None:
+    result = CliRunner().invoke(main, ["explain", "--help"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert any(line.split()[:3] == ["rise", "masks", "[4000]"] for line in lines)
+    assert any(line.split()[:2] == ["cells", "[7]"] for line in lines)  # rise's second row

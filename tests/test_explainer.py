@@ -42,7 +42,7 @@ def test_targets_by_index_label_and_top1(explainer: Explainer) -> None:
     results = explainer.explain_arrays(batch(), ["class 7", 3, None])
     assert [r.class_index for r in results[:2]] == [7, 3]
     assert results[2].class_index == results[2].topk[0][0]
-    with pytest.raises(TargetError, match="did you mean 'class 1'"):
+    with pytest.raises(TargetError, match="did you mean 1 'class 1'"):
         explainer.explain_arrays(batch(1), "klass 1")
     with pytest.raises(TargetError, match="out of range"):
         explainer.explain_arrays(batch(1), 12)

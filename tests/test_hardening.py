@@ -287,6 +287,35 @@ def test_exif_orientation_is_applied(tmp_path: Path, fmt: str, orientation: int)
     assert rgb.shape == expected.shape and np.abs(rgb - expected).max() <= 3
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_reduced_jpeg_decoding_keeps_orientation_size_and_picture(tmp_path: Path, orientation: int) -> None:
+    """``load_image`` with a side cap decodes a 1280×640 JPEG at 1/4 scale (libjpeg's own scaled decoding: cv2.imdecode
+    sees the reduced flag), reports the file's size as a person sees it, and gives the picture Pillow's
+    ``exif_transpose`` + box resize gives (99 % of values within 6 grey levels, mean under 1: libjpeg's scaled IDCT
+    and a box filter differ only at sharp edges)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "wide.jpg"
+    Image.fromarray(smooth_rgb(640, 1280)).save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    flags = []
+    real = cv2.imdecode
+
+    def spy(data: np.ndarray, flag: int) -> np.ndarray:
+        flags.append(flag)
+        return real(data, flag)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cv2, "imdecode", spy)
+        loaded = images.load_image(path, max_side=300, min_size=(32, 32))
+    assert flags == [cv2.IMREAD_REDUCED_COLOR_4]  # 320×160 still covers a 300-px artefact
+    upright = (640, 1280) if orientation == 1 else (1280, 640)
+    assert loaded.original_size == upright
+    assert loaded.image.shape == ((150, 300, 3) if orientation == 1 else (300, 150, 3))
+    expected = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize(loaded.image.shape[1::-1], Image.BOX)
+    difference = np.abs(loaded.image.astype(int) - np.asarray(expected).astype(int))
+    assert np.percentile(difference, 99) <= 6 and difference.mean() < 1
+
+
 # ------------------------------------------------------------------------------------------------------ model files
 
 

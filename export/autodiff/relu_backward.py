@@ -1,4 +1,4 @@
-"""Modified ReLU backward rules for attribution by backpropagation (METHODS.md, input-gradient maps).
+"""Modified ReLU backward rules for attribution by backpropagation (docs/METHODS.md, input-gradient maps).
 
 Not gradients: guided backpropagation (Springenberg et al. 2014) and deconvnet (Zeiler & Fergus 2014) change what a
 ReLU passes back. :func:`overrides` gives the rule table entries that replace the ``Relu`` rule for one backward pass

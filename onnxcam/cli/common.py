@@ -6,6 +6,10 @@ import click
 
 from ..batch import BatchUsageError
 from ..methods import available_methods
+from ..methods.options import options_help
+
+#: The method parameters, a table for the commands' ``--help`` epilog (``\b``: click keeps its lines as they are).
+OPTION_HELP = f"\b\nMethod options (--option KEY=VALUE; default in brackets):\n{options_help()}"
 
 #: ``--method``: the methods to run, comma-separated (``explain`` and ``evaluate``).
 method_option = click.option(

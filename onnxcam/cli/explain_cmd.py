@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
+from .. import progress
 from ..batch import (
+    DEFAULT_MAX_SIDE,
     SAVE_KINDS,
     BatchOptions,
     BatchUsageError,
@@ -21,7 +23,7 @@ from ..batch import (
 )
 from ..inputs import Shard, parse_shard
 from ..providers import CHOICES
-from .common import method_option, parse_options, usage_error
+from .common import OPTION_HELP, method_option, parse_options, usage_error
 
 ENGINES = ("local", "ray")
 
@@ -43,7 +45,8 @@ def summary_line(summary: Summary) -> str:
 
 
 class Reporter:
-    """Prints per-input lines (stdout), errors (stderr) and a progress bar (stderr, only on a terminal)."""
+    """Prints per-input lines (stdout), errors and warnings (stderr) and a per-image progress bar (stderr, on a
+    terminal and without ``-q`` only: :mod:`onnxcam.progress`)."""
 
     def __init__(self, quiet: bool, stack: contextlib.ExitStack) -> None:
         self.quiet = quiet
@@ -51,14 +54,16 @@ class Reporter:
         self.bar: Any = None
 
     def start(self, total: int) -> None:
-        if sys.stderr.isatty():
-            self.bar = self.stack.enter_context(click.progressbar(length=total, label="explaining", file=sys.stderr))
+        self.bar = progress.bar(total, "explaining")
+        self.stack.callback(self.bar.close)
 
     def result(self, record: dict[str, Any], skipped: bool) -> None:
         if record.get("status") == "error":
-            click.echo(f"error: {record['input']}: {record['error']}", err=True)
-        elif not self.quiet:
-            click.echo(result_line(record, skipped))
+            progress.echo(f"error: {record['input']}: {record['error']}", err=True)
+        if record.get("topk") and not self.quiet:
+            progress.echo(result_line(record, skipped))
+        for warning in record.get("warnings") or []:
+            progress.echo(f"warning: {record['input']}: {warning}", err=True)
         if self.bar is not None:
             self.bar.update(1)
 
@@ -91,6 +96,7 @@ def batch_options(
     metric: str,
     option_pairs: tuple[str, ...],
     max_megapixels: float,
+    max_side: int,
 ) -> BatchOptions:
     """The :class:`BatchOptions` of the command-line values; unknown methods or save kinds raise BatchUsageError."""
     return BatchOptions(
@@ -107,10 +113,11 @@ def batch_options(
         metrics=parse_list(metric),
         method_options=parse_options(option_pairs),
         max_pixels=round(max_megapixels * 1e6),
+        max_side=max_side or None,
     )
 
 
-@click.command()
+@click.command(epilog=OPTION_HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @method_option
@@ -168,7 +175,8 @@ def batch_options(
     "option_pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A parameter of the perturbation/input-gradient methods or of the metrics, e.g. steps=32 (repeatable).",
+    help="A parameter of the chosen methods or metrics, e.g. masks=2000 (repeatable; the methods' options are listed "
+    "below, the metrics' in `onnxcam evaluate --help`); an unknown key is an error.",
 )
 @click.option(
     "--max-megapixels",
@@ -177,7 +185,15 @@ def batch_options(
     show_default=True,
     help="Refuse larger images before decoding them (decompression bombs).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No per-image lines or summary (errors are still printed).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-image lines, progress bars or summary (errors are printed).")
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_SIDE,
+    show_default=True,
+    help="Longest side of the overlays and maps in pixels; larger images are decoded and drawn at this size "
+    "(0: the original size).",
+)
 def explain(
     model: str,
     inputs: tuple[str, ...],
@@ -194,11 +210,16 @@ def explain(
 
     INPUTS are image files, directories (searched recursively for images) and glob patterns. Writes per image
     NAME.METHOD.png (overlay on the original image), NAME.METHOD.npy (the [0, 1] map at the original size) and
-    NAME.grid.png, as --save asks. Exit status 0 when every input was explained, 1 when any failed, 2 on bad usage.
+    NAME.grid.png, as --save asks; overlays and grids carry a caption naming the class and its probability.
+    Exit status 0 when every input was explained, 1 when any failed, 2 on bad usage (checked before any image).
+
+    A run without --resume starts the folder over: the artefacts the previous results.jsonl names are deleted and the
+    log restarts (other files are left alone).
 
     A job killed at any moment loses nothing: rerun it with --resume. With --engine ray, --provider cuda gives each
     actor one GPU; the model, inputs and --out must be paths every node of the cluster sees.
     """
+    progress.enable(progress.wanted(quiet))
     try:
         options = batch_options(**values)
         with contextlib.ExitStack() as stack:

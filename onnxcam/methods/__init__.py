@@ -1,7 +1,7 @@
 """CAM methods by the names pytorch-grad-cam users know: ``get_method("gradcam++")(activations, gradients)``.
 
 Pure numpy, float32. Each method returns the raw map ``[N, h, w]``; :mod:`onnxcam.postprocess` turns it into the
-normalised, input-sized map. The formulas are those of /work/shared/METHODS.md. Importing this package registers
+normalised, input-sized map. The formulas are those of docs/METHODS.md. Importing this package registers
 every method (one module per method or family, each calling ``register`` at import).
 
 Methods that query the model again (:class:`ModelMethod`: Score-CAM, Ablation-CAM, occlusion, RISE, saliency,

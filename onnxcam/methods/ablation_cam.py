@@ -1,15 +1,17 @@
-"""Ablation-CAM (Desai & Ramaswamy, WACV 2020) — METHODS.md, "Perturbation maps"; pytorch-grad-cam's ``AblationCAM``."""
+"""Ablation-CAM (Desai & Ramaswamy, WACV 2020) — docs/METHODS.md, "Perturbation maps";
+pytorch-grad-cam's ``AblationCAM``."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .base import channel_weighted_map, first_component_projection, register
-from .options import float_option, int_option
+from .options import BATCH_SIZE, MethodOption, declare_options
 from .perturbation import perturbed_objective
 from .request import MethodRequest, ModelMethod
 
 ABLATION_OFFSET = 1e7
+FRACTION = MethodOption("ablation_fraction", "number", 1.0, "fraction of channels ablated", low=1e-9, high=1.0)
 
 
 def ablation_value(activations: np.ndarray) -> np.float32:
@@ -52,8 +54,8 @@ def ablation_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
     graph's) and one head pass per ablated channel per image.
     """
     acts = request.activations[layer]
-    fraction = float_option(request, "ablation_fraction", 1.0, 1e-9, 1.0)
-    batch_size = int_option(request, "batch_size", 64)
+    fraction = FRACTION.read(request)
+    batch_size = BATCH_SIZE.read(request)
     y = request.target_scores
     weights = np.zeros(acts.shape[:2], np.float64)
 
@@ -68,7 +70,9 @@ def ablation_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
             maps[np.arange(stop - start), channels[start:stop]] = ablation_value(image)
             return maps
 
-        y_k = perturbed_objective(heads, ablated, len(channels), request.seed[n : n + 1], batch_size)
+        y_k = perturbed_objective(
+            heads, ablated, len(channels), request.seed[n : n + 1], batch_size, desc="Ablation-CAM channels"
+        )
         if y[n] != 0:
             weights[n, channels] = (y[n] - y_k) / y[n]
     return channel_weighted_map(acts, weights.astype(np.float32), False)
@@ -83,3 +87,4 @@ ABLATION_CAM = register(
         needs_head=True,
     )
 )
+declare_options("ablationcam", FRACTION, BATCH_SIZE)

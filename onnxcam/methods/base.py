@@ -1,7 +1,7 @@
 """Shared machinery of the CAM methods: the ``CamMethod`` record, the registry and the eigen-smoothing projection.
 
 Every method is a pure function ``(activations [N,K,h,w], second [N,K,h,w] | [N,K] | None, eigen_smooth) -> [N,h,w]``
-over float32 numpy arrays, following /work/shared/METHODS.md and pytorch-grad-cam 1.5.x. The map it returns is *raw*:
+over float32 numpy arrays, following docs/METHODS.md and pytorch-grad-cam 1.5.x. The map it returns is *raw*:
 layer resolution, not rectified, not normalised (pytorch-grad-cam's ``get_cam_image``); ReLU, min-max normalisation,
 resizing and multi-layer fusion live in :mod:`onnxcam.postprocess`.
 """
@@ -87,8 +87,9 @@ def available_methods() -> tuple[str, ...]:
 def first_component_projection(weighted: np.ndarray) -> np.ndarray:
     """Project each image onto its first principal component: ``M = (X − mean_Z X) · v₁`` reshaped to ``[h, w]``.
 
-    ``X`` is ``weighted[n]`` as a ``[Z, K]`` matrix (``Z = h·w``), centred per channel over positions, and ``v₁`` its
-    first right-singular vector (METHODS.md, Eigen-CAM; pytorch-grad-cam's ``get_2d_projection``, NaN → 0 included).
+    ``X`` is ``weighted[n]`` as a ``[Z, K]`` matrix (``Z = h·w``), centred per channel over positions, and ``v₁``
+    its first right-singular vector (docs/METHODS.md, Eigen-CAM; pytorch-grad-cam's ``get_2d_projection``, NaN → 0
+    included).
     The sign is the one the SVD returns: singular vectors are defined only up to ``(u, v) → (−u, −v)``, so the map
     may come out inverted; no correction is applied, to match the reference.
     """

@@ -1,4 +1,4 @@
-"""CAM, class activation mapping (Zhou et al., CVPR 2016) — METHODS.md, "Gradient-weighted maps".
+"""CAM, class activation mapping (Zhou et al., CVPR 2016) — docs/METHODS.md, "Gradient-weighted maps".
 
 For a GAP→Linear head, ``G = w^c / Z`` at every position, so Grad-CAM equals CAM up to the factor ``1/Z``.
 CAM needs the head's weights rather than gradients (``CamMethod.needs_head_weights``).

@@ -1,4 +1,4 @@
-"""Eigen-CAM (Muhammad & Yeasin 2020) and Eigen-Grad-CAM (pytorch-grad-cam) — METHODS.md, "Gradient-weighted maps".
+"""Eigen-CAM (Muhammad & Yeasin 2020) and Eigen-Grad-CAM (pytorch-grad-cam) — docs/METHODS.md, "Gradient-weighted maps".
 
 Both maps *are* a first-principal-component projection, so ``eigen_smooth`` changes nothing. The projection's sign is
 the one the SVD returns (no correction, as the reference): see :func:`~onnxcam.methods.base.first_component_projection`.

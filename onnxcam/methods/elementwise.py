@@ -1,4 +1,4 @@
-"""Element-wise gradient maps (no spatial pooling of G) — METHODS.md, "Gradient-weighted maps".
+"""Element-wise gradient maps (no spatial pooling of G) — docs/METHODS.md, "Gradient-weighted maps".
 
 HiResCAM (Draelos & Carin 2020), Grad-CAM element-wise (pytorch-grad-cam) and LayerCAM (Jiang et al., TIP 2021).
 """

@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al., ICCV 2017) — METHODS.md, "Gradient-weighted maps"."""
+"""Grad-CAM (Selvaraju et al., ICCV 2017) — docs/METHODS.md, "Gradient-weighted maps"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Grad-CAM++ (Chattopadhay et al., WACV 2018, eq. 19) — METHODS.md, "Gradient-weighted maps"."""
+"""Grad-CAM++ (Chattopadhay et al., WACV 2018, eq. 19) — docs/METHODS.md, "Gradient-weighted maps"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Guided Grad-CAM (Selvaraju et al., ICCV 2017) — METHODS.md, "Input-gradient maps"."""
+"""Guided Grad-CAM (Selvaraju et al., ICCV 2017) — docs/METHODS.md, "Input-gradient maps"."""
 
 from __future__ import annotations
 

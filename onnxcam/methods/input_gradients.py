@@ -1,4 +1,4 @@
-"""Input-gradient maps — METHODS.md, "Input-gradient maps": saliency, guided backpropagation, deconvnet,
+"""Input-gradient maps — docs/METHODS.md, "Input-gradient maps": saliency, guided backpropagation, deconvnet,
 SmoothGrad and Integrated Gradients, from ``ModelAccess.input_gradient`` (``∂y/∂x`` with a ReLU backward rule).
 
 Attributions are ``[N, C, H, W]``; the map of the gradient methods is ``max_c |a|`` (:func:`max_abs_channel`),
@@ -11,16 +11,25 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..progress import chunks
 from .base import register
-from .options import choice_option, float_option, image_array_option, int_option
+from .options import BATCH_SIZE, MethodOption, declare_options
 from .request import MethodRequest, ModelMethod, objective
 
 #: Quadrature of Integrated Gradients' path integral, as ``captum.attr.IntegratedGradients(method=…)``.
 IG_METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
+SAMPLES = MethodOption("n", "int", 50, "noisy samples")
+SIGMA = MethodOption("sigma", "number", 0.15, "noise std as a fraction of the input's range", low=0.0)
+RANDOM_SEED = MethodOption("random_seed", "seed", 0, "seed of the noise")
+NOISE = MethodOption("noise", "tensor", None, "explicit noise [N, n, C, H, W] (Python only)")
+STEPS = MethodOption("steps", "int", 50, "points on the path")
+IG_METHOD = MethodOption("method", "choice", "riemann_right", "quadrature", choices=IG_METHODS)
+BASELINE = MethodOption("baseline", "array", 0.0, "baseline x' in the preprocessed input's units")
+
 
 def max_abs_channel(attributions: np.ndarray) -> np.ndarray:
-    """``max_c |a_c|``: ``[N, C, H, W] → [N, H, W]`` (METHODS.md, saliency)."""
+    """``max_c |a_c|``: ``[N, C, H, W] → [N, H, W]`` (docs/METHODS.md, saliency)."""
     return np.abs(attributions).max(axis=1)
 
 
@@ -35,8 +44,7 @@ def weighted_gradient(
     """``Σ_i w_i · ∂y_n/∂x (p_i)`` ``[C, H, W]`` (float64) over points ``p_i`` built ``batch_size`` at a time by
     ``points(start, stop)``, with image ``n``'s seed and the true gradient."""
     total = np.zeros(request.x.shape[1:])
-    for start in range(0, len(weights), batch_size):
-        stop = min(start + batch_size, len(weights))
+    for start, stop in chunks(len(weights), batch_size, "gradient points"):
         grads = request.model.input_gradient(points(start, stop), request.seed[n : n + 1], "standard")
         total += np.tensordot(weights[start:stop], grads.astype(np.float64), axes=1)
     return total
@@ -60,15 +68,13 @@ def deconvnet(request: MethodRequest, layer: str | None = None) -> np.ndarray:
 def smoothgrad_noise(request: MethodRequest) -> np.ndarray:
     """The noise ``[N, n, C, H, W]``: ``options["noise"]`` when given, else ``N(0, σ²)`` with
     ``σ = sigma · (max x − min x)`` per image, from ``numpy.random.default_rng(random_seed)``."""
-    given = request.option("noise", None)
-    if given is not None:
-        noise = np.asarray(given, dtype=np.float32)
+    noise = NOISE.read(request)
+    if noise is not None:
         if noise.ndim != 5 or noise.shape[0] != len(request.x) or noise.shape[2:] != request.x.shape[1:]:
             raise ValueError(f"option 'noise' must be [N, n, C, H, W] with N, C, H, W of {request.x.shape}")
         return noise
-    samples = int_option(request, "n", 50)
-    sigma = float_option(request, "sigma", 0.15, 0.0, np.inf)
-    rng = np.random.default_rng(request.option("random_seed", 0))
+    samples, sigma = SAMPLES.read(request), SIGMA.read(request)
+    rng = np.random.default_rng(RANDOM_SEED.read(request))
     spread = (request.x.max(axis=(1, 2, 3)) - request.x.min(axis=(1, 2, 3))) * sigma
     noise = rng.standard_normal((len(request.x), samples, *request.x.shape[1:]), dtype=np.float32)
     return noise * spread[:, None, None, None, None].astype(np.float32)
@@ -83,7 +89,7 @@ def smoothgrad(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     ``batch_size`` (default 64). Cost: ``n`` forward and backward passes per image.
     """
     noise = smoothgrad_noise(request)
-    batch_size = int_option(request, "batch_size", 64)
+    batch_size = BATCH_SIZE.read(request)
     weights = np.full(noise.shape[1], 1.0 / noise.shape[1])
     return np.stack(
         [
@@ -116,15 +122,13 @@ def integrated_gradients(request: MethodRequest, layer: str | None = None) -> tu
     ``completeness_gap = Σ attributions − (y(x) − y(x'))`` (0 for an exact integral).
 
     Options: ``steps`` (default 50), ``method`` (one of :data:`IG_METHODS`, default ``"riemann_right"``, the
-    formula of METHODS.md), ``baseline`` (``x'``: a number or an array broadcastable to the input, default 0 — in the
-    *preprocessed* space, so the mean colour under mean/std normalisation; pass the normalised black image for a
+    formula of docs/METHODS.md), ``baseline`` (``x'``: a number or an array broadcastable to the input, default 0 —
+    in the *preprocessed* space, so the mean colour under mean/std normalisation; pass the normalised black image for a
     black baseline), ``batch_size`` (default 64). Cost: ``steps`` forward and backward passes per image, plus one
     forward pass of the baselines.
     """
-    steps = int_option(request, "steps", 50)
-    method = choice_option(request, "method", "riemann_right", IG_METHODS)
-    baseline = image_array_option(request, "baseline", 0.0)
-    batch_size = int_option(request, "batch_size", 64)
+    steps, method, baseline = STEPS.read(request), IG_METHOD.read(request), BASELINE.read(request)
+    batch_size = BATCH_SIZE.read(request)
     alphas, weights = quadrature(method, steps)
     alphas = alphas.astype(np.float32)[:, None, None, None]
     delta = request.x - baseline
@@ -170,3 +174,12 @@ INTEGRATED_GRADIENTS = register(
         rules=("standard",),
     )
 )
+declare_options("smoothgrad", SAMPLES, SIGMA, RANDOM_SEED, NOISE, BATCH_SIZE)
+
+
+def check_quadrature(values: dict, input_size: tuple[int, int]) -> None:
+    """The quadrature exists for that many steps (the Riemann and trapezoid rules need at least 2)."""
+    quadrature(values["method"], values["steps"])
+
+
+declare_options("integratedgradients", STEPS, IG_METHOD, BASELINE, BATCH_SIZE, check=check_quadrature)

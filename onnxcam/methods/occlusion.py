@@ -1,13 +1,19 @@
-"""Occlusion (Zeiler & Fergus, ECCV 2014) — METHODS.md, "Perturbation maps"; ``captum.attr.Occlusion`` semantics."""
+"""Occlusion (Zeiler & Fergus, ECCV 2014) — docs/METHODS.md, "Perturbation maps";
+``captum.attr.Occlusion`` semantics."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .base import register
-from .options import choice_option, image_array_option, int_option, pair_option
+from .options import BATCH_SIZE, MethodOption, declare_options
 from .perturbation import SCORE_KINDS, explained, perturbed_objective
 from .request import MethodRequest, ModelMethod
+
+PATCH = MethodOption("patch", "pair", 32, "patch size in input pixels, n or (h, w)")
+STRIDE = MethodOption("stride", "pair", 16, "step between patches, at most the patch")
+BASELINE = MethodOption("baseline", "array", 0.0, "fill value of the patch, in the preprocessed input's units")
+SCORE = MethodOption("score", "choice", "logit", "score whose drop is measured", choices=SCORE_KINDS)
 
 
 def window_starts(size: int, patch: int, stride: int) -> np.ndarray:
@@ -30,11 +36,9 @@ def occlusion(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     (default 64).
     Cost: one forward pass per patch position per image (``⌈(H − p)/s⌉ + 1`` times the same for ``W``).
     """
-    patch = pair_option(request, "patch", 32)
-    stride = pair_option(request, "stride", 16)
-    kind = choice_option(request, "score", "logit", SCORE_KINDS)
-    batch_size = int_option(request, "batch_size", 64)
-    baseline = image_array_option(request, "baseline", 0.0)
+    patch, stride, kind = PATCH.read(request), STRIDE.read(request), SCORE.read(request)
+    batch_size = BATCH_SIZE.read(request)
+    baseline = BASELINE.read(request)
     _, _, height, width = request.x.shape
     rows = window_starts(height, patch[0], stride[0])
     cols = window_starts(width, patch[1], stride[1])
@@ -52,7 +56,14 @@ def occlusion(request: MethodRequest, layer: str | None = None) -> np.ndarray:
 
         seed = request.seed[n : n + 1]
         occluded_y = perturbed_objective(
-            request.model.scores, occluded, len(corners), seed, batch_size, kind, request.scores_kind
+            request.model.scores,
+            occluded,
+            len(corners),
+            seed,
+            batch_size,
+            kind,
+            request.scores_kind,
+            desc="occlusion patches",
         )
         total = np.zeros((height, width))
         count = np.zeros((height, width))
@@ -72,3 +83,12 @@ OCCLUSION = register(
         reduce=lambda a: a.mean(axis=1),
     )
 )
+
+
+def check_windows(values: dict, input_size: tuple[int, int]) -> None:
+    """The patch fits the input and the stride skips no pixel, on both axes (before any image)."""
+    for axis in (0, 1):
+        window_starts(input_size[axis], values["patch"][axis], values["stride"][axis])
+
+
+declare_options("occlusion", PATCH, STRIDE, BASELINE, SCORE, BATCH_SIZE, check=check_windows)

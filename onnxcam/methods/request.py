@@ -5,7 +5,7 @@ CAM methods are pure functions of ``(A, G)``. The other families need to run the
 gradient with respect to the input (saliency, guided backprop, SmoothGrad, Integrated Gradients). They get a
 :class:`ModelAccess`, which :class:`onnxcam.Explainer` implements on onnxruntime (tests may implement it otherwise).
 
-The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (METHODS.md, Targets): ``seed_n`` is the
+The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (docs/METHODS.md, Targets): ``seed_n`` is the
 one-hot of the target class for ordinary class targets.
 """
 

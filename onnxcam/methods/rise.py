@@ -1,15 +1,22 @@
-"""RISE (Petsiuk et al., BMVC 2018) — METHODS.md, "Perturbation maps"."""
+"""RISE (Petsiuk et al., BMVC 2018) — docs/METHODS.md, "Perturbation maps"."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from ..progress import chunks
 from ..scores import RAW
 from .base import register
-from .options import choice_option, float_option, int_option
+from .options import BATCH_SIZE, MethodOption, declare_options
 from .perturbation import SCORE_KINDS, explained
 from .request import MethodRequest, ModelMethod
+
+MASKS = MethodOption("masks", "int", 4000, "number of random masks")
+CELLS = MethodOption("cells", "int", 7, "grid cells per side")
+KEEP = MethodOption("p", "number", 0.5, "probability that a cell is kept", low=1e-6, high=1.0)
+RANDOM_SEED = MethodOption("random_seed", "seed", 0, "seed of the masks")
+SCORE = MethodOption("score", "choice", "probability", "score weighting each mask", choices=SCORE_KINDS)
 
 
 def rise_masks(
@@ -44,19 +51,15 @@ def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     ``score`` (``"probability"`` or ``"logit"``), ``batch_size`` (masks per model run, default 64).
     Cost: ``N`` forward passes per image; every image sees the same masks.
     """
-    count = int_option(request, "masks", 4000)
-    cells = int_option(request, "cells", 7)
-    keep = float_option(request, "p", 0.5, 1e-6, 1.0)
-    default = "logit" if request.scores_kind == RAW else "probability"
-    kind = choice_option(request, "score", default, SCORE_KINDS)
-    batch_size = int_option(request, "batch_size", 64)
-    grids, shifts = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(request.option("random_seed", 0)).spawn(2)
-    )
+    count, cells, keep = MASKS.read(request), CELLS.read(request), KEEP.read(request)
+    given = request.option("score", None)
+    kind = SCORE.read(request) if given is not None or request.scores_kind != RAW else "logit"
+    batch_size = BATCH_SIZE.read(request)
+    grids, shifts = (np.random.default_rng(s) for s in np.random.SeedSequence(RANDOM_SEED.read(request)).spawn(2))
     n_images, _, height, width = request.x.shape
     saliency = np.zeros((n_images, height * width))
-    for start in range(0, count, batch_size):
-        masks = rise_masks(min(batch_size, count - start), (height, width), cells, keep, grids, shifts)
+    for start, stop in chunks(count, batch_size, "RISE masks", unit="mask"):
+        masks = rise_masks(stop - start, (height, width), cells, keep, grids, shifts)
         for n, image in enumerate(request.x):
             scores = request.model.scores(image[None] * masks[:, None])
             y = explained(scores, request.seed[n : n + 1], kind, request.scores_kind)
@@ -67,3 +70,4 @@ def rise(request: MethodRequest, layer: str | None = None) -> np.ndarray:
 RISE = register(
     ModelMethod("rise", rise, "score-weighted mean of random masks", resolution="input", reduce=lambda a: a[:, 0])
 )
+declare_options("rise", MASKS, CELLS, KEEP, RANDOM_SEED, SCORE, BATCH_SIZE)

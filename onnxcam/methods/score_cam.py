@@ -1,11 +1,11 @@
-"""Score-CAM (Wang et al., CVPR-W 2020) — METHODS.md, "Perturbation maps"; pytorch-grad-cam's ``ScoreCAM``."""
+"""Score-CAM (Wang et al., CVPR-W 2020) — docs/METHODS.md, "Perturbation maps"; pytorch-grad-cam's ``ScoreCAM``."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .base import channel_weighted_map, register
-from .options import int_option
+from .options import BATCH_SIZE, declare_options
 from .perturbation import perturbed_objective
 from .request import MethodRequest, ModelMethod
 
@@ -47,7 +47,7 @@ def score_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
     Options: ``batch_size`` (masked inputs per model run, default 64). Cost: ``K`` forward passes per image.
     """
     acts = request.activations[layer]
-    batch_size = int_option(request, "batch_size", 64)
+    batch_size = BATCH_SIZE.read(request)
     size = request.x.shape[2:]
     weights = np.zeros(acts.shape[:2], np.float64)
     for n, image in enumerate(request.x):
@@ -55,7 +55,9 @@ def score_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
         def masked(start: int, stop: int, n: int = n, image: np.ndarray = image) -> np.ndarray:
             return image[None] * channel_masks(acts[n, start:stop], size)[:, None]
 
-        y = perturbed_objective(request.model.scores, masked, acts.shape[1], request.seed[n : n + 1], batch_size)
+        y = perturbed_objective(
+            request.model.scores, masked, acts.shape[1], request.seed[n : n + 1], batch_size, desc="Score-CAM masks"
+        )
         e = np.exp(y - y.max())
         weights[n] = e / e.sum()
     return channel_weighted_map(acts, weights.astype(np.float32), False)
@@ -64,3 +66,4 @@ def score_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
 SCORE_CAM = register(
     ModelMethod("scorecam", score_cam, "softmax of the scores of channel-masked inputs", resolution="layer")
 )
+declare_options("scorecam", BATCH_SIZE)

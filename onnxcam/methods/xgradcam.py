@@ -1,4 +1,4 @@
-"""XGrad-CAM (Fu et al., BMVC 2020) — METHODS.md, "Gradient-weighted maps"."""
+"""XGrad-CAM (Fu et al., BMVC 2020) — docs/METHODS.md, "Gradient-weighted maps"."""
 
 from __future__ import annotations
 

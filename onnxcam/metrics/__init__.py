@@ -1,4 +1,4 @@
-"""Faithfulness metrics of explanation maps (METHODS.md, "Faithfulness metrics"): forward passes only, pure numpy.
+"""Faithfulness metrics of explanation maps (docs/METHODS.md, "Faithfulness metrics"): forward passes only, pure numpy.
 
 ``evaluate_maps(model, x, seed, {method: maps}, ["deletion", "insertion"])`` scores maps per image. Registered
 metrics: confidence change, drop/increase in confidence and Average Drop (:mod:`.confidence`), deletion and insertion

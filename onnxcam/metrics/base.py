@@ -4,7 +4,7 @@ A metric scores one explanation map per image by running the model again on pert
 through :class:`onnxcam.methods.request.ModelAccess`). Metrics that share their perturbed inputs form a *family*: one
 function ``(request, names) -> {name: [N] values}`` computes every metric of the family asked for, so e.g. the
 confidence metrics cost one forward pass together, and ROAD's averaged and combined scores reuse one set of
-imputations. METHODS.md, "Faithfulness metrics", defines them.
+imputations. docs/METHODS.md, "Faithfulness metrics", defines them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One forward pass of ``x ⊙ map`` (the map in ``[0, 1]`` multiplied into every channel of the *normalised* input),
 then, with ``s`` the score chosen by the ``metric_score`` option (``logit``: ``y = Σ seed ⊙ scores``, default;
-``probability``) and ``p`` the target probability (METHODS.md, Faithfulness metrics):
+``probability``) and ``p`` the target probability (docs/METHODS.md, Faithfulness metrics):
 
 - ``confidence_change = s(x ⊙ map) − s(x)``;
 - ``drop_in_confidence = max(−change, 0)`` and ``increase_in_confidence = [change > 0]`` (as the reference);

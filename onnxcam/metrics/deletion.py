@@ -1,4 +1,4 @@
-"""Deletion and insertion (Petsiuk et al., RISE, BMVC 2018; METHODS.md, Faithfulness metrics).
+"""Deletion and insertion (Petsiuk et al., RISE, BMVC 2018; docs/METHODS.md, Faithfulness metrics).
 
 Pixels are taken in order of decreasing saliency (ties in raster order). After step ``i`` of ``s`` (option
 ``curve_steps``, default 50), the first ``k_i = ⌈i·H·W/s⌉`` pixels are

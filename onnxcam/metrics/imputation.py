@@ -1,4 +1,4 @@
-"""ROAD's noisy linear imputation (Rong et al., ICML 2022; METHODS.md, Faithfulness metrics) in numpy alone.
+"""ROAD's noisy linear imputation (Rong et al., ICML 2022; docs/METHODS.md, Faithfulness metrics) in numpy alone.
 
 Every removed pixel becomes the weighted mean of its in-image 8-neighbours (edge neighbours ``1/6``, diagonals
 ``1/12``), kept pixels stay fixed: per channel, the sparse linear system of the reference (pytorch-grad-cam's

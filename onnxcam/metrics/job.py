@@ -33,6 +33,7 @@ from ..batch import (
     BatchUsageError,
     Decoded,
     Job,
+    check_graph_supports,
     decoded_batches,
     default_workers,
     one_line,
@@ -44,9 +45,11 @@ from ..batch import (
 )
 from ..explainer import Explainer
 from ..inputs import expand_inputs
+from ..methods import get_method
+from ..methods.options import check_options
 from ..outputs import JsonLinesLog
 from ..targets import ClassSet, Target
-from .base import check_options, get_metric
+from .base import get_metric, metric_options
 from .evaluate import evaluate_maps
 
 METRICS_FILE = "metrics.jsonl"
@@ -101,11 +104,14 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
         raise BatchUsageError("no metric given", "--metric")
     metrics = resolve_metric_names(options.metrics)
     target = resolve_class(options.target, explainer)
+    methods = resolve_methods(options.methods)
+    for name in methods:
+        check_graph_supports(get_method(name), explainer, layers)
     try:
-        checked = check_options(options.options)
+        checked = check_options(methods, metrics, options.options, explainer.preprocess.input_size)
     except ValueError as exc:
         raise BatchUsageError(str(exc), "--option") from None
-    return Plan(resolve_methods(options.methods), metrics, target, layers, options.batch_size, checked)
+    return Plan(methods, metrics, target, layers, options.batch_size, checked)
 
 
 def base_record(path: Path, error: str | None, timings: dict[str, float]) -> dict[str, Any]:
@@ -126,9 +132,11 @@ def score_batch(explainer: Explainer, good: Sequence[Decoded], settings: Plan) -
     """Explain and score decoded images: ``(records, "")``, or ``([], cause)`` when the batch failed."""
     x = np.stack([d.x for d in good])
     started = time.perf_counter()
+    metric_keys = {o.name for o in metric_options()}
+    method_options = {k: v for k, v in settings.options.items() if k not in metric_keys}
     try:
         explanations = explainer.explain_arrays(
-            x, settings.target, settings.methods, settings.layers, topk=1, options=settings.options
+            x, settings.target, settings.methods, settings.layers, topk=1, options=method_options
         )
     except Exception as exc:  # onnxruntime or a method failing on this batch: mark it, go on
         return [], f"inference failed: {one_line(exc)}"
@@ -200,16 +208,19 @@ def run_evaluation(
     out_dir: str | Path,
     options: EvaluationOptions | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> EvaluationSummary:
     """Explain and score every image of ``inputs`` (files, directories, globs) into ``out_dir/metrics.jsonl``.
 
     Usage mistakes raise :class:`BatchUsageError` before any image is read or any file written; ``on_result`` is
-    called once per input, in input order.
+    called once per input, in input order; ``on_start(total)`` once the inputs are expanded.
     """
     settings = plan(options or EvaluationOptions(), explainer)
     out = prepare_out_dir(out_dir)
     started = time.perf_counter()
     jobs = [Job(item, str(item.path), {}) for item in expand_inputs(inputs, exclude=[out])]
+    if on_start is not None:
+        on_start(len(jobs))
     try:
         log = JsonLinesLog(out / METRICS_FILE, [])
     except OSError as exc:

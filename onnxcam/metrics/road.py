@@ -1,4 +1,4 @@
-"""ROAD: remove and debias (Rong et al., ICML 2022; METHODS.md, Faithfulness metrics; pytorch-grad-cam's ``road``).
+"""ROAD: remove and debias (Rong et al., ICML 2022; docs/METHODS.md, Faithfulness metrics; pytorch-grad-cam's ``road``).
 
 At percentile ``p``, *MoRF* removes the pixels whose saliency is ≥ the ``p``-th percentile of the map (numpy's linear
 percentile; the reference keeps ``map < threshold``): the ``(100 − p)`` % most relevant pixels. *LeRF* does the same
