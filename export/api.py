@@ -13,9 +13,8 @@ import onnx
 
 from onnxcam import __version__, contract
 
-from . import onnx_prep, sources
+from . import inputs, onnx_prep, sources
 from .assemble import build_explainer
-from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .sources import SourceError
 from .verify import Report, verify_finite_differences
@@ -48,9 +47,9 @@ def export_model(
     layers: Sequence[str] | None = None,
     input_size: tuple[int, int] = (224, 224),
     labels: Sequence[str] | None = None,
-    mean: tuple[float, float, float] = contract.Preprocess.mean,
-    std: tuple[float, float, float] = contract.Preprocess.std,
-    value_scale: float = contract.Preprocess.value_scale,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    value_scale: float | None = None,
     opset: int = 18,
     exporter: str = "dynamo",
     optimize: bool = True,
@@ -60,12 +59,18 @@ def export_model(
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    channels: int | None = None,
+    channel_order: str | None = None,
+    input_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
     ``layers`` are module names (``model.named_modules()``); none → the last 4-D feature map before pooling.
     ``input_gradients``: ReLU backward rules of the ``gradient:input[:rule]`` outputs (``standard``, ``guided``,
     ``deconvnet``; ``()`` for none). ``heads``: add the part after each layer as a head graph (Ablation-CAM).
+    The input (:func:`inputs.describe_input`): ``channels`` (default: the first convolution's ``in_channels``),
+    ``mean``/``std`` (C values or one), ``value_scale`` (0–255 → the model's range), ``channel_order`` (RGB, BGR),
+    ``input_layout`` (``NHWC`` for a model taking channels-last tensors: the graph takes NCHW and permutes).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -73,23 +78,28 @@ def export_model(
     from .verify_torch import verify_torch
 
     model = model.eval()
-    input_shape = (3, *input_size)
-    if not layers:
-        layers = [default_layer(model, input_shape)]
-        log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
-    started = time.perf_counter()
-    forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize)
-    metadata = contract.Metadata(
-        layers=tuple(layers),
-        preprocess=contract.Preprocess(input_size=input_size, mean=mean, std=std, value_scale=value_scale),
-        labels=tuple(labels) if labels else None,
-        source=source or type(model).__name__,
-        exporter=exporter_version(),
-    )
-    rules = _rules(input_gradients)
-    check = (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance)) if verify else None
-    extras = Extras(rules, heads)
-    return _build_check_save(forward, metadata, extras, check, "float64 torch.autograd", output, started, log)
+    channels = channels or inputs.torch_channels(model) or 3
+    layout = (input_layout or "NCHW").upper()
+    preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=layout)
+    input_shape = (channels, *input_size)
+    with inputs.nchw_view(model, preprocess.input_layout):
+        inputs.probe_torch(model, input_shape)
+        if not layers:
+            layers = [default_layer(model, input_shape)]
+            log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
+        started = time.perf_counter()
+        forward = to_onnx(model, layers, input_size, channels, opset=opset, exporter=exporter, optimize=optimize)
+        metadata = contract.Metadata(
+            layers=tuple(layers),
+            preprocess=preprocess,
+            labels=tuple(labels) if labels else None,
+            source=source or type(model).__name__,
+            exporter=exporter_version(),
+        )
+        rules = _rules(input_gradients)
+        check = (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance)) if verify else None
+        extras = Extras(rules, heads)
+        return _build_check_save(forward, metadata, extras, check, "float64 torch.autograd", output, started, log)
 
 
 @dataclass(frozen=True)
@@ -164,35 +174,46 @@ def export_onnx_file(
     layers: Sequence[str] | None = None,
     input_size: tuple[int, int] | None = None,
     labels: Sequence[str] | None = None,
-    mean: tuple[float, float, float] = contract.Preprocess.mean,
-    std: tuple[float, float, float] = contract.Preprocess.std,
-    value_scale: float = contract.Preprocess.value_scale,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    value_scale: float | None = None,
     opset: int = onnx_prep.MIN_OPSET,
     verify: bool = True,
     tolerance: float = 1e-4,
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    channels: int | None = None,
+    channel_order: str | None = None,
+    input_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
     ``input_gradients`` and ``heads`` as in :func:`export_model` (the layer gradients are what is verified).
+    The model input's channels, size, dtype (float32 or uint8) and layout (NCHW or NHWC) are read from the file
+    (:func:`inputs.read_onnx_input`; ``channels``/``input_size``/``input_layout`` where it does not say), and the
+    graph is made to take float32 NCHW (:func:`inputs.to_float_nchw`); the rest as in :func:`export_model`.
     """
     started = time.perf_counter()
     forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset)
     log(f"explaining tensor(s) {', '.join(layers)}")
-    shape = GraphInfo(forward).shape(contract.INPUT) or ()
-    spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
-    size = input_size or (spatial if len(spatial) == 2 else (224, 224))
-    channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 3
+    found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
+    forward = inputs.to_float_nchw(forward, found)
+    size = tuple(input_size or found.size or (224, 224))
+    preprocess = inputs.describe_input(
+        size, found.channels, mean, std, channel_order, value_scale, found.dtype, found.layout
+    )
+    if (found.dtype, found.layout) != ("float32", "NCHW"):
+        log(f"model input: {found.dtype} {found.layout}; the explainer's input is float32 NCHW")
     metadata = contract.Metadata(
         layers=tuple(layers),
-        preprocess=contract.Preprocess(input_size=tuple(size), mean=mean, std=std, value_scale=value_scale),
+        preprocess=preprocess,
         labels=tuple(labels) if labels else None,
         source=Path(path).name,
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
     )
-    check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
+    shape = (found.channels, *size)
+    check = (lambda e: verify_finite_differences(e, layers, shape, tolerance=tolerance)) if verify else None
     extras = Extras(_rules(input_gradients), heads)
     return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
 
@@ -204,8 +225,8 @@ def export_source(
     input_size: tuple[int, int] | None = None,
     opset: int = 18,
     weights: str | None = None,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     labels: str | None = None,
     exporter: str = "dynamo",
     no_verify: bool = False,
@@ -213,9 +234,19 @@ def export_source(
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    channels: int | None = None,
+    channel_order: str | None = None,
+    scale: str | float | None = None,
+    input_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
-    """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
+    """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
+
+    ``scale``: the value scale as a number or a fraction (``'1/255'``, ``1``); the input options as in
+    :func:`export_model`. A recipe's ``onnxcam_export_info`` may set ``channels``, ``channel_order``, ``value_scale``
+    and ``input_layout`` too (the options win).
+    """
     preprocess = contract.Preprocess()
+    value_scale = None if scale is None else inputs.parse_scale(scale)
     if sources.is_onnx(source):
         return export_onnx_file(
             source,
@@ -223,14 +254,18 @@ def export_source(
             layers,
             input_size=input_size,
             labels=resolve_labels(labels),
-            mean=mean or preprocess.mean,
-            std=std or preprocess.std,
+            mean=mean or None,
+            std=std or None,
+            value_scale=value_scale,
             opset=opset,
             verify=not no_verify,
             tolerance=tolerance,
             input_gradients=input_gradients,
             heads=heads,
             log=log,
+            channels=channels,
+            channel_order=channel_order,
+            input_layout=input_layout,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -240,8 +275,9 @@ def export_source(
         layers=list(layers) or recipe.get("layers"),
         input_size=tuple(input_size or recipe.get("input_size", preprocess.input_size)),
         labels=resolve_labels(labels or recipe.get("labels")),
-        mean=tuple(mean or recipe.get("mean", preprocess.mean)),
-        std=tuple(std or recipe.get("std", preprocess.std)),
+        mean=mean or recipe.get("mean"),
+        std=std or recipe.get("std"),
+        value_scale=recipe.get("value_scale") if value_scale is None else value_scale,
         opset=opset,
         exporter=exporter,
         verify=not no_verify,
@@ -250,4 +286,7 @@ def export_source(
         input_gradients=input_gradients,
         heads=heads,
         log=log,
+        channels=channels or recipe.get("channels"),
+        channel_order=channel_order or recipe.get("channel_order"),
+        input_layout=input_layout or recipe.get("input_layout"),
     )

@@ -57,6 +57,7 @@ from .outputs import (
     write_npy,
     write_png,
 )
+from .pixels import files_refusal
 from .postprocess import map_stats
 from .preprocess import preprocess
 from .providers import ProviderError
@@ -223,6 +224,9 @@ def resolve_class(target: Target, explainer: Explainer) -> int:
 
 def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
     """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
+    refusal = files_refusal(explainer.preprocess.channels)
+    if refusal is not None:
+        raise BatchUsageError(refusal, "MODEL")
     layers = resolve_layers(options.layers, explainer)
     for name, value in (("--batch-size", options.batch_size), ("--topk", options.topk)):
         if value < 1:

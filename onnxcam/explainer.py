@@ -14,6 +14,7 @@ from .images import read_image
 from .methods import CamMethod, get_method
 from .methods.request import MethodRequest, ModelMethod, objective
 from .model_file import ExplainerGraph, open_graph
+from .pixels import PixelFormatError, files_refusal
 from .postprocess import fuse, layer_map, normalize
 from .preprocess import preprocess_batch
 from .providers import check_used, provider_list, session_options
@@ -120,7 +121,7 @@ class Explainer:
         self.score_shape = tuple(int(d) for d in self.graph.output(contract.SCORES).shape[1:])
         self.classes = self.score_shape[0]
         self.max_batch = 64
-        self.input_shape = (3, *self.preprocess.input_size)
+        self.input_shape = (self.preprocess.channels, *self.preprocess.input_size)
         self._optional = {i.name for i in self.graph.session.get_overridable_initializers()}
         self.has_seed = contract.SEED in self._optional
         self._names = [
@@ -166,7 +167,7 @@ class Explainer:
         return feeds
 
     def run(self, x: np.ndarray, target: np.ndarray, seed: np.ndarray | None = None) -> GraphOutputs:
-        """One session run on a preprocessed batch ``x`` ``[N, 3, H, W]`` with class indices ``target`` ``[N]``.
+        """One session run on a preprocessed batch ``x`` ``[N, C, H, W]`` with class indices ``target`` ``[N]``.
 
         ``seed`` ``[N, *S]`` (optional): explain ``Σ seed ⊙ scores`` instead, for images whose seed row is non-zero.
         """
@@ -234,7 +235,7 @@ class Explainer:
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
     ) -> list[Explanation]:
-        """Explain a preprocessed batch ``x`` ``[N, 3, H, W]``; maps come at ``H×W``.
+        """Explain a preprocessed batch ``x`` ``[N, C, H, W]``; maps come at ``H×W``.
 
         ``seed`` ``[N, *S]`` or ``[*S]``: explain ``Σ seed ⊙ scores`` (rows of zeros fall back to ``target``).
         ``options``: parameters of the perturbation and input-gradient methods and of the metrics
@@ -337,15 +338,22 @@ class Explainer:
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
     ) -> list[Explanation]:
-        """Explain images (paths or RGB uint8 arrays of any size); maps at network resolution, see ``image_size``.
+        """Explain images of any size (paths or arrays); maps at network resolution, see ``image_size``.
 
+        ``images``: one image or a sequence (a list, or an ``N×H×W×c`` array). An array is an image as a person holds
+        it, converted exactly as image files are: ``H×W`` or ``H×W×1`` grey, ``H×W×3`` RGB, ``H×W×4`` RGBA (alpha
+        dropped), uint8 in 0–255 or float in [0, 1] (taken as such, never divided by 255 again: ``round(255·v)``
+        as for float image files);
+        grey and colour are converted to the model's channels (:attr:`preprocess` ``.channels``). A model with other
+        than 1 or 3 channels takes ``H×W×C`` arrays only. Any other array (float outside [0, 1], other integer
+        types, other shapes) raises :class:`onnxcam.pixels.PixelFormatError` naming the expected format.
         ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
         """
-        batch = (
-            [images]
-            if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
-            else images
-        )
+        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
+        batch = [images] if isinstance(images, (str, Path)) or single else images
+        refusal = files_refusal(self.preprocess.channels)
+        if refusal is not None and any(isinstance(i, (str, Path)) for i in batch):
+            raise PixelFormatError(refusal)
         decoded = [read_image(i) if isinstance(i, (str, Path)) else i for i in batch]
         x = preprocess_batch(decoded, self.preprocess)
         results = self.explain_arrays(x, target, methods, layers, topk, eigen_smooth, seed, options, metrics)

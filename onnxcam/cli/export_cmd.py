@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..contract import RELU_RULES
+from .number_list import NumberList
 
 
 @click.command()
@@ -16,8 +17,12 @@ from ..contract import RELU_RULES
 @click.option("--input-size", nargs=2, type=int, default=None, metavar="H W", help="Input height and width [224 224].")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset of the written graph (≥ 18).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="State dict to load (weights_only).")
-@click.option("--mean", nargs=3, type=float, default=None, metavar="R G B", help="Normalisation mean on [0, 1].")
-@click.option("--std", nargs=3, type=float, default=None, metavar="R G B", help="Normalisation std on [0, 1].")
+@click.option(
+    "--mean", cls=NumberList, default=None, metavar="M…", help="Normalisation mean on [0, 1]: one per channel, or one."
+)
+@click.option(
+    "--std", cls=NumberList, default=None, metavar="S…", help="Normalisation std on [0, 1]: one per channel, or one."
+)
 @click.option("--labels", default=None, help="'imagenet', or a file with one class name per line.")
 @click.option(
     "--exporter",
@@ -37,6 +42,20 @@ from ..contract import RELU_RULES
 @click.option("--no-head", is_flag=True, help="Leave out the head graphs (the part after each layer; Ablation-CAM).")
 @click.option("--no-verify", is_flag=True, help="Skip the gradient check against torch.autograd / finite differences.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error allowed.")
+@click.option("--channels", type=click.IntRange(min=1), default=None, help="Input channels C [from the model].")
+@click.option(
+    "--channel-order",
+    type=click.Choice(["RGB", "BGR"], case_sensitive=False),
+    default=None,
+    help="Colour order the model expects (3 channels) [RGB].",
+)
+@click.option("--scale", default=None, metavar="S", help="Pixel 0–255 → model range: 1/255 for [0, 1], 1 for 0–255.")
+@click.option(
+    "--input-layout",
+    type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+    default=None,
+    help="Layout of the model's input [read from an ONNX file's input shape; NCHW for PyTorch].",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:
