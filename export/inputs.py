@@ -104,7 +104,8 @@ def read_onnx_input(
     c_dim, spatial = (dims[3], dims[1:3]) if layout == "NHWC" else (dims[1], dims[2:4])
     if isinstance(c_dim, int) and channels is not None and channels != c_dim:
         raise InputError(
-            f"--channels {channels}: the model's input {layout} {_dims(dims)} has {c_dim} channel(s)"
+            f"--channels {channels}: the model's input {layout} {_dims(dims)} "
+            f"has {c_dim} channel{'s' if c_dim != 1 else ''}"
             + ("; a channels-last input? add --input-layout NHWC" if layout == "NCHW" and dims[3] == channels else "")
         )
     size = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None

@@ -145,12 +145,12 @@ def model_input(p: contract.Preprocess) -> str:
     """What the model's own input takes (dtype, value range, layout) and how the explainer's ``input`` relates."""
     c, (h, w) = p.channels, p.input_size
     dims = f"[N, {h}, {w}, {c}]" if p.input_layout == "NHWC" else f"[N, {c}, {h}, {w}]"
-    pixels = "uint8 pixels 0..255" if p.input_dtype == "uint8" else f"pixels scaled to [0, {255 * p.value_scale:.6g}]"
+    pixels = "pixels 0..255" if p.input_dtype == "uint8" else f"pixels scaled to [0, {255 * p.value_scale:.6g}]"
     inside = [
-        *(["cast from float"] if p.input_dtype == "uint8" else []),
-        *(["transposed from NCHW"] if p.input_layout == "NHWC" else []),
+        *(["transposed to NHWC"] if p.input_layout == "NHWC" else []),
+        *(["its uint8 input retyped to float (integer pixel values)"] if p.input_dtype == "uint8" else []),
     ]
-    note = f"; the explainer's '{contract.INPUT}' is float32 NCHW ({', '.join(inside)} inside)" if inside else ""
+    note = f"; the explainer's '{contract.INPUT}' is float32 NCHW ({', '.join(inside)})" if inside else ""
     return f"{p.input_dtype} {p.input_layout} {dims}, {pixels}{note}"
 
 
