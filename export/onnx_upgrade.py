@@ -76,7 +76,9 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         raise UpgradeError(f"cannot upgrade opset {before} → {opset}: {first}") from None
     if before < 11:
         _restore_semantics(upgraded)
-    upgraded.ir_version = max(upgraded.ir_version, helper.find_min_ir_version_for(upgraded.opset_import))
+    upgraded.ir_version = max(
+        upgraded.ir_version, helper.find_min_ir_version_for(upgraded.opset_import, ignore_unknown=True)
+    )
     feed = _probe(model)
     if feed is None:
         return upgraded
