@@ -329,3 +329,73 @@ def test_files_written_before_the_input_fields_keep_their_meaning() -> None:
     assert contract.Preprocess.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="std has 2 values"):
         contract.Preprocess(std=(1.0, 2.0))
+
+
+def uint8_nchw_file(path: Path, arithmetic_first: bool = False) -> Path:
+    """A uint8 NCHW file: Cast to float, /255, conv, ReLU (``r``), GAP, Gemm; or (``arithmetic_first``) an Add on
+    the uint8 pixels before the Cast."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "fw"),
+        numpy_helper.from_array(np.float32(255.0), "k"),
+        numpy_helper.from_array(np.uint8(1), "one"),
+    ]
+    first = [helper.make_node("Add", ["pixels", "one"], ["shifted"])] if arithmetic_first else []
+    nodes = [
+        *first,
+        helper.make_node("Cast", ["shifted" if arithmetic_first else "pixels"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["f", "k"], ["x"]),
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fw"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "u8",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, *SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_uint8_nchw_file_is_fed_the_pixels_it_takes(tmp_path: Path) -> None:
+    source = uint8_nchw_file(tmp_path / "u8.onnx")
+    export_onnx_file(source, tmp_path / "e.onnx", ["r"], input_gradients=["standard"], **QUIET)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    assert (explainer.preprocess.input_dtype, explainer.preprocess.input_layout) == ("uint8", "NCHW")
+    pixels = cv2.resize(IMAGE, (SIZE[1], SIZE[0]), interpolation=cv2.INTER_LINEAR)
+    own = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    logits = own.run(None, {"pixels": np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])})[0]
+    [result] = explainer.explain(IMAGE, target=2, methods=["gradcam", "saliency"])
+    assert result.score == pytest.approx(float(logits[0, 2]), rel=1e-5)
+    # the input gradient is ∂y/∂pixel: the float model on x = pixel / 255 has ∂y/∂x = 255 · ∂y/∂pixel
+    grad = explainer.input_gradient(chw(pixels), np.eye(4, dtype=np.float32)[2])
+    x = torch.from_numpy(chw(pixels) / 255).requires_grad_(True)
+    w = torch.from_numpy(own_weights(source, "w"))
+    y = (
+        torch.relu(torch.nn.functional.conv2d(x, w, padding=1)).mean((2, 3))
+        @ torch.from_numpy(own_weights(source, "fw")).T
+    )
+    (ref,) = torch.autograd.grad(y[0, 2], x)
+    np.testing.assert_allclose(grad * 255, ref.numpy(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def own_weights(path: Path, name: str) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name == name)
+
+
+def test_uint8_input_used_before_a_cast_is_refused(tmp_path: Path) -> None:
+    source = uint8_nchw_file(tmp_path / "u8.onnx", arithmetic_first=True)
+    with pytest.raises(InputError, match="uint8 input feeds an op that cannot take float pixels"):
+        export_onnx_file(source, None, ["r"], verify=False, **QUIET)
