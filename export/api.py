@@ -200,6 +200,8 @@ def export_onnx_file(
     found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
     forward = inputs.to_float_nchw(forward, found)
     size = tuple(input_size or found.size or (224, 224))
+    if found.dtype == "float32" and mean is None and std is None:
+        mean, std, value_scale = _inside_normalisation(forward, (found.channels, *size), value_scale, log)
     preprocess = inputs.describe_input(
         size, found.channels, mean, std, channel_order, value_scale, found.dtype, found.layout
     )
@@ -216,6 +218,24 @@ def export_onnx_file(
     check = (lambda e: verify_finite_differences(e, layers, shape, tolerance=tolerance)) if verify else None
     extras = Extras(_rules(input_gradients), heads)
     return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
+
+
+def _inside_normalisation(
+    forward: onnx.ModelProto, shape: tuple[int, int, int], value_scale: float | None, log: Log
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, float | None]:
+    """``(mean, std, value_scale)`` for a file that may normalise its input itself: none added when it does (and the
+    pixel range its constants expect, unless ``value_scale`` was given), the defaults otherwise."""
+    inside = inputs.inside_normalisation(forward, shape)
+    if inside is None:
+        return None, None, value_scale
+    if value_scale is None:
+        value_scale = 1.0 if inside.takes_0_255 else 1.0 / 255.0
+    log(
+        f"the model normalises its input itself ({' → '.join(inside.ops)} before the first Conv): no mean/std added, "
+        f"pixels fed as {'0..255' if value_scale == 1.0 else f'pixel·{value_scale:.6g}'}; "
+        "declare --mean/--std/--scale to override"
+    )
+    return (0.0,), (1.0,), value_scale
 
 
 def export_source(

@@ -399,3 +399,41 @@ def test_uint8_input_used_before_a_cast_is_refused(tmp_path: Path) -> None:
     source = uint8_nchw_file(tmp_path / "u8.onnx", arithmetic_first=True)
     with pytest.raises(InputError, match="uint8 input feeds an op that cannot take float pixels"):
         export_onnx_file(source, None, ["r"], verify=False, **QUIET)
+
+
+class Caffe(nn.Module):
+    """``net`` taking pixels 0..255 and normalising inside: ``(x − 255·mean) / (255·std)``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", 255 * torch.tensor(contract.Preprocess.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", 255 * torch.tensor(contract.Preprocess.std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+@pytest.mark.parametrize(
+    ("name", "scale"), [("nhwc-0-1", 1 / 255), ("nchw-0-255", 1.0)], ids=["nhwc-0-1", "nchw-0-255"]
+)
+def test_a_normalisation_inside_the_file_is_not_applied_twice(
+    tmp_path: Path, deployed: dict[str, tuple[Path, Explainer]], name: str, scale: float
+) -> None:
+    net = deployed["nchw"][1]
+    model, example = (
+        (Deployed(Net(3), False), torch.rand(1, *SIZE, 3))
+        if name == "nhwc-0-1"
+        else (Caffe(Net(3)), 255 * torch.rand(1, 3, *SIZE))
+    )
+    source = torch_file(model, tmp_path / "src.onnx", example)
+    messages: list[str] = []
+    export_onnx_file(source, tmp_path / "e.onnx", [relu_outputs(source)[1]], log=messages.append)
+    assert any("the model normalises its input itself" in m for m in messages), messages
+    ours = Explainer(tmp_path / "e.onnx", provider="cpu")
+    spec = ours.preprocess
+    assert (spec.mean, spec.std, spec.value_scale) == ((0.0,), (1.0,), pytest.approx(scale))
+    [got] = ours.explain(IMAGE, target=2)
+    [want] = net.explain(IMAGE, target=2)
+    np.testing.assert_allclose(got.maps["gradcam"], want.maps["gradcam"], atol=1e-4)
+    assert got.score == pytest.approx(want.score, rel=1e-4)
