@@ -224,9 +224,7 @@ def resolve_class(target: Target, explainer: Explainer) -> int:
 
 def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
     """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
-    refusal = files_refusal(explainer.preprocess.channels)
-    if refusal is not None:
-        raise BatchUsageError(refusal, "MODEL")
+    check_takes_image_files(explainer)
     layers = resolve_layers(options.layers, explainer)
     for name, value in (("--batch-size", options.batch_size), ("--topk", options.topk)):
         if value < 1:
@@ -253,6 +251,13 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         max_pixels=options.max_pixels,
         workers=max(1, options.workers),
     )
+
+
+def check_takes_image_files(explainer: Explainer) -> None:
+    """Refuse (:class:`BatchUsageError`) a graph that image files cannot feed (other than 1 or 3 channels)."""
+    refusal = files_refusal(explainer.preprocess.channels)
+    if refusal is not None:
+        raise BatchUsageError(refusal, "MODEL")
 
 
 def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str]) -> None:

@@ -147,10 +147,10 @@ def model_input(p: contract.Preprocess) -> str:
     dims = f"[N, {h}, {w}, {c}]" if p.input_layout == "NHWC" else f"[N, {c}, {h}, {w}]"
     pixels = "pixels 0..255" if p.input_dtype == "uint8" else f"pixels scaled to [0, {255 * p.value_scale:.6g}]"
     inside = [
-        *(["transposed to NHWC"] if p.input_layout == "NHWC" else []),
-        *(["its uint8 input retyped to float (integer pixel values)"] if p.input_dtype == "uint8" else []),
+        *(["a Transpose to NHWC"] if p.input_layout == "NHWC" else []),
+        *(["the uint8 input retyped to float, fed integer pixel values"] if p.input_dtype == "uint8" else []),
     ]
-    note = f"; the explainer's '{contract.INPUT}' is float32 NCHW ({', '.join(inside)})" if inside else ""
+    note = f"; the explainer's '{contract.INPUT}' is float32 NCHW (inside: {'; '.join(inside)})" if inside else ""
     return f"{p.input_dtype} {p.input_layout} {dims}, {pixels}{note}"
 
 

@@ -437,3 +437,13 @@ def test_a_normalisation_inside_the_file_is_not_applied_twice(
     [want] = net.explain(IMAGE, target=2)
     np.testing.assert_allclose(got.maps["gradcam"], want.maps["gradcam"], atol=1e-4)
     assert got.score == pytest.approx(want.score, rel=1e-4)
+
+
+def test_evaluate_refuses_image_files_for_a_four_channel_model(tmp_path: Path) -> None:
+    from onnxcam.metrics.job import EvaluationOptions, run_evaluation
+
+    export_model(Net(4).eval(), tmp_path / "m.onnx", ["body.3"], SIZE, exporter="torchscript", **QUIET)
+    cv2.imwrite(str(tmp_path / "x.png"), IMAGE)
+    options = EvaluationOptions(metrics=("deletion",))
+    with pytest.raises(BatchUsageError, match="takes 4 input channels; image files decode to grey or RGB"):
+        run_evaluation(Explainer(tmp_path / "m.onnx", provider="cpu"), [tmp_path / "x.png"], tmp_path / "out", options)
