@@ -229,7 +229,7 @@ def test_nhwc_and_uint8_inputs_explain_as_the_nchw_model(
     assert g_ours.shape == (1, 3, *SIZE)
     np.testing.assert_allclose(g_ours * scale, g_ref, rtol=1e-3, atol=1e-4 * float(np.abs(g_ref).max()))
     text = describe(path)
-    assert f"model input: {spec.input_dtype} NHWC [N, 24, 28, 3]" in text and "transposed to NHWC" in text
+    assert f"model input: {spec.input_dtype} NHWC [N, 24, 28, 3]" in text and "inside: a Transpose to NHWC" in text
 
 
 def test_uint8_model_refuses_a_normalisation(tmp_path: Path) -> None:
