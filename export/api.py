@@ -192,7 +192,9 @@ def export_onnx_file(
     ``input_gradients`` and ``heads`` as in :func:`export_model` (the layer gradients are what is verified).
     The model input's channels, size, dtype (float32 or uint8) and layout (NCHW or NHWC) are read from the file
     (:func:`inputs.read_onnx_input`; ``channels``/``input_size``/``input_layout`` where it does not say), and the
-    graph is made to take float32 NCHW (:func:`inputs.to_float_nchw`); the rest as in :func:`export_model`.
+    graph is made to take float32 NCHW (:func:`inputs.to_float_nchw`). A float file that normalises its input
+    itself (:func:`inputs.inside_normalisation`) gets no mean/std unless they are given, and the pixel range its
+    constants expect; the rest as in :func:`export_model`.
     """
     started = time.perf_counter()
     forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset)
