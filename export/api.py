@@ -79,27 +79,26 @@ def export_model(
 
     model = model.eval()
     channels = channels or inputs.torch_channels(model) or 3
-    layout = (input_layout or "NCHW").upper()
-    preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=layout)
+    preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=input_layout)
+    model = inputs.channels_first(model, preprocess.input_layout)
     input_shape = (channels, *input_size)
-    with inputs.nchw_view(model, preprocess.input_layout):
-        inputs.probe_torch(model, input_shape)
-        if not layers:
-            layers = [default_layer(model, input_shape)]
-            log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
-        started = time.perf_counter()
-        forward = to_onnx(model, layers, input_size, channels, opset=opset, exporter=exporter, optimize=optimize)
-        metadata = contract.Metadata(
-            layers=tuple(layers),
-            preprocess=preprocess,
-            labels=tuple(labels) if labels else None,
-            source=source or type(model).__name__,
-            exporter=exporter_version(),
-        )
-        rules = _rules(input_gradients)
-        check = (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance)) if verify else None
-        extras = Extras(rules, heads)
-        return _build_check_save(forward, metadata, extras, check, "float64 torch.autograd", output, started, log)
+    inputs.probe_torch(model, input_shape)
+    if not layers:
+        layers = [default_layer(model, input_shape)]
+        log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
+    started = time.perf_counter()
+    forward = to_onnx(model, layers, input_size, channels, opset=opset, exporter=exporter, optimize=optimize)
+    metadata = contract.Metadata(
+        layers=tuple(layers),
+        preprocess=preprocess,
+        labels=tuple(labels) if labels else None,
+        source=source or type(model).__name__,
+        exporter=exporter_version(),
+    )
+    rules = _rules(input_gradients)
+    check = (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance)) if verify else None
+    extras = Extras(rules, heads)
+    return _build_check_save(forward, metadata, extras, check, "float64 torch.autograd", output, started, log)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ gradient w.r.t. the input is defined). :class:`onnxcam.contract.Preprocess` reco
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+import copy
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -234,18 +235,16 @@ def probe_torch(model: nn.Module, input_shape: tuple[int, int, int]) -> None:
         ) from None
 
 
-@contextlib.contextmanager
-def nchw_view(model: nn.Module, layout: str) -> Iterator[None]:
-    """For a channels-last PyTorch model (``layout == 'NHWC'``): while inside, calling ``model`` with NCHW input
-    permutes it to NHWC first (a forward pre-hook), so tracing and verification see an NCHW ``input``."""
+def channels_first(model: nn.Module, layout: str) -> nn.Module:
+    """``model`` taking NCHW input: itself for ``layout == 'NCHW'``; for ``'NHWC'`` a shallow copy (same submodules,
+    parameters and names) whose first forward pre-hook permutes NCHW → NHWC, so tracing and verification see an
+    NCHW ``input`` (the graph gets a ``Transpose``). ``model`` itself is left as it was."""
     if layout != "NHWC":
-        yield
-        return
-    handle = model.register_forward_pre_hook(lambda _m, args: (args[0].permute(*_TO_NHWC), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
+        return model
+    view = copy.copy(model)
+    view._forward_pre_hooks = OrderedDict(model._forward_pre_hooks)
+    view.register_forward_pre_hook(lambda _m, args: (args[0].permute(*_TO_NHWC), *args[1:]), prepend=True)
+    return view
 
 
 def describe_input(
@@ -256,7 +255,7 @@ def describe_input(
     channel_order: str | None = None,
     value_scale: float | None = None,
     dtype: str = "float32",
-    layout: str = "NCHW",
+    layout: str | None = "NCHW",
 ) -> contract.Preprocess:
     """The :class:`onnxcam.contract.Preprocess` of a model input; ``None`` → the defaults: scale 1/255, ImageNet
     mean/std and RGB for 3 channels; mean 0, std 1 (pixels in [0, 1]) otherwise, grey for one channel. A uint8
@@ -288,7 +287,7 @@ def describe_input(
             value_scale=default.value_scale if value_scale is None else float(value_scale),
             channels=int(channels),
             input_dtype=dtype,
-            input_layout=layout,
+            input_layout=(layout or "NCHW").upper(),
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

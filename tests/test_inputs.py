@@ -251,6 +251,7 @@ def test_pytorch_channels_last_model(tmp_path: Path) -> None:
 
     model = ChannelsLast().eval()
     export_model(model, tmp_path / "l.onnx", ["net.body.3"], SIZE, exporter="torchscript", input_layout="NHWC", **QUIET)
+    assert not model._forward_pre_hooks  # the caller's model is left as it was
     export_model(model.net, tmp_path / "f.onnx", ["body.3"], SIZE, exporter="torchscript", **QUIET)
     [got] = Explainer(tmp_path / "l.onnx", provider="cpu").explain(IMAGE, target=0)
     [want] = Explainer(tmp_path / "f.onnx", provider="cpu").explain(IMAGE, target=0)
