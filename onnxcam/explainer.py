@@ -241,6 +241,11 @@ class Explainer:
         ``options``: parameters of the perturbation and input-gradient methods and of the metrics
         (e.g. ``{"steps": 32}``). ``metrics``: faithfulness metrics to score every map with (forward passes only).
         """
+        if x.ndim != 4 or x.shape[1] != self.input_shape[0]:
+            raise ValueError(
+                f"explain_arrays takes a preprocessed batch [N, {self.input_shape[0]}, H, W], got shape {x.shape}; "
+                "pass images (H×W×C arrays or paths) to explain()"
+            )
         layers = list(layers or self.layers)
         unknown = [layer for layer in layers if layer not in self.layers]
         if unknown:

@@ -276,6 +276,8 @@ def test_api_arrays_go_through_the_file_conversion(rgb_explainer: Explainer) -> 
     [from_rgb_grey] = rgb_explainer.explain(np.dstack([grey] * 3), target=3)
     np.testing.assert_array_equal(from_grey.maps["gradcam"], from_rgb_grey.maps["gradcam"])
     assert len(rgb_explainer.explain(np.stack([IMAGE, IMAGE]), target=3)) == 2  # N×H×W×3: a batch
+    with pytest.raises(ValueError, match=r"takes a preprocessed batch \[N, 3, H, W\], got shape \(37, 45, 3\)"):
+        rgb_explainer.explain_arrays(IMAGE.astype(np.float32))
 
 
 @pytest.mark.parametrize(
