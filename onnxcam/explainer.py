@@ -13,7 +13,7 @@ from . import contract
 from .images import read_image
 from .methods import CamMethod, get_method
 from .methods.request import MethodRequest, ModelMethod, objective
-from .model_file import ExplainerGraph, open_graph
+from .model_file import ExplainerGraph, check_input_size, open_graph
 from .pixels import PixelFormatError, files_refusal
 from .postprocess import fuse, layer_map, normalize
 from .preprocess import preprocess_batch
@@ -116,6 +116,9 @@ class Explainer:
         check_used(provider, self.graph.providers)
         self.metadata = self.graph.metadata
         self.preprocess = preprocess or self.metadata.preprocess
+        mismatch = check_input_size(self.graph, preprocess) if preprocess is not None else None
+        if mismatch is not None:
+            raise ValueError(mismatch)
         self.layers = self.metadata.layers
         self.labels = self.metadata.labels
         self.score_shape = tuple(int(d) for d in self.graph.output(contract.SCORES).shape[1:])

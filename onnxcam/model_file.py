@@ -81,18 +81,21 @@ def check_external_data(path: Path) -> None:
         )
 
 
-def check_input_size(graph: ExplainerGraph) -> str | None:
-    """Why the graph's ``input`` cannot take the preprocessed images, ``[N, C, H, W]`` with ``C`` the metadata's
-    ``channels`` and ``(H, W)`` its ``input_size``, or ``None`` when it can (a symbolic dimension takes any size)."""
+def check_input_size(graph: ExplainerGraph, preprocess: contract.Preprocess | None = None) -> str | None:
+    """Why the graph's ``input`` cannot take the preprocessed images, ``[N, C, H, W]`` with ``C`` the ``channels``
+    and ``(H, W)`` the ``input_size`` of ``preprocess`` (default: the metadata's), or ``None`` when it can (a symbolic
+    dimension takes any size)."""
     shape = next(i.shape for i in graph.inputs if i.name == contract.INPUT)
-    height, width = graph.metadata.preprocess.input_size
-    channels = graph.metadata.preprocess.channels
+    spec = preprocess or graph.metadata.preprocess
+    height, width = spec.input_size
+    channels = spec.channels
     wanted = (channels, height, width)
     if len(shape) == 4 and all(not isinstance(d, int) or d == e for d, e in zip(shape[1:], wanted, strict=True)):
         return None
     dims = ", ".join(str(d) if isinstance(d, int) else "?" for d in shape)
+    whose = "given" if preprocess else "metadata's"
     return (
-        f"graph input '{contract.INPUT}' has shape [{dims}] but the metadata's preprocess input_size {height}x{width} "
+        f"graph input '{contract.INPUT}' has shape [{dims}] but the {whose} preprocess input_size {height}x{width} "
         f"needs [N, {channels}, {height}, {width}]"
     )
 

@@ -143,6 +143,10 @@ def test_four_channel_model_takes_arrays_only(tmp_path: Path) -> None:
         explainer.explain(tmp_path / "x.png")
     with pytest.raises(PixelFormatError, match=r"3 channels; this model takes H×W×4"):
         explainer.explain(IMAGE)
+    with pytest.raises(
+        ValueError, match=r"has shape \[\?, 4, 24, 28\] but the given preprocess .* needs \[N, 3, 24, 28\]"
+    ):
+        Explainer(tmp_path / "m.onnx", provider="cpu", preprocess=contract.Preprocess(input_size=SIZE))
     with pytest.raises(BatchUsageError, match="takes 4 input channels"):
         run_batch(explainer, [tmp_path / "x.png"], tmp_path / "out")
 
