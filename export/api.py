@@ -199,8 +199,8 @@ def export_onnx_file(
     forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset)
     log(f"explaining tensor(s) {', '.join(layers)}")
     found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
-    forward = inputs.to_float_nchw(forward, found)
     size = tuple(input_size or found.size or (224, 224))
+    forward = inputs.to_float_nchw(forward, found, size)
     if found.dtype == "float32" and mean is None and std is None:
         mean, std, value_scale = _inside_normalisation(forward, (found.channels, *size), value_scale, log)
     preprocess = inputs.describe_input(

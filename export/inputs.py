@@ -26,6 +26,7 @@ from onnx import TensorProto, helper
 
 from onnxcam import contract
 
+from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ def read_onnx_input(
     dims: list[int | str | None] = [
         d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
     ]
+    if not tensor.HasField("shape"):  # no shape recorded: everything as declared, or the defaults
+        dims = [None] * 4
     if len(dims) != 4:
         raise InputError(f"the model's input has shape {dims}; onnxcam explains images [N, C, H, W] or [N, H, W, C]")
     layout = (layout or _layout(dims, model)).upper()
@@ -127,16 +130,21 @@ def _dims(dims: Sequence[int | str | None]) -> str:
     return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + "]"
 
 
-def to_float_nchw(model: onnx.ModelProto, found: ModelInput) -> onnx.ModelProto:
-    """Rewrite the forward graph so that ``input`` is float32 ``[N, C, H, W]`` (see the module docstring).
+def to_float_nchw(model: onnx.ModelProto, found: ModelInput, size: tuple[int, int]) -> onnx.ModelProto:
+    """Rewrite the forward graph so that ``input`` is float32 ``[N, C, H, W]`` (see the module docstring); an input
+    without a recorded shape gets the one declared (``size`` is ``(H, W)``).
 
     A uint8 input feeding an op that cannot take float raises :class:`InputError`.
     """
-    if found.layout == "NCHW" and found.dtype != "uint8":
-        return model
     graph = model.graph
     value = next(i for i in graph.input if i.name == contract.INPUT)
     tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        dims = ["N", *size, found.channels] if found.layout == "NHWC" else ["N", found.channels, *size]
+        tensor.shape.CopyFrom(helper.make_tensor_value_info("", tensor.elem_type, dims).type.tensor_type.shape)
+        _infer_output_shapes(model)
+    if found.layout == "NCHW" and found.dtype != "uint8":
+        return model
     dims = list(tensor.shape.dim)
     if found.layout == "NHWC":
         for node in graph.node:
@@ -210,6 +218,16 @@ def inside_normalisation(model: onnx.ModelProto, shape: tuple[int, int, int]) ->
     zero, one = (session.run([name], {contract.INPUT: np.full((1, *shape), v, np.float32)})[0] for v in (0, 1))
     b = zero.mean(axis=(0, 2, 3))
     return InsideNormalisation(tuple(chain), tuple((one.mean(axis=(0, 2, 3)) - b).tolist()), tuple(b.tolist()))
+
+
+def _infer_output_shapes(model: onnx.ModelProto) -> None:
+    """Give the graph outputs without a shape the one inferred from the input's."""
+    info = GraphInfo(model)
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape") and (shape := info.shape(out.name)) is not None:
+            out.type.tensor_type.shape.CopyFrom(
+                helper.make_tensor_value_info("", out.type.tensor_type.elem_type, shape).type.tensor_type.shape
+            )
 
 
 def torch_channels(model: nn.Module) -> int | None:

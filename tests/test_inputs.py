@@ -454,3 +454,18 @@ def test_evaluate_refuses_image_files_for_a_four_channel_model(tmp_path: Path) -
     options = EvaluationOptions(metrics=("deletion",))
     with pytest.raises(BatchUsageError, match="takes 4 input channels; image files decode to grey or RGB"):
         run_evaluation(Explainer(tmp_path / "m.onnx", provider="cpu"), [tmp_path / "x.png"], tmp_path / "out", options)
+
+
+def test_onnx_input_without_a_recorded_shape_takes_the_declarations(tmp_path: Path) -> None:
+    import onnx
+
+    source = torch_file(Net(1), tmp_path / "plain.onnx", torch.randn(1, 1, *SIZE))
+    model = onnx.load(str(source))
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    onnx.save(model, str(tmp_path / "shapeless.onnx"))
+    layer = relu_outputs(source)[1]
+    export_onnx_file(tmp_path / "shapeless.onnx", tmp_path / "e.onnx", [layer], SIZE, channels=1, **QUIET)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    assert (explainer.preprocess.channels, explainer.preprocess.input_size) == (1, SIZE)
+    grey = cv2.cvtColor(IMAGE, cv2.COLOR_RGB2GRAY)
+    same_map(explainer, grey, chw(resized(grey) / 255))
