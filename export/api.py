@@ -16,6 +16,7 @@ from onnxcam import __version__, contract
 from . import inputs, onnx_prep, sources
 from .assemble import build_explainer
 from .errors import ExportError
+from .inside_normalisation import inside_normalisation
 from .sources import SourceError
 from .verify import Report, verify_finite_differences
 
@@ -75,14 +76,15 @@ def export_model(
     verification fails.
     """
     from .torch_capture import default_layer, to_onnx
+    from .torch_input import channels_first, probe_torch, torch_channels
     from .verify_torch import verify_torch
 
     model = model.eval()
-    channels = channels or inputs.torch_channels(model) or 3
+    channels = channels or torch_channels(model) or 3
     preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=input_layout)
-    model = inputs.channels_first(model, preprocess.input_layout)
+    model = channels_first(model, preprocess.input_layout)
     input_shape = (channels, *input_size)
-    inputs.probe_torch(model, input_shape)
+    probe_torch(model, input_shape)
     if not layers:
         layers = [default_layer(model, input_shape)]
         log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
@@ -192,8 +194,8 @@ def export_onnx_file(
     The model input's channels, size, dtype (float32 or uint8) and layout (NCHW or NHWC) are read from the file
     (:func:`inputs.read_onnx_input`; ``channels``/``input_size``/``input_layout`` where it does not say), and the
     graph is made to take float32 NCHW (:func:`inputs.to_float_nchw`). A float file that normalises its input
-    itself (:func:`inputs.inside_normalisation`) gets no mean/std unless they are given, and the pixel range its
-    constants expect; the rest as in :func:`export_model`.
+    itself (:mod:`.inside_normalisation`) gets no mean/std unless they are given, and the pixel range its constants
+    expect; the rest as in :func:`export_model`.
     """
     started = time.perf_counter()
     forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset)
@@ -202,7 +204,7 @@ def export_onnx_file(
     size = tuple(input_size or found.size or (224, 224))
     forward = inputs.to_float_nchw(forward, found, size)
     if found.dtype == "float32" and mean is None and std is None:
-        mean, std, value_scale = _inside_normalisation(forward, (found.channels, *size), value_scale, log)
+        mean, std, value_scale = _normalisation_defaults(forward, (found.channels, *size), value_scale, log)
     preprocess = inputs.describe_input(
         size, found.channels, mean, std, channel_order, value_scale, found.dtype, found.layout
     )
@@ -221,12 +223,12 @@ def export_onnx_file(
     return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
 
 
-def _inside_normalisation(
+def _normalisation_defaults(
     forward: onnx.ModelProto, shape: tuple[int, int, int], value_scale: float | None, log: Log
 ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, float | None]:
     """``(mean, std, value_scale)`` for a file that may normalise its input itself: none added when it does (and the
     pixel range its constants expect, unless ``value_scale`` was given), the defaults otherwise."""
-    inside = inputs.inside_normalisation(forward, shape)
+    inside = inside_normalisation(forward, shape)
     if inside is None:
         return None, None, value_scale
     if value_scale is None:

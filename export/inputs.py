@@ -7,19 +7,16 @@ Read from the model where it says so: an ONNX file's input type and shape (a ``[
 
 The explainer graph's ``input`` is float32 ``[N, C, H, W]`` whatever the model takes, so that every runtime method
 (masks, noise, paths, input gradients ``[N, C, H, W]``) works on one layout: a channels-last model gets a
-``Transpose`` (NCHW → NHWC) in front of it, and a uint8 input is retyped to float32 (its pixels arrive as float
-values 0–255, rounded to integers by the runtime; a ``Cast`` to float that follows becomes the identity, so the
-gradient w.r.t. the input is defined). :class:`onnxcam.contract.Preprocess` records the model's own dtype and layout.
+``Transpose`` (NCHW → NHWC) in front of it, and a uint8 input is retyped to float32 (the runtime feeds the integer
+pixel values 0–255 as float32; a ``Cast`` to float that follows becomes the identity, so the gradient w.r.t. the
+input is defined, per 0–255 pixel unit). :class:`onnxcam.contract.Preprocess` records the model's own dtype and layout.
 """
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import onnx
 from onnx import TensorProto, helper
@@ -29,9 +26,6 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 
-if TYPE_CHECKING:
-    from torch import nn
-
 
 class InputError(ExportError):
     """The model's input cannot be described, or contradicts what was declared."""
@@ -39,7 +33,7 @@ class InputError(ExportError):
 
 #: ONNX element types of a model input, by the names :class:`onnxcam.contract.Preprocess` uses.
 _DTYPES = {TensorProto.FLOAT: "float32", TensorProto.UINT8: "uint8"}
-_TO_NHWC = (0, 2, 3, 1)
+TO_NHWC = (0, 2, 3, 1)
 _TO_NCHW = (0, 3, 1, 2)
 #: Name the model's own input tensor gets when the explainer's ``input`` is put in front of it.
 MODEL_INPUT = "input:model"
@@ -66,12 +60,12 @@ def parse_scale(text: str | float) -> float:
     return value
 
 
-def _consumers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto]:
+def consumers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto]:
     return [node for node in model.graph.node if name in node.input]
 
 
 def _starts_with_transpose(model: onnx.ModelProto, perm: tuple[int, ...]) -> bool:
-    users = _consumers(model, contract.INPUT)
+    users = consumers(model, contract.INPUT)
     return bool(users) and all(
         n.op_type == "Transpose" and tuple(helper.get_attribute_value(a) for a in n.attribute) == (list(perm),)
         for n in users
@@ -121,7 +115,7 @@ def read_onnx_input(
     return ModelInput(
         channels=c_dim if isinstance(c_dim, int) else (channels or 3),
         size=size,
-        dtype=_DTYPES.get(tensor.elem_type, helper.tensor_dtype_to_np_dtype(tensor.elem_type).name),
+        dtype=_DTYPES.get(tensor.elem_type) or TensorProto.DataType.Name(tensor.elem_type).lower(),
         layout=layout,
     )
 
@@ -149,7 +143,7 @@ def to_float_nchw(model: onnx.ModelProto, found: ModelInput, size: tuple[int, in
     if found.layout == "NHWC":
         for node in graph.node:
             node.input[:] = [MODEL_INPUT if i == contract.INPUT else i for i in node.input]
-        graph.node.insert(0, helper.make_node("Transpose", [contract.INPUT], [MODEL_INPUT], perm=list(_TO_NHWC)))
+        graph.node.insert(0, helper.make_node("Transpose", [contract.INPUT], [MODEL_INPUT], perm=list(TO_NHWC)))
         nchw = [dims[i] for i in _TO_NCHW]
         tensor.shape.ClearField("dim")
         tensor.shape.dim.extend(nchw)
@@ -166,60 +160,6 @@ def to_float_nchw(model: onnx.ModelProto, found: ModelInput, size: tuple[int, in
     return model
 
 
-#: Ops a normalisation at the start of a graph is made of (with constant operands), and ops passing it through.
-_AFFINE_OPS = frozenset({"Sub", "Div", "Mul", "Add"})
-_PASS_OPS = frozenset({"Transpose", "Cast", "Identity"})
-
-
-@dataclass(frozen=True)
-class InsideNormalisation:
-    """A normalisation the model applies itself before its first ``Conv``: ``ops`` in order, the per-channel affine
-    map ``a·x + b`` they compute on the explainer's input, and the pixel range that map expects."""
-
-    ops: tuple[str, ...]
-    a: tuple[float, ...]
-    b: tuple[float, ...]
-
-    @property
-    def takes_0_255(self) -> bool:
-        """Whether the map expects pixels 0–255: its mean pixel ``−b/a`` lies above 1.5, or its gain below 0.1
-        (``x/255``, ``(x − 127.5)/127.5``, Caffe's ``x − 104``), rather than [0, 1] (``(x − 0.485)/0.229``,
-        ``2x − 1``)."""
-        means = [abs(b / a) for a, b in zip(self.a, self.b, strict=True) if a != 0]
-        return max(means, default=0.0) > 1.5 or max(abs(a) for a in self.a) < 0.1
-
-
-def inside_normalisation(model: onnx.ModelProto, shape: tuple[int, int, int]) -> InsideNormalisation | None:
-    """The normalisation at the start of a float32 NCHW forward graph (``input`` → Transpose/Cast → Sub/Div/Mul/Add
-    with constants → ``Conv``), measured with onnxruntime on inputs of 0s and 1s of ``shape`` ``(C, H, W)``; ``None``
-    when the graph does not start so."""
-    import numpy as np
-    import onnxruntime as ort
-
-    graph = model.graph
-    constants = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    name, chain = contract.INPUT, []
-    while len(users := _consumers(model, name)) == 1:
-        node = users[0]
-        affine = node.op_type in _AFFINE_OPS and all(i == name or i in constants for i in node.input)
-        if node.op_type not in _PASS_OPS and not affine:
-            break
-        chain.append(node.op_type)
-        name = node.output[0]
-    if not any(op in _AFFINE_OPS for op in chain) or len(users) != 1 or users[0].op_type != "Conv":
-        return None
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    zero, one = (session.run([name], {contract.INPUT: np.full((1, *shape), v, np.float32)})[0] for v in (0, 1))
-    b = zero.mean(axis=(0, 2, 3))
-    return InsideNormalisation(tuple(chain), tuple((one.mean(axis=(0, 2, 3)) - b).tolist()), tuple(b.tolist()))
-
-
 def _infer_output_shapes(model: onnx.ModelProto) -> None:
     """Give the graph outputs without a shape the one inferred from the input's."""
     info = GraphInfo(model)
@@ -228,41 +168,6 @@ def _infer_output_shapes(model: onnx.ModelProto) -> None:
             out.type.tensor_type.shape.CopyFrom(
                 helper.make_tensor_value_info("", out.type.tensor_type.elem_type, shape).type.tensor_type.shape
             )
-
-
-def torch_channels(model: nn.Module) -> int | None:
-    """``in_channels`` of the first convolution of ``model`` (module order), or ``None`` without one."""
-    from torch import nn
-
-    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    return next((m.in_channels for m in model.modules() if isinstance(m, convs) and m.in_channels > 0), None)
-
-
-def probe_torch(model: nn.Module, input_shape: tuple[int, int, int]) -> None:
-    """Run ``model`` once on zeros ``[1, *input_shape]``; a failure raises :class:`InputError` naming the shape."""
-    import torch
-
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"the model fails on an input [1, {', '.join(map(str, input_shape))}] (C, H, W): {first}; "
-            "set --channels, --input-size or --input-layout"
-        ) from None
-
-
-def channels_first(model: nn.Module, layout: str) -> nn.Module:
-    """``model`` taking NCHW input: itself for ``layout == 'NCHW'``; for ``'NHWC'`` a shallow copy (same submodules,
-    parameters and names) whose first forward pre-hook permutes NCHW → NHWC, so tracing and verification see an
-    NCHW ``input`` (the graph gets a ``Transpose``). ``model`` itself is left as it was."""
-    if layout != "NHWC":
-        return model
-    view = copy.copy(model)
-    view._forward_pre_hooks = OrderedDict(model._forward_pre_hooks)
-    view.register_forward_pre_hook(lambda _m, args: (args[0].permute(*_TO_NHWC), *args[1:]), prepend=True)
-    return view
 
 
 def describe_input(
