@@ -13,10 +13,11 @@ import onnx
 
 from onnxcam import __version__, contract
 
-from . import onnx_prep, sources
+from . import inputs, onnx_prep, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
+from .inside_normalisation import inside_normalisation
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
 from .verify import Report, verify_finite_differences
@@ -49,9 +50,9 @@ def export_model(
     layers: Sequence[str] | None = None,
     input_size: tuple[int, int] = (224, 224),
     labels: Sequence[str] | None = None,
-    mean: tuple[float, float, float] = contract.Preprocess.mean,
-    std: tuple[float, float, float] = contract.Preprocess.std,
-    value_scale: float = contract.Preprocess.value_scale,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    value_scale: float | None = None,
     opset: int = 18,
     exporter: str = "dynamo",
     optimize: bool = True,
@@ -63,6 +64,9 @@ def export_model(
     log: Log = _stderr,
     scores_kind: str | None = None,
     scores_from: str | int | None = None,
+    channels: int | None = None,
+    channel_order: str | None = None,
+    input_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -72,15 +76,23 @@ def export_model(
     ``scores_kind``: what the scores are (``logits``, ``sigmoid``, ``probabilities``, ``raw``; ``None``: detected,
     :mod:`.scores_head`). ``scores_from``: which output holds them when ``forward`` returns several (name or index,
     :mod:`.scores_from`). Labels must number the classes (a binary sigmoid head: 1 or 2).
+    The input (:func:`inputs.describe_input`): ``channels`` (default: the first convolution's ``in_channels``),
+    ``mean``/``std`` (C values or one), ``value_scale`` (0–255 → the model's range), ``channel_order`` (RGB, BGR),
+    ``input_layout`` (``NHWC`` for a model taking channels-last tensors: the graph takes NCHW and permutes).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
     from .torch_capture import default_layer, to_onnx
+    from .torch_input import channels_first, probe_torch, torch_channels
     from .torch_outputs import model_scores_name
     from .verify_torch import verify_torch
 
     model = model.eval()
-    input_shape = (3, *input_size)
+    channels = channels or torch_channels(model) or 3
+    preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=input_layout)
+    model = channels_first(model, preprocess.input_layout)
+    input_shape = (channels, *input_size)
+    probe_torch(model, input_shape)
     chosen = model_scores_name(model, input_shape, scores_from)
     if chosen is not None:
         log(f"explaining the model's output '{chosen}'")
@@ -88,11 +100,13 @@ def export_model(
         layers = [default_layer(model, input_shape)]
         log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
     started = time.perf_counter()
-    forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen)
+    forward = to_onnx(
+        model, layers, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
+    )
     head = scores_head(forward, scores_kind, labels, log)
     metadata = contract.Metadata(
         layers=tuple(layers),
-        preprocess=contract.Preprocess(input_size=input_size, mean=mean, std=std, value_scale=value_scale),
+        preprocess=preprocess,
         labels=tuple(labels) if labels else None,
         source=source or type(model).__name__,
         exporter=exporter_version(),
@@ -202,9 +216,9 @@ def export_onnx_file(
     layers: Sequence[str] | None = None,
     input_size: tuple[int, int] | None = None,
     labels: Sequence[str] | None = None,
-    mean: tuple[float, float, float] = contract.Preprocess.mean,
-    std: tuple[float, float, float] = contract.Preprocess.std,
-    value_scale: float = contract.Preprocess.value_scale,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    value_scale: float | None = None,
     opset: int = onnx_prep.MIN_OPSET,
     verify: bool = True,
     tolerance: float = 1e-4,
@@ -213,31 +227,64 @@ def export_onnx_file(
     log: Log = _stderr,
     scores_kind: str | None = None,
     scores_from: str | int | None = None,
+    channels: int | None = None,
+    channel_order: str | None = None,
+    input_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
     ``input_gradients``, ``heads``, ``scores_kind`` as in :func:`export_model` (the layer gradients are what is
     verified); ``scores_from``: the graph output holding the scores (name or index) when the file has several.
+    The model input's channels, size, dtype (float32 or uint8) and layout (NCHW or NHWC) are read from the file
+    (:func:`inputs.read_onnx_input`; ``channels``/``input_size``/``input_layout`` where it does not say), and the
+    graph is made to take float32 NCHW (:func:`inputs.to_float_nchw`). A float file that normalises its input
+    itself (:mod:`.inside_normalisation`) gets no mean/std unless they are given, and the pixel range its constants
+    expect; the rest as in :func:`export_model`.
     """
     started = time.perf_counter()
     forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset, scores_from)
     head = scores_head(forward, scores_kind, labels, log)
     log(f"explaining tensor(s) {', '.join(layers)}")
-    shape = GraphInfo(forward).shape(contract.INPUT) or ()
-    spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
-    size = input_size or (spatial if len(spatial) == 2 else (224, 224))
-    channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 3
+    found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
+    size = tuple(input_size or found.size or (224, 224))
+    forward = inputs.to_float_nchw(forward, found, size)
+    if found.dtype == "float32" and mean is None and std is None:
+        mean, std, value_scale = _normalisation_defaults(forward, (found.channels, *size), value_scale, log)
+    preprocess = inputs.describe_input(
+        size, found.channels, mean, std, channel_order, value_scale, found.dtype, found.layout
+    )
+    if (found.dtype, found.layout) != ("float32", "NCHW"):
+        log(f"model input: {found.dtype} {found.layout}; the explainer's input is float32 NCHW")
     metadata = contract.Metadata(
         layers=tuple(layers),
-        preprocess=contract.Preprocess(input_size=tuple(size), mean=mean, std=std, value_scale=value_scale),
+        preprocess=preprocess,
         labels=tuple(labels) if labels else None,
         source=Path(path).name,
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
         scores_kind=head.kind,
     )
-    check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
+    shape = (found.channels, *size)
+    check = (lambda e: verify_finite_differences(e, layers, shape, tolerance=tolerance)) if verify else None
     extras = Extras(_rules(input_gradients), heads)
     return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
+
+
+def _normalisation_defaults(
+    forward: onnx.ModelProto, shape: tuple[int, int, int], value_scale: float | None, log: Log
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, float | None]:
+    """``(mean, std, value_scale)`` for a file that may normalise its input itself: none added when it does (and the
+    pixel range its constants expect, unless ``value_scale`` was given), the defaults otherwise."""
+    inside = inside_normalisation(forward, shape)
+    if inside is None:
+        return None, None, value_scale
+    if value_scale is None:
+        value_scale = 1.0 if inside.takes_0_255 else 1.0 / 255.0
+    log(
+        f"the model normalises its input itself ({' → '.join(inside.ops)} before the first Conv): no mean/std added, "
+        f"pixels fed as {'0..255' if value_scale == 1.0 else f'pixel·{value_scale:.6g}'}; "
+        "declare --mean/--std/--scale to override"
+    )
+    return (0.0,), (1.0,), value_scale
 
 
 def export_source(
@@ -247,8 +294,8 @@ def export_source(
     input_size: tuple[int, int] | None = None,
     opset: int = 18,
     weights: str | None = None,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     labels: str | None = None,
     exporter: str = "dynamo",
     no_verify: bool = False,
@@ -258,9 +305,19 @@ def export_source(
     log: Log = _stderr,
     scores_kind: str | None = None,
     scores_from: str | None = None,
+    channels: int | None = None,
+    channel_order: str | None = None,
+    scale: str | float | None = None,
+    input_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
-    """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
+    """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
+
+    ``scale``: the value scale as a number or a fraction (``'1/255'``, ``1``); the input options as in
+    :func:`export_model`. A recipe's ``onnxcam_export_info`` may set ``channels``, ``channel_order``, ``value_scale``
+    and ``input_layout`` too (the options win).
+    """
     preprocess = contract.Preprocess()
+    value_scale = None if scale is None else inputs.parse_scale(scale)
     if sources.is_onnx(source):
         return export_onnx_file(
             source,
@@ -268,8 +325,9 @@ def export_source(
             layers,
             input_size=input_size,
             labels=resolve_labels(labels),
-            mean=mean or preprocess.mean,
-            std=std or preprocess.std,
+            mean=mean or None,
+            std=std or None,
+            value_scale=value_scale,
             opset=opset,
             verify=not no_verify,
             tolerance=tolerance,
@@ -278,6 +336,9 @@ def export_source(
             log=log,
             scores_kind=scores_kind,
             scores_from=scores_from,
+            channels=channels,
+            channel_order=channel_order,
+            input_layout=input_layout,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -287,8 +348,9 @@ def export_source(
         layers=list(layers) or recipe.get("layers"),
         input_size=tuple(input_size or recipe.get("input_size", preprocess.input_size)),
         labels=resolve_labels(labels or recipe.get("labels")),
-        mean=tuple(mean or recipe.get("mean", preprocess.mean)),
-        std=tuple(std or recipe.get("std", preprocess.std)),
+        mean=mean or recipe.get("mean"),
+        std=std or recipe.get("std"),
+        value_scale=recipe.get("value_scale") if value_scale is None else value_scale,
         opset=opset,
         exporter=exporter,
         verify=not no_verify,
@@ -299,4 +361,7 @@ def export_source(
         log=log,
         scores_kind=scores_kind or recipe.get("scores_kind"),
         scores_from=scores_from if scores_from is not None else recipe.get("scores_from"),
+        channels=channels or recipe.get("channels"),
+        channel_order=channel_order or recipe.get("channel_order"),
+        input_layout=input_layout or recipe.get("input_layout"),
     )

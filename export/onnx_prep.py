@@ -1,9 +1,10 @@
 """Bring an ONNX classifier from any exporter into the shape the explainer builder expects.
 
-Real-world files are messy; this module normalises them: weights listed as graph inputs (legacy IR), opsets older
-than 18 (upgraded), a fixed batch size (made dynamic), any input/output names (renamed to the contract's), several
-outputs (the scores chosen by ``scores_from`` or by shape, :mod:`.scores_from`; the others dropped). The tapped
-tensors are renamed ``activation:<tensor>`` so they become graph outputs in place.
+Real-world files are messy; this module normalises them: weights listed as graph inputs (legacy IR 3), opsets older
+than 18 (upgraded without changing the model, :mod:`.onnx_upgrade`; ``Upsample`` becomes ``Resize``), a fixed batch
+size (made dynamic), any input/output names (renamed to the contract's), several outputs (the scores chosen by
+``scores_from`` or by shape, :mod:`.scores_from`; the others dropped). The tapped tensors are renamed
+``activation:<tensor>`` so they become graph outputs in place.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, version_converter
+from onnx import numpy_helper
 
 from onnxcam import contract
 
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .layers import LayerError, nearest_names
+from .onnx_upgrade import upgrade
 from .scores_from import choose_output
 
 MIN_OPSET = 18
@@ -43,20 +45,6 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     for vi in [*graph.input, *graph.output, *graph.value_info]:
         if vi.name == old:
             vi.name = new
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
-def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    if _opset(model) >= opset:
-        return model
-    try:
-        return version_converter.convert_version(model, opset)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxSourceError(f"cannot upgrade opset {_opset(model)} → {opset}: {first}") from None
 
 
 def _dynamic_batch(model: onnx.ModelProto) -> None:
@@ -124,6 +112,7 @@ def prepare(
         raise OnnxSourceError(f"expected one image input, found {len(data_inputs)}: {[i.name for i in data_inputs]}")
     del graph.input[:]
     graph.input.extend(data_inputs)
+    model.ir_version = max(model.ir_version, 4)  # IR 3 requires every initializer to be a graph input
     if not graph.output:
         raise OnnxSourceError("the model has no outputs")
     outputs = [(o.name, _declared_shape(o)) for o in graph.output]
@@ -131,7 +120,7 @@ def prepare(
     chosen.CopyFrom(graph.output[choose_output(outputs, scores_from, "the ONNX file has")])
     del graph.output[:]
     graph.output.append(chosen)
-    model = _upgrade(model, max(opset, MIN_OPSET))
+    model = upgrade(model, max(opset, MIN_OPSET))
     graph = model.graph
     _rename(graph, graph.input[0].name, contract.INPUT)
     _rename(graph, graph.output[0].name, contract.SCORES)

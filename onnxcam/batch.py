@@ -65,6 +65,7 @@ from .outputs import (
     write_npy,
     write_png,
 )
+from .pixels import files_refusal
 from .postprocess import map_stats
 from .preprocess import preprocess
 from .providers import ProviderError
@@ -244,6 +245,7 @@ def resolve_class(target: Target, explainer: Explainer) -> int | ClassSet:
 
 def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
     """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
+    check_takes_image_files(explainer)
     layers = resolve_layers(options.layers, explainer)
     for name, value in (("--batch-size", options.batch_size), ("--topk", options.topk)):
         if value < 1:
@@ -286,6 +288,13 @@ def feature_grid(explainer: Explainer, layers: Sequence[str]) -> tuple[int, int]
     sizes = [explainer.graph.output(activation_name(layer)).shape[2:4] for layer in layers]
     dims = [[d if isinstance(d, int) else 1 for d in size] for size in sizes if len(size) == 2]
     return (max((d[0] for d in dims), default=1), max((d[1] for d in dims), default=1))
+
+
+def check_takes_image_files(explainer: Explainer) -> None:
+    """Refuse (:class:`BatchUsageError`) a graph that image files cannot feed (other than 1 or 3 channels)."""
+    refusal = files_refusal(explainer.preprocess.channels)
+    if refusal is not None:
+        raise BatchUsageError(refusal, "MODEL")
 
 
 def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str]) -> None:

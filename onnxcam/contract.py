@@ -7,7 +7,8 @@ The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (METHO
 the one-hot of the target class, so ``y_n`` is that class's logit.
 
 Graph inputs
-    ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic).
+    ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic), whatever the model itself takes: a uint8
+                or NHWC model input is cast/transposed inside the graph (see :class:`Preprocess`).
     ``target``  int64 ``[N]``: class to explain per image, ``-1`` = that image's top-1 prediction.
     ``seed``    optional float32 ``[N, *S]`` shaped like ``scores`` (default: one all-zero row). A non-zero row
                 replaces the one-hot of ``target`` for its image (class sets, a region of a dense output, a direction).
@@ -99,19 +100,67 @@ def head_scores_name(layer: str) -> str:
     return HEAD_SCORES_PREFIX + layer
 
 
+#: Channel orders of a 3-channel input; a 1-channel input is ``grey``, other counts take arrays as given (``any``).
+CHANNEL_ORDERS = ("RGB", "BGR")
+#: What the model's own graph input takes: pixel dtypes and layouts (the explainer's ``input`` is float32 NCHW always).
+INPUT_DTYPES = ("float32", "uint8")
+INPUT_LAYOUTS = ("NCHW", "NHWC")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the ``input`` tensor: ``((resize(img) * scale) - mean) / std`` in ``channel_order``.
 
-    ``input_size`` is ``(H, W)``; ``value_scale`` maps uint8 pixels to the model's range (``1/255`` → ``[0, 1]``).
+    ``input_size`` is ``(H, W)``; ``value_scale`` maps 0–255 pixels to the model's range (``1/255`` → ``[0, 1]``,
+    ``1`` for models taking 0–255). ``mean``/``std`` hold one value per channel, or one value for all channels.
+    ``channels``: C of the input (1: images are converted to grey, ``channel_order`` ``grey``; 3: RGB or BGR; other
+    counts take arrays only). ``input_dtype`` and ``input_layout`` say what the *model's* own input takes: for
+    ``uint8`` the runtime feeds the integer pixels 0–255 as float32 values and the explainer graph takes them so
+    (the model's uint8 input retyped to float, so that gradients w.r.t. the input exist); for ``NHWC`` the explainer
+    graph takes NCHW and transposes inside. Absent fields (files written before they existed) mean 3-channel float32
+    NCHW.
     """
 
     input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channel_order: str = "RGB"
     value_scale: float = 1.0 / 255.0
     resize: str = "bilinear"
+    channels: int = 3
+    input_dtype: str = "float32"
+    input_layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.channels == 1 and self.channel_order == "RGB":
+            object.__setattr__(self, "channel_order", "grey")
+        problem = self.problem()
+        if problem is not None:
+            raise ValueError(problem)
+
+    def problem(self) -> str | None:
+        """Why these settings cannot describe an input (one line), or ``None``."""
+        c = self.channels
+        if not isinstance(c, int) or c < 1:
+            return f"channels must be a positive integer, got {c!r}"
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, c):
+                return f"{name} has {len(values)} values; the input has {c} channel(s): give {c} values or one for all"
+        if any(s == 0 for s in self.std):
+            return "std must not be 0"
+        if self.channel_order not in (*CHANNEL_ORDERS, "grey"):
+            return f"channel order {self.channel_order!r}: choose RGB or BGR"
+        if self.channel_order == "BGR" and c != 3:
+            return f"channel order BGR needs 3 channels, the input has {c}"
+        if self.channel_order == "grey" and c != 1:
+            return f"channel order grey needs 1 channel, the input has {c}"
+        if self.input_dtype not in INPUT_DTYPES:
+            return f"input dtype {self.input_dtype!r} is not supported (supported: {', '.join(INPUT_DTYPES)})"
+        if self.input_layout not in INPUT_LAYOUTS:
+            return f"input layout {self.input_layout!r}: choose {' or '.join(INPUT_LAYOUTS)}"
+        if not self.value_scale > 0:
+            return f"value scale must be positive, got {self.value_scale}"
+        return None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -123,6 +172,10 @@ class Preprocess:
             if key in raw:
                 raw[key] = tuple(raw[key])
         return cls(**raw)
+
+    def per_channel(self, values: tuple[float, ...]) -> tuple[float, ...]:
+        """``mean`` or ``std`` with one value per channel (a single value broadcast to all ``channels``)."""
+        return tuple(values) * self.channels if len(values) == 1 else tuple(values)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from .images import read_image
 from .methods import CamMethod, get_method
 from .methods.options import check_options
 from .methods.request import MethodRequest, ModelMethod, objective
-from .model_file import ExplainerGraph, open_graph
+from .model_file import ExplainerGraph, check_input_size, open_graph
+from .pixels import PixelFormatError, files_refusal
 from .postprocess import fuse, layer_map, normalize
 from .preprocess import preprocess_batch
 from .providers import check_used, provider_list, session_options
@@ -134,6 +135,9 @@ class Explainer:
         check_used(provider, self.graph.providers)
         self.metadata = self.graph.metadata
         self.preprocess = preprocess or self.metadata.preprocess
+        mismatch = check_input_size(self.graph, preprocess) if preprocess is not None else None
+        if mismatch is not None:
+            raise ValueError(mismatch)
         self.layers = self.metadata.layers
         self.score_shape = tuple(int(d) for d in self.graph.output(contract.SCORES).shape[1:])
         self.scores_kind = check_kind(self.metadata.scores_kind)
@@ -141,7 +145,7 @@ class Explainer:
         self.classes = class_count(self.scores_kind, self.score_shape)
         self.labels = class_labels(self.scores_kind, self.score_shape, self.metadata.labels)
         self.max_batch = 64
-        self.input_shape = (3, *self.preprocess.input_size)
+        self.input_shape = (self.preprocess.channels, *self.preprocess.input_size)
         self._optional = {i.name for i in self.graph.session.get_overridable_initializers()}
         self.has_seed = contract.SEED in self._optional
         self._names = [
@@ -220,7 +224,7 @@ class Explainer:
         return feeds
 
     def run(self, x: np.ndarray, target: np.ndarray, seed: np.ndarray | None = None) -> GraphOutputs:
-        """One session run on a preprocessed batch ``x`` ``[N, 3, H, W]`` with class indices ``target`` ``[N]``.
+        """One session run on a preprocessed batch ``x`` ``[N, C, H, W]`` with class indices ``target`` ``[N]``.
 
         ``seed`` ``[N, *S]`` (optional): explain ``Σ seed ⊙ scores`` instead, for images whose seed row is non-zero.
         """
@@ -289,7 +293,7 @@ class Explainer:
         metrics: Sequence[str] = (),
         isolate_methods: bool = False,
     ) -> list[Explanation]:
-        """Explain a preprocessed batch ``x`` ``[N, 3, H, W]``; maps come at ``H×W``.
+        """Explain a preprocessed batch ``x`` ``[N, C, H, W]``; maps come at ``H×W``.
 
         ``methods``: a name or a sequence of names. ``seed`` ``[N, *S]`` or ``[*S]``: explain ``Σ seed ⊙ scores``
         (rows of zeros fall back to ``target``). ``options``: parameters of the perturbation and input-gradient
@@ -298,6 +302,11 @@ class Explainer:
         map with (forward passes only). ``isolate_methods``: a method that fails leaves its cause in each result's
         ``errors`` and the other methods go on (default: the exception propagates).
         """
+        if x.ndim != 4 or x.shape[1] != self.input_shape[0]:
+            raise ValueError(
+                f"explain_arrays takes a preprocessed batch [N, {self.input_shape[0]}, H, W], got shape {x.shape}; "
+                "pass images (H×W×C arrays or paths) to explain()"
+            )
         methods = [methods] if isinstance(methods, str) else list(methods)
         options = check_options(methods, metrics, options, x.shape[2:4])
         layers = list(layers or self.layers)
@@ -434,8 +443,15 @@ class Explainer:
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
     ) -> list[Explanation]:
-        """Explain images (paths or RGB uint8 arrays of any size); maps at network resolution, see ``image_size``.
+        """Explain images of any size (paths or arrays); maps at network resolution, see ``image_size``.
 
+        ``images``: one image or a sequence (a list, or an ``N×H×W×c`` array). An array is an image as a person holds
+        it, converted exactly as image files are: ``H×W`` or ``H×W×1`` grey, ``H×W×3`` RGB, ``H×W×4`` RGBA (alpha
+        dropped), uint8 in 0–255 or float in [0, 1] (taken as such, never divided by 255 again: ``round(255·v)``
+        as for float image files);
+        grey and colour are converted to the model's channels (:attr:`preprocess` ``.channels``). A model with other
+        than 1 or 3 channels takes ``H×W×C`` arrays only. Any other array (float outside [0, 1], other integer
+        types, other shapes) raises :class:`onnxcam.pixels.PixelFormatError` naming the expected format.
         ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
         """
         decoded, x = self._decode(images)
@@ -445,12 +461,12 @@ class Explainer:
         return results
 
     def _decode(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray], np.ndarray]:
-        """The decoded images and their preprocessed batch ``[N, 3, H, W]``."""
-        batch = (
-            [images]
-            if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
-            else images
-        )
+        """The decoded images and their preprocessed batch ``[N, C, H, W]``."""
+        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
+        batch = [images] if isinstance(images, (str, Path)) or single else images
+        refusal = files_refusal(self.preprocess.channels)
+        if refusal is not None and any(isinstance(i, (str, Path)) for i in batch):
+            raise PixelFormatError(refusal)
         decoded = [read_image(i) if isinstance(i, (str, Path)) else i for i in batch]
         return decoded, preprocess_batch(decoded, self.preprocess)
 

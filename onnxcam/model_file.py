@@ -82,18 +82,22 @@ def check_external_data(path: Path) -> None:
         )
 
 
-def check_input_size(graph: ExplainerGraph) -> str | None:
-    """Why the graph's ``input`` cannot take the preprocessed images, ``[N, 3, H, W]`` with ``(H, W)`` the metadata's
-    ``input_size``, or ``None`` when it can (a symbolic dimension takes any size)."""
+def check_input_size(graph: ExplainerGraph, preprocess: contract.Preprocess | None = None) -> str | None:
+    """Why the graph's ``input`` cannot take the preprocessed images, ``[N, C, H, W]`` with ``C`` the ``channels``
+    and ``(H, W)`` the ``input_size`` of ``preprocess`` (default: the metadata's), or ``None`` when it can (a symbolic
+    dimension takes any size)."""
     shape = next(i.shape for i in graph.inputs if i.name == contract.INPUT)
-    height, width = graph.metadata.preprocess.input_size
-    wanted = (3, height, width)
+    spec = preprocess or graph.metadata.preprocess
+    height, width = spec.input_size
+    channels = spec.channels
+    wanted = (channels, height, width)
     if len(shape) == 4 and all(not isinstance(d, int) or d == e for d, e in zip(shape[1:], wanted, strict=True)):
         return None
     dims = ", ".join(str(d) if isinstance(d, int) else "?" for d in shape)
+    whose = "given" if preprocess else "metadata's"
     return (
-        f"graph input '{contract.INPUT}' has shape [{dims}] but the metadata's preprocess input_size {height}x{width} "
-        f"needs [N, 3, {height}, {width}]"
+        f"graph input '{contract.INPUT}' has shape [{dims}] but the {whose} preprocess input_size {height}x{width} "
+        f"needs [N, {channels}, {height}, {width}]"
     )
 
 
@@ -139,6 +143,25 @@ def _floats(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
+def input_channels(p: contract.Preprocess) -> str:
+    """``3 channels RGB``, ``1 channel grey``, ``4 channels (arrays only)``."""
+    order = p.channel_order if p.channels in (1, 3) else "arrays only"
+    return f"{p.channels} channel{'s' if p.channels > 1 else ''} {order}"
+
+
+def model_input(p: contract.Preprocess) -> str:
+    """What the model's own input takes (dtype, value range, layout) and how the explainer's ``input`` relates."""
+    c, (h, w) = p.channels, p.input_size
+    dims = f"[N, {h}, {w}, {c}]" if p.input_layout == "NHWC" else f"[N, {c}, {h}, {w}]"
+    pixels = "pixels 0..255" if p.input_dtype == "uint8" else f"pixels scaled to [0, {255 * p.value_scale:.6g}]"
+    inside = [
+        *(["a Transpose to NHWC"] if p.input_layout == "NHWC" else []),
+        *(["the uint8 input retyped to float, fed integer pixel values"] if p.input_dtype == "uint8" else []),
+    ]
+    note = f"; the explainer's '{contract.INPUT}' is float32 NCHW (inside: {'; '.join(inside)})" if inside else ""
+    return f"{p.input_dtype} {p.input_layout} {dims}, {pixels}{note}"
+
+
 def describe(path: str | Path) -> str:
     """Human-readable summary of an explainer graph (what ``onnxcam info`` prints)."""
     g = open_graph(path)
@@ -157,8 +180,9 @@ def describe(path: str | Path) -> str:
         + (f", dense {list(g.output(contract.SCORES).shape[2:])}" if len(g.output(contract.SCORES).shape) > 2 else "")
         + "); "
         + (f"labels: {len(m.labels)} (e.g. {', '.join(m.labels[:3])}, …)" if m.labels else "labels: none"),
-        f"preprocessing: resize to {p.input_size[0]}x{p.input_size[1]} (H×W, {p.resize}), {p.channel_order}, "
+        f"preprocessing: resize to {p.input_size[0]}x{p.input_size[1]} (H×W, {p.resize}), {input_channels(p)}, "
         f"x = (pixel·{p.value_scale:.6g} − mean) / std, mean {_floats(p.mean)}, std {_floats(p.std)}",
+        f"model input: {model_input(p)}",
         f"input gradients: {', '.join(m.input_gradients) or 'none (export with --input-gradient)'}; "
         f"head graphs: {', '.join(m.heads) or 'none'}",
         "inputs:",

@@ -8,24 +8,31 @@ import cv2
 import numpy as np
 
 from .contract import Preprocess
+from .pixels import model_pixels
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA}
 
 
 def preprocess(image: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """RGB uint8 ``H×W×3`` → float32 ``3×h×w``: ``(resize(image) · value_scale − mean) / std`` in ``channel_order``.
+    """Image array → float32 ``C×h×w``: ``(resize(pixels) · value_scale − mean) / std`` in ``channel_order``.
 
+    ``image``: RGB/grey/RGBA uint8, or float in [0, 1], converted to uint8 pixels with the model's
+    ``spec.channels`` by :func:`onnxcam.pixels.model_pixels` (which refuses other formats), as image files are. The
+    resized pixels are integers 0–255, exactly what a model taking uint8 receives.
     The whole image is resized (no crop), so a map at network resolution maps back onto the full picture.
     """
+    pixels = model_pixels(image, spec.channels)
     h, w = spec.input_size
-    resized = cv2.resize(image, (w, h), interpolation=_INTERPOLATION[spec.resize])
+    resized = cv2.resize(pixels, (w, h), interpolation=_INTERPOLATION[spec.resize]).reshape(h, w, spec.channels)
     if spec.channel_order == "BGR":
         resized = resized[..., ::-1]
     x = resized.astype(np.float32) * np.float32(spec.value_scale)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    x = (x - np.asarray(spec.per_channel(spec.mean), np.float32)) / np.asarray(spec.per_channel(spec.std), np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def preprocess_batch(images: Sequence[np.ndarray], spec: Preprocess) -> np.ndarray:
-    """Stack :func:`preprocess` over images of any sizes → ``N×3×h×w`` float32."""
-    return np.stack([preprocess(image, spec) for image in images]) if images else np.empty((0, 3, *spec.input_size))
+    """Stack :func:`preprocess` over images of any sizes → ``N×C×h×w`` float32."""
+    if not images:
+        return np.empty((0, spec.channels, *spec.input_size), np.float32)
+    return np.stack([preprocess(image, spec) for image in images])

@@ -6,6 +6,7 @@ import click
 
 from ..contract import RELU_RULES
 from ..scores import KINDS
+from .number_list import NumberList
 
 
 @click.command()
@@ -17,8 +18,12 @@ from ..scores import KINDS
 @click.option("--input-size", nargs=2, type=int, default=None, metavar="H W", help="Input height and width [224 224].")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset of the written graph (≥ 18).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="State dict to load (weights_only).")
-@click.option("--mean", nargs=3, type=float, default=None, metavar="R G B", help="Normalisation mean on [0, 1].")
-@click.option("--std", nargs=3, type=float, default=None, metavar="R G B", help="Normalisation std on [0, 1].")
+@click.option(
+    "--mean", cls=NumberList, default=None, metavar="M…", help="Normalisation mean on [0, 1]: one per channel, or one."
+)
+@click.option(
+    "--std", cls=NumberList, default=None, metavar="S…", help="Normalisation std on [0, 1]: one per channel, or one."
+)
 @click.option("--labels", default=None, help="'imagenet', or a file with one class name per line.")
 @click.option(
     "--exporter",
@@ -53,6 +58,20 @@ from ..scores import KINDS
     metavar="NAME|INDEX",
     help="The output holding the scores when the model returns several (tuple index, dict key, attribute such as "
     "logits, ONNX output name). Default: the only [N, K] or [N, K, H, W] output.",
+)
+@click.option("--channels", type=click.IntRange(min=1), default=None, help="Input channels C [from the model].")
+@click.option(
+    "--channel-order",
+    type=click.Choice(["RGB", "BGR"], case_sensitive=False),
+    default=None,
+    help="Colour order the model expects (3 channels) [RGB].",
+)
+@click.option("--scale", default=None, metavar="S", help="Pixel 0–255 → model range: 1/255 for [0, 1], 1 for 0–255.")
+@click.option(
+    "--input-layout",
+    type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+    default=None,
+    help="Layout of the model's input [read from an ONNX file's input shape; NCHW for PyTorch].",
 )
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object

@@ -34,6 +34,7 @@ from ..batch import (
     Decoded,
     Job,
     check_graph_supports,
+    check_takes_image_files,
     decoded_batches,
     default_workers,
     one_line,
@@ -97,6 +98,7 @@ class EvaluationSummary:
 
 def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
     """Check ``options`` against ``explainer``'s graph; every mistake raises :class:`BatchUsageError`."""
+    check_takes_image_files(explainer)
     layers = resolve_layers(options.layers, explainer)
     if options.batch_size < 1:
         raise BatchUsageError(f"must be at least 1, got {options.batch_size}", "--batch-size")
