@@ -13,7 +13,7 @@ import onnx
 
 from onnxcam import __version__, contract
 
-from . import onnx_prep, sources
+from . import onnx_prep, precision, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
@@ -236,6 +236,7 @@ def export_onnx_file(
         scores_kind=head.kind,
     )
     check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
+    check = precision.with_agreement(check, forward, layers, (channels, *size), log) if check else None
     extras = Extras(_rules(input_gradients), heads)
     return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
 

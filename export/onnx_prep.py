@@ -20,6 +20,7 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .layers import LayerError, nearest_names
+from .precision import float32_io
 from .scores_from import choose_output
 
 MIN_OPSET = 18
@@ -82,7 +83,8 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
 
 
 def default_tensor(model: onnx.ModelProto) -> str:
-    """The last 4-D tensor with more than one spatial position on the way to ``scores``."""
+    """The last 4-D float tensor with more than one spatial position on the way to ``scores`` (in an int8 QDQ graph
+    a dequantized one; integer tensors never)."""
     info = GraphInfo(model)
     needed = {contract.SCORES}
     for node in reversed(model.graph.node):
@@ -93,6 +95,7 @@ def default_tensor(model: onnx.ModelProto) -> str:
         for node in model.graph.node
         for o in node.output
         if o in needed
+        and info.dtype(o).kind == "f"
         and (s := info.shape(o)) is not None
         and len(s) == 4
         and not (isinstance(s[2], int) and isinstance(s[3], int) and s[2] * s[3] <= 1)
@@ -135,6 +138,7 @@ def prepare(
     graph = model.graph
     _rename(graph, graph.input[0].name, contract.INPUT)
     _rename(graph, graph.output[0].name, contract.SCORES)
+    float32_io(model)
     _dynamic_batch(model)
 
     produced = [o for node in graph.node for o in node.output]
@@ -147,5 +151,6 @@ def prepare(
     info = GraphInfo(model)
     for layer in layers:
         tap = contract.activation_name(layer)
-        graph.output.append(onnx.helper.make_tensor_value_info(tap, onnx.TensorProto.FLOAT, info.shape(tap)))
+        elem = onnx.helper.np_dtype_to_tensor_dtype(info.dtype(tap))
+        graph.output.append(onnx.helper.make_tensor_value_info(tap, elem, info.shape(tap)))
     return model, layers
