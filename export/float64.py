@@ -14,7 +14,6 @@ from onnxcam import contract
 
 from .gating import reads
 
-
 #: Raised to float64: float32 and the reduced-precision types of deployed graphs (float16 inside and out).
 _LOWER = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
@@ -25,7 +24,7 @@ def _retype(tp: onnx.TypeProto) -> None:
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` where every float32 (or float16) tensor, constant, cast target and tensor attribute is float64."""
+    """Copy of ``model`` where every float32/float16 tensor, constant, cast target and tensor attribute is float64."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _graph_to_float64(m.graph)
