@@ -21,6 +21,7 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .layers import LayerError, nearest_names
 from .precision import float32_io
+from .quantization import refuse_qoperator
 from .scores_from import choose_output
 
 MIN_OPSET = 18
@@ -120,6 +121,7 @@ def prepare(
     ``layers`` are tensor names; empty → :func:`default_tensor`. ``scores_from``: the graph output holding the
     scores (name or index); ``None`` → the only one, or the only one shaped like scores.
     """
+    refuse_qoperator(model)
     graph = model.graph
     weights = {t.name for t in graph.initializer}
     data_inputs = [i for i in graph.input if i.name not in weights]
