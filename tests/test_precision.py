@@ -1,6 +1,7 @@
 """Deployed precision: float16 and int8 (QDQ) ONNX classifiers exported and explained; QOperator refused.
 
-resnet18 (torchvision, random init, seed 0) at 64×64, exported by the TorchScript exporter, then converted as
+Two networks (random init, seed 0): the small GapNet at 32×32 (fast) and torchvision's resnet18 at 64×64 (slow),
+exported by the TorchScript exporter, then converted as
 deployments do: ``onnxconverter_common.float16.convert_float_to_float16`` (float16 I/O, and ``keep_io_types``), and
 ``onnxruntime.quantization.quantize_static`` (QDQ per-tensor and per-channel, QOperator) calibrated on 4 random
 images. Each export is verified at export time: float16 by float64 finite differences of the same graph, int8 QDQ
@@ -20,38 +21,40 @@ import torchvision
 from onnxcam_export.api import export_onnx_file
 from onnxcam_export.quantization import QuantizedFormatError
 from scipy.stats import spearmanr
+from small_models import GapNet
 
 from onnxcam.explainer import Explainer
 
-SIZE = 64
+NETS = {"gapnet": (GapNet, 32), "resnet18": (lambda: torchvision.models.resnet18(weights=None), 64)}
 onnxconverter_common = pytest.importorskip("onnxconverter_common")
 
 
 class _Calibration:
     """``CalibrationDataReader`` protocol: 4 random images."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         rng = np.random.default_rng(0)
-        self.it = iter([{"images": rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)} for _ in range(4)])
+        self.it = iter([{"images": rng.standard_normal((1, 3, size, size)).astype(np.float32)} for _ in range(4)])
 
     def get_next(self) -> dict | None:
         return next(self.it, None)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+@pytest.fixture(scope="module", params=["gapnet", pytest.param("resnet18", marks=pytest.mark.slow)])
+def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from onnxconverter_common import float16
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     logging.getLogger().setLevel(logging.ERROR)
-    w = tmp_path_factory.mktemp("precision")
+    w = tmp_path_factory.mktemp(request.param)
+    build, size = NETS[request.param]
     torch.manual_seed(0)
-    net = torchvision.models.resnet18(weights=None).eval()
+    net = build().eval()
     paths = {k: w / f"{k}.onnx" for k in ["fp32", "fp16", "fp16_io32", "qdq", "qdq_channel", "qoperator"]}
     torch.onnx.export(
         net,
-        (torch.randn(1, 3, SIZE, SIZE),),
+        (torch.randn(1, 3, size, size),),
         str(paths["fp32"]),
         input_names=["images"],
         output_names=["logits"],
@@ -71,7 +74,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         quantize_static(
             str(w / "prep.onnx"),
             str(paths[name]),
-            _Calibration(),
+            _Calibration(size),
             quant_format=fmt,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -93,8 +96,8 @@ def explainers(models: dict[str, Path]) -> dict[str, tuple[Explainer, list[str]]
     return out
 
 
-def _images() -> np.ndarray:
-    return np.random.default_rng(1).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
+def _images(explainer: Explainer) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((4, *explainer.input_shape)).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", ["fp16", "fp16_io32"])
@@ -103,25 +106,32 @@ def test_float16_exports_verified_and_agreement_logged(explainers: dict, name: s
     line = next(line for line in log if line.startswith("float16 graph vs the same graph in float64"))
     gradients = float(line.split("gradients ")[1].split(",")[0])
     assert gradients < 1e-2, line  # float16 rounding (11-bit mantissa), not a wrong rule
-    out = explainer.run(_images(), np.full(4, -1, np.int64))
+    out = explainer.run(_images(explainer), np.full(4, -1, np.int64))
     assert all(g.dtype == np.float32 for g in out.gradients.values())  # float16 outputs cast on read
 
 
-@pytest.mark.parametrize("name", ["fp16", "fp16_io32", "qdq", "qdq_channel"])
-def test_gradcam_agrees_with_float32(explainers: dict, name: str) -> None:
-    """Grad-CAM (and Ablation-CAM's head graph) of the deployed model vs the float32 model: same class, maps
-    rank-correlated (Spearman). float16 ≥ 0.99; int8 ≥ 0.5 (random-init weights and random images, where int8
-    rounding moves the scores by a sizeable fraction of their spread; the real-photo figure is in the README)."""
-    x = _images()
+@pytest.mark.parametrize("name", ["fp16", "fp16_io32"])
+def test_float16_gradcam_agrees_with_float32(explainers: dict, name: str) -> None:
+    """Grad-CAM (and Ablation-CAM, through the float16 head graph) of the float16 model vs the float32 model: same
+    class, maps rank-correlated (Spearman ≥ 0.99). int8 is measured on real photos with the pretrained demo model
+    (``test_int8_and_float16_demo_model_on_photos``): on random weights and noise images int8 rounding is a large
+    part of the scores' spread, so no agreement is to be expected there."""
+    x = _images(explainers["fp32"][0])
     reference = explainers["fp32"][0].explain_arrays(x, methods=("gradcam", "ablationcam"))
     deployed = explainers[name][0].explain_arrays(x, methods=("gradcam", "ablationcam"))
-    floor = 0.99 if name.startswith("fp16") else 0.5
     for ref, ours in zip(reference, deployed, strict=True):
-        if name.startswith("fp16"):
-            assert ours.class_index == ref.class_index
+        assert ours.class_index == ref.class_index
         for method in ("gradcam", "ablationcam"):
             rho = spearmanr(ref.maps[method].ravel(), ours.maps[method].ravel()).statistic
-            assert rho >= floor, (name, method, rho)
+            assert rho >= 0.99, (name, method, rho)
+
+
+@pytest.mark.parametrize("name", ["qdq", "qdq_channel"])
+def test_int8_explains_with_all_contract_outputs(explainers: dict, name: str) -> None:
+    explainer = explainers[name][0]
+    (result,) = explainer.explain_arrays(_images(explainer)[:1], methods=("gradcam", "ablationcam"))
+    for cam in result.maps.values():
+        assert np.isfinite(cam).all() and float(np.std(cam)) > 0  # a gradient reached the layer: not a flat map
 
 
 def test_qdq_default_layer_is_a_dequantized_float_tensor(explainers: dict) -> None:
