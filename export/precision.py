@@ -18,43 +18,65 @@ from onnxcam import contract
 
 from .autodiff.graph_info import GraphInfo
 from .float64 import evaluate_float64
+from .scores_head import _ACTIVATIONS, _PASS_THROUGH
 from .verify import Report, fast_kernels, relative_error, run
 
 FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
 
-def _cast_edge(graph: onnx.GraphProto, vi: onnx.ValueInfoProto, inner: str, elem: int, *, is_input: bool) -> None:
-    """Rename the graph's tensor ``vi.name`` to ``inner`` (of type ``elem``) inside the graph, declare ``vi`` float32
-    and bridge the two with a ``Cast``."""
-    name = vi.name
+def _cast_input(graph: onnx.GraphProto, elem: int) -> None:
+    """Declare the graph input float32 and cast it to ``elem`` for the nodes that read it."""
+    vi = graph.input[0]
+    inner = f"{vi.name}/{helper.tensor_dtype_to_np_dtype(elem).name}"
     for node in graph.node:
-        node.input[:] = [inner if i == name else i for i in node.input]
-        node.output[:] = [inner if o == name else o for o in node.output]
-    src, dst = (name, inner) if is_input else (inner, name)
-    to = elem if is_input else TensorProto.FLOAT
-    cast = helper.make_node("Cast", [src], [dst], name=f"onnxcam/cast/{name}", to=to)
-    if is_input:
-        graph.node.insert(0, cast)
-    else:
-        graph.node.append(cast)
+        node.input[:] = [inner if i == vi.name else i for i in node.input]
+    graph.node.insert(0, helper.make_node("Cast", [vi.name], [inner], name=f"onnxcam/cast/{vi.name}", to=elem))
     vi.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
-def float32_io(model: onnx.ModelProto) -> str | None:
+def _cast_output(model: onnx.ModelProto) -> None:
+    """Make the graph output float32 by one ``Cast`` before its trailing shape-only ops and Softmax/Sigmoid, so
+    :mod:`.scores_head` still finds them and the logits it explains are the deployed ones, exactly. Float casts
+    already in that tail (``keep_io_types`` puts one after the Softmax) become ``Identity``."""
+    graph = model.graph
+    info = GraphInfo(model)
+    vi = graph.output[0]
+    producers = {o: n for n in graph.node for o in n.output}
+    name, tail = vi.name, []
+    while (node := producers.get(name)) is not None and (
+        node.op_type in (*_PASS_THROUGH, *_ACTIVATIONS) or (node.op_type == "Cast" and info.dtype(name).kind == "f")
+    ):
+        name = node.input[0]
+        tail.append(node)
+    casts = [node for node in tail if node.op_type == "Cast"]
+    if info.dtype(name) == np.float32 and not casts and vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+        return
+    for node in casts:
+        node.op_type = "Identity"
+        del node.attribute[:]
+    cast = f"{name}/float32"
+    at = len(graph.node)
+    if not tail:  # the producer of the output writes the reduced type, the Cast the output
+        cast, name = name, f"{name}/reduced"
+        producers[cast].output[:] = [name if o == cast else o for o in producers[cast].output]
+    else:
+        tail[-1].input[0] = cast
+        at = list(graph.node).index(tail[-1])
+    node = helper.make_node("Cast", [name], [cast], name=f"onnxcam/cast/{vi.name}", to=TensorProto.FLOAT)
+    graph.node.insert(at, node)
+    vi.type.tensor_type.elem_type = TensorProto.FLOAT
+
+
+def float32_io(model: onnx.ModelProto) -> None:
     """Give a reduced-precision graph float32 ``input``/``scores`` (``Cast`` nodes at the edges), in place.
 
     The contract feeds float32 images and reads float32 scores; a float16 model (``convert_float_to_float16``
-    without ``keep_io_types``) declares both float16. Returns the inner type's name (``'float16'``) when a cast was
-    added, else ``None``.
+    without ``keep_io_types``) declares both float16. The inside stays in its own type.
     """
     graph = model.graph
-    changed = None
-    for vi, is_input in [(graph.input[0], True), (graph.output[0], False)]:
-        elem = vi.type.tensor_type.elem_type
-        if elem in FLOAT_TYPES:
-            _cast_edge(graph, vi, f"{vi.name}/{helper.tensor_dtype_to_np_dtype(elem).name}", elem, is_input=is_input)
-            changed = helper.tensor_dtype_to_np_dtype(elem).name
-    return changed
+    if (elem := graph.input[0].type.tensor_type.elem_type) in FLOAT_TYPES:
+        _cast_input(graph, elem)
+    _cast_output(model)
 
 
 def inner_type(model: onnx.ModelProto, layers: Sequence[str]) -> np.dtype:
@@ -69,9 +91,9 @@ def float64_agreement(
     """How far the deployed graph's gradients lie from the same graph evaluated in float64 (every float16/float32
     tensor, constant and cast raised to float64, :func:`.float64.to_float64`), on random inputs.
 
-    Returns ``max|G_deployed − G_64| / max|G_64|`` per ``gradient:<layer>`` (worst image) and for ``scores``. This
-    measures rounding of the deployed type (≈1e-3 for float16: 11-bit mantissa), not correctness of the rules, which
-    the finite-difference check covers.
+    Returns ``max|ours − exact| / max|exact|`` (worst image) for ``scores`` and every ``activation:``/``gradient:``.
+    This measures rounding of the deployed type (≈1e-3 for float16: 11-bit mantissa; 1 where values underflow to 0),
+    not correctness of the rules, which the finite-difference check covers.
     """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
@@ -79,7 +101,10 @@ def float64_agreement(
     feeds = {contract.INPUT: x, contract.TARGET: target}
     ours = run(explainer, feeds)
     exact = evaluate_float64(explainer, feeds, fast_kernels())
-    names = [contract.SCORES, *(contract.gradient_name(layer) for layer in layers)]
+    names = [
+        contract.SCORES,
+        *(f(layer) for f in (contract.activation_name, contract.gradient_name) for layer in layers),
+    ]
     return {
         name: max(
             relative_error(ours[name][i].astype(np.float64), exact[name][i].astype(np.float64)) for i in range(batch)
@@ -102,10 +127,10 @@ def with_agreement(
 
     def checked(explainer: onnx.ModelProto) -> Report:
         errors = float64_agreement(explainer, layers, input_shape)
-        gradients = max(v for k, v in errors.items() if k != contract.SCORES)
+        worst = {p: max(v for k, v in errors.items() if k.startswith(p)) for p in ("activation:", "gradient:")}
         log(
-            f"{dtype.name} graph vs the same graph in float64 (random inputs): gradients {gradients:.1e}, "
-            f"scores {errors[contract.SCORES]:.1e} (relative, worst image)"
+            f"{dtype.name} graph vs the same graph in float64 (random inputs): activations {worst['activation:']:.1e}"
+            f", gradients {worst['gradient:']:.1e}, scores {errors[contract.SCORES]:.1e} (relative, worst image)"
         )
         return check(explainer)
 

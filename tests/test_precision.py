@@ -111,6 +111,23 @@ def test_float16_exports_verified_and_agreement_logged(explainers: dict, name: s
     assert all(g.dtype == np.float32 for g in out.gradients.values())  # float16 outputs cast on read
 
 
+@pytest.mark.parametrize("keep_io_types", [False, True])
+def test_float16_trailing_softmax_still_left_out(tmp_path: Path, keep_io_types: bool) -> None:
+    """The float32 Cast goes before the Softmax (keep_io_types puts its own after it), so the logits are explained."""
+    from onnxconverter_common import float16
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(GapNet(), torch.nn.Softmax(1)).eval()
+    torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), str(tmp_path / "m.onnx"), opset_version=17, dynamo=False)
+    onnx.save(
+        float16.convert_float_to_float16(onnx.load(str(tmp_path / "m.onnx")), keep_io_types=keep_io_types),
+        str(tmp_path / "fp16.onnx"),
+    )
+    log: list[str] = []
+    export_onnx_file(tmp_path / "fp16.onnx", tmp_path / "fp16.explainer.onnx", log=log.append)
+    assert "scores: logits (the trailing Softmax is left out: its input is explained)" in log
+
+
 @pytest.mark.parametrize("name", ["fp16", "fp16_io32"])
 def test_float16_gradcam_agrees_with_float32(explainers: dict, name: str) -> None:
     """Grad-CAM (and Ablation-CAM, through the float16 head graph) of the float16 model vs the float32 model: same
