@@ -76,7 +76,7 @@ class DequantizeLinear(OpRun):
 
     op_domain = ""
 
-    def _run(self, q, scale, zero_point=None, axis=None, block_size=None, output_dtype=None):  # type: ignore[override]  # noqa: E501
+    def _run(self, q, scale, zero_point=None, axis=None, block_size=None, output_dtype=None):  # type: ignore[override]
         zero = 0 if zero_point is None else _broadcast(zero_point, q.ndim, axis).astype(np.int64)
         return (((q.astype(np.int64) - zero) * _broadcast(scale, q.ndim, axis)).astype(scale.dtype),)
 
