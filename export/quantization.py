@@ -63,7 +63,9 @@ class QuantizeLinear(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, scale, zero_point=None, axis=None, block_size=None, output_dtype=None, precision=None, saturate=None):  # type: ignore[override]  # noqa: E501
+    def _run(  # type: ignore[override]
+        self, x, scale, zero_point=None, axis=None, block_size=None, output_dtype=None, precision=None, saturate=None
+    ):
         dtype = np.uint8 if zero_point is None else zero_point.dtype
         zero = 0 if zero_point is None else _broadcast(zero_point, x.ndim, axis)
         level = np.rint(x / _broadcast(scale, x.ndim, axis)) + zero
