@@ -219,3 +219,19 @@ def test_int8_and_float16_demo_model_on_photos(tmp_path: Path) -> None:
             assert ours.class_index == ref.class_index
             rho = spearmanr(ref.maps["gradcam"].ravel(), ours.maps["gradcam"].ravel()).statistic
             assert rho >= 0.9, (name, ref.class_index, rho)
+
+
+def test_compare_command(models: dict[str, Path], explainers: dict, tmp_path: Path) -> None:
+    """``onnxcam compare`` float32 vs float16 on two images: same classes, ρ ≈ 1, exit 0 under --min-correlation."""
+    import cv2
+    from click.testing import CliRunner
+
+    from onnxcam.cli import main
+
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 256, (48, 48, 3), np.uint8))
+    fp32, fp16 = (str(models[n].with_suffix(".explainer.onnx")) for n in ("fp32", "fp16"))
+    result = CliRunner().invoke(main, ["compare", fp32, fp16, str(tmp_path), "--min-correlation", "0.99"])
+    assert result.exit_code == 0, result.output
+    assert "2 images: class agreement 100.0%" in result.output
