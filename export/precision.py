@@ -22,6 +22,8 @@ from .scores_head import _ACTIVATIONS, _PASS_THROUGH
 from .verify import Report, fast_kernels, relative_error, run
 
 FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+#: A tapped activation this far (relative) from its float64 value has lost its information in the reduced type.
+UNDERFLOW = 0.5
 
 
 def _cast_input(graph: onnx.GraphProto, elem: int) -> None:
@@ -132,6 +134,12 @@ def with_agreement(
             f"{dtype.name} graph vs the same graph in float64 (random inputs): activations {worst['activation:']:.1e}"
             f", gradients {worst['gradient:']:.1e}, scores {errors[contract.SCORES]:.1e} (relative, worst image)"
         )
+        lost = [k for k, v in errors.items() if k.startswith("activation:") and v >= UNDERFLOW]
+        if lost:
+            log(
+                f"warning: {dtype.name} loses most of '{lost[0]}' (relative error {errors[lost[0]]:.1e} vs float64, "
+                "e.g. values below its range rounding to 0): the deployed model's maps will not match float32's"
+            )
         return check(explainer)
 
     return checked
