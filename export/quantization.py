@@ -27,7 +27,7 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import cut_after, evaluate_float64
 from .gating import reads
-from .verify import Report, check, fast_kernels, run
+from .verify import Report, VerificationError, check, fast_kernels, run
 
 #: Ops of onnxruntime's QOperator format (and of dynamic quantization): integer kernels with no float tensor between.
 _QOPERATOR = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "MatMulIntegerToFloat", "QAttention"}
@@ -165,7 +165,8 @@ def verify_ste(
     seed: int = 0,
 ) -> Report:
     """Directional central differences of ``scores[n, t_n]`` through :func:`ste_surrogate` (float64) vs
-    ``⟨gradient:<layer>, v⟩`` of the explainer evaluated in float64 at the same point (the layer's map ``A`` from
+    ``⟨gradient:<layer>, v⟩`` (and ``gradient:input`` when exported) of the explainer evaluated in float64 at the
+    same point (the layer's map ``A`` from
     onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε`` = 1e-10 of the map's scale
     (a step rarely moves any ``x/s`` across a rounding tie). Error of image ``n``: ``|fd_n − dot_n| / max_m |dot_m|``,
     worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image).
@@ -176,8 +177,10 @@ def verify_ste(
     rows = np.arange(batch)
     kernels = [QuantizeLinear, DequantizeLinear, *fast_kernels()]
     errors: dict[str, tuple[float, ...]] = {}
-    for layer in layers:
-        tap, grad = contract.activation_name(layer), contract.gradient_name(layer)
+    pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
+    if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
+        pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
+    for tap, grad in pairs:
         after, frozen = cut_after(explainer, tap, [contract.SCORES, contract.TARGET_USED, grad])
         probe = onnx.ModelProto()
         probe.CopyFrom(explainer)
@@ -213,4 +216,20 @@ def verify_ste(
             dot = (at[grad] * v).reshape(batch, -1).sum(1)
             worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
         errors[grad] = tuple(worst.tolist())
+        _refuse_ties(Report({grad: errors[grad]}), tolerance, tap, after)
     return check(Report(errors), tolerance)
+
+
+#: Ops whose gradient at tied inputs is a convention (the first maximum); quantized values tie often.
+_TIE_OPS = ("MaxPool", "GlobalMaxPool", "ReduceMax", "Max")
+
+
+def _refuse_ties(report: Report, tolerance: float, tap: str, after: onnx.ModelProto) -> None:
+    """Above tolerance with a max-type op after ``tap``: say so (ties among quantized values, not a wrong rule)."""
+    ties = next((n for n in after.graph.node if n.op_type in _TIE_OPS), None)
+    if report.typical > tolerance and ties is not None:
+        raise VerificationError(
+            f"cannot verify '{tap}' of an int8 graph: {ties.op_type} '{ties.name or ties.output[0]}' after it sees "
+            f"ties among quantized values, where the gradient is a convention (the first maximum) that finite "
+            f"differences cannot check ({report.summary()}); explain a layer after it, or export with --no-verify"
+        )

@@ -21,6 +21,7 @@ import torchvision
 from onnxcam_export.api import export_onnx_file
 from onnxcam_export.quantization import QuantizedFormatError
 from onnxcam_export.sources import load_module
+from onnxcam_export.verify import VerificationError
 from scipy.stats import spearmanr
 from small_models import GapNet
 
@@ -254,3 +255,12 @@ def test_float16_underflow_is_reported(tmp_path: Path) -> None:
     # here, as they do for the float32 file; this test is about the warning, which the check's wrapper logs first
     export_onnx_file(tmp_path / "fp16.onnx", tmp_path / "fp16.explainer.onnx", tolerance=1.0, log=log.append)
     assert any(line.startswith("warning: float16 loses most of 'activation:") for line in log), log
+
+
+def test_int8_layer_before_maxpool_refused_with_the_cause(models: dict[str, Path]) -> None:
+    """resnet18's stem ReLU feeds a MaxPool: quantized values tie there, the STE check cannot decide, and says so."""
+    if not any(n.op_type == "MaxPool" for n in onnx.load(str(models["qdq"])).graph.node):
+        pytest.skip("no MaxPool in this network")
+    with pytest.raises(VerificationError, match=r"^cannot verify .* MaxPool .* ties among quantized values") as error:
+        export_onnx_file(models["qdq"], None, ["/relu/Relu_output_0_DequantizeLinear_Output"], log=lambda _: None)
+    assert "\n" not in str(error.value)
