@@ -13,7 +13,7 @@ import onnx
 
 from onnxcam import __version__, contract
 
-from . import inputs, onnx_prep, sources
+from . import inputs, onnx_prep, precision, quantization, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
@@ -264,9 +264,14 @@ def export_onnx_file(
         scores_kind=head.kind,
     )
     shape = (found.channels, *size)
-    check = (lambda e: verify_finite_differences(e, layers, shape, tolerance=tolerance)) if verify else None
+    reference = quantization.verify_ste if quantization.is_qdq(forward) else verify_finite_differences
+    check = (lambda e: reference(e, layers, shape, tolerance=tolerance)) if verify else None
+    check = precision.with_agreement(check, forward, layers, shape, log) if check else None
     extras = Extras(_rules(input_gradients), heads)
-    return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
+    method = "the straight-through estimator by float64 finite differences" if quantization.is_qdq(forward) else ""
+    return _build_check_save(
+        forward, metadata, extras, check, method or "float64 finite differences", output, started, log
+    )
 
 
 def _normalisation_defaults(

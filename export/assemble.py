@@ -239,10 +239,10 @@ def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> 
         copy.output[:] = [renamed.get(o, o) for o in node.output]
         copies.append(copy)
     graph.node.extend(copies)
-    dims = [d.dim_value for d in _like(graph, tap, tap).type.tensor_type.shape.dim[1:]]
-    head_input, default = optional_input(
-        contract.head_input_name(layer), len(dims) + 1, np.zeros((1, *dims), np.float32)
-    )
+    tap_type = _like(graph, tap, tap).type.tensor_type
+    dims = [d.dim_value for d in tap_type.shape.dim[1:]]
+    dtype = helper.tensor_dtype_to_np_dtype(tap_type.elem_type)
+    head_input, default = optional_input(contract.head_input_name(layer), len(dims) + 1, np.zeros((1, *dims), dtype))
     graph.input.append(head_input)
     graph.initializer.append(default)
     return copies, renamed[contract.SCORES]

@@ -14,14 +14,17 @@ from onnxcam import contract
 
 from .gating import reads
 
+#: Raised to float64: float32 and the reduced-precision types of deployed graphs (float16 inside and out).
+_LOWER = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
 
 def _retype(tp: onnx.TypeProto) -> None:
-    if tp.tensor_type.elem_type == TensorProto.FLOAT:
+    if tp.tensor_type.elem_type in _LOWER:
         tp.tensor_type.elem_type = TensorProto.DOUBLE
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` where every float32 tensor, constant, cast target and tensor attribute is float64."""
+    """Copy of ``model`` where every float32/float16 tensor, constant, cast target and tensor attribute is float64."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _graph_to_float64(m.graph)
@@ -31,15 +34,15 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 def _graph_to_float64(g: onnx.GraphProto) -> None:
     """:func:`to_float64` in place on one graph and its subgraphs (``If`` branches)."""
     for t in g.initializer:
-        if t.data_type == TensorProto.FLOAT:
+        if t.data_type in _LOWER:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
     for vi in [*g.input, *g.output, *g.value_info]:
         _retype(vi.type)
     for node in g.node:
         for attr in node.attribute:
-            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+            if attr.name == "to" and attr.i in _LOWER:
                 attr.i = TensorProto.DOUBLE
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _LOWER:
                 attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64)))
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 _graph_to_float64(sub)

@@ -62,15 +62,17 @@ def gate(graph: onnx.GraphProto, part: Part) -> None:
     del graph.node[:]
     graph.node.extend(kept)
     dims = [[d.dim_value for d in out.type.tensor_type.shape.dim][1:] for _, out in part.outputs]
-    inner = [_unknown_dims(name, len(d) + 1) for (name, _), d in zip(part.outputs, dims, strict=True)]
+    elems = [out.type.tensor_type.elem_type for _, out in part.outputs]
+    types = [helper.tensor_dtype_to_np_dtype(e) for e in elems]
+    inner = [_unknown_dims(name, len(d) + 1, e) for (name, _), d, e in zip(part.outputs, dims, elems, strict=True)]
     then_branch = helper.make_graph(list(part.nodes), part.switch + "/then", [], inner)
     empty = [
         helper.make_node(
-            "Constant", [], [f"{part.switch}/empty_{i}"], value=numpy_helper.from_array(np.zeros((0, *d), np.float32))
+            "Constant", [], [f"{part.switch}/empty_{i}"], value=numpy_helper.from_array(np.zeros((0, *d), dtype))
         )
-        for i, d in enumerate(dims)
+        for i, (d, dtype) in enumerate(zip(dims, types, strict=True))
     ]
-    else_outputs = [_unknown_dims(n.output[0], len(d) + 1) for n, d in zip(empty, dims, strict=True)]
+    else_outputs = [_unknown_dims(n.output[0], len(d) + 1, e) for n, d, e in zip(empty, dims, elems, strict=True)]
     else_branch = helper.make_graph(empty, part.switch + "/else", [], else_outputs)
     names = [out.name for _, out in part.outputs]
     graph.node.append(
@@ -82,5 +84,5 @@ def gate(graph: onnx.GraphProto, part: Part) -> None:
     graph.output.extend(out for _, out in part.outputs)
 
 
-def _unknown_dims(name: str, rank: int) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * rank)
+def _unknown_dims(name: str, rank: int, elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, [None] * rank)

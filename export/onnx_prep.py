@@ -22,6 +22,8 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .layers import LayerError, nearest_names
 from .onnx_upgrade import upgrade
+from .precision import float32_io
+from .quantization import refuse_qoperator
 from .scores_from import choose_output
 
 MIN_OPSET = 18
@@ -70,7 +72,8 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
 
 
 def default_tensor(model: onnx.ModelProto) -> str:
-    """The last 4-D tensor with more than one spatial position on the way to ``scores``."""
+    """The last 4-D float tensor with more than one spatial position on the way to ``scores`` (in an int8 QDQ graph
+    a dequantized one; integer tensors never)."""
     info = GraphInfo(model)
     needed = {contract.SCORES}
     for node in reversed(model.graph.node):
@@ -81,6 +84,7 @@ def default_tensor(model: onnx.ModelProto) -> str:
         for node in model.graph.node
         for o in node.output
         if o in needed
+        and info.dtype(o).kind == "f"
         and (s := info.shape(o)) is not None
         and len(s) == 4
         and not (isinstance(s[2], int) and isinstance(s[3], int) and s[2] * s[3] <= 1)
@@ -105,6 +109,7 @@ def prepare(
     ``layers`` are tensor names; empty → :func:`default_tensor`. ``scores_from``: the graph output holding the
     scores (name or index); ``None`` → the only one, or the only one shaped like scores.
     """
+    refuse_qoperator(model)
     graph = model.graph
     weights = {t.name for t in graph.initializer}
     data_inputs = [i for i in graph.input if i.name not in weights]
@@ -124,6 +129,7 @@ def prepare(
     graph = model.graph
     _rename(graph, graph.input[0].name, contract.INPUT)
     _rename(graph, graph.output[0].name, contract.SCORES)
+    float32_io(model)
     _dynamic_batch(model)
 
     produced = [o for node in graph.node for o in node.output]
@@ -136,5 +142,6 @@ def prepare(
     info = GraphInfo(model)
     for layer in layers:
         tap = contract.activation_name(layer)
-        graph.output.append(onnx.helper.make_tensor_value_info(tap, onnx.TensorProto.FLOAT, info.shape(tap)))
+        elem = onnx.helper.np_dtype_to_tensor_dtype(info.dtype(tap))
+        graph.output.append(onnx.helper.make_tensor_value_info(tap, elem, info.shape(tap)))
     return model, layers

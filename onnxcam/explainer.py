@@ -97,6 +97,11 @@ class Explanation:
     errors: dict[str, str] = field(default_factory=dict)  # method → one-line cause (``isolate_methods`` only)
 
 
+def _float32(values: np.ndarray) -> np.ndarray:
+    """A graph output as float32 (a float16 graph's ``activation:``/``gradient:`` come in float16)."""
+    return values if values.dtype == np.float32 else values.astype(np.float32)
+
+
 def one_hot_seed(classes: np.ndarray, score_shape: Sequence[int]) -> np.ndarray:
     """The seed of class targets: ``seed[n, k, …] = [k = classes[n]]`` broadcast over a dense output's positions."""
     return class_seed(classes, LOGITS, score_shape)
@@ -147,6 +152,11 @@ class Explainer:
         self.max_batch = 64
         self.input_shape = (self.preprocess.channels, *self.preprocess.input_size)
         self._optional = {i.name for i in self.graph.session.get_overridable_initializers()}
+        #: element types of the optional inputs (a float16 graph's head inputs are float16)
+        self._input_types = {
+            i.name: np.float16 if i.type == "tensor(float16)" else np.float32
+            for i in self.graph.session.get_overridable_initializers()
+        }
         self.has_seed = contract.SEED in self._optional
         self._names = [
             contract.SCORES,
@@ -233,8 +243,8 @@ class Explainer:
         return GraphOutputs(
             scores=out[contract.SCORES],
             target_used=out[contract.TARGET_USED],
-            activations={layer: out[contract.activation_name(layer)] for layer in self.layers},
-            gradients={layer: out[contract.gradient_name(layer)] for layer in self.layers},
+            activations={layer: _float32(out[contract.activation_name(layer)]) for layer in self.layers},
+            gradients={layer: _float32(out[contract.gradient_name(layer)]) for layer in self.layers},
         )
 
     def _chunked(self, names: list[str], feeds: Callable[[slice], dict], count: int) -> np.ndarray:
@@ -272,7 +282,7 @@ class Explainer:
         no_images = np.zeros((0, *self.input_shape), np.float32)  # the network before the layer runs on nothing
 
         def feeds(rows: slice) -> dict:
-            maps = np.ascontiguousarray(activations[rows], np.float32)
+            maps = np.ascontiguousarray(activations[rows], self._input_types.get(contract.head_input_name(layer)))
             return {
                 **self._feeds(no_images, compute=(contract.switch_name(name),)),
                 contract.head_input_name(layer): maps,

@@ -144,9 +144,21 @@ class VJPContext:
     def emit_multi(self, op_type: str, inputs: Sequence[str], n_outputs: int, **attrs: object) -> list[str]:
         return self._emitter.op(op_type, inputs, n_outputs, **attrs)
 
+    @property
+    def float_type(self) -> np.dtype:
+        """The node's floating-point element type (its first float output or input; float32 when none): the type of
+        the float constants a rule emits, so float16 graphs get float16 backward nodes."""
+        for name in [*self.outputs, *self.inputs]:
+            if name and (dtype := self.dtype(name)).kind == "f":
+                return dtype
+        return np.dtype(np.float32)
+
     def const(self, value: np.ndarray | float | int | Sequence[int], like: str | None = None) -> str:
-        """A constant; with ``like`` it takes that tensor's element type (float constants otherwise float32)."""
-        return self._emitter.const(value, self.dtype(like) if like else None)
+        """A constant; with ``like`` it takes that tensor's element type (float constants otherwise
+        :attr:`float_type`, integers int64)."""
+        if like:
+            return self._emitter.const(value, self.dtype(like))
+        return self._emitter.const(value, self.float_type if np.asarray(value).dtype.kind == "f" else None)
 
     def shape_of(self, name: str) -> str:
         """Runtime shape of ``name`` as an int64 tensor."""

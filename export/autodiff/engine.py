@@ -16,6 +16,7 @@ from . import rules  # noqa: F401  (importing registers every rule)
 from .context import Emitter, GradientError, VJPContext
 from .graph_info import GraphInfo
 from .registry import RULES, VJPRule
+from .rules.quantize import straight_through
 
 
 @dataclass
@@ -74,7 +75,10 @@ def differentiate(
     """
     graph = model.graph
     info = GraphInfo(model)
-    path_nodes, on_path = active_nodes(graph, sources, output, lambda name: info.dtype(name).kind == "f")
+    quantized = straight_through(graph)  # int8 QDQ: QuantizeLinear's integer output carries the STE gradient
+    path_nodes, on_path = active_nodes(
+        graph, sources, output, lambda name: info.dtype(name).kind == "f" or name in quantized
+    )
     for source in sources:
         if source not in on_path:
             raise GradientError(f"tensor '{source}' does not influence '{output}': nothing to differentiate")

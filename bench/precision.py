@@ -1,0 +1,101 @@
+"""Speed of deployed precisions (CPU, batch 8): plain forward and Grad-CAM explainer of float32, float16 and int8 QDQ.
+
+``python bench/precision.py [model]`` prints a Markdown table (BENCHMARKS.md, "Deployed precision"). Random-init
+torchvision weights, 224×224, int8 = ``quantize_static`` QDQ per-channel calibrated on 8 random images, float16 =
+``convert_float_to_float16(keep_io_types=True)``; explainers exported without verification (the tests verify).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torchvision
+from onnxcam_export.api import export_onnx_file
+from onnxconverter_common import float16
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from onnxcam.explainer import Explainer
+
+BATCH, RUNS, WARMUP = 8, 7, 2
+
+
+class Calibration(CalibrationDataReader):
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.it = iter([{"images": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(8)])
+
+    def get_next(self) -> dict | None:
+        return next(self.it, None)
+
+
+def median_rate(fn) -> float:
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return BATCH / statistics.median(times)
+
+
+def main(name: str = "resnet50") -> None:
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    w = Path(tempfile.mkdtemp())
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, name)(weights=None).eval()
+    torch.onnx.export(
+        net,
+        (torch.randn(1, 3, 224, 224),),
+        str(w / "float32.onnx"),
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    onnx.save(
+        float16.convert_float_to_float16(onnx.load(str(w / "float32.onnx")), keep_io_types=True),
+        str(w / "float16.onnx"),
+    )
+    quant_pre_process(str(w / "float32.onnx"), str(w / "prep.onnx"))
+    quantize_static(
+        str(w / "prep.onnx"),
+        str(w / "int8.onnx"),
+        Calibration(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    x = np.random.default_rng(1).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    print("| model | precision | ORT forward | onnxcam Grad-CAM | Grad-CAM / float32 forward |")
+    print("|---|---|---|---|---|")
+    base = None
+    for precision in ["float32", "float16", "int8"]:
+        path = w / f"{precision}.onnx"
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        forward = median_rate(lambda s=session: s.run(None, {"images": x}))
+        export_onnx_file(path, w / f"{precision}.explainer.onnx", verify=False, heads=False, log=lambda _: None)
+        explainer = Explainer(w / f"{precision}.explainer.onnx", provider="cpu", threads=2)
+        cam = median_rate(lambda e=explainer: e.explain_arrays(x, methods=("gradcam",)))
+        base = base or forward
+        print(f"| {name} | {precision} | {forward:.1f} | {cam:.1f} | {cam / base:.2f}× |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

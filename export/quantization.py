@@ -1,0 +1,235 @@
+"""int8 graphs: QDQ graphs are explained (straight-through estimator, :mod:`.autodiff.rules.quantize`) and verified
+against an independent STE reference; QOperator graphs are refused in one line.
+
+The reference for a QDQ explainer replaces every ``QuantizeLinear → DequantizeLinear`` pair ``y = DQ(Q(x))`` by
+
+    ``y' = DQ(Q(x)) + c(x) − c(x₀)``,   ``c(x) = min(max(x, s·(q_min − z − ½)), s·(q_max − z + ½))``
+
+with ``x₀`` the value at the evaluation point: ``y'`` equals the deployed value there and its derivative is that of
+the clip-only float op ``c`` — 1 inside the quantization range, 0 where clipped: the STE of quantization-aware
+training (Bengio et al. 2013; Jacob et al. 2018), written without ``Round``. Central differences of the scores
+through ``y'`` in float64 (``onnx.reference``) are compared with the explainer's ``gradient:<layer>`` evaluated in
+float64 at the same point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference.op_run import OpRun
+
+from onnxcam import contract
+
+from .autodiff.graph_info import GraphInfo
+from .errors import ExportError
+from .float64 import cut_after, evaluate_float64
+from .gating import reads
+from .verify import Report, VerificationError, check, fast_kernels, run
+
+#: Ops of onnxruntime's QOperator format (and of dynamic quantization): integer kernels with no float tensor between.
+_QOPERATOR = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "MatMulIntegerToFloat", "QAttention"}
+
+
+class QuantizedFormatError(ExportError):
+    """An int8 graph in a format the explainer cannot differentiate (QOperator)."""
+
+
+def refuse_qoperator(model: onnx.ModelProto) -> None:
+    """Raise :class:`QuantizedFormatError` naming the first QOperator op (``QLinearConv``, ``QGemm``, …).
+
+    Their integer tensors leave no float value to differentiate between layers; the QDQ format of the same
+    quantization (``QuantizeLinear``/``DequantizeLinear`` around float ops, run as integer kernels by onnxruntime) is
+    differentiated with the straight-through estimator.
+    """
+    for node in model.graph.node:
+        if node.op_type.startswith(("QLinear", "QOrdered")) or node.op_type in _QOPERATOR:
+            raise QuantizedFormatError(
+                f"int8 QOperator graph (op {node.op_type} at node '{node.name or node.output[0]}') cannot be "
+                "differentiated; re-quantize it in QDQ format: quantize_static(..., quant_format=QuantFormat.QDQ)"
+            )
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` holds a ``QuantizeLinear`` (its backward then uses the straight-through estimator)."""
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+class QuantizeLinear(OpRun):
+    """``QuantizeLinear`` in numpy for any float input type and opset (per-tensor or per-axis; round half to even,
+    saturate to the zero point's integer type, uint8 without one)."""
+
+    op_domain = ""
+
+    def _run(  # type: ignore[override]
+        self, x, scale, zero_point=None, axis=None, block_size=None, output_dtype=None, precision=None, saturate=None
+    ):
+        dtype = np.uint8 if zero_point is None else zero_point.dtype
+        zero = 0 if zero_point is None else _broadcast(zero_point, x.ndim, axis)
+        level = np.rint(x / _broadcast(scale, x.ndim, axis)) + zero
+        limits = np.iinfo(dtype)
+        return (np.clip(level, limits.min, limits.max).astype(dtype),)
+
+
+class DequantizeLinear(OpRun):
+    """``DequantizeLinear`` in numpy: ``(q − z) · s`` in the scale's float type (per-tensor or per-axis)."""
+
+    op_domain = ""
+
+    def _run(self, q, scale, zero_point=None, axis=None, block_size=None, output_dtype=None):  # type: ignore[override]
+        zero = 0 if zero_point is None else _broadcast(zero_point, q.ndim, axis).astype(np.int64)
+        return (((q.astype(np.int64) - zero) * _broadcast(scale, q.ndim, axis)).astype(scale.dtype),)
+
+
+def _broadcast(values: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
+    """A per-axis 1-D ``scale``/``zero_point`` shaped to broadcast along ``axis`` (default 1); scalars as they are."""
+    if values.ndim == 0 or values.size == 1:
+        return values.reshape(())
+    shape = [1] * rank
+    shape[(1 if axis is None else axis) % rank] = -1
+    return values.reshape(shape)
+
+
+def ste_surrogate(after: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Copy of ``after`` whose ``QuantizeLinear → DequantizeLinear`` outputs are ``DQ(Q(x)) + c(x) − c(x₀)`` (module
+    docstring); returns it and ``{anchor input: x}``, the inputs to feed with ``x₀``."""
+    model = onnx.ModelProto()
+    model.CopyFrom(after)
+    graph = model.graph
+    info = GraphInfo(after)
+    quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
+    anchors: dict[str, str] = {}
+    added: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in quantizers:
+            continue
+        q = quantizers[node.input[0]]
+        x = q.input[0]
+        lo, hi = _clip_range(q, info)
+        anchor = f"anchor/{x}"
+        anchors[anchor] = x
+        deployed, y = f"{node.output[0]}/deployed", node.output[0]
+        node.output[0] = deployed
+        p = f"ste/{y}/"
+        graph.initializer.extend([numpy_helper.from_array(lo, p + "lo"), numpy_helper.from_array(hi, p + "hi")])
+        for source, clipped in [(x, p + "c"), (anchor, p + "c0")]:
+            added.append(helper.make_node("Max", [source, p + "lo"], [clipped + "/low"]))
+            added.append(helper.make_node("Min", [clipped + "/low", p + "hi"], [clipped]))
+        added.append(helper.make_node("Sub", [p + "c", p + "c0"], [p + "delta"]))
+        added.append(helper.make_node("Add", [deployed, p + "delta"], [y]))
+    graph.input.extend(helper.make_tensor_value_info(a, TensorProto.UNDEFINED, None) for a in anchors)
+    nodes = _toposort([*graph.node, *added], {i.name for i in graph.input} | {t.name for t in graph.initializer})
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model, anchors
+
+
+def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` in an order where every tensor (subgraphs' included) is produced before it is read (Kahn)."""
+    done = set(available)
+    pending, ordered = list(nodes), []
+    while pending:
+        ready = [n for n in pending if all(not i or i in done for i in reads(n))]
+        if not ready:
+            raise ExportError(f"STE reference: cannot order node '{pending[0].name or pending[0].output[0]}'")
+        for n in ready:
+            ordered.append(n)
+            done.update(n.output)
+        pending = [n for n in pending if n not in ready]
+    return ordered
+
+
+def _clip_range(q: onnx.NodeProto, info: GraphInfo) -> tuple[np.ndarray, np.ndarray]:
+    """``s·(q_min − z − ½)`` and ``s·(q_max − z + ½)``: where ``round(x/s) + z`` stays inside the integer range."""
+    scale = info.constant(q.input[1])
+    zero = info.constant(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+    if scale is None:
+        raise ExportError(f"QuantizeLinear '{q.name or q.output[0]}': its scale is not a constant")
+    limits = np.iinfo(np.uint8 if zero is None else zero.dtype)
+    rank = len(info.shape(q.input[0]) or ())
+    axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
+    s = _broadcast(scale.astype(np.float64), rank, axis)
+    z = 0.0 if zero is None else _broadcast(zero.astype(np.float64), rank, axis)
+    return (s * (limits.min - z - 0.5)).astype(scale.dtype), (s * (limits.max - z + 0.5)).astype(scale.dtype)
+
+
+def verify_ste(
+    explainer: onnx.ModelProto,
+    layers: Sequence[str],
+    input_shape: tuple[int, ...],
+    tolerance: float = 1e-4,
+    batch: int = 2,
+    directions: int = 2,
+    seed: int = 0,
+) -> Report:
+    """Directional central differences of ``scores[n, t_n]`` through :func:`ste_surrogate` (float64) vs
+    ``⟨gradient:<layer>, v⟩`` (and ``gradient:input`` when exported) of the explainer evaluated in float64 at the
+    same point (the layer's map ``A`` from
+    onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε`` = 1e-10 of the map's scale
+    (a step rarely moves any ``x/s`` across a rounding tie). Error of image ``n``: ``|fd_n − dot_n| / max_m |dot_m|``,
+    worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image).
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+    target = np.array([contract.TOP1, 0, 1][:batch], np.int64)
+    rows = np.arange(batch)
+    kernels = [QuantizeLinear, DequantizeLinear, *fast_kernels()]
+    errors: dict[str, tuple[float, ...]] = {}
+    pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
+    if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
+        pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
+    for tap, grad in pairs:
+        after, frozen = cut_after(explainer, tap, [contract.SCORES, contract.TARGET_USED, grad])
+        probe = onnx.ModelProto()
+        probe.CopyFrom(explainer)
+        info = GraphInfo(explainer)
+        probe.graph.output.extend(
+            helper.make_tensor_value_info(f, helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
+            for f in frozen
+            if f != contract.TARGET
+        )
+        out = {**run(probe, {contract.INPUT: x, contract.TARGET: target}), contract.INPUT: x}
+        fixed = {f: target if f == contract.TARGET else out[f] for f in frozen}
+        activation = out[tap].astype(np.float64)
+        surrogate, anchors = ste_surrogate(after)
+        base_model = onnx.ModelProto()
+        base_model.CopyFrom(after)
+        base_model.graph.output.extend(
+            helper.make_tensor_value_info(v, TensorProto.UNDEFINED, None) for v in set(anchors.values())
+        )
+        at = evaluate_float64(base_model, {tap: activation, **fixed}, kernels)
+        anchored = {a: at[v] for a, v in anchors.items()}
+        used = at[contract.TARGET_USED]
+        worst = np.zeros(batch)
+        for _ in range(directions):
+            v = rng.standard_normal(activation.shape)
+            eps = 1e-10 * max(float(np.abs(activation).max()), 1e-6)
+            f_plus, f_minus = (
+                evaluate_float64(surrogate, {tap: activation + sign * eps * v, **fixed, **anchored}, kernels)[
+                    contract.SCORES
+                ]
+                for sign in (1, -1)
+            )
+            fd = (f_plus[rows, used] - f_minus[rows, used]) / (2 * eps)
+            dot = (at[grad] * v).reshape(batch, -1).sum(1)
+            worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
+        errors[grad] = tuple(worst.tolist())
+        _refuse_ties(Report({grad: errors[grad]}), tolerance, tap, after)
+    return check(Report(errors), tolerance)
+
+
+#: Ops whose gradient at tied inputs is a convention (the first maximum); quantized values tie often.
+_TIE_OPS = ("MaxPool", "GlobalMaxPool", "ReduceMax", "Max")
+
+
+def _refuse_ties(report: Report, tolerance: float, tap: str, after: onnx.ModelProto) -> None:
+    """Above tolerance with a max-type op after ``tap``: say so (ties among quantized values, not a wrong rule)."""
+    ties = next((n for n in after.graph.node if n.op_type in _TIE_OPS), None)
+    if report.typical > tolerance and ties is not None:
+        raise VerificationError(
+            f"cannot verify '{tap}' of an int8 graph: {ties.op_type} '{ties.name or ties.output[0]}' after it sees "
+            f"ties among quantized values, where the gradient is a convention (the first maximum) that finite "
+            f"differences cannot check ({report.summary()}); explain a layer after it, or export with --no-verify"
+        )
