@@ -16,6 +16,7 @@ from onnxcam import __version__, contract
 from . import onnx_prep, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
+from .detection_output import as_detection
 from .errors import ExportError
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
@@ -63,6 +64,8 @@ def export_model(
     log: Log = _stderr,
     scores_kind: str | None = None,
     scores_from: str | int | None = None,
+    task: str | None = None,
+    detect_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -72,6 +75,8 @@ def export_model(
     ``scores_kind``: what the scores are (``logits``, ``sigmoid``, ``probabilities``, ``raw``; ``None``: detected,
     :mod:`.scores_head`). ``scores_from``: which output holds them when ``forward`` returns several (name or index,
     :mod:`.scores_from`). Labels must number the classes (a binary sigmoid head: 1 or 2).
+    ``task`` (``classify``, ``detect``; ``None``: detected) and ``detect_layout`` (``yolov8``, ``yolov5``; ``None``:
+    detected): a detector's raw output, :mod:`.detection_output`.
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -89,7 +94,8 @@ def export_model(
         log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
     started = time.perf_counter()
     forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen)
-    head = scores_head(forward, scores_kind, labels, log)
+    forward, detection = as_detection(forward, input_shape, task, detect_layout, log)
+    head = scores_head(forward, scores_kind, labels, log, detection)
     metadata = contract.Metadata(
         layers=tuple(layers),
         preprocess=contract.Preprocess(input_size=input_size, mean=mean, std=std, value_scale=value_scale),
@@ -97,6 +103,7 @@ def export_model(
         source=source or type(model).__name__,
         exporter=exporter_version(),
         scores_kind=head.kind,
+        detection=detection,
     )
     rules = _rules(input_gradients)
 
@@ -111,11 +118,19 @@ def export_model(
     )
 
 
-def scores_head(forward: onnx.ModelProto, declared: str | None, labels: Sequence[str] | None, log: Log) -> ScoresHead:
-    """What the forward graph's scores are (:func:`.scores_head.resolve_head`), the labels checked against them."""
+def scores_head(
+    forward: onnx.ModelProto,
+    declared: str | None,
+    labels: Sequence[str] | None,
+    log: Log,
+    detection: contract.Detection | None = None,
+) -> ScoresHead:
+    """What the forward graph's scores are (:func:`.scores_head.resolve_head`), the labels checked against them.
+
+    A detector's scores are ``raw`` unless declared; its labels number its classes."""
     classes = score_shape(GraphInfo(forward), contract.SCORES)[0]
-    head = resolve_head(forward, declared, classes)
-    check_labels(labels, head.kind, classes)
+    head = resolve_head(forward, declared or ("raw" if detection else None), classes)
+    check_labels(labels, head.kind, detection.classes if detection else classes)
     skipped = f" (the trailing {head.skipped} is left out: its input is explained)" if head.skipped else ""
     log(f"scores: {head.kind}{' (declared)' if declared else ''}{skipped}")
     return head
@@ -213,20 +228,24 @@ def export_onnx_file(
     log: Log = _stderr,
     scores_kind: str | None = None,
     scores_from: str | int | None = None,
+    task: str | None = None,
+    detect_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
-    ``input_gradients``, ``heads``, ``scores_kind`` as in :func:`export_model` (the layer gradients are what is
-    verified); ``scores_from``: the graph output holding the scores (name or index) when the file has several.
+    ``input_gradients``, ``heads``, ``scores_kind``, ``task``, ``detect_layout`` as in :func:`export_model` (the
+    layer gradients are what is verified); ``scores_from``: the graph output holding the scores (name or index) when
+    the file has several.
     """
     started = time.perf_counter()
     forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset, scores_from)
-    head = scores_head(forward, scores_kind, labels, log)
-    log(f"explaining tensor(s) {', '.join(layers)}")
     shape = GraphInfo(forward).shape(contract.INPUT) or ()
     spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
     size = input_size or (spatial if len(spatial) == 2 else (224, 224))
     channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 3
+    forward, detection = as_detection(forward, (channels, *size), task, detect_layout, log)
+    head = scores_head(forward, scores_kind, labels, log, detection)
+    log(f"explaining tensor(s) {', '.join(layers)}")
     metadata = contract.Metadata(
         layers=tuple(layers),
         preprocess=contract.Preprocess(input_size=tuple(size), mean=mean, std=std, value_scale=value_scale),
@@ -234,6 +253,7 @@ def export_onnx_file(
         source=Path(path).name,
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
         scores_kind=head.kind,
+        detection=detection,
     )
     check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
     extras = Extras(_rules(input_gradients), heads)
@@ -258,6 +278,8 @@ def export_source(
     log: Log = _stderr,
     scores_kind: str | None = None,
     scores_from: str | None = None,
+    task: str | None = None,
+    detect_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
     preprocess = contract.Preprocess()
@@ -278,6 +300,8 @@ def export_source(
             log=log,
             scores_kind=scores_kind,
             scores_from=scores_from,
+            task=task,
+            detect_layout=detect_layout,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -299,4 +323,6 @@ def export_source(
         log=log,
         scores_kind=scores_kind or recipe.get("scores_kind"),
         scores_from=scores_from if scores_from is not None else recipe.get("scores_from"),
+        task=task or recipe.get("task"),
+        detect_layout=detect_layout or recipe.get("detect_layout"),
     )

@@ -14,7 +14,8 @@ Graph inputs
     ``head:<layer>``  optional float32 ``[M, C, h, w]``: a feature map fed to the part of the net after ``layer``.
 
 Graph outputs
-    ``scores``                the model's scores ``[N, K]`` (classifier) or ``[N, K, H', W']`` (dense output): logits
+    ``scores``                the model's scores ``[N, K]`` (classifier) or ``[N, K, H', W']`` (dense output), or a
+                              detector's flattened prediction tensor (metadata ``onnxcam.detection``): logits
                               unless the metadata ``onnxcam.scores_kind`` says ``sigmoid``, ``probabilities`` or
                               ``raw`` (:mod:`onnxcam.scores`; absent = ``logits``).
     ``target_used``           int64 ``[N]``: the class explained; ``-1`` where a seed row was used.
@@ -65,6 +66,7 @@ META_EXPORTER = META_PREFIX + "exporter"
 META_SCORES_KIND = META_PREFIX + "scores_kind"
 META_INPUT_GRADIENTS = META_PREFIX + "input_gradients"
 META_HEADS = META_PREFIX + "heads"
+META_DETECTION = META_PREFIX + "detection"
 
 
 def activation_name(layer: str) -> str:
@@ -125,6 +127,39 @@ class Preprocess:
         return cls(**raw)
 
 
+#: Dense detection layouts of ``scores`` (per image, before flattening): ``yolov8`` ``[4 + K, A]`` (box cx, cy, w, h
+#: then K class scores per anchor, as YOLOv8/v11 export it), ``yolov5`` ``[A, 5 + K]`` (box, objectness, K class
+#: scores per anchor, as YOLOv5/v7 export it).
+DETECT_LAYOUTS = ("yolov8", "yolov5")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detector's raw (pre-NMS) prediction tensor: its ``layout`` (:data:`DETECT_LAYOUTS`) and per-image ``shape``.
+
+    The graph's ``scores`` are that tensor flattened, ``[N, prod(shape)]``; seeds and targets index it flat.
+    """
+
+    layout: str
+    shape: tuple[int, int]
+
+    @property
+    def classes(self) -> int:
+        return self.shape[0] - 4 if self.layout == "yolov8" else self.shape[1] - 5
+
+    @property
+    def anchors(self) -> int:
+        return self.shape[1] if self.layout == "yolov8" else self.shape[0]
+
+    def to_json(self) -> str:
+        return json.dumps({"layout": self.layout, "shape": list(self.shape)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Detection:
+        raw = json.loads(text)
+        return cls(raw["layout"], tuple(raw["shape"]))
+
+
 @dataclass(frozen=True)
 class Metadata:
     """Everything the runtime needs to know about an explainer graph besides its tensors."""
@@ -138,6 +173,7 @@ class Metadata:
     input_gradients: tuple[str, ...] = ()
     heads: tuple[str, ...] = ()
     version: str = CONTRACT_VERSION
+    detection: Detection | None = None
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -153,6 +189,8 @@ class Metadata:
         }
         if self.labels is not None:
             props[META_LABELS] = json.dumps(list(self.labels))
+        if self.detection is not None:
+            props[META_DETECTION] = self.detection.to_json()
         return props
 
     @classmethod
@@ -175,4 +213,5 @@ class Metadata:
             input_gradients=tuple(json.loads(props.get(META_INPUT_GRADIENTS, "[]"))),
             heads=tuple(json.loads(props.get(META_HEADS, "[]"))),
             version=props[META_VERSION],
+            detection=Detection.from_json(props[META_DETECTION]) if META_DETECTION in props else None,
         )

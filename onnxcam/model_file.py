@@ -139,6 +139,14 @@ def _floats(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
+def describe_detection(d: contract.Detection) -> str:
+    """One line on a detector's output (``onnxcam info``)."""
+    return (
+        f"detector: layout {d.layout}, raw output [N, {d.shape[0]}, {d.shape[1]}] ({d.classes} classes × {d.anchors} "
+        "anchors, before NMS; scores = it flattened); explain per box: onnxcam explain MODEL IMAGES --task detect"
+    )
+
+
 def describe(path: str | Path) -> str:
     """Human-readable summary of an explainer graph (what ``onnxcam info`` prints)."""
     g = open_graph(path)
@@ -161,6 +169,7 @@ def describe(path: str | Path) -> str:
         f"x = (pixel·{p.value_scale:.6g} − mean) / std, mean {_floats(p.mean)}, std {_floats(p.std)}",
         f"input gradients: {', '.join(m.input_gradients) or 'none (export with --input-gradient)'}; "
         f"head graphs: {', '.join(m.heads) or 'none'}",
+        *([describe_detection(m.detection)] if m.detection else []),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

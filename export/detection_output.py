@@ -1,0 +1,112 @@
+"""Dense detection outputs: read a detector's raw prediction tensor as :class:`onnxcam.contract.Detection`.
+
+A detector's pre-NMS output is ``[N, 4 + K, A]`` (``yolov8``: YOLOv8/v11) or ``[N, A, 5 + K]`` (``yolov5``:
+YOLOv5/v7). The layout is declared (``--task detect --detect-layout …``) or detected where unambiguous: a rank-3
+output ``[N, D, A]`` with ``5 ≤ D < A`` reads as ``yolov8``; ``[N, A, D]`` (YOLOv5, or a transposed YOLOv8) must be
+declared. The explainer graph's ``scores`` become that tensor flattened, ``[N, D·A]``, so the contract's seed
+(``y = Σ seed ⊙ scores``) and the verifiers work unchanged; the runtime (:mod:`onnxcam.detection`) reshapes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from onnxcam import contract
+
+from .errors import ExportError
+
+TASKS = ("classify", "detect")
+
+
+class DetectionLayoutError(ExportError):
+    """The output does not fit the declared (or any) detection layout."""
+
+
+def output_dims(forward: onnx.ModelProto, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """Per-image dims of ``scores``, measured by one onnxruntime run on a blank ``[1, *input_shape]`` input (shape
+    inference leaves a detector's anchor count symbolic once the batch is)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(forward)
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_empty_tensor_value_info(contract.SCORES))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (scores,) = session.run([contract.SCORES], {contract.INPUT: np.zeros((1, *input_shape), np.float32)})
+    return tuple(int(d) for d in scores.shape[1:])
+
+
+def resolve_layout(dims: tuple[int, ...], task: str | None, layout: str | None) -> contract.Detection | None:
+    """The :class:`~onnxcam.contract.Detection` of an output with per-image ``dims``; ``None`` for a classifier.
+
+    ``task``: ``classify``, ``detect`` or ``None`` (detected); ``layout``: one of :data:`contract.DETECT_LAYOUTS` or
+    ``None`` (detected). Raises :class:`DetectionLayoutError` when the dims fit no layout or are ambiguous.
+    """
+    if task is not None and task not in TASKS:
+        raise DetectionLayoutError(f"--task {task}: unknown task; choose from {', '.join(TASKS)}")
+    if layout is not None and layout not in contract.DETECT_LAYOUTS:
+        raise DetectionLayoutError(
+            f"--detect-layout {layout}: unknown layout; choose from {', '.join(contract.DETECT_LAYOUTS)}"
+        )
+    if task == "classify" or (task is None and layout is None and len(dims) != 2):
+        return None
+    if len(dims) != 2:
+        raise DetectionLayoutError(
+            f"the model's output has per-image shape {list(dims)}; a detector's raw output is [4 + classes, anchors] "
+            "(--detect-layout yolov8) or [anchors, 5 + classes] (yolov5), before NMS"
+        )
+    rows, cols = dims
+    if layout is None:
+        if not 5 <= rows < cols:
+            raise DetectionLayoutError(
+                f"the model's output [N, {rows}, {cols}] looks like a detector's [N, anchors, 5 + classes] (YOLOv5/v7) "
+                "or a transposed [N, anchors, 4 + classes]; declare it: --task detect --detect-layout yolov5, or "
+                "export the untransposed [N, 4 + classes, anchors] output (yolov8)"
+            )
+        layout = "yolov8"
+    detection = contract.Detection(layout, (rows, cols))
+    if detection.classes < 1:
+        need = "4 + classes" if layout == "yolov8" else "5 + classes"
+        raise DetectionLayoutError(
+            f"the model's output [N, {rows}, {cols}] has no class scores for --detect-layout {layout} ({need} per box)"
+        )
+    return detection
+
+
+def as_detection(
+    forward: onnx.ModelProto,
+    input_shape: tuple[int, int, int],
+    task: str | None,
+    layout: str | None,
+    log: Callable[[str], None],
+) -> tuple[onnx.ModelProto, contract.Detection | None]:
+    """``forward`` with ``scores`` flattened to ``[N, D·A]`` when its output is a detector's, and the layout read."""
+    if task == "classify":
+        return forward, None
+    detection = resolve_layout(output_dims(forward, input_shape), task, layout)
+    if detection is None:
+        return forward, None
+    log(
+        f"detector output [N, {detection.shape[0]}, {detection.shape[1]}]: layout {detection.layout}"
+        f"{' (declared)' if layout else ' (detected; declare --detect-layout to override)'}, "
+        f"{detection.classes} classes × {detection.anchors} anchors, explained before any NMS"
+    )
+    model = onnx.ModelProto()
+    model.CopyFrom(forward)
+    graph = model.graph
+    raw = contract.SCORES + "/detection"
+    for node in graph.node:
+        node.output[:] = [raw if o == contract.SCORES else o for o in node.output]
+        node.input[:] = [raw if i == contract.SCORES else i for i in node.input]
+    flat = np.array([-1, detection.shape[0] * detection.shape[1]], np.int64)
+    graph.initializer.append(numpy_helper.from_array(flat, "onnxcam/detection_flat"))
+    graph.node.append(
+        helper.make_node("Reshape", [raw, "onnxcam/detection_flat"], [contract.SCORES], name="onnxcam/detection")
+    )
+    for out in graph.output:
+        if out.name == contract.SCORES:
+            out.type.tensor_type.ClearField("shape")
+    return model, detection
