@@ -1,0 +1,219 @@
+"""Detectors: per-box gradients and Grad-CAM maps vs torch autograd and pytorch-grad-cam, on a tiny YOLO-style model.
+
+``TinyYolo`` is an anchor-free two-scale head written here (fixed seed, no detector package): a backbone, two neck
+maps (``p3`` 8×8 and ``p4`` 4×4 at 64×64 input), per scale a box branch (``cx, cy`` = grid cell + sigmoid offset,
+``w, h`` = exp, times the stride, in input pixels) and a sigmoid class branch, concatenated as YOLOv8 exports it,
+``[N, 4 + K, A]`` with ``A = 64 + 16``; ``YoloV5Layout`` adds an objectness row and transposes to ``[N, A, 5 + K]``.
+References are independent of the code under test: the box score is read from the PyTorch output by index, the
+IoU match uses ``torchvision.ops.box_iou``. Tolerances: gradients ≤ 1e-4 relative (max-abs over max-abs), maps
+≤ 1e-4 absolute on the [0, 1] Grad-CAM maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnxcam_export.api import export_model
+from pytorch_grad_cam import GradCAM
+from torch import nn
+from torchvision.ops import box_convert, box_iou
+
+from onnxcam.detection import Box, box_seed, detect
+from onnxcam.explainer import Explainer
+
+CLASSES = 3
+SIZE = 64
+TOLERANCE = 1e-4
+
+
+class TinyYolo(nn.Module):
+    """Anchor-free two-scale YOLO-style detector: output ``[N, 4 + K, A]`` (cx, cy, w, h in pixels; class σ).
+
+    ``objectness``: a σ objectness row per anchor too, output transposed to ``[N, A, 5 + K]`` (YOLOv5/v7 layout).
+    """
+
+    def __init__(self, classes: int = CLASSES, objectness: bool = False) -> None:
+        super().__init__()
+        self.objectness = objectness
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.SiLU())
+        self.p3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 8×8, stride 8
+        self.p4 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 4×4, stride 16
+        self.box = nn.ModuleList(nn.Conv2d(16, 4, 1) for _ in range(2))
+        self.cls = nn.ModuleList(nn.Conv2d(16, classes + objectness, 1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p3 = self.p3(self.backbone(x))
+        outs = []
+        for i, feature in enumerate((p3, self.p4(p3))):
+            h, w = feature.shape[2:]
+            stride = SIZE // h
+            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            grid = torch.stack([xs, ys]).to(feature.dtype)[None]
+            t = self.box[i](feature)
+            centre = (grid + t[:, :2].sigmoid()) * stride
+            size = t[:, 2:].clamp(-4, 4).exp() * stride * 2
+            out = torch.cat([centre, size, self.cls[i](feature).sigmoid()], 1)
+            outs.append(out.flatten(2))
+        out = torch.cat(outs, 2)
+        return out.transpose(1, 2) if self.objectness else out
+
+
+def YoloV5Layout() -> TinyYolo:  # noqa: N802 (a model class for build())
+    return TinyYolo(objectness=True)
+
+
+def build(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return cls().eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _export(model: nn.Module, path, layout: str | None, layers: list[str]) -> Explainer:
+    export_model(
+        model,
+        path,
+        layers=layers,
+        input_size=(SIZE, SIZE),
+        exporter="torchscript",
+        heads=False,
+        log=lambda _: None,
+        task="detect" if layout else None,
+        detect_layout=layout,
+    )
+    return Explainer(path, provider="cpu")
+
+
+@pytest.fixture(scope="module")
+def yolov8(tmp_path_factory) -> tuple[nn.Module, Explainer]:
+    model = build(TinyYolo)
+    return model, _export(model, tmp_path_factory.mktemp("det") / "v8.onnx", None, ["p3", "p4"])
+
+
+@pytest.fixture(scope="module")
+def yolov5(tmp_path_factory) -> tuple[nn.Module, Explainer]:
+    model = build(YoloV5Layout)
+    return model, _export(model, tmp_path_factory.mktemp("det") / "v5.onnx", "yolov5", ["p3"])
+
+
+def _torch_grads(model: nn.Module, layers: list[str], x: np.ndarray, objective) -> dict[str, np.ndarray]:
+    """``∂ objective(model(x)[0]) / ∂ A`` for each layer (forward hooks), float32."""
+    found: dict[str, torch.Tensor] = {}
+    hooks = [
+        dict(model.named_modules())[name].register_forward_hook(lambda _m, _i, o, n=name: found.__setitem__(n, o))
+        for name in layers
+    ]
+    try:
+        out = model(torch.from_numpy(x))
+        grads = torch.autograd.grad(objective(out[0]), [found[name] for name in layers])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: g[0].numpy() for name, g in zip(layers, grads, strict=True)}
+
+
+def _relative(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def _boxes(explainer: Explainer, x: np.ndarray) -> tuple[np.ndarray, list[Box]]:
+    scores = explainer.scores(x[:1])[0]
+    boxes = detect(scores, explainer.metadata.detection, confidence=0.3, nms_iou=0.5)
+    assert boxes, "the tiny detector must keep some boxes"
+    return scores, boxes
+
+
+def test_layout_detected_and_stored(yolov8, yolov5) -> None:
+    assert yolov8[1].metadata.detection.layout == "yolov8"
+    assert yolov8[1].metadata.detection.shape == (4 + CLASSES, 80)
+    assert yolov5[1].metadata.detection.shape == (80, 5 + CLASSES)
+    assert yolov8[1].scores_kind == "raw"
+
+
+def test_detect_matches_reference_nms(yolov8, images) -> None:
+    """Our decode + OpenCV NMS keeps the boxes torchvision's batched_nms keeps (same threshold, class-aware)."""
+    from torchvision.ops import batched_nms
+
+    model, explainer = yolov8
+    x = _x(explainer, images)
+    out = model(torch.from_numpy(x[:1]))[0].detach().T  # [A, 4 + K]
+    conf, cls = out[:, 4:].max(1)
+    keep = conf >= 0.3
+    xyxy = box_convert(out[keep, :4], "cxcywh", "xyxy")
+    ref = batched_nms(xyxy, conf[keep], cls[keep], 0.5)
+    ours = detect(explainer.scores(x[:1])[0], explainer.metadata.detection, confidence=0.3, nms_iou=0.5)
+    assert sorted(b.anchor for b in ours) == sorted(torch.nonzero(keep)[:, 0][ref].tolist())
+
+
+def _x(explainer: Explainer, images: np.ndarray) -> np.ndarray:
+    return explainer._decode(list(images))[1]
+
+
+@pytest.mark.parametrize("match_iou", [None, 0.3])
+def test_yolov8_box_gradient_equals_autograd(yolov8, images, match_iou) -> None:
+    model, explainer = yolov8
+    x = _x(explainer, images)
+    scores, boxes = _boxes(explainer, x)
+    detection = explainer.metadata.detection
+    worst = 0.0
+    for box in boxes[:4]:
+        seed = box_seed(scores, detection, box, match_iou)
+        ours = explainer.run(x[:1], np.array([-1]), seed[None]).gradients
+        if match_iou is None:
+            anchors = torch.tensor([box.anchor])
+        else:
+            with torch.no_grad():
+                decoded = box_convert(model(torch.from_numpy(x[:1]))[0, :4].T, "cxcywh", "xyxy")
+            overlaps = box_iou(torch.tensor([box.xyxy]), decoded)[0]
+            anchors = torch.nonzero(overlaps >= match_iou)[:, 0]
+            assert box.anchor in anchors.tolist()
+        ref = _torch_grads(model, ["p3", "p4"], x[:1], lambda out, c=box.class_index, a=anchors: out[4 + c, a].sum())
+        for layer in ("p3", "p4"):
+            worst = max(worst, _relative(ours[layer][0], ref[layer]))
+    assert worst <= TOLERANCE
+
+
+def test_yolov5_box_gradient_is_confidence_gradient(yolov5, images) -> None:
+    """yolov5: the seed's gradient is that of the box confidence objectness × class score."""
+    model, explainer = yolov5
+    x = _x(explainer, images)
+    scores, boxes = _boxes(explainer, x)
+    for box in boxes[:3]:
+        seed = box_seed(scores, explainer.metadata.detection, box)
+        ours = explainer.run(x[:1], np.array([-1]), seed[None]).gradients["p3"][0]
+        ref = _torch_grads(model, ["p3"], x[:1], lambda o, b=box: o[b.anchor, 4] * o[b.anchor, 5 + b.class_index])
+        assert _relative(ours, ref["p3"]) <= TOLERANCE
+        with torch.no_grad():
+            out = model(torch.from_numpy(x[:1]))[0, box.anchor]
+        assert box.score == pytest.approx(float(out[4] * out[5 + box.class_index]), rel=1e-5)
+
+
+def test_per_box_gradcam_equals_pytorch_grad_cam(yolov8, images) -> None:
+    """explain_detections' per-box Grad-CAM on one layer = pytorch-grad-cam GradCAM with the box score as target."""
+    model, explainer = yolov8
+    results = explainer.explain_detections(list(images), confidence=0.3, nms_iou=0.5, layers=["p3"])
+    x = _x(explainer, images)
+    compared = 0
+    with GradCAM(model=model, target_layers=[model.p3]) as cam:
+        for n, result in enumerate(results):
+            assert result.eigencam is not None and result.eigencam.shape == (SIZE, SIZE)
+            for box, ours in zip(result.boxes[:3], result.maps["gradcam"][:3], strict=False):
+                target = lambda out, b=box: out[4 + b.class_index, b.anchor]  # noqa: E731
+                ref = cam(input_tensor=torch.from_numpy(x[n : n + 1]), targets=[target])[0]
+                assert np.abs(ours - ref).max() <= TOLERANCE
+                compared += 1
+    assert compared >= 2
+
+
+def test_undeclared_transposed_output_is_refused(tmp_path) -> None:
+    from onnxcam_export.detection_output import DetectionLayoutError
+
+    with pytest.raises(DetectionLayoutError, match="--detect-layout yolov5"):
+        export_model(
+            build(YoloV5Layout), None, ["p3"], (SIZE, SIZE), exporter="torchscript", verify=False, log=lambda _: None
+        )
