@@ -3,13 +3,15 @@
 ``TinyYolo`` is an anchor-free two-scale head written here (fixed seed, no detector package): a backbone, two neck
 maps (``p3`` 8×8 and ``p4`` 4×4 at 64×64 input), per scale a box branch (``cx, cy`` = grid cell + sigmoid offset,
 ``w, h`` = exp, times the stride, in input pixels) and a sigmoid class branch, concatenated as YOLOv8 exports it,
-``[N, 4 + K, A]`` with ``A = 64 + 16``; ``YoloV5Layout`` adds an objectness row and transposes to ``[N, A, 5 + K]``.
+``[N, 4 + K, A]`` with ``A = 64 + 16``; ``yolov5_model`` adds an objectness row and transposes to ``[N, A, 5 + K]``.
 References are independent of the code under test: the box score is read from the PyTorch output by index, the
 IoU match uses ``torchvision.ops.box_iou``. Tolerances: gradients ≤ 1e-4 relative (max-abs over max-abs), maps
 ≤ 1e-4 absolute on the [0, 1] Grad-CAM maps.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -59,13 +61,13 @@ class TinyYolo(nn.Module):
         return out.transpose(1, 2) if self.objectness else out
 
 
-def YoloV5Layout() -> TinyYolo:  # noqa: N802 (a model class for build())
+def yolov5_model() -> TinyYolo:
     return TinyYolo(objectness=True)
 
 
-def build(cls: type[nn.Module]) -> nn.Module:
+def build(make: Callable[[], nn.Module]) -> nn.Module:
     torch.manual_seed(0)
-    return cls().eval()
+    return make().eval()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def yolov8(tmp_path_factory) -> tuple[nn.Module, Explainer]:
 
 @pytest.fixture(scope="module")
 def yolov5(tmp_path_factory) -> tuple[nn.Module, Explainer]:
-    model = build(YoloV5Layout)
+    model = build(yolov5_model)
     return model, _export(model, tmp_path_factory.mktemp("det") / "v5.onnx", "yolov5", ["p3"])
 
 
@@ -215,5 +217,5 @@ def test_undeclared_transposed_output_is_refused(tmp_path) -> None:
 
     with pytest.raises(DetectionLayoutError, match="--detect-layout yolov5"):
         export_model(
-            build(YoloV5Layout), None, ["p3"], (SIZE, SIZE), exporter="torchscript", verify=False, log=lambda _: None
+            build(yolov5_model), None, ["p3"], (SIZE, SIZE), exporter="torchscript", verify=False, log=lambda _: None
         )

@@ -13,6 +13,7 @@ class LazyGroup(click.Group):
     """Imports a command's module only when that command runs, so ``onnxcam --help`` and ``info`` stay light."""
 
     COMMANDS: ClassVar[dict[str, tuple[str, str]]] = {
+        "detect": ("onnxcam.cli.detect_cmd", "detect"),
         "evaluate": ("onnxcam.cli.evaluate_cmd", "evaluate"),
         "explain": ("onnxcam.cli.explain_cmd", "explain"),
         "export": ("onnxcam.cli.export_cmd", "export"),

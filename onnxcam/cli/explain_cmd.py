@@ -223,6 +223,11 @@ def explain(
                 )
             else:
                 explainer = open_explainer(model, provider, threads)
+                if explainer.metadata.detection is not None:  # a detector: boxes, one map per box
+                    from .detect_cmd import detect_images
+
+                    methods, layers = options.methods, options.layers
+                    sys.exit(0 if detect_images(explainer, inputs, out_dir, methods, layers, quiet=quiet) else 1)
                 if not quiet:
                     click.echo(f"onnxcam: {model} on {explainer.provider}", err=True)
                 summary = run_batch(explainer, inputs, out_dir, options, **callbacks)
