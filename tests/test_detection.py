@@ -12,15 +12,18 @@ IoU match uses ``torchvision.ops.box_iou``. Tolerances: gradients ≤ 1e-4 relat
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from onnxcam_export.api import export_model
 from pytorch_grad_cam import GradCAM
 from torch import nn
 from torchvision.ops import box_convert, box_iou
 
+from onnxcam.cli import main
 from onnxcam.detection import Box, box_seed, detect
 from onnxcam.explainer import Explainer
 
@@ -76,7 +79,7 @@ def images() -> np.ndarray:
     return rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def _export(model: nn.Module, path, layout: str | None, layers: list[str]) -> Explainer:
+def _export(model: nn.Module, path: Path, layout: str | None, layers: list[str]) -> tuple[nn.Module, Explainer, Path]:
     export_model(
         model,
         path,
@@ -88,19 +91,17 @@ def _export(model: nn.Module, path, layout: str | None, layers: list[str]) -> Ex
         task="detect" if layout else None,
         detect_layout=layout,
     )
-    return Explainer(path, provider="cpu")
+    return model, Explainer(path, provider="cpu"), path
 
 
 @pytest.fixture(scope="module")
-def yolov8(tmp_path_factory) -> tuple[nn.Module, Explainer]:
-    model = build(TinyYolo)
-    return model, _export(model, tmp_path_factory.mktemp("det") / "v8.onnx", None, ["p3", "p4"])
+def yolov8(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
+    return _export(build(TinyYolo), tmp_path_factory.mktemp("det") / "v8.onnx", None, ["p3", "p4"])
 
 
 @pytest.fixture(scope="module")
-def yolov5(tmp_path_factory) -> tuple[nn.Module, Explainer]:
-    model = build(yolov5_model)
-    return model, _export(model, tmp_path_factory.mktemp("det") / "v5.onnx", "yolov5", ["p3"])
+def yolov5(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
+    return _export(build(yolov5_model), tmp_path_factory.mktemp("det") / "v5.onnx", "yolov5", ["p3"])
 
 
 def _torch_grads(model: nn.Module, layers: list[str], x: np.ndarray, objective) -> dict[str, np.ndarray]:
@@ -141,7 +142,7 @@ def test_detect_matches_reference_nms(yolov8, images) -> None:
     """Our decode + OpenCV NMS keeps the boxes torchvision's batched_nms keeps (same threshold, class-aware)."""
     from torchvision.ops import batched_nms
 
-    model, explainer = yolov8
+    model, explainer, _ = yolov8
     x = _x(explainer, images)
     out = model(torch.from_numpy(x[:1]))[0].detach().T  # [A, 4 + K]
     conf, cls = out[:, 4:].max(1)
@@ -158,7 +159,7 @@ def _x(explainer: Explainer, images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("match_iou", [None, 0.3])
 def test_yolov8_box_gradient_equals_autograd(yolov8, images, match_iou) -> None:
-    model, explainer = yolov8
+    model, explainer, _ = yolov8
     x = _x(explainer, images)
     scores, boxes = _boxes(explainer, x)
     detection = explainer.metadata.detection
@@ -182,7 +183,7 @@ def test_yolov8_box_gradient_equals_autograd(yolov8, images, match_iou) -> None:
 
 def test_yolov5_box_gradient_is_confidence_gradient(yolov5, images) -> None:
     """yolov5: the seed's gradient is that of the box confidence objectness × class score."""
-    model, explainer = yolov5
+    model, explainer, _ = yolov5
     x = _x(explainer, images)
     scores, boxes = _boxes(explainer, x)
     for box in boxes[:3]:
@@ -197,7 +198,7 @@ def test_yolov5_box_gradient_is_confidence_gradient(yolov5, images) -> None:
 
 def test_per_box_gradcam_equals_pytorch_grad_cam(yolov8, images) -> None:
     """explain_detections' per-box Grad-CAM on one layer = pytorch-grad-cam GradCAM with the box score as target."""
-    model, explainer = yolov8
+    model, explainer, _ = yolov8
     results = explainer.explain_detections(list(images), confidence=0.3, nms_iou=0.5, layers=["p3"])
     x = _x(explainer, images)
     compared = 0
@@ -219,3 +220,23 @@ def test_undeclared_transposed_output_is_refused(tmp_path) -> None:
         export_model(
             build(yolov5_model), None, ["p3"], (SIZE, SIZE), exporter="torchscript", verify=False, log=lambda _: None
         )
+
+
+def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_path) -> None:
+    """`onnxcam explain` on a detector's graph: one line per image with its boxes, per-box maps, EigenCAM; `info`
+    names the layout."""
+    import cv2
+
+    _, explainer, model = yolov8
+    cv2.imwrite(str(tmp_path / "a.png"), images[0][..., ::-1])
+    out = tmp_path / "out"
+    args = ["explain", str(model), str(tmp_path / "a.png"), "-o", str(out)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    expected = detect(explainer.scores(_x(explainer, images[:1]))[0], explainer.metadata.detection)
+    assert f"a.png: {len(expected)} box" in result.output
+    maps = np.load(out / "a.boxes.gradcam.npy")
+    assert maps.shape == (len(expected), SIZE, SIZE)
+    assert (out / "a.detect.gradcam.png").is_file() and (out / "a.eigencam.png").is_file()
+    info = CliRunner().invoke(main, ["info", str(model)], catch_exceptions=False)
+    assert f"detector: layout yolov8, raw output [N, {4 + CLASSES}, 80]" in info.output
