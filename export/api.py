@@ -16,6 +16,7 @@ from onnxcam import __version__, contract
 from . import onnx_prep, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
+from .detection_layers import onnx_fork, torch_detector_layer
 from .detection_output import as_detection
 from .errors import ExportError
 from .scores_head import ScoresHead, check_labels, resolve_head
@@ -90,8 +91,10 @@ def export_model(
     if chosen is not None:
         log(f"explaining the model's output '{chosen}'")
     if not layers:
-        layers = [default_layer(model, input_shape)]
-        log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
+        fork = torch_detector_layer(model, input_shape, chosen, task, detect_layout)
+        layers = [fork or default_layer(model, input_shape)]
+        why = "the detector's last map read by several head branches" if fork else "last 4-D feature map before pooling"
+        log(f"no --layer given: explaining '{layers[0]}' ({why})")
     started = time.perf_counter()
     forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen)
     forward, detection = as_detection(forward, input_shape, task, detect_layout, log)
@@ -238,12 +241,19 @@ def export_onnx_file(
     the file has several.
     """
     started = time.perf_counter()
-    forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset, scores_from)
+    user_layers = list(layers or [])
+    forward, layers = onnx_prep.prepare(onnx_prep.load(path), user_layers, opset, scores_from)
     shape = GraphInfo(forward).shape(contract.INPUT) or ()
     spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
     size = input_size or (spatial if len(spatial) == 2 else (224, 224))
     channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 3
     forward, detection = as_detection(forward, (channels, *size), task, detect_layout, log)
+    fork = onnx_fork(forward) if detection and not user_layers else None
+    if fork is not None and fork.removeprefix(contract.ACTIVATION_PREFIX) != layers[0]:
+        layers = [fork.removeprefix(contract.ACTIVATION_PREFIX)]
+        forward, _ = onnx_prep.prepare(onnx_prep.load(path), layers, opset, scores_from)
+        forward, _ = as_detection(forward, (channels, *size), task, detection.layout, lambda _: None)
+        log(f"detector: explaining '{layers[0]}' by default (its last map read by several head branches)")
     head = scores_head(forward, scores_kind, labels, log, detection)
     log(f"explaining tensor(s) {', '.join(layers)}")
     metadata = contract.Metadata(

@@ -240,3 +240,24 @@ def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_pat
     assert (out / "a.detect.gradcam.png").is_file() and (out / "a.eigencam.png").is_file()
     info = CliRunner().invoke(main, ["info", str(model)], catch_exceptions=False)
     assert f"detector: layout yolov8, raw output [N, {4 + CLASSES}, 80]" in info.output
+
+
+def test_default_layer_is_the_neck_map_feeding_the_head(yolov8, images, tmp_path) -> None:
+    """No layer given: the map read by both the box and the class branch (``p4``), not a head-internal tensor —
+    from PyTorch (module name) and from a plain ONNX file (its tensor, compared with PyTorch's ``p4`` output)."""
+    from onnxcam_export.api import export_onnx_file
+    from onnxcam_export.detection_layers import torch_detector_layer
+
+    model = build(TinyYolo)
+    assert torch_detector_layer(model, (3, SIZE, SIZE), None, None, None) == "p4"
+    assert torch_detector_layer(model, (3, SIZE, SIZE), None, "classify", None) is None
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), opset_version=17, dynamo=False)
+    export_onnx_file(path, tmp_path / "e.onnx", log=lambda _: None)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    (layer,) = explainer.layers
+    x = _x(explainer, images[:1])
+    ours = explainer.run(x, np.array([-1])).activations[layer]
+    with torch.no_grad():
+        p4 = model.p4(model.p3(model.backbone(torch.from_numpy(x))))
+    assert np.abs(ours - p4.numpy()).max() <= 1e-5
