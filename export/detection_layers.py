@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from onnxcam import contract
@@ -115,6 +116,8 @@ def torch_detector_layer(
 
     if task == "classify":
         return None
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32))
     with torch.no_grad():
-        scores = pick(model.eval()(torch.zeros(1, *input_shape)), scores_from)
-    return torch_fork(model, input_shape) if resolve_layout(tuple(scores.shape[1:]), task, layout) else None
+        sample = pick(model.eval()(x), scores_from)[0].numpy()
+    detection = resolve_layout(sample.shape, task, layout, sample if sample.ndim == 2 else None)
+    return torch_fork(model, input_shape) if detection else None

@@ -2,9 +2,10 @@
 
 A detector's pre-NMS output is ``[N, 4 + K, A]`` (``yolov8``: YOLOv8/v11) or ``[N, A, 5 + K]`` (``yolov5``:
 YOLOv5/v7). The layout is declared (``--task detect --detect-layout …``) or detected where unambiguous: a rank-3
-output ``[N, D, A]`` with ``5 ≤ D < A`` reads as ``yolov8``; ``[N, A, D]`` (YOLOv5, or a transposed YOLOv8) must be
-declared. The explainer graph's ``scores`` become that tensor flattened, ``[N, D·A]``, so the contract's seed
-(``y = Σ seed ⊙ scores``) and the verifiers work unchanged; the runtime (:mod:`onnxcam.detection`) reshapes them.
+output ``[N, D, A]`` with ``5 ≤ D < A`` and class rows in ``[0, 1]`` reads as ``yolov8``; ``[N, A, D]`` (YOLOv5,
+or a transposed YOLOv8) must be declared. The explainer graph's ``scores`` become that tensor flattened, ``[N, D·A]``,
+so the contract's seed (``y = Σ seed ⊙ scores``) and the verifiers work unchanged; the runtime
+(:mod:`onnxcam.detection`) reshapes them.
 """
 
 from __future__ import annotations
@@ -18,32 +19,37 @@ from onnx import helper, numpy_helper
 
 from onnxcam import contract
 
-from .errors import ExportError
+from .assemble import OutputError
 
 TASKS = ("classify", "detect")
 
 
-class DetectionLayoutError(ExportError):
+class DetectionLayoutError(OutputError):
     """The output does not fit the declared (or any) detection layout."""
 
 
-def output_dims(forward: onnx.ModelProto, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
-    """Per-image dims of ``scores``, measured by one onnxruntime run on a blank ``[1, *input_shape]`` input (shape
-    inference leaves a detector's anchor count symbolic once the batch is)."""
+def sample_output(forward: onnx.ModelProto, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """``scores`` of one onnxruntime run on a seeded standard-normal ``[1, *input_shape]`` input (shape inference
+    leaves a detector's anchor count symbolic once the batch is)."""
     model = onnx.ModelProto()
     model.CopyFrom(forward)
     del model.graph.output[:]
     model.graph.output.append(helper.make_empty_tensor_value_info(contract.SCORES))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (scores,) = session.run([contract.SCORES], {contract.INPUT: np.zeros((1, *input_shape), np.float32)})
-    return tuple(int(d) for d in scores.shape[1:])
+    x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+    return session.run([contract.SCORES], {contract.INPUT: x})[0]
 
 
-def resolve_layout(dims: tuple[int, ...], task: str | None, layout: str | None) -> contract.Detection | None:
+def resolve_layout(
+    dims: tuple[int, ...], task: str | None, layout: str | None, sample: np.ndarray | None = None
+) -> contract.Detection | None:
     """The :class:`~onnxcam.contract.Detection` of an output with per-image ``dims``; ``None`` for a classifier.
 
     ``task``: ``classify``, ``detect`` or ``None`` (detected); ``layout``: one of :data:`contract.DETECT_LAYOUTS` or
-    ``None`` (detected). Raises :class:`DetectionLayoutError` when the dims fit no layout or are ambiguous.
+    ``None`` (detected). ``sample``: one image's output ``[*dims]``; undeclared, a ``[D, A]`` output reads as
+    ``yolov8`` only when its class rows are probabilities in ``[0, 1]`` (YOLO exports apply the sigmoid), so a
+    flattened feature map ``[C, h·w]`` is not taken for a detector. Raises :class:`DetectionLayoutError` when the
+    dims fit no layout or are ambiguous.
     """
     if task is not None and task not in TASKS:
         raise DetectionLayoutError(f"--task {task}: unknown task; choose from {', '.join(TASKS)}")
@@ -60,11 +66,11 @@ def resolve_layout(dims: tuple[int, ...], task: str | None, layout: str | None) 
         )
     rows, cols = dims
     if layout is None:
-        if not 5 <= rows < cols:
+        if not 5 <= rows < cols or (sample is not None and not ((sample[4:] >= 0) & (sample[4:] <= 1)).all()):
             raise DetectionLayoutError(
-                f"the model's output [N, {rows}, {cols}] looks like a detector's [N, anchors, 5 + classes] (YOLOv5/v7) "
-                "or a transposed [N, anchors, 4 + classes]; declare it: --task detect --detect-layout yolov5, or "
-                "export the untransposed [N, 4 + classes, anchors] output (yolov8)"
+                f"the model's output [N, {rows}, {cols}] is neither [N, classes] nor a dense [N, classes, H, W]; if it "
+                "is a detector's raw output declare it: --task detect --detect-layout yolov8 ([N, 4 + classes, "
+                "anchors]) or yolov5 ([N, anchors, 5 + classes])"
             )
         layout = "yolov8"
     detection = contract.Detection(layout, (rows, cols))
@@ -86,7 +92,8 @@ def as_detection(
     """``forward`` with ``scores`` flattened to ``[N, D·A]`` when its output is a detector's, and the layout read."""
     if task == "classify":
         return forward, None
-    detection = resolve_layout(output_dims(forward, input_shape), task, layout)
+    sample = sample_output(forward, input_shape)[0]
+    detection = resolve_layout(sample.shape, task, layout, sample if sample.ndim == 2 else None)
     if detection is None:
         return forward, None
     log(

@@ -216,7 +216,7 @@ def test_per_box_gradcam_equals_pytorch_grad_cam(yolov8, images) -> None:
 def test_undeclared_transposed_output_is_refused(tmp_path) -> None:
     from onnxcam_export.detection_output import DetectionLayoutError
 
-    with pytest.raises(DetectionLayoutError, match="--detect-layout yolov5"):
+    with pytest.raises(DetectionLayoutError, match="declare it: --task detect --detect-layout"):
         export_model(
             build(yolov5_model), None, ["p3"], (SIZE, SIZE), exporter="torchscript", verify=False, log=lambda _: None
         )
