@@ -149,6 +149,16 @@ def box_seed(scores: np.ndarray, detection: Detection, box: Box, match_iou: floa
     return seed.reshape(-1)
 
 
+def class_scores_seed(detection: Detection) -> np.ndarray:
+    """Seed ``[D·A]`` of the sum of every class score at every anchor (the image-level quantity of EigenCAM runs)."""
+    seed = np.zeros(detection.shape, np.float32)
+    if detection.layout == "yolov8":
+        seed[4:] = 1.0
+    else:
+        seed[:, 5:] = 1.0
+    return seed.reshape(-1)
+
+
 def explain_detections(
     explainer: Explainer,
     images: ImageLike | Sequence[ImageLike],
@@ -173,7 +183,10 @@ def explain_detections(
     rows = np.repeat(np.arange(len(x)), [len(b) for b in found]).astype(np.int64)
     seeds = [box_seed(scores[n], detection, b, match_iou) for n, boxes in enumerate(found) for b in boxes]
     per_box = explainer.explain_arrays(x[rows], methods=methods, seed=np.stack(seeds), **kwargs) if seeds else []
-    eigen = explainer.explain_arrays(x, methods=("eigencam",), **kwargs) if eigencam and len(x) else []
+    every_class = class_scores_seed(detection)  # EigenCAM reads no gradient; the seed only names the explained score
+    eigen = (
+        explainer.explain_arrays(x, methods=("eigencam",), seed=every_class, **kwargs) if eigencam and len(x) else []
+    )
     results, start = [], 0
     for n, (boxes, image) in enumerate(zip(found, decoded, strict=True)):
         mine = per_box[start : start + len(boxes)]

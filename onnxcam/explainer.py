@@ -299,6 +299,11 @@ class Explainer:
         unknown = [layer for layer in layers if layer not in self.layers]
         if unknown:
             raise ValueError(f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(self.layers)}")
+        if seed is None and self.metadata.detection is not None:
+            raise ValueError(
+                "this is a detector's explainer graph: explain its boxes with Explainer.explain_detections (CLI: "
+                "onnxcam detect), or give a seed over its raw output"
+            )
         if seed is not None:
             seed = np.broadcast_to(np.asarray(seed, np.float32), (len(x), *self.score_shape))
         resolved = self._resolved(target, len(x))

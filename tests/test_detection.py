@@ -261,3 +261,9 @@ def test_default_layer_is_the_neck_map_feeding_the_head(yolov8, images, tmp_path
     with torch.no_grad():
         p4 = model.p4(model.p3(model.backbone(torch.from_numpy(x))))
     assert np.abs(ours - p4.numpy()).max() <= 1e-5
+
+
+def test_explain_without_seed_on_a_detector_is_refused(yolov8, images) -> None:
+    """A detector's flat top-1 could be a box coordinate: explain() without a seed refuses, naming the way out."""
+    with pytest.raises(ValueError, match="explain_detections"):
+        yolov8[1].explain(list(images))
