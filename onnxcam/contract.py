@@ -24,6 +24,10 @@ Graph outputs
     ``gradient:input[:rule]`` optional ``∂ y_n / ∂ input`` with the ReLU backward ``rule`` (see ``RELU_RULES``).
     ``head_scores:<layer>``   optional: ``scores`` computed from ``head:<layer>`` (only the part after the layer runs).
 
+Detectors (metadata ``onnxcam.detection``) also have a backward with a box axis, computed from one forward pass:
+inputs ``box_seed`` ``[M, *S]`` (one seed per box) and ``box_rows`` int64 ``[M]`` (the image of each box), output
+``box_gradient:<layer>`` ``[M, C, h, w]``, switched by ``compute:box_gradients`` (default false).
+
 Switches: the gradients, input gradients and heads are computed only when their boolean input says so (onnxruntime
 runs every node of a graph whatever outputs are requested, so each optional part sits in an ``If``):
 ``compute:gradients`` (default true) for all ``gradient:<layer>``, ``compute:<output>`` (default false) for each
@@ -50,6 +54,10 @@ HEAD_INPUT_PREFIX = "head:"
 HEAD_SCORES_PREFIX = "head_scores:"
 SWITCH_PREFIX = "compute:"
 GRADIENTS_SWITCH = SWITCH_PREFIX + "gradients"
+BOX_SEED = "box_seed"
+BOX_ROWS = "box_rows"
+BOX_GRADIENT_PREFIX = "box_gradient:"
+BOX_SWITCH = SWITCH_PREFIX + "box_gradients"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -84,6 +92,11 @@ def input_gradient_name(rule: str = "standard") -> str:
     if rule not in RELU_RULES:
         raise ValueError(f"unknown ReLU backward rule {rule!r}; choose from {', '.join(RELU_RULES)}")
     return INPUT_GRADIENT if rule == "standard" else f"{INPUT_GRADIENT}:{rule}"
+
+
+def box_gradient_name(layer: str) -> str:
+    """Graph output (detectors) holding ``∂ Σ(box_seed_m ⊙ scores_{box_rows[m]}) / ∂A`` per box row ``m``."""
+    return BOX_GRADIENT_PREFIX + layer
 
 
 def switch_name(output: str) -> str:

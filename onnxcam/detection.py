@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from . import contract
 from .contract import Detection
-from .methods import get_method
+from .methods import CamMethod, get_method
+from .postprocess import fuse, layer_map
 
 if TYPE_CHECKING:
     from .explainer import Explainer, ImageLike
@@ -168,29 +170,117 @@ def explain_detections(
     max_boxes: int = 100,
     match_iou: float | None = None,
     eigencam: bool = True,
+    layers: Sequence[str] | None = None,
+    eigen_smooth: bool = False,
+    one_forward: bool | None = None,
     **kwargs: Any,
 ) -> list[Detections]:
-    """Detect boxes in each image, then one gradient map per box and method (a batch of seeded runs: the image's
-    forward is repeated per box) and, with ``eigencam``, one EigenCAM map per image. ``kwargs`` as
-    :meth:`~onnxcam.explainer.Explainer.explain_arrays` (``layers``, ``options`` …)."""
+    """Detect boxes in each image, then one map per box and method and, with ``eigencam``, one EigenCAM map per image.
+
+    ``one_forward``: differentiate all boxes of an image from one forward pass (the graph's box-axis backward,
+    ``box_gradient:<layer>``; gradient CAMs only); ``False``: one seeded row per box, the image's forward repeated per
+    box (any method, ``kwargs`` as :meth:`~onnxcam.explainer.Explainer.explain_arrays`); ``None``: the first when the
+    graph has it and the methods allow it. Boxes per run: at most ``explainer.max_batch`` (one image at least).
+    """
     detection = explainer.metadata.detection
-    names = [get_method(m).name for m in methods]
     if detection is None:
         raise ValueError("this explainer graph is not a detector's; export it with --task detect")
+    chosen = [get_method(m) for m in methods]
     decoded, x = explainer._decode(images)
     scores = explainer.scores(x)
     found = [detect(s, detection, confidence, nms_iou, max_boxes, explainer.labels) for s in scores]
-    rows = np.repeat(np.arange(len(x)), [len(b) for b in found]).astype(np.int64)
-    seeds = [box_seed(scores[n], detection, b, match_iou) for n, boxes in enumerate(found) for b in boxes]
-    per_box = explainer.explain_arrays(x[rows], methods=methods, seed=np.stack(seeds), **kwargs) if seeds else []
-    every_class = class_scores_seed(detection)  # EigenCAM reads no gradient; the seed only names the explained score
-    eigen = (
-        explainer.explain_arrays(x, methods=("eigencam",), seed=every_class, **kwargs) if eigencam and len(x) else []
-    )
-    results, start = [], 0
-    for n, (boxes, image) in enumerate(zip(found, decoded, strict=True)):
-        mine = per_box[start : start + len(boxes)]
-        start += len(boxes)
-        maps = {m: np.stack([r.maps[m] for r in mine]) if mine else np.zeros((0, *x.shape[2:])) for m in names}
-        results.append(Detections(boxes, maps, eigen[n].maps["eigencam"] if eigen else None, image.shape[:2]))
-    return results
+    seeds = [np.stack([box_seed(scores[n], detection, b, match_iou) for b in boxes]) for n, boxes in enumerate(found)]
+    seeds = [s if len(b) else np.zeros((0, scores.shape[1]), np.float32) for s, b in zip(seeds, found, strict=True)]
+    usable = contract.BOX_SEED in explainer._optional and not kwargs
+    usable = usable and all(isinstance(m, CamMethod) and not m.needs_head_weights for m in chosen)
+    if one_forward and not usable:
+        raise ValueError("one_forward needs a graph exported with this onnxcam and gradient CAM methods only")
+    run = _one_forward if (usable if one_forward is None else one_forward) else _per_box
+    maps, eigen = run(explainer, x, seeds, chosen, list(layers or explainer.layers), eigen_smooth, eigencam, **kwargs)
+    return [
+        Detections(boxes, maps[n], eigen[n] if eigencam else None, image.shape[:2])
+        for n, (boxes, image) in enumerate(zip(found, decoded, strict=True))
+    ]
+
+
+Maps = list[dict[str, np.ndarray]]
+
+
+def _per_box(
+    explainer: Explainer,
+    x: np.ndarray,
+    seeds: list[np.ndarray],
+    methods: list[CamMethod | Any],
+    layers: list[str],
+    eigen_smooth: bool,
+    eigencam: bool,
+    **kwargs: Any,
+) -> tuple[Maps, list[np.ndarray | None]]:
+    """One seeded row per box (the forward repeated per box) through :meth:`Explainer.explain_arrays`."""
+    rows = np.repeat(np.arange(len(x)), [len(s) for s in seeds])
+    names = [m.name for m in methods]
+    options = {"layers": layers, "eigen_smooth": eigen_smooth, **kwargs}
+    flat = explainer.explain_arrays(x[rows], methods=names, seed=np.concatenate(seeds), **options) if len(rows) else []
+    every_class = class_scores_seed(explainer.metadata.detection)  # EigenCAM reads no gradient
+    eigen = explainer.explain_arrays(x, methods=("eigencam",), seed=every_class, **options) if eigencam else []
+    maps, start = [], 0
+    for s in seeds:
+        mine = flat[start : start + len(s)]
+        start += len(s)
+        maps.append({m: np.stack([r.maps[m] for r in mine]) if mine else np.zeros((0, *x.shape[2:])) for m in names})
+    return maps, [e.maps["eigencam"] for e in eigen] or [None] * len(x)
+
+
+def _one_forward(
+    explainer: Explainer,
+    x: np.ndarray,
+    seeds: list[np.ndarray],
+    methods: list[CamMethod],
+    layers: list[str],
+    eigen_smooth: bool,
+    eigencam: bool,
+) -> tuple[Maps, list[np.ndarray | None]]:
+    """All boxes of a group of images from one forward pass: ``box_gradient:<layer>`` for the box rows, the CAMs
+    from the activations of each box's image; EigenCAM from the same activations. Groups hold at most
+    ``max_batch`` boxes (one image at least)."""
+    size = (x.shape[3], x.shape[2])
+    eigen_method = get_method("eigencam")
+    names = [contract.activation_name(layer) for layer in layers] + [contract.box_gradient_name(la) for la in layers]
+    maps: Maps = []
+    eigen: list[np.ndarray | None] = []
+    for group in _groups([len(s) for s in seeds], explainer.max_batch):
+        rows = np.repeat(np.arange(len(group)), [len(seeds[n]) for n in group]).astype(np.int64)
+        feeds = explainer._feeds(x[group], compute=(contract.BOX_SWITCH,))
+        feeds[contract.BOX_SEED] = np.concatenate([seeds[n] for n in group]).astype(np.float32)
+        feeds[contract.BOX_ROWS] = rows
+        if not len(rows):  # no box: one all-zero seed row keeps every shape valid
+            feeds[contract.BOX_SEED] = np.zeros((1, seeds[0].shape[1]), np.float32)
+            feeds[contract.BOX_ROWS] = np.zeros(1, np.int64)
+        values = explainer.graph.session.run(names, feeds)
+        acts = dict(zip(layers, values[: len(layers)], strict=True))
+        grads = dict(zip(layers, values[len(layers) :], strict=True))
+        per_method = {
+            m.name: fuse([layer_map(m(acts[la][rows], grads[la], eigen_smooth=eigen_smooth), size) for la in layers])
+            if len(rows)
+            else np.zeros((0, size[1], size[0]), np.float32)
+            for m in methods
+        }
+        whole = fuse([layer_map(eigen_method(acts[la], eigen_smooth=eigen_smooth), size) for la in layers])
+        bounds = np.cumsum([0, *(len(seeds[n]) for n in group)])
+        for i in range(len(group)):
+            maps.append({name: m[bounds[i] : bounds[i + 1]] for name, m in per_method.items()})
+            eigen.append(whole[i] if eigencam else None)
+    return maps, eigen
+
+
+def _groups(counts: list[int], limit: int) -> list[list[int]]:
+    """Consecutive image indices grouped so that each group's box count is at most ``limit`` (one image at least)."""
+    groups: list[list[int]] = []
+    total = limit + 1
+    for n, count in enumerate(counts):
+        if not groups or total + count > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(n)
+        total += count
+    return groups

@@ -196,10 +196,14 @@ def test_yolov5_box_gradient_is_confidence_gradient(yolov5, images) -> None:
         assert box.score == pytest.approx(float(out[4] * out[5 + box.class_index]), rel=1e-5)
 
 
-def test_per_box_gradcam_equals_pytorch_grad_cam(yolov8, images) -> None:
-    """explain_detections' per-box Grad-CAM on one layer = pytorch-grad-cam GradCAM with the box score as target."""
+@pytest.mark.parametrize("one_forward", [True, False])
+def test_per_box_gradcam_equals_pytorch_grad_cam(yolov8, images, one_forward) -> None:
+    """explain_detections' per-box Grad-CAM on one layer = pytorch-grad-cam GradCAM with the box score as target,
+    from one forward pass per image (the box-axis backward) and from one seeded row per box."""
     model, explainer, _ = yolov8
-    results = explainer.explain_detections(list(images), confidence=0.3, nms_iou=0.5, layers=["p3"])
+    results = explainer.explain_detections(
+        list(images), confidence=0.3, nms_iou=0.5, layers=["p3"], one_forward=one_forward
+    )
     x = _x(explainer, images)
     compared = 0
     with GradCAM(model=model, target_layers=[model.p3]) as cam:
@@ -267,3 +271,30 @@ def test_explain_without_seed_on_a_detector_is_refused(yolov8, images) -> None:
     """A detector's flat top-1 could be a box coordinate: explain() without a seed refuses, naming the way out."""
     with pytest.raises(ValueError, match="explain_detections"):
         yolov8[1].explain(list(images))
+
+
+@pytest.mark.parametrize("fixture", ["yolov8", "yolov5"])
+def test_box_axis_backward_equals_autograd(fixture, images, request) -> None:
+    """One run, boxes of both images on the box axis (``box_rows``): each row's gradient = autograd of its box."""
+    from onnxcam import contract
+
+    model, explainer, _ = request.getfixturevalue(fixture)
+    layer = "p3"
+    x = _x(explainer, images)
+    detection = explainer.metadata.detection
+    scores = explainer.scores(x)
+    rows, seeds, boxes = [], [], []
+    for n in range(len(x)):
+        for box in detect(scores[n], detection, confidence=0.3, nms_iou=0.5)[:3]:
+            rows.append(n), seeds.append(box_seed(scores[n], detection, box)), boxes.append(box)
+    assert len(set(rows)) == 2
+    feeds = explainer._feeds(x, compute=(contract.BOX_SWITCH,))
+    feeds |= {contract.BOX_SEED: np.stack(seeds), contract.BOX_ROWS: np.array(rows, np.int64)}
+    (ours,) = explainer.graph.session.run([contract.box_gradient_name(layer)], feeds)
+    for m, (n, box) in enumerate(zip(rows, boxes, strict=True)):
+        if fixture == "yolov8":
+            objective = lambda out, b=box: out[4 + b.class_index, b.anchor]  # noqa: E731
+        else:
+            objective = lambda out, b=box: out[b.anchor, 4] * out[b.anchor, 5 + b.class_index]  # noqa: E731
+        ref = _torch_grads(model, [layer], x[n : n + 1], objective)[layer]
+        assert _relative(ours[m], ref) <= TOLERANCE
