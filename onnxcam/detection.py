@@ -265,11 +265,15 @@ def _one_forward(
             else np.zeros((0, size[1], size[0]), np.float32)
             for m in methods
         }
-        whole = fuse([layer_map(eigen_method(acts[la], eigen_smooth=eigen_smooth), size) for la in layers])
+        whole = (
+            fuse([layer_map(eigen_method(acts[la], eigen_smooth=eigen_smooth), size) for la in layers])
+            if eigencam
+            else None
+        )
         bounds = np.cumsum([0, *(len(seeds[n]) for n in group)])
         for i in range(len(group)):
             maps.append({name: m[bounds[i] : bounds[i + 1]] for name, m in per_method.items()})
-            eigen.append(whole[i] if eigencam else None)
+            eigen.append(whole[i] if whole is not None else None)
     return maps, eigen
 
 
