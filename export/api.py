@@ -16,6 +16,7 @@ from onnxcam import __version__, contract
 from . import onnx_prep, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
+from .box_gradients import keep_if_exact
 from .detection_layers import onnx_fork, torch_detector_layer
 from .detection_output import as_detection
 from .errors import ExportError
@@ -167,6 +168,7 @@ def _build_check_save(
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it."""
     explainer = build_explainer(forward, list(metadata.layers), metadata, extras.input_gradients, extras.heads, log=log)
+    keep_if_exact(explainer, metadata.layers, log)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
     report = check(explainer) if check else None
     if report is not None:

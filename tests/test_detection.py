@@ -298,3 +298,37 @@ def test_box_axis_backward_equals_autograd(fixture, images, request) -> None:
             objective = lambda out, b=box: out[b.anchor, 4] * out[b.anchor, 5 + b.class_index]  # noqa: E731
         ref = _torch_grads(model, [layer], x[n : n + 1], objective)[layer]
         assert _relative(ours[m], ref) <= TOLERANCE
+
+
+def test_wrong_box_axis_is_caught_and_removed(yolov8, images, tmp_path) -> None:
+    """The export-time check catches a box-axis backward that reads the wrong image (every row gathered from image
+    0); removing it leaves a graph whose per-box runs still work."""
+    import onnx
+    from onnx import helper
+    from onnxcam_export.box_gradients import check_box_gradients, remove_box_gradients
+
+    from onnxcam import contract
+
+    model = onnx.load(str(yolov8[2]))
+    assert check_box_gradients(model, ["p3", "p4"]) is None
+    gate = next(n for n in model.graph.node if n.name == contract.BOX_SWITCH)
+    branch = next(a.g for a in gate.attribute if a.name == "then_branch")
+    zero = helper.make_node("Constant", [], ["sabotage/zero"], value=helper.make_tensor("z", 7, [], [0]))
+    rows = helper.make_node("Mul", [contract.BOX_ROWS, "sabotage/zero"], ["sabotage/rows"])
+    gathers = [n for n in branch.node if n.op_type == "Gather" and n.input[1] == contract.BOX_ROWS]
+    assert gathers
+    for node in gathers:
+        node.input[1] = "sabotage/rows"
+    branch.node.insert(0, rows)
+    branch.node.insert(0, zero)
+    assert "differs from the per-box backward" in check_box_gradients(model, ["p3", "p4"])
+    remove_box_gradients(model)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "plain.onnx"))
+    explainer = Explainer(tmp_path / "plain.onnx", provider="cpu")
+    assert contract.BOX_SEED not in {i.name for i in model.graph.input}
+    with pytest.raises(ValueError, match="one_forward"):
+        explainer.explain_detections(list(images[:1]), one_forward=True)
+    (found,) = explainer.explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5)
+    (reference,) = yolov8[1].explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5)
+    assert np.abs(found.maps["gradcam"] - reference.maps["gradcam"]).max() <= TOLERANCE
