@@ -74,14 +74,14 @@ def check_box_gradients(model: onnx.ModelProto, layers: Sequence[str], tolerance
     ``box_gradient:<layer>`` row must equal the ``gradient:<layer>`` of the ordinary seeded backward run on that row's
     image, within ``tolerance`` relative (max-abs error over max-abs); both run in float32 on onnxruntime.
     """
-    import onnxruntime as ort
+    from .verify import session_for
 
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *dims)).astype(np.float32)
     rows = np.array([0, 1, 1], np.int64)
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = session_for(model)
         (scores,) = session.run([contract.SCORES], {contract.INPUT: x, contract.TARGET: np.full(2, -1, np.int64)})
         seeds = rng.standard_normal((3, *scores.shape[1:])).astype(np.float32)
         feeds = {contract.INPUT: x, contract.TARGET: np.full(2, -1, np.int64), contract.BOX_SWITCH: np.array(True)}
