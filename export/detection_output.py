@@ -40,6 +40,24 @@ def sample_output(forward: onnx.ModelProto, input_shape: tuple[int, int, int]) -
     return session.run([contract.SCORES], {contract.INPUT: x})[0]
 
 
+def refuse_nms(forward: onnx.ModelProto) -> None:
+    """Refuse an output computed through ``NonMaxSuppression`` (post-processed boxes have no per-anchor gradient)."""
+    producers = {o: n for n in forward.graph.node for o in n.output}
+    todo, seen = [contract.SCORES], set()
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type == "NonMaxSuppression":
+            raise DetectionLayoutError(
+                f"the model's output comes after NonMaxSuppression ('{node.name}'): onnxcam explains a detector's raw "
+                "prediction tensor; export the model without NMS (e.g. Ultralytics: nms=False) or choose the raw "
+                "output with --scores-from"
+            )
+        todo.extend(node.input)
+
+
 def resolve_layout(
     dims: tuple[int, ...], task: str | None, layout: str | None, sample: np.ndarray | None = None
 ) -> contract.Detection | None:
@@ -92,6 +110,7 @@ def as_detection(
     """``forward`` with ``scores`` flattened to ``[N, D·A]`` when its output is a detector's, and the layout read."""
     if task == "classify":
         return forward, None
+    refuse_nms(forward)
     sample = sample_output(forward, input_shape)[0]
     detection = resolve_layout(sample.shape, task, layout, sample if sample.ndim == 2 else None)
     if detection is None:

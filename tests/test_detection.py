@@ -332,3 +332,31 @@ def test_wrong_box_axis_is_caught_and_removed(yolov8, images, tmp_path) -> None:
     (found,) = explainer.explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5)
     (reference,) = yolov8[1].explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5)
     assert np.abs(found.maps["gradcam"] - reference.maps["gradcam"]).max() <= TOLERANCE
+
+
+def test_output_after_nms_is_refused(tmp_path) -> None:
+    """A graph whose output comes after NonMaxSuppression is refused in one line naming NMS and the way out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxcam_export.api import export_onnx_file
+    from onnxcam_export.detection_output import DetectionLayoutError
+
+    boxes = numpy_helper.from_array(np.array([[[0, 0, 1, 1], [0, 0, 2, 2], [5, 5, 6, 6]]], np.float32), "boxes")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["features"]),
+        helper.make_node("ReduceMean", ["features"], ["pooled"], axes=[2, 3], keepdims=0),  # [1, 3]
+        helper.make_node("Unsqueeze", ["pooled", "one"], ["scores"]),  # [1, 1, 3]: one class, three boxes
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["kept"]),
+        helper.make_node("Cast", ["kept"], ["detections"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [None, 3])],
+        [boxes, numpy_helper.from_array(np.array([1], np.int64), "one")],
+    )
+    path = tmp_path / "nms.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    with pytest.raises(DetectionLayoutError, match=r"after NonMaxSuppression.*without NMS"):
+        export_onnx_file(path, None, ["features"], log=lambda _: None)
