@@ -17,7 +17,7 @@ from . import onnx_prep, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
 from .box_gradients import keep_if_exact
-from .detection_layers import onnx_fork, torch_detector_layer
+from .detection_layers import detector_forward, torch_detector_layer
 from .detection_output import as_detection
 from .errors import ExportError
 from .scores_head import ScoresHead, check_labels, resolve_head
@@ -249,13 +249,10 @@ def export_onnx_file(
     spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
     size = input_size or (spatial if len(spatial) == 2 else (224, 224))
     channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 3
-    forward, detection = as_detection(forward, (channels, *size), task, detect_layout, log)
-    fork = onnx_fork(forward) if detection and not user_layers else None
-    if fork is not None and fork.removeprefix(contract.ACTIVATION_PREFIX) != layers[0]:
-        layers = [fork.removeprefix(contract.ACTIVATION_PREFIX)]
-        forward, _ = onnx_prep.prepare(onnx_prep.load(path), layers, opset, scores_from)
-        forward, _ = as_detection(forward, (channels, *size), task, detection.layout, lambda _: None)
-        log(f"detector: explaining '{layers[0]}' by default (its last map read by several head branches)")
+    image_shape = (channels, *size)
+    forward, layers, detection = detector_forward(
+        forward, layers, not user_layers, image_shape, task, detect_layout, log
+    )
     head = scores_head(forward, scores_kind, labels, log, detection)
     log(f"explaining tensor(s) {', '.join(layers)}")
     metadata = contract.Metadata(

@@ -16,6 +16,7 @@ For a multi-scale head (YOLOv8's three scales) that is the coarsest scale's map;
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,8 @@ from onnxcam import contract
 
 from .autodiff.engine import downstream
 from .autodiff.graph_info import GraphInfo
+from .detection_output import as_detection
+from .onnx_prep import _rename as rename
 
 if TYPE_CHECKING:
     import torch
@@ -121,3 +124,35 @@ def torch_detector_layer(
         sample = pick(model.eval()(x), scores_from)[0].numpy()
     detection = resolve_layout(sample.shape, task, layout, sample if sample.ndim == 2 else None)
     return torch_fork(model, input_shape) if detection else None
+
+
+def detector_forward(
+    forward: onnx.ModelProto,
+    layers: list[str],
+    default_layers: bool,
+    input_shape: tuple[int, int, int],
+    task: str | None,
+    layout: str | None,
+    log: Callable[[str], None],
+) -> tuple[onnx.ModelProto, list[str], contract.Detection | None]:
+    """:func:`.detection_output.as_detection` on a prepared ONNX forward graph (input float32 NCHW
+    ``[N, *input_shape]``); for a detector whose layer was the classifier default (``default_layers``), the tap moves
+    to :func:`onnx_fork`. Returns the graph, its layers and the detection (``None``: not a detector)."""
+    forward, detection = as_detection(forward, input_shape, task, layout, log)
+    fork = onnx_fork(forward) if detection and default_layers else None
+    fork = fork.removeprefix(contract.ACTIVATION_PREFIX) if fork else None
+    if fork is None or [fork] == layers:
+        return forward, layers, detection
+    graph = forward.graph
+    (old,) = layers
+    rename(graph, contract.activation_name(old), old)
+    kept = [o for o in graph.output if o.name != old]
+    del graph.output[:]
+    graph.output.extend(kept)
+    rename(graph, fork, contract.activation_name(fork))
+    shape = GraphInfo(forward).shape(contract.activation_name(fork))
+    graph.output.append(
+        onnx.helper.make_tensor_value_info(contract.activation_name(fork), onnx.TensorProto.FLOAT, shape)
+    )
+    log(f"detector: explaining '{fork}' by default (its last map read by several head branches; --layer to choose)")
+    return forward, [fork], detection
