@@ -227,7 +227,8 @@ def explain(
                     from .detect_cmd import detect_images
 
                     methods, layers = options.methods, options.layers
-                    sys.exit(0 if detect_images(explainer, inputs, out_dir, methods, layers, quiet=quiet) else 1)
+                    done = detect_images(explainer, inputs, out_dir, methods, layers, alpha=options.alpha, quiet=quiet)
+                    sys.exit(0 if done else 1)
                 if not quiet:
                     click.echo(f"onnxcam: {model} on {explainer.provider}", err=True)
                 summary = run_batch(explainer, inputs, out_dir, options, **callbacks)
