@@ -16,6 +16,9 @@ from onnxcam import __version__, contract
 from . import inputs, onnx_prep, precision, quantization, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.graph_info import GraphInfo
+from .box_gradients import keep_if_exact
+from .detection_layers import detector_forward, torch_detector_layer
+from .detection_output import as_detection
 from .errors import ExportError
 from .inside_normalisation import inside_normalisation
 from .scores_head import ScoresHead, check_labels, resolve_head
@@ -67,6 +70,8 @@ def export_model(
     channels: int | None = None,
     channel_order: str | None = None,
     input_layout: str | None = None,
+    task: str | None = None,
+    detect_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -79,6 +84,8 @@ def export_model(
     The input (:func:`inputs.describe_input`): ``channels`` (default: the first convolution's ``in_channels``),
     ``mean``/``std`` (C values or one), ``value_scale`` (0–255 → the model's range), ``channel_order`` (RGB, BGR),
     ``input_layout`` (``NHWC`` for a model taking channels-last tensors: the graph takes NCHW and permutes).
+    ``task`` (``classify``, ``detect``; ``None``: detected) and ``detect_layout`` (``yolov8``, ``yolov5``; ``None``:
+    detected): a detector's raw output, :mod:`.detection_output`.
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -97,13 +104,16 @@ def export_model(
     if chosen is not None:
         log(f"explaining the model's output '{chosen}'")
     if not layers:
-        layers = [default_layer(model, input_shape)]
-        log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
+        fork = torch_detector_layer(model, input_shape, chosen, task, detect_layout)
+        layers = [fork or default_layer(model, input_shape)]
+        why = "the detector's last map read by several head branches" if fork else "last 4-D feature map before pooling"
+        log(f"no --layer given: explaining '{layers[0]}' ({why})")
     started = time.perf_counter()
     forward = to_onnx(
         model, layers, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
     )
-    head = scores_head(forward, scores_kind, labels, log)
+    forward, detection = as_detection(forward, input_shape, task, detect_layout, log)
+    head = scores_head(forward, scores_kind, labels, log, detection)
     metadata = contract.Metadata(
         layers=tuple(layers),
         preprocess=preprocess,
@@ -111,6 +121,7 @@ def export_model(
         source=source or type(model).__name__,
         exporter=exporter_version(),
         scores_kind=head.kind,
+        detection=detection,
     )
     rules = _rules(input_gradients)
 
@@ -125,11 +136,19 @@ def export_model(
     )
 
 
-def scores_head(forward: onnx.ModelProto, declared: str | None, labels: Sequence[str] | None, log: Log) -> ScoresHead:
-    """What the forward graph's scores are (:func:`.scores_head.resolve_head`), the labels checked against them."""
+def scores_head(
+    forward: onnx.ModelProto,
+    declared: str | None,
+    labels: Sequence[str] | None,
+    log: Log,
+    detection: contract.Detection | None = None,
+) -> ScoresHead:
+    """What the forward graph's scores are (:func:`.scores_head.resolve_head`), the labels checked against them.
+
+    A detector's scores are ``raw`` unless declared; its labels number its classes."""
     classes = score_shape(GraphInfo(forward), contract.SCORES)[0]
-    head = resolve_head(forward, declared, classes)
-    check_labels(labels, head.kind, classes)
+    head = resolve_head(forward, declared or ("raw" if detection else None), classes)
+    check_labels(labels, head.kind, detection.classes if detection else classes)
     skipped = f" (the trailing {head.skipped} is left out: its input is explained)" if head.skipped else ""
     log(f"scores: {head.kind}{' (declared)' if declared else ''}{skipped}")
     return head
@@ -163,6 +182,7 @@ def _build_check_save(
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it."""
     explainer = build_explainer(forward, list(metadata.layers), metadata, extras.input_gradients, extras.heads, log=log)
+    keep_if_exact(explainer, metadata.layers, log)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
     report = check(explainer) if check else None
     if report is not None:
@@ -230,11 +250,14 @@ def export_onnx_file(
     channels: int | None = None,
     channel_order: str | None = None,
     input_layout: str | None = None,
+    task: str | None = None,
+    detect_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
-    ``input_gradients``, ``heads``, ``scores_kind`` as in :func:`export_model` (the layer gradients are what is
-    verified); ``scores_from``: the graph output holding the scores (name or index) when the file has several.
+    ``input_gradients``, ``heads``, ``scores_kind``, ``task``, ``detect_layout`` as in :func:`export_model` (the
+    layer gradients are what is verified); ``scores_from``: the graph output holding the scores (name or index) when
+    the file has several.
     The model input's channels, size, dtype (float32 or uint8) and layout (NCHW or NHWC) are read from the file
     (:func:`inputs.read_onnx_input`; ``channels``/``input_size``/``input_layout`` where it does not say), and the
     graph is made to take float32 NCHW (:func:`inputs.to_float_nchw`). A float file that normalises its input
@@ -242,14 +265,17 @@ def export_onnx_file(
     expect; the rest as in :func:`export_model`.
     """
     started = time.perf_counter()
-    forward, layers = onnx_prep.prepare(onnx_prep.load(path), layers or [], opset, scores_from)
-    head = scores_head(forward, scores_kind, labels, log)
-    log(f"explaining tensor(s) {', '.join(layers)}")
+    user_layers = list(layers or [])
+    forward, layers = onnx_prep.prepare(onnx_prep.load(path), user_layers, opset, scores_from)
     found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
     size = tuple(input_size or found.size or (224, 224))
     forward = inputs.to_float_nchw(forward, found, size)
+    shape = (found.channels, *size)
+    forward, layers, detection = detector_forward(forward, layers, not user_layers, shape, task, detect_layout, log)
+    head = scores_head(forward, scores_kind, labels, log, detection)
+    log(f"explaining tensor(s) {', '.join(layers)}")
     if found.dtype == "float32" and mean is None and std is None:
-        mean, std, value_scale = _normalisation_defaults(forward, (found.channels, *size), value_scale, log)
+        mean, std, value_scale = _normalisation_defaults(forward, shape, value_scale, log)
     preprocess = inputs.describe_input(
         size, found.channels, mean, std, channel_order, value_scale, found.dtype, found.layout
     )
@@ -262,8 +288,8 @@ def export_onnx_file(
         source=Path(path).name,
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
         scores_kind=head.kind,
+        detection=detection,
     )
-    shape = (found.channels, *size)
     reference = quantization.verify_ste if quantization.is_qdq(forward) else verify_finite_differences
     check = (lambda e: reference(e, layers, shape, tolerance=tolerance)) if verify else None
     check = precision.with_agreement(check, forward, layers, shape, log) if check else None
@@ -314,6 +340,8 @@ def export_source(
     channel_order: str | None = None,
     scale: str | float | None = None,
     input_layout: str | None = None,
+    task: str | None = None,
+    detect_layout: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
 
@@ -344,6 +372,8 @@ def export_source(
             channels=channels,
             channel_order=channel_order,
             input_layout=input_layout,
+            task=task,
+            detect_layout=detect_layout,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -369,4 +399,6 @@ def export_source(
         channels=channels or recipe.get("channels"),
         channel_order=channel_order or recipe.get("channel_order"),
         input_layout=input_layout or recipe.get("input_layout"),
+        task=task or recipe.get("task"),
+        detect_layout=detect_layout or recipe.get("detect_layout"),
     )

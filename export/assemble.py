@@ -22,6 +22,7 @@ from .autodiff.context import GradientError
 from .autodiff.engine import Backward, differentiate, downstream
 from .autodiff.graph_info import GraphInfo
 from .autodiff.relu_backward import overrides
+from .box_gradients import add_box_gradients
 from .errors import ExportError
 from .gating import Part, gate, optional_input, reads
 from .scores_head import resolve_head
@@ -119,6 +120,8 @@ def build_explainer(
                 )
             )
             with_head.append(layer)
+    if metadata.detection is not None:  # a detector: per-box seeds, one forward pass (:mod:`.box_gradients`)
+        parts.append(add_box_gradients(model, layers, shape))
     for part in parts:
         gate(graph, part)
     _prune(graph)

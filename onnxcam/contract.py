@@ -15,7 +15,8 @@ Graph inputs
     ``head:<layer>``  optional float32 ``[M, C, h, w]``: a feature map fed to the part of the net after ``layer``.
 
 Graph outputs
-    ``scores``                the model's scores ``[N, K]`` (classifier) or ``[N, K, H', W']`` (dense output): logits
+    ``scores``                the model's scores ``[N, K]`` (classifier) or ``[N, K, H', W']`` (dense output), or a
+                              detector's flattened prediction tensor (metadata ``onnxcam.detection``): logits
                               unless the metadata ``onnxcam.scores_kind`` says ``sigmoid``, ``probabilities`` or
                               ``raw`` (:mod:`onnxcam.scores`; absent = ``logits``).
     ``target_used``           int64 ``[N]``: the class explained; ``-1`` where a seed row was used.
@@ -23,6 +24,10 @@ Graph outputs
     ``gradient:<layer>``      ``∂ y_n / ∂ A`` per image, same shape as ``A``.
     ``gradient:input[:rule]`` optional ``∂ y_n / ∂ input`` with the ReLU backward ``rule`` (see ``RELU_RULES``).
     ``head_scores:<layer>``   optional: ``scores`` computed from ``head:<layer>`` (only the part after the layer runs).
+
+Detectors (metadata ``onnxcam.detection``) also have a backward with a box axis, computed from one forward pass:
+inputs ``box_seed`` ``[M, *S]`` (one seed per box) and ``box_rows`` int64 ``[M]`` (the image of each box), output
+``box_gradient:<layer>`` ``[M, C, h, w]``, switched by ``compute:box_gradients`` (default false).
 
 Switches: the gradients, input gradients and heads are computed only when their boolean input says so (onnxruntime
 runs every node of a graph whatever outputs are requested, so each optional part sits in an ``If``):
@@ -50,6 +55,10 @@ HEAD_INPUT_PREFIX = "head:"
 HEAD_SCORES_PREFIX = "head_scores:"
 SWITCH_PREFIX = "compute:"
 GRADIENTS_SWITCH = SWITCH_PREFIX + "gradients"
+BOX_SEED = "box_seed"
+BOX_ROWS = "box_rows"
+BOX_GRADIENT_PREFIX = "box_gradient:"
+BOX_SWITCH = SWITCH_PREFIX + "box_gradients"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -66,6 +75,7 @@ META_EXPORTER = META_PREFIX + "exporter"
 META_SCORES_KIND = META_PREFIX + "scores_kind"
 META_INPUT_GRADIENTS = META_PREFIX + "input_gradients"
 META_HEADS = META_PREFIX + "heads"
+META_DETECTION = META_PREFIX + "detection"
 
 
 def activation_name(layer: str) -> str:
@@ -83,6 +93,11 @@ def input_gradient_name(rule: str = "standard") -> str:
     if rule not in RELU_RULES:
         raise ValueError(f"unknown ReLU backward rule {rule!r}; choose from {', '.join(RELU_RULES)}")
     return INPUT_GRADIENT if rule == "standard" else f"{INPUT_GRADIENT}:{rule}"
+
+
+def box_gradient_name(layer: str) -> str:
+    """Graph output (detectors) holding ``∂ Σ(box_seed_m ⊙ scores_{box_rows[m]}) / ∂A`` per box row ``m``."""
+    return BOX_GRADIENT_PREFIX + layer
 
 
 def switch_name(output: str) -> str:
@@ -178,6 +193,39 @@ class Preprocess:
         return tuple(values) * self.channels if len(values) == 1 else tuple(values)
 
 
+#: Dense detection layouts of ``scores`` (per image, before flattening): ``yolov8`` ``[4 + K, A]`` (box cx, cy, w, h
+#: then K class scores per anchor, as YOLOv8/v11 export it), ``yolov5`` ``[A, 5 + K]`` (box, objectness, K class
+#: scores per anchor, as YOLOv5/v7 export it).
+DETECT_LAYOUTS = ("yolov8", "yolov5")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detector's raw (pre-NMS) prediction tensor: its ``layout`` (:data:`DETECT_LAYOUTS`) and per-image ``shape``.
+
+    The graph's ``scores`` are that tensor flattened, ``[N, prod(shape)]``; seeds and targets index it flat.
+    """
+
+    layout: str
+    shape: tuple[int, int]
+
+    @property
+    def classes(self) -> int:
+        return self.shape[0] - 4 if self.layout == "yolov8" else self.shape[1] - 5
+
+    @property
+    def anchors(self) -> int:
+        return self.shape[1] if self.layout == "yolov8" else self.shape[0]
+
+    def to_json(self) -> str:
+        return json.dumps({"layout": self.layout, "shape": list(self.shape)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Detection:
+        raw = json.loads(text)
+        return cls(raw["layout"], tuple(raw["shape"]))
+
+
 @dataclass(frozen=True)
 class Metadata:
     """Everything the runtime needs to know about an explainer graph besides its tensors."""
@@ -191,6 +239,7 @@ class Metadata:
     input_gradients: tuple[str, ...] = ()
     heads: tuple[str, ...] = ()
     version: str = CONTRACT_VERSION
+    detection: Detection | None = None
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -206,6 +255,8 @@ class Metadata:
         }
         if self.labels is not None:
             props[META_LABELS] = json.dumps(list(self.labels))
+        if self.detection is not None:
+            props[META_DETECTION] = self.detection.to_json()
         return props
 
     @classmethod
@@ -228,4 +279,5 @@ class Metadata:
             input_gradients=tuple(json.loads(props.get(META_INPUT_GRADIENTS, "[]"))),
             heads=tuple(json.loads(props.get(META_HEADS, "[]"))),
             version=props[META_VERSION],
+            detection=Detection.from_json(props[META_DETECTION]) if META_DETECTION in props else None,
         )

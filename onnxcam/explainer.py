@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from .scores import (
     topk,
 )
 from .targets import ClassSet, Target, TargetError, resolve_target
+
+if TYPE_CHECKING:
+    from .detection import Detections
 
 #: Target asking for every class the model predicts (:meth:`Explainer.explain_predicted`).
 PREDICTED = "predicted"
@@ -323,6 +326,11 @@ class Explainer:
         unknown = [layer for layer in layers if layer not in self.layers]
         if unknown:
             raise ValueError(f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(self.layers)}")
+        if seed is None and self.metadata.detection is not None:
+            raise ValueError(
+                "this is a detector's explainer graph: explain its boxes with Explainer.explain_detections (CLI: "
+                "onnxcam detect), or give a seed over its raw output"
+            )
         if seed is not None:
             seed = np.broadcast_to(np.asarray(seed, np.float32), (len(x), *self.score_shape))
         resolved = self._resolved(target, len(x))
@@ -494,6 +502,13 @@ class Explainer:
             for result in explanations:
                 result.image_size = image.shape[:2]
         return per_image
+
+    def explain_detections(self, images: ImageLike | Sequence[ImageLike], **kwargs: Any) -> list[Detections]:
+        """A detector's boxes per image with one map per box and method, and EigenCAM per image
+        (:func:`onnxcam.detection.explain_detections`: ``methods``, ``confidence``, ``nms_iou``, ``match_iou`` …)."""
+        from .detection import explain_detections
+
+        return explain_detections(self, images, **kwargs)
 
     def explain_predicted_arrays(self, x: np.ndarray, threshold: float = 0.5, **kwargs: Any) -> list[list[Explanation]]:
         """:meth:`explain_predicted` on a preprocessed batch ``x`` ``[N, 3, H, W]`` (one forward pass to choose)."""

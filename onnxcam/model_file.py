@@ -162,6 +162,14 @@ def model_input(p: contract.Preprocess) -> str:
     return f"{p.input_dtype} {p.input_layout} {dims}, {pixels}{note}"
 
 
+def describe_detection(d: contract.Detection) -> str:
+    """One line on a detector's output (``onnxcam info``)."""
+    return (
+        f"detector: layout {d.layout}, raw output [N, {d.shape[0]}, {d.shape[1]}] ({d.classes} classes × {d.anchors} "
+        "anchors, before NMS; scores = it flattened); explain per box: onnxcam explain MODEL IMAGES --task detect"
+    )
+
+
 def describe(path: str | Path) -> str:
     """Human-readable summary of an explainer graph (what ``onnxcam info`` prints)."""
     g = open_graph(path)
@@ -185,6 +193,7 @@ def describe(path: str | Path) -> str:
         f"model input: {model_input(p)}",
         f"input gradients: {', '.join(m.input_gradients) or 'none (export with --input-gradient)'}; "
         f"head graphs: {', '.join(m.heads) or 'none'}",
+        *([describe_detection(m.detection)] if m.detection else []),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

@@ -14,6 +14,7 @@ class LazyGroup(click.Group):
 
     COMMANDS: ClassVar[dict[str, tuple[str, str]]] = {
         "compare": ("onnxcam.cli.compare_cmd", "compare"),
+        "detect": ("onnxcam.cli.detect_cmd", "detect"),
         "evaluate": ("onnxcam.cli.evaluate_cmd", "evaluate"),
         "explain": ("onnxcam.cli.explain_cmd", "explain"),
         "export": ("onnxcam.cli.export_cmd", "export"),

@@ -244,6 +244,12 @@ def explain(
                 )
             else:
                 explainer = open_explainer(model, provider, threads)
+                if explainer.metadata.detection is not None:  # a detector: boxes, one map per box
+                    from .detect_cmd import detect_images
+
+                    methods, layers = options.methods, options.layers
+                    done = detect_images(explainer, inputs, out_dir, methods, layers, alpha=options.alpha, quiet=quiet)
+                    sys.exit(0 if done else 1)
                 if not quiet:
                     click.echo(f"onnxcam: {model} on {explainer.provider}", err=True)
                 summary = run_batch(explainer, inputs, out_dir, options, **callbacks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..contract import RELU_RULES
+from ..contract import DETECT_LAYOUTS, RELU_RULES
 from ..scores import KINDS
 from .number_list import NumberList
 
@@ -72,6 +72,20 @@ from .number_list import NumberList
     type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
     default=None,
     help="Layout of the model's input [read from an ONNX file's input shape; NCHW for PyTorch].",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classify", "detect"]),
+    default=None,
+    help="What the model does. detect: its output is a detector's raw (pre-NMS) prediction tensor, explained per "
+    "box at run time. Default: detected (a [N, 4 + classes, anchors] output is a detector).",
+)
+@click.option(
+    "--detect-layout",
+    type=click.Choice(DETECT_LAYOUTS),
+    default=None,
+    help="A detector's output layout: yolov8 [N, 4 + classes, anchors] (YOLOv8/v11), yolov5 [N, anchors, "
+    "5 + classes] (YOLOv5/v7; objectness then class scores). Default: detected where unambiguous (yolov8).",
 )
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object

@@ -1,0 +1,362 @@
+"""Detectors: per-box gradients and Grad-CAM maps vs torch autograd and pytorch-grad-cam, on a tiny YOLO-style model.
+
+``TinyYolo`` is an anchor-free two-scale head written here (fixed seed, no detector package): a backbone, two neck
+maps (``p3`` 8×8 and ``p4`` 4×4 at 64×64 input), per scale a box branch (``cx, cy`` = grid cell + sigmoid offset,
+``w, h`` = exp, times the stride, in input pixels) and a sigmoid class branch, concatenated as YOLOv8 exports it,
+``[N, 4 + K, A]`` with ``A = 64 + 16``; ``yolov5_model`` adds an objectness row and transposes to ``[N, A, 5 + K]``.
+References are independent of the code under test: the box score is read from the PyTorch output by index, the
+IoU match uses ``torchvision.ops.box_iou``. Tolerances: gradients ≤ 1e-4 relative (max-abs over max-abs), maps
+≤ 1e-4 absolute on the [0, 1] Grad-CAM maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from onnxcam_export.api import export_model
+from pytorch_grad_cam import GradCAM
+from torch import nn
+from torchvision.ops import box_convert, box_iou
+
+from onnxcam.cli import main
+from onnxcam.detection import Box, box_seed, detect
+from onnxcam.explainer import Explainer
+
+CLASSES = 3
+SIZE = 64
+TOLERANCE = 1e-4
+
+
+class TinyYolo(nn.Module):
+    """Anchor-free two-scale YOLO-style detector: output ``[N, 4 + K, A]`` (cx, cy, w, h in pixels; class σ).
+
+    ``objectness``: a σ objectness row per anchor too, output transposed to ``[N, A, 5 + K]`` (YOLOv5/v7 layout).
+    """
+
+    def __init__(self, classes: int = CLASSES, objectness: bool = False) -> None:
+        super().__init__()
+        self.objectness = objectness
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.SiLU())
+        self.p3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 8×8, stride 8
+        self.p4 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 4×4, stride 16
+        self.box = nn.ModuleList(nn.Conv2d(16, 4, 1) for _ in range(2))
+        self.cls = nn.ModuleList(nn.Conv2d(16, classes + objectness, 1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p3 = self.p3(self.backbone(x))
+        outs = []
+        for i, feature in enumerate((p3, self.p4(p3))):
+            h, w = feature.shape[2:]
+            stride = SIZE // h
+            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            grid = torch.stack([xs, ys]).to(feature.dtype)[None]
+            t = self.box[i](feature)
+            centre = (grid + t[:, :2].sigmoid()) * stride
+            size = t[:, 2:].clamp(-4, 4).exp() * stride * 2
+            out = torch.cat([centre, size, self.cls[i](feature).sigmoid()], 1)
+            outs.append(out.flatten(2))
+        out = torch.cat(outs, 2)
+        return out.transpose(1, 2) if self.objectness else out
+
+
+def yolov5_model() -> TinyYolo:
+    return TinyYolo(objectness=True)
+
+
+def build(make: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return make().eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _export(model: nn.Module, path: Path, layout: str | None, layers: list[str]) -> tuple[nn.Module, Explainer, Path]:
+    export_model(
+        model,
+        path,
+        layers=layers,
+        input_size=(SIZE, SIZE),
+        exporter="torchscript",
+        heads=False,
+        log=lambda _: None,
+        task="detect" if layout else None,
+        detect_layout=layout,
+    )
+    return model, Explainer(path, provider="cpu"), path
+
+
+@pytest.fixture(scope="module")
+def yolov8(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
+    return _export(build(TinyYolo), tmp_path_factory.mktemp("det") / "v8.onnx", None, ["p3", "p4"])
+
+
+@pytest.fixture(scope="module")
+def yolov5(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
+    return _export(build(yolov5_model), tmp_path_factory.mktemp("det") / "v5.onnx", "yolov5", ["p3"])
+
+
+def _torch_grads(model: nn.Module, layers: list[str], x: np.ndarray, objective) -> dict[str, np.ndarray]:
+    """``∂ objective(model(x)[0]) / ∂ A`` for each layer (forward hooks), float32."""
+    found: dict[str, torch.Tensor] = {}
+    hooks = [
+        dict(model.named_modules())[name].register_forward_hook(lambda _m, _i, o, n=name: found.__setitem__(n, o))
+        for name in layers
+    ]
+    try:
+        out = model(torch.from_numpy(x))
+        grads = torch.autograd.grad(objective(out[0]), [found[name] for name in layers])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: g[0].numpy() for name, g in zip(layers, grads, strict=True)}
+
+
+def _relative(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def _boxes(explainer: Explainer, x: np.ndarray) -> tuple[np.ndarray, list[Box]]:
+    scores = explainer.scores(x[:1])[0]
+    boxes = detect(scores, explainer.metadata.detection, confidence=0.3, nms_iou=0.5)
+    assert boxes, "the tiny detector must keep some boxes"
+    return scores, boxes
+
+
+def test_layout_detected_and_stored(yolov8, yolov5) -> None:
+    assert yolov8[1].metadata.detection.layout == "yolov8"
+    assert yolov8[1].metadata.detection.shape == (4 + CLASSES, 80)
+    assert yolov5[1].metadata.detection.shape == (80, 5 + CLASSES)
+    assert yolov8[1].scores_kind == "raw"
+
+
+def test_detect_matches_reference_nms(yolov8, images) -> None:
+    """Our decode + OpenCV NMS keeps the boxes torchvision's batched_nms keeps (same threshold, class-aware)."""
+    from torchvision.ops import batched_nms
+
+    model, explainer, _ = yolov8
+    x = _x(explainer, images)
+    out = model(torch.from_numpy(x[:1]))[0].detach().T  # [A, 4 + K]
+    conf, cls = out[:, 4:].max(1)
+    keep = conf >= 0.3
+    xyxy = box_convert(out[keep, :4], "cxcywh", "xyxy")
+    ref = batched_nms(xyxy, conf[keep], cls[keep], 0.5)
+    ours = detect(explainer.scores(x[:1])[0], explainer.metadata.detection, confidence=0.3, nms_iou=0.5)
+    assert sorted(b.anchor for b in ours) == sorted(torch.nonzero(keep)[:, 0][ref].tolist())
+
+
+def _x(explainer: Explainer, images: np.ndarray) -> np.ndarray:
+    return explainer._decode(list(images))[1]
+
+
+@pytest.mark.parametrize("match_iou", [None, 0.3])
+def test_yolov8_box_gradient_equals_autograd(yolov8, images, match_iou) -> None:
+    model, explainer, _ = yolov8
+    x = _x(explainer, images)
+    scores, boxes = _boxes(explainer, x)
+    detection = explainer.metadata.detection
+    worst = 0.0
+    for box in boxes[:4]:
+        seed = box_seed(scores, detection, box, match_iou)
+        ours = explainer.run(x[:1], np.array([-1]), seed[None]).gradients
+        if match_iou is None:
+            anchors = torch.tensor([box.anchor])
+        else:
+            with torch.no_grad():
+                decoded = box_convert(model(torch.from_numpy(x[:1]))[0, :4].T, "cxcywh", "xyxy")
+            overlaps = box_iou(torch.tensor([box.xyxy]), decoded)[0]
+            anchors = torch.nonzero(overlaps >= match_iou)[:, 0]
+            assert box.anchor in anchors.tolist()
+        ref = _torch_grads(model, ["p3", "p4"], x[:1], lambda out, c=box.class_index, a=anchors: out[4 + c, a].sum())
+        for layer in ("p3", "p4"):
+            worst = max(worst, _relative(ours[layer][0], ref[layer]))
+    assert worst <= TOLERANCE
+
+
+def test_yolov5_box_gradient_is_confidence_gradient(yolov5, images) -> None:
+    """yolov5: the seed's gradient is that of the box confidence objectness × class score."""
+    model, explainer, _ = yolov5
+    x = _x(explainer, images)
+    scores, boxes = _boxes(explainer, x)
+    for box in boxes[:3]:
+        seed = box_seed(scores, explainer.metadata.detection, box)
+        ours = explainer.run(x[:1], np.array([-1]), seed[None]).gradients["p3"][0]
+        ref = _torch_grads(model, ["p3"], x[:1], lambda o, b=box: o[b.anchor, 4] * o[b.anchor, 5 + b.class_index])
+        assert _relative(ours, ref["p3"]) <= TOLERANCE
+        with torch.no_grad():
+            out = model(torch.from_numpy(x[:1]))[0, box.anchor]
+        assert box.score == pytest.approx(float(out[4] * out[5 + box.class_index]), rel=1e-5)
+
+
+@pytest.mark.parametrize("one_forward", [True, False])
+def test_per_box_gradcam_equals_pytorch_grad_cam(yolov8, images, one_forward) -> None:
+    """explain_detections' per-box Grad-CAM on one layer = pytorch-grad-cam GradCAM with the box score as target,
+    from one forward pass per image (the box-axis backward) and from one seeded row per box."""
+    model, explainer, _ = yolov8
+    results = explainer.explain_detections(
+        list(images), confidence=0.3, nms_iou=0.5, layers=["p3"], one_forward=one_forward
+    )
+    x = _x(explainer, images)
+    compared = 0
+    with GradCAM(model=model, target_layers=[model.p3]) as cam:
+        for n, result in enumerate(results):
+            assert result.eigencam is not None and result.eigencam.shape == (SIZE, SIZE)
+            for box, ours in zip(result.boxes[:3], result.maps["gradcam"][:3], strict=False):
+                target = lambda out, b=box: out[4 + b.class_index, b.anchor]  # noqa: E731
+                ref = cam(input_tensor=torch.from_numpy(x[n : n + 1]), targets=[target])[0]
+                assert np.abs(ours - ref).max() <= TOLERANCE
+                compared += 1
+    assert compared >= 2
+
+
+def test_undeclared_transposed_output_is_refused(tmp_path) -> None:
+    from onnxcam_export.detection_output import DetectionLayoutError
+
+    with pytest.raises(DetectionLayoutError, match="declare it: --task detect --detect-layout"):
+        export_model(
+            build(yolov5_model), None, ["p3"], (SIZE, SIZE), exporter="torchscript", verify=False, log=lambda _: None
+        )
+
+
+def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_path) -> None:
+    """`onnxcam explain` on a detector's graph: one line per image with its boxes, per-box maps, EigenCAM; `info`
+    names the layout."""
+    import cv2
+
+    _, explainer, model = yolov8
+    cv2.imwrite(str(tmp_path / "a.png"), images[0][..., ::-1])
+    out = tmp_path / "out"
+    args = ["explain", str(model), str(tmp_path / "a.png"), "-o", str(out)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    expected = detect(explainer.scores(_x(explainer, images[:1]))[0], explainer.metadata.detection)
+    assert f"a.png: {len(expected)} box" in result.output
+    maps = np.load(out / "a.boxes.gradcam.npy")
+    assert maps.shape == (len(expected), SIZE, SIZE)
+    assert (out / "a.detect.gradcam.png").is_file() and (out / "a.eigencam.png").is_file()
+    info = CliRunner().invoke(main, ["info", str(model)], catch_exceptions=False)
+    assert f"detector: layout yolov8, raw output [N, {4 + CLASSES}, 80]" in info.output
+
+
+def test_default_layer_is_the_neck_map_feeding_the_head(yolov8, images, tmp_path) -> None:
+    """No layer given: the map read by both the box and the class branch (``p4``), not a head-internal tensor —
+    from PyTorch (module name) and from a plain ONNX file (its tensor, compared with PyTorch's ``p4`` output)."""
+    from onnxcam_export.api import export_onnx_file
+    from onnxcam_export.detection_layers import torch_detector_layer
+
+    model = build(TinyYolo)
+    assert torch_detector_layer(model, (3, SIZE, SIZE), None, None, None) == "p4"
+    assert torch_detector_layer(model, (3, SIZE, SIZE), None, "classify", None) is None
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), opset_version=17, dynamo=False)
+    export_onnx_file(path, tmp_path / "e.onnx", log=lambda _: None)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    (layer,) = explainer.layers
+    x = _x(explainer, images[:1])
+    ours = explainer.run(x, np.array([-1])).activations[layer]
+    with torch.no_grad():
+        p4 = model.p4(model.p3(model.backbone(torch.from_numpy(x))))
+    assert np.abs(ours - p4.numpy()).max() <= 1e-5
+
+
+def test_explain_without_seed_on_a_detector_is_refused(yolov8, images) -> None:
+    """A detector's flat top-1 could be a box coordinate: explain() without a seed refuses, naming the way out."""
+    with pytest.raises(ValueError, match="explain_detections"):
+        yolov8[1].explain(list(images))
+
+
+@pytest.mark.parametrize("fixture", ["yolov8", "yolov5"])
+def test_box_axis_backward_equals_autograd(fixture, images, request) -> None:
+    """One run, boxes of both images on the box axis (``box_rows``): each row's gradient = autograd of its box."""
+    from onnxcam import contract
+
+    model, explainer, _ = request.getfixturevalue(fixture)
+    layer = "p3"
+    x = _x(explainer, images)
+    detection = explainer.metadata.detection
+    scores = explainer.scores(x)
+    rows, seeds, boxes = [], [], []
+    for n in range(len(x)):
+        for box in detect(scores[n], detection, confidence=0.3, nms_iou=0.5)[:3]:
+            rows.append(n), seeds.append(box_seed(scores[n], detection, box)), boxes.append(box)
+    assert len(set(rows)) == 2
+    feeds = explainer._feeds(x, compute=(contract.BOX_SWITCH,))
+    feeds |= {contract.BOX_SEED: np.stack(seeds), contract.BOX_ROWS: np.array(rows, np.int64)}
+    (ours,) = explainer.graph.session.run([contract.box_gradient_name(layer)], feeds)
+    for m, (n, box) in enumerate(zip(rows, boxes, strict=True)):
+        if fixture == "yolov8":
+            objective = lambda out, b=box: out[4 + b.class_index, b.anchor]  # noqa: E731
+        else:
+            objective = lambda out, b=box: out[b.anchor, 4] * out[b.anchor, 5 + b.class_index]  # noqa: E731
+        ref = _torch_grads(model, [layer], x[n : n + 1], objective)[layer]
+        assert _relative(ours[m], ref) <= TOLERANCE
+
+
+def test_wrong_box_axis_is_caught_and_removed(yolov8, images, tmp_path) -> None:
+    """The export-time check catches a box-axis backward that reads the wrong image (every row gathered from image
+    0); removing it leaves a graph whose per-box runs still work."""
+    import onnx
+    from onnx import helper
+    from onnxcam_export.box_gradients import check_box_gradients, remove_box_gradients
+
+    from onnxcam import contract
+
+    model = onnx.load(str(yolov8[2]))
+    assert check_box_gradients(model, ["p3", "p4"]) is None
+    gate = next(n for n in model.graph.node if n.name == contract.BOX_SWITCH)
+    branch = next(a.g for a in gate.attribute if a.name == "then_branch")
+    zero = helper.make_node("Constant", [], ["sabotage/zero"], value=helper.make_tensor("z", 7, [], [0]))
+    rows = helper.make_node("Mul", [contract.BOX_ROWS, "sabotage/zero"], ["sabotage/rows"])
+    gathers = [n for n in branch.node if n.op_type == "Gather" and n.input[1] == contract.BOX_ROWS]
+    assert gathers
+    for node in gathers:
+        node.input[1] = "sabotage/rows"
+    branch.node.insert(0, rows)
+    branch.node.insert(0, zero)
+    assert "differs from the per-box backward" in check_box_gradients(model, ["p3", "p4"])
+    remove_box_gradients(model)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "plain.onnx"))
+    explainer = Explainer(tmp_path / "plain.onnx", provider="cpu")
+    assert contract.BOX_SEED not in {i.name for i in model.graph.input}
+    with pytest.raises(ValueError, match="one_forward"):
+        explainer.explain_detections(list(images[:1]), one_forward=True)
+    (found,) = explainer.explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5)
+    (reference,) = yolov8[1].explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5)
+    assert np.abs(found.maps["gradcam"] - reference.maps["gradcam"]).max() <= TOLERANCE
+
+
+def test_output_after_nms_is_refused(tmp_path) -> None:
+    """A graph whose output comes after NonMaxSuppression is refused in one line naming NMS and the way out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxcam_export.api import export_onnx_file
+    from onnxcam_export.detection_output import DetectionLayoutError
+
+    boxes = numpy_helper.from_array(np.array([[[0, 0, 1, 1], [0, 0, 2, 2], [5, 5, 6, 6]]], np.float32), "boxes")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["features"]),
+        helper.make_node("ReduceMean", ["features"], ["pooled"], axes=[2, 3], keepdims=0),  # [1, 3]
+        helper.make_node("Unsqueeze", ["pooled", "one"], ["scores"]),  # [1, 1, 3]: one class, three boxes
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["kept"]),
+        helper.make_node("Cast", ["kept"], ["detections"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [None, 3])],
+        [boxes, numpy_helper.from_array(np.array([1], np.int64), "one")],
+    )
+    path = tmp_path / "nms.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    with pytest.raises(DetectionLayoutError, match=r"after NonMaxSuppression.*without NMS"):
+        export_onnx_file(path, None, ["features"], log=lambda _: None)
