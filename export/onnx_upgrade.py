@@ -87,8 +87,11 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UpgradeError(f"opset {before} → {opset}: onnxruntime cannot run the graph ({first})") from None
-    scale = max(float(np.abs(old).max()), 1e-12)
-    diff = float(np.abs(old.astype(np.float64) - new).max()) / scale if old.shape == new.shape else np.inf
+    if old.shape != new.shape:
+        diff = np.inf
+    else:
+        scale = max(float(np.abs(old).max(initial=0.0)), 1e-12)
+        diff = float(np.abs(old.astype(np.float64) - new).max(initial=0.0)) / scale
     if not diff <= UPGRADE_TOLERANCE:
         raise UpgradeError(
             f"upgrading opset {before} → {opset} changes the model's output (relative difference {diff:.2g}); "
