@@ -60,23 +60,37 @@ def export_model(
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    layer_layout: str | None = None,
+    layer_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
-    ``layers`` are module names (``model.named_modules()``); none → the last 4-D feature map before pooling.
+    ``layers`` are module names (``model.named_modules()``; ``name#k`` = the k-th call of a module that runs more
+    than once); none → the layer a practitioner would pick (:func:`export.layer_choice.choose_default`).
     ``input_gradients``: ReLU backward rules of the ``gradient:input[:rule]`` outputs (``standard``, ``guided``,
     ``deconvnet``; ``()`` for none). ``heads``: add the part after each layer as a head graph (Ablation-CAM).
+    ``layer_layout`` / ``layer_grid`` / ``prefix_tokens`` override the inferred layout of every layer (NCHW,
+    channels-last, tokens ``[N, prefix + h·w, C]``; :func:`export.layouts.classify`).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
-    from .torch_capture import default_layer, to_onnx
+    from .layer_choice import choose_default, resolve_layouts
+    from .torch_capture import module_calls, to_onnx
     from .verify_torch import verify_torch
 
     model = model.eval()
     input_shape = (3, *input_size)
+    calls = module_calls(model, input_shape)
     if not layers:
-        layers = [default_layer(model, input_shape)]
-        log(f"no --layer given: explaining '{layers[0]}' (last 4-D feature map before pooling)")
+        name, _, why = choose_default(model, calls, input_size)
+        layers = [name]
+        log(f"no --layer given: explaining '{name}' ({why})")
+    layouts = resolve_layouts(model, calls, layers, input_size, layer_layout, layer_grid, prefix_tokens)
+    del calls
+    for layer, layout in layouts.items():
+        if layout.kind != "nchw":
+            log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")
     started = time.perf_counter()
     forward = to_onnx(model, layers, input_size, opset=opset, exporter=exporter, optimize=optimize)
     metadata = contract.Metadata(
@@ -85,9 +99,14 @@ def export_model(
         labels=tuple(labels) if labels else None,
         source=source or type(model).__name__,
         exporter=exporter_version(),
+        layouts={layer: layout for layer, layout in layouts.items() if layout.kind != "nchw"},
     )
     rules = _rules(input_gradients)
-    check = (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance)) if verify else None
+    check = (
+        (lambda e: verify_torch(e, model, layers, input_shape, rules, tolerance=tolerance, layouts=layouts))
+        if verify
+        else None
+    )
     extras = Extras(rules, heads)
     return _build_check_save(forward, metadata, extras, check, "float64 torch.autograd", output, started, log)
 
@@ -213,6 +232,9 @@ def export_source(
     input_gradients: Sequence[str] = DEFAULT_INPUT_GRADIENTS,
     heads: bool = True,
     log: Log = _stderr,
+    layer_layout: str | None = None,
+    layer_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write."""
     preprocess = contract.Preprocess()
@@ -250,4 +272,7 @@ def export_source(
         input_gradients=input_gradients,
         heads=heads,
         log=log,
+        layer_layout=layer_layout,
+        layer_grid=tuple(layer_grid) if layer_grid else None,
+        prefix_tokens=prefix_tokens,
     )

@@ -37,6 +37,14 @@ from ..contract import RELU_RULES
 @click.option("--no-head", is_flag=True, help="Leave out the head graphs (the part after each layer; Ablation-CAM).")
 @click.option("--no-verify", is_flag=True, help="Skip the gradient check against torch.autograd / finite differences.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error allowed.")
+@click.option(
+    "--layer-layout",
+    type=click.Choice(["nchw", "channels-last", "tokens"]),
+    default=None,
+    help="Layout of the layers' tensors when it cannot be inferred: [N, C, h, w], [N, h, w, C] or [N, T, C].",
+)
+@click.option("--layer-grid", nargs=2, type=int, default=None, metavar="H W", help="Token grid of a token layer.")
+@click.option("--prefix-tokens", type=int, default=None, help="Tokens before the grid (class/register tokens).")
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:
