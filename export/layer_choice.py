@@ -11,7 +11,7 @@ from onnxcam.contract import Layout
 
 from .layers import LayerError
 from .layouts import LayoutError, classify, to_nchw_torch
-from .torch_capture import Call
+from .torch_capture import Call, check_layers
 
 
 def _kind(module: nn.Module) -> str:
@@ -60,6 +60,7 @@ def resolve_layouts(
     """The layout of each asked-for layer, from one probe forward's ``calls``; raises a one-line :class:`LayerError`
     for a module that runs several times but is named without ``#k``, never runs, or returns no tensor, and a
     :class:`LayoutError` for an output that is not a feature map."""
+    check_layers(model, layers)
     named = {label: call for call in calls for label in [call.name, *call.aliases]}
     any_ln = any(_is_layer_norm(m) for m in model.modules())
     found = {}
