@@ -17,6 +17,7 @@ from . import onnx_prep, sources
 from .assemble import build_explainer
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
+from .layouts import refuse_non_nchw
 from .sources import SourceError
 from .verify import Report, verify_finite_differences
 
@@ -203,6 +204,8 @@ def export_onnx_file(
     shape = GraphInfo(forward).shape(contract.INPUT) or ()
     spatial = tuple(d for d in shape[2:4] if isinstance(d, int))
     size = input_size or (spatial if len(spatial) == 2 else (224, 224))
+    for layer in layers:
+        refuse_non_nchw(layer, GraphInfo(forward).shape(contract.activation_name(layer)) or [], tuple(size))
     channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 3
     metadata = contract.Metadata(
         layers=tuple(layers),

@@ -156,3 +156,26 @@ def nchw_shape(layout: Layout, shape: Sequence[int | str | None]) -> list[int | 
     if layout.kind == "tokens":
         return [shape[0], shape[2], *layout.grid]
     return list(shape)
+
+
+def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: tuple[int, int]) -> None:
+    """For a tensor of an ONNX file (no module to read a hint from): raise :class:`LayoutError` in one line when its
+    shape says channels-last or tokens, which only a PyTorch source can be explained at yet; shapes that could be
+    either stay NCHW, as before."""
+    if not shape:  # unknown: nothing to tell
+        return None
+    dims = [d if isinstance(d, int) else 1 for d in shape]
+    try:
+        layout = classify(layer, dims, input_size, hint="nchw")
+    except LayoutError:
+        return None if len(dims) == 4 else _refuse(layer, shape, "is not a feature map [N, C, h, w]")
+    if layout.kind != "nchw":
+        _refuse(layer, shape, f"looks {layout.describe()}")
+    return None
+
+
+def _refuse(layer: str, shape: Sequence[int | str | None], why: str) -> None:
+    raise LayoutError(
+        f"tensor '{layer}' {['N', *shape[1:]]} {why}: ONNX sources are explained at NCHW tensors only; pick the "
+        "tensor after its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
+    )

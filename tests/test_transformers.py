@@ -14,7 +14,7 @@ import torch
 from onnxcam_export.api import export_model
 from onnxcam_export.layer_choice import choose_default
 from onnxcam_export.layers import LayerError
-from onnxcam_export.layouts import LayoutError, classify
+from onnxcam_export.layouts import LayoutError, classify, refuse_non_nchw
 from onnxcam_export.torch_capture import module_calls
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -264,3 +264,12 @@ def test_layouts_are_inferred_from_the_shape_or_refused_in_one_line() -> None:
         with pytest.raises(LayoutError, match=match) as info:
             classify("a", shape, (64, 64))
         assert "\n" not in str(info.value) and "layer 'a' gives" in str(info.value)
+
+
+def test_onnx_sources_refuse_channels_last_and_token_tensors_in_one_line() -> None:
+    refuse_non_nchw("t", ["N", 16, 8, 8], (32, 32))  # NCHW passes
+    refuse_non_nchw("t", ["N", 8, 8, 8], (32, 32))  # could be either: NCHW, as before
+    for shape in (["N", 8, 8, 96], ["N", 17, 32]):
+        with pytest.raises(LayoutError, match=r"tensor 't' .* ONNX sources are explained at NCHW tensors only") as e:
+            refuse_non_nchw("t", shape, (32, 32))
+        assert "\n" not in str(e.value)
