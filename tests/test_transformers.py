@@ -153,7 +153,7 @@ def export(model: nn.Module, tmp_path, layers, size: int = 32, exporter: str = "
     return Explainer(path, provider="cpu")
 
 
-@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
 def test_token_layer_equals_pytorch_grad_cam_with_reshape_transform(tmp_path, exporter: str) -> None:
     model = seeded(TinyViT)
     explainer = export(model, tmp_path, ["blocks.1.norm1"], exporter=exporter)
@@ -167,9 +167,10 @@ def test_token_layer_equals_pytorch_grad_cam_with_reshape_transform(tmp_path, ex
     assert explainer.metadata.heads == ()  # the class token is not part of the map: no head graph
 
 
-def test_channels_last_layer_equals_pytorch_grad_cam_and_head_is_exact(tmp_path) -> None:
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_channels_last_layer_equals_pytorch_grad_cam_and_head_is_exact(tmp_path, exporter: str) -> None:
     model = seeded(TinySwin)
-    explainer = export(model, tmp_path, ["stages.1"])
+    explainer = export(model, tmp_path, ["stages.1"], exporter=exporter)
     assert explainer.metadata.layout("stages.1").kind == "channels-last"
     x = batch()
     ours = compat.GradCAM(model=explainer, target_layers=["stages.1"])(x, [compat.ClassifierOutputTarget(2)] * 2)
