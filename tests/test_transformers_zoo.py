@@ -3,7 +3,9 @@
 Each model is exported once (module fixture) at the smallest input it accepts, without ``--layer``: the layer export
 picks is asserted (the default per family) and its final maps are compared with pytorch-grad-cam (PyPI ``grad-cam``
 1.5.x) on the same layer with the ``reshape_transform`` of its examples (ViT: drop the class token, tokens → grid,
-channels first; Swin: ``permute(0, 3, 1, 2)``), two real photos, tolerance 1e-4 max absolute difference.
+channels first; Swin: ``permute(0, 3, 1, 2)``), two real photos, tolerance 1e-4 max absolute difference (XGrad-CAM:
+``max(1e-4, 1e-6·κ)``, ``κ = max_k Σ|A_k| / |Σ A_k|``, as in ``test_parity_gradcam.py``: its denominator nearly
+cancels on the signed maps of a LayerNorm).
 Classifier layers initialised to zero (torchvision's ViT head) get small random weights, so gradients are non-zero.
 """
 
@@ -148,8 +150,12 @@ def test_gradient_cams_equal_pytorch_grad_cam_on_the_default_layer(parity, metho
     with METHODS[method](model=model, target_layers=[model.get_submodule(layer)], reshape_transform=reshape) as cam:
         ref = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(t) for t in targets])
     diff = float(np.abs(ours - ref).max())
-    print(f"{method}: max |onnxcam - pytorch-grad-cam| = {diff:.1e}")
-    assert ref.max() > 0 and diff <= TOLERANCE
+    tolerance = TOLERANCE
+    if method == "xgradcam":  # Σ_ij A_k nearly cancels on signed (LayerNorm) maps: rounding amplified by κ
+        a = explainer.run(x, np.array(targets)).activations[layer]
+        tolerance = max(TOLERANCE, 1e-6 * float((np.abs(a).sum(axis=(2, 3)) / np.abs(a.sum(axis=(2, 3)))).max()))
+    print(f"{method}: max |onnxcam - pytorch-grad-cam| = {diff:.1e} (tolerance {tolerance:.1e})")
+    assert ref.max() > 0 and diff <= tolerance
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
