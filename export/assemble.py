@@ -291,7 +291,10 @@ def add_head(
 
 
 def _identity_root(graph: onnx.GraphProto, name: str) -> str:
-    """The tensor ``name`` copies through ``Identity`` nodes (exporters tie two names of one tensor that way)."""
+    """``name`` when it leads to ``scores``; else the tensor it copies through ``Identity`` nodes: exporters tie two
+    names of one tensor (``layer4``, ``layer4.1``) by an ``Identity`` whose output is used by nothing else."""
+    if contract.SCORES in downstream(graph, [name]):
+        return name
     producers = {o: n for n in graph.node for o in n.output}
     while (node := producers.get(name)) is not None and node.op_type == "Identity":
         name = node.input[0]
