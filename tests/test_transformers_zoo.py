@@ -96,7 +96,7 @@ PARITY = [
     ),
     ("tv-swin_t", tv("swin_t"), 64, "torchscript", "features.7", channels_last),
     ("tv-maxvit_t", tv("maxvit_t"), 224, "torchscript", "blocks.3", None),
-    ("hf-vit", hf_vit, 64, "dynamo", "m.vit.encoder.layer.1.layernorm_before", cls_tokens(1)),
+    ("hf-vit", hf_vit, 64, "dynamo", "m.vit.layers.1.layernorm_before", cls_tokens(1)),
 ]
 # id, builder, input size: export + verify + explain
 HYBRIDS = [
