@@ -28,11 +28,13 @@ def _is_layout_only(module: nn.Module) -> bool:
     return isinstance(module, nn.Identity | nn.Flatten | nn.Unflatten) or _kind(module) == "Permute"
 
 
-def _hint(module: nn.Module, any_layer_norm: bool) -> str | None:
-    """Layout a module's 4-D output has when its shape alone cannot tell (e.g. ``[N, 8, 8, 8]``)."""
-    if _is_layer_norm(module):
+def _hint(modules: Sequence[nn.Module], any_layer_norm: bool) -> str | None:
+    """Layout the 4-D output of ``modules`` (all returning one tensor) has when its shape alone cannot tell (e.g.
+    ``[N, 8, 8, 8]``)."""
+    if any(_is_layer_norm(m) for m in modules):
         return "channels-last"
-    if isinstance(module, nn.Conv2d | nn.BatchNorm2d | nn.MaxPool2d | nn.AvgPool2d) or not any_layer_norm:
+    spatial = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d)
+    if any(isinstance(m, spatial) for m in modules) or not any_layer_norm:
         return "nchw"
     return None
 
@@ -77,7 +79,7 @@ def resolve_layouts(
                     f"name one call, e.g. --layer {several[-1]}",
                 )
             raise LayerError(layer, [], f"layer '{layer}' does not return a tensor in the forward pass (or never runs)")
-        hint = _hint(call.module, any_ln)
+        hint = _hint(call.modules, any_ln)
         found[layer] = classify(layer, tuple(call.output.shape), input_size, layout, grid, prefix, hint)
     return found
 
@@ -100,7 +102,7 @@ def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[in
         if call.output.dim() < 3 or call.output.shape[0] != batch:
             continue
         try:
-            layout = classify(call.name, tuple(call.output.shape), input_size, hint=_hint(call.module, any_ln))
+            layout = classify(call.name, tuple(call.output.shape), input_size, hint=_hint(call.modules, any_ln))
         except LayoutError:
             continue
         grid = to_nchw_torch(call.output, layout).shape[2:]
@@ -116,7 +118,7 @@ def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[in
             why = "the last LayerNorm whose patch tokens reach the scores: ViT's blocks[-1].norm1"
             return display_name(call, calls), layout, why
     i = len(maps) - 1
-    while i > 0 and (_is_layer_norm(maps[i][0].module) or _is_layout_only(maps[i][0].module)):
+    while i > 0 and all(_is_layer_norm(m) or _is_layout_only(m) for m in maps[i][0].modules):
         i -= 1
     call, layout = maps[i]
     skipped = ", ".join(display_name(c, calls) for c, _ in maps[i + 1 :])

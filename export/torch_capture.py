@@ -82,6 +82,12 @@ class Call:
     output: torch.Tensor
     aliases: list[str] = field(default_factory=list)
     grad: torch.Tensor | None = None
+    alias_modules: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """Every module returning this tensor, innermost first (an ``nn.Identity`` inside a BatchNorm wrapper, …)."""
+        return [self.module, *self.alias_modules]
 
 
 def module_calls(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 2) -> list[Call]:
@@ -122,6 +128,7 @@ def module_calls(model: nn.Module, input_shape: tuple[int, int, int], batch: int
         label = f"{name}#{seen[name]}" if calls[name] > 1 else name
         if owner is not None:
             owners[owner].aliases.append(label)
+            owners[owner].alias_modules.append(module)
             continue
         owners[index] = Call(label, module, tensor)
         out.append(owners[index])

@@ -212,12 +212,19 @@ def test_default_layer(cls, kwargs, layer: str, kind: str) -> None:
     assert (name, layout.kind) == (layer, kind)
 
 
-def test_default_layer_of_a_hybrid_is_its_last_stage() -> None:
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs", "layer"),
+    [("levit_128s", 128, {"img_size": 128}, "stages.2"), ("mobilevitv2_050", 64, {}, "final_conv")],
+)
+def test_default_layer_of_a_hybrid_is_its_last_stage(name: str, size: int, kwargs: dict, layer: str) -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("levit_128s", pretrained=False, img_size=128, num_classes=10).eval()
-    name, layout, _ = choose_default(model, module_calls(model, (3, 128, 128)), (128, 128))
-    assert name == "stages.2" and layout.kind == "tokens" and layout.prefix == 0
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    calls = module_calls(model, (3, size, size))
+    chosen, layout, _ = choose_default(model, calls, (size, size))
+    assert chosen == layer and layout.prefix == 0
+    if name == "mobilevitv2_050":  # the same tensor as the last stage's output, not the conv before its BatchNorm
+        assert "stages.4" in next(c for c in calls if layer in [c.name, *c.aliases]).aliases
 
 
 def test_shared_module_is_named_by_call(tmp_path) -> None:
