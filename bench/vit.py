@@ -8,6 +8,7 @@ graph), the ``dynamo`` exporter (the TorchScript tracer cannot trace its fused a
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,8 @@ def vit_table(threads: int, runs: int, batches: tuple[int, ...], log: Callable[[
     table = Table(
         "Vision transformer (CPU)",
         HEADERS,
-        note=f"Images per second (higher is better); median of {runs} runs after 1 warm-up, on a shared CPU: rough.",
+        note=f"Images per second (higher is better); median of {runs} runs after 1 warm-up. Few runs on a shared CPU "
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start): rough figures.",
     )
     model = _model()
     with tempfile.TemporaryDirectory(prefix="onnxcam-bench-vit-") as tmp:
@@ -84,7 +86,7 @@ def vit_table(threads: int, runs: int, batches: tuple[int, ...], log: Callable[[
                 ARCH,
                 LAYER,
                 batch,
-                *(fmt(s[k]) for k in ("ort", "onnxcam", "pgc", "torch")),
+                *(fmt(s[k], 2) for k in ("ort", "onnxcam", "pgc", "torch")),
                 fmt(ratio(s["onnxcam"], s["ort"]), 2, "×"),
                 fmt(ratio(s["onnxcam"], s["pgc"]), 1, "×"),
             )
