@@ -53,7 +53,13 @@ class Logits(nn.Module):
 def hf_vit() -> nn.Module:
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=64, patch_size=16
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        image_size=64,
+        patch_size=16,
+        num_labels=10,
     )
     return Logits(transformers.ViTForImageClassification(config))
 
