@@ -32,6 +32,7 @@ import numpy as np
 from common import REPO, Table, fmt, median_seconds, ratio, run_worker, timed_subprocess
 from footprint import RUNTIME, TORCH_STACK, footprint
 from methods import methods_table
+from vit import vit_table
 from workers import inputs
 
 MAIN_MODELS = (
@@ -699,6 +700,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--flat-batches", type=int, default=250, help="batches of the long memory run")
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     parser.add_argument(
+        "--only-vit", action="store_true", help="measure only the vision-transformer row and replace that section"
+    )
+    parser.add_argument(
         "--only-methods",
         action="store_true",
         help="measure only the perturbation/input-gradient methods and replace that section of --out",
@@ -742,6 +746,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     host = machine(cfg)  # before the run: the load average says whether others share the cores
     import torch
 
+    if args.only_vit:
+        torch.set_num_threads(cfg.threads)
+        table = vit_table(cfg.threads, args.runs or 3, (1,), log)
+        out.write_text(replace_section(out.read_text(encoding="utf-8"), table), encoding="utf-8")
+        log(f"updated the vision-transformer section of {out}")
+        return
     if args.only_methods:
         torch.set_num_threads(cfg.threads)
         with tempfile.TemporaryDirectory(prefix="onnxcam-bench-") as tmp:
@@ -781,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log("== memory over a long run")
         flat_table, growth = flat_memory_table(lab)
         sections.append(flat_table)
+        log("== vision transformer")
+        sections.append(attempt("vit", lambda: vit_table(cfg.threads, 3, (1,), log)) or "")
         log("== perturbation and input-gradient methods")
         sections.append(attempt("methods", lambda: methods_section(lab)) or "")
         log("== CUDA")

@@ -21,6 +21,7 @@ from .detection_layers import detector_forward, torch_detector_layer
 from .detection_output import as_detection
 from .errors import ExportError
 from .inside_normalisation import inside_normalisation
+from .layouts import refuse_non_nchw
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
 from .verify import Report, verify_finite_differences
@@ -72,10 +73,14 @@ def export_model(
     input_layout: str | None = None,
     task: str | None = None,
     detect_layout: str | None = None,
+    layer_layout: str | None = None,
+    layer_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
-    ``layers`` are module names (``model.named_modules()``); none → the last 4-D feature map before pooling.
+    ``layers`` are module names (``model.named_modules()``; ``name#k`` = the k-th call of a module that runs more
+    than once); none → the layer a practitioner would pick (:func:`export.layer_choice.choose_default`).
     ``input_gradients``: ReLU backward rules of the ``gradient:input[:rule]`` outputs (``standard``, ``guided``,
     ``deconvnet``; ``()`` for none). ``heads``: add the part after each layer as a head graph (Ablation-CAM).
     ``scores_kind``: what the scores are (``logits``, ``sigmoid``, ``probabilities``, ``raw``; ``None``: detected,
@@ -86,10 +91,13 @@ def export_model(
     ``input_layout`` (``NHWC`` for a model taking channels-last tensors: the graph takes NCHW and permutes).
     ``task`` (``classify``, ``detect``; ``None``: detected) and ``detect_layout`` (``yolov8``, ``yolov5``; ``None``:
     detected): a detector's raw output, :mod:`.detection_output`.
+    ``layer_layout`` / ``layer_grid`` / ``prefix_tokens`` override the inferred layout of every layer (NCHW,
+    channels-last, tokens ``[N, prefix + h·w, C]``; :func:`export.layouts.classify`).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
-    from .torch_capture import default_layer, to_onnx
+    from .layer_choice import choose_default, resolve_layouts
+    from .torch_capture import module_calls, to_onnx
     from .torch_input import channels_first, probe_torch, torch_channels
     from .torch_outputs import model_scores_name
     from .verify_torch import verify_torch
@@ -103,11 +111,20 @@ def export_model(
     chosen = model_scores_name(model, input_shape, scores_from)
     if chosen is not None:
         log(f"explaining the model's output '{chosen}'")
+    calls = module_calls(model, input_shape)
     if not layers:
         fork = torch_detector_layer(model, input_shape, chosen, task, detect_layout)
-        layers = [fork or default_layer(model, input_shape)]
-        why = "the detector's last map read by several head branches" if fork else "last 4-D feature map before pooling"
+        if fork:
+            layers, why = [fork], "the detector's last map read by several head branches"
+        else:
+            name, _, why = choose_default(model, calls, input_size)
+            layers = [name]
         log(f"no --layer given: explaining '{layers[0]}' ({why})")
+    layouts = resolve_layouts(model, calls, layers, input_size, layer_layout, layer_grid, prefix_tokens)
+    del calls
+    for layer, layout in layouts.items():
+        if layout.kind != "nchw":
+            log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")
     started = time.perf_counter()
     forward = to_onnx(
         model, layers, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
@@ -122,12 +139,21 @@ def export_model(
         exporter=exporter_version(),
         scores_kind=head.kind,
         detection=detection,
+        layouts={layer: layout for layer, layout in layouts.items() if layout.kind != "nchw"},
     )
     rules = _rules(input_gradients)
 
     def check(explainer: onnx.ModelProto) -> Report:
         return verify_torch(
-            explainer, model, layers, input_shape, rules, tolerance=tolerance, scores_from=chosen, skipped=head.skipped
+            explainer,
+            model,
+            layers,
+            input_shape,
+            rules,
+            tolerance=tolerance,
+            scores_from=chosen,
+            skipped=head.skipped,
+            layouts=layouts,
         )
 
     extras = Extras(rules, heads)
@@ -281,6 +307,8 @@ def export_onnx_file(
     )
     if (found.dtype, found.layout) != ("float32", "NCHW"):
         log(f"model input: {found.dtype} {found.layout}; the explainer's input is float32 NCHW")
+    for layer in layers:
+        refuse_non_nchw(layer, GraphInfo(forward).shape(contract.activation_name(layer)) or [], tuple(size))
     metadata = contract.Metadata(
         layers=tuple(layers),
         preprocess=preprocess,
@@ -342,6 +370,9 @@ def export_source(
     input_layout: str | None = None,
     task: str | None = None,
     detect_layout: str | None = None,
+    layer_layout: str | None = None,
+    layer_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
 
@@ -401,4 +432,7 @@ def export_source(
         input_layout=input_layout or recipe.get("input_layout"),
         task=task or recipe.get("task"),
         detect_layout=detect_layout or recipe.get("detect_layout"),
+        layer_layout=layer_layout,
+        layer_grid=tuple(layer_grid) if layer_grid else None,
+        prefix_tokens=prefix_tokens,
     )

@@ -25,7 +25,10 @@ from .autodiff.relu_backward import overrides
 from .box_gradients import add_box_gradients
 from .errors import ExportError
 from .gating import Part, gate, optional_input, reads
+from .layouts import from_nchw_nodes, nchw_shape, to_nchw_nodes
 from .scores_head import resolve_head
+
+_PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity")
 
 
 class OutputError(ExportError):
@@ -83,17 +86,26 @@ def build_explainer(
     for name in [contract.SCORES, *taps]:
         if name not in outputs:
             raise GradientError(f"forward graph has no output '{name}'")
+    raw = {layer: _as_nchw(graph, layer, metadata.layout(layer)) for layer in layers}
     shape = _scores_as_contract(model, metadata.scores_kind)
     seed = _seed_and_target(graph, shape)
     _set_outputs(graph, shape)
 
-    backward = differentiate(model, taps, contract.SCORES, seed)
+    roots = {layer: _identity_root(graph, raw[layer]) for layer in layers}  # `layer4` and `layer4.1`: one tensor
+    backward = differentiate(model, list(dict.fromkeys(roots.values())), contract.SCORES, seed)
     _append(graph, backward)
-    gradients = [
-        (backward.grads[tap], _like(graph, tap, contract.gradient_name(layer)))
-        for layer, tap in zip(layers, taps, strict=True)
-    ]
-    parts = [Part(contract.GRADIENTS_SWITCH, True, backward.nodes, gradients)]
+    gradients, to_nchw = [], []
+    for layer, tap in zip(layers, taps, strict=True):
+        grad = backward.grads[roots[layer]]
+        if raw[layer] != tap:  # the gradient in the layer's own layout → NCHW, like the activation
+            to_nchw += to_nchw_nodes(graph, metadata.layout(layer), grad, f"{grad}/nchw/{layer}", _channels(graph, tap))
+            grad = f"{grad}/nchw/{layer}"
+        elif any(grad == g for g, _ in gradients):  # a second name of one tensor: a subgraph output of its own
+            to_nchw.append(helper.make_node("Identity", [grad], [f"{grad}/{layer}"], name=f"{grad}/{layer}"))
+            grad = f"{grad}/{layer}"
+        gradients.append((grad, _like(graph, tap, contract.gradient_name(layer))))
+    graph.node.extend(to_nchw)
+    parts = [Part(contract.GRADIENTS_SWITCH, True, [*backward.nodes, *to_nchw], gradients)]
     for rule in input_gradients:
         name = contract.input_gradient_name(rule)
         pass_ = differentiate(model, [contract.INPUT], contract.SCORES, seed, overrides(rule), prefix=rule)
@@ -108,7 +120,7 @@ def build_explainer(
         )
     with_head = []
     for layer in layers if heads else []:
-        head = add_head(graph, layer, log)
+        head = add_head(graph, layer, log, metadata.layout(layer), roots[layer])
         if head is not None:
             name = contract.head_scores_name(layer)
             parts.append(
@@ -209,16 +221,29 @@ def _append(graph: onnx.GraphProto, backward: Backward) -> None:
     graph.initializer.extend(backward.initializers)
 
 
-def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> tuple[list[onnx.NodeProto], str] | None:
+def add_head(
+    graph: onnx.GraphProto,
+    layer: str,
+    log: Callable[[str], None],
+    layout: contract.Layout | None = None,
+    raw: str | None = None,
+) -> tuple[list[onnx.NodeProto], str] | None:
     """Copy the part of the graph after ``layer``, fed by the input ``head:<layer>`` (weights shared); return the
     copied nodes and the copy of ``scores``.
 
     The copy takes the nodes that depend on the tapped map and lead to ``scores``. When one of them also reads a
     tensor computed from the input by another path (a skip connection around the layer), the part after the layer is
-    not a function of the map alone: no head is added (logged) and ``None`` is returned.
+    not a function of the map alone: no head is added (logged) and ``None`` is returned. ``head:<layer>`` is NCHW;
+    for another ``layout`` it is laid out back into the model's tensor ``raw`` first; a token layer with prefix
+    tokens (class token) gets no head, since the map does not hold them.
     """
     tap = contract.activation_name(layer)
-    after = downstream(graph, [tap])
+    layout = layout or contract.Layout()
+    if layout.prefix:
+        log(f"no head graph for layer '{layer}': its {layout.prefix} prefix token(s) are not part of the map")
+        return None
+    source = raw or tap
+    after = downstream(graph, [source])
     from_input = downstream(graph, [contract.INPUT])
     needed = {contract.SCORES}
     nodes: list[onnx.NodeProto] = []
@@ -232,8 +257,13 @@ def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> 
         log(f"no head graph for layer '{layer}': the part after it also reads '{bypass[0]}'")
         return None
     prefix = f"onnxcam/head/{layer}/"
-    renamed = {name: prefix + name for node in nodes for name in node.output} | {tap: contract.head_input_name(layer)}
-    copies = []
+    head_in = contract.head_input_name(layer)
+    channels = _channels(graph, tap)
+    relaid = [] if layout.kind == "nchw" else from_nchw_nodes(graph, layout, head_in, prefix + "input", channels)
+    renamed = {name: prefix + name for node in nodes for name in node.output} | {
+        source: prefix + "input" if relaid else head_in
+    }
+    copies = list(relaid)
     for node in nodes:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
@@ -249,6 +279,43 @@ def add_head(graph: onnx.GraphProto, layer: str, log: Callable[[str], None]) -> 
     graph.input.append(head_input)
     graph.initializer.append(default)
     return copies, renamed[contract.SCORES]
+
+
+def _identity_root(graph: onnx.GraphProto, name: str) -> str:
+    """``name`` when it leads to ``scores``; else the tensor it copies through ``Identity`` nodes: exporters tie two
+    names of one tensor (``layer4``, ``layer4.1``) by an ``Identity`` whose output is used by nothing else."""
+    if contract.SCORES in downstream(graph, [name]):
+        return name
+    producers = {o: n for n in graph.node for o in n.output}
+    while (node := producers.get(name)) is not None and node.op_type == "Identity":
+        name = node.input[0]
+    return name
+
+
+def _as_nchw(graph: onnx.GraphProto, layer: str, layout: contract.Layout) -> str:
+    """Expose ``activation:<layer>`` as ``[N, C, h, w]``: the model's tensor is renamed ``…/raw`` and laid out by
+    nodes added to ``graph`` (:mod:`export.layouts`). Returns the tensor to differentiate (the raw one)."""
+    tap = contract.activation_name(layer)
+    if layout.kind == "nchw":
+        return tap
+    raw = tap + "/raw"
+    for node in graph.node:
+        node.input[:] = [raw if i == tap else i for i in node.input]
+        node.output[:] = [raw if o == tap else o for o in node.output]
+    out = next(o for o in graph.output if o.name == tap)
+    info = onnx.ValueInfoProto()
+    info.CopyFrom(out)
+    info.name = raw
+    graph.value_info.append(info)
+    dims = [d.dim_value or d.dim_param or None for d in out.type.tensor_type.shape.dim]
+    out.CopyFrom(helper.make_tensor_value_info(tap, out.type.tensor_type.elem_type, nchw_shape(layout, dims)))
+    graph.node.extend(to_nchw_nodes(graph, layout, raw, tap, _channels(graph, tap)))
+    return raw
+
+
+def _channels(graph: onnx.GraphProto, tap: str) -> int:
+    """``C`` of the NCHW graph output ``tap``."""
+    return _like(graph, tap, tap).type.tensor_type.shape.dim[1].dim_value
 
 
 def _set_outputs(graph: onnx.GraphProto, shape: tuple[int, ...]) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import onnx
 import torch
@@ -19,18 +20,25 @@ from .torch_outputs import pick
 EXPORTERS = ("torchscript", "dynamo")
 
 
+def split_call(layer: str) -> tuple[str, int]:
+    """``'name#k'`` → ``('name', k)``: the k-th call (from 1) of a module that runs more than once; ``'name'`` → 1."""
+    name, _, call = layer.rpartition("#")
+    return (name, int(call)) if name and call.isdigit() and int(call) > 0 else (layer, 1)
+
+
 def check_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
     """The model's modules by name; a :class:`LayerError` with the nearest names for a layer that is not one."""
     modules = dict(model.named_modules())
-    for name in layers:
-        if name not in modules:
-            raise LayerError(name, nearest_names(name, [n for n in modules if n]))
+    for layer in layers:
+        if split_call(layer)[0] not in modules:
+            raise LayerError(layer, nearest_names(layer, [n for n in modules if n]))
     return modules
 
 
 @contextlib.contextmanager
 def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tensor]]:
-    """Record the outputs of ``layers`` (module names) during forward passes, in ``layers`` order.
+    """Record the outputs of ``layers`` (module names; ``name#k`` = the k-th call of a module that runs more than
+    once) during forward passes, in ``layers`` order.
 
     Each hook hands the network a clone of the output, so in-place ops downstream (``x += identity``,
     ``ReLU(inplace=True)``) never change the recorded feature map.
@@ -39,22 +47,99 @@ def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tenso
     captured: list[torch.Tensor] = []
     slots: dict[str, torch.Tensor] = {}
 
-    def make_hook(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+    def make_hook(layer: str):
+        call = split_call(layer)[1]
+        calls = 0
+
+        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+            nonlocal calls
+            calls += 1
+            if calls != call:
+                return None
             if not isinstance(output, torch.Tensor):
-                raise LayerError(name, [], f"layer '{name}' returns {type(output).__name__}, not a tensor")
-            slots[name] = output
+                raise LayerError(layer, [], f"layer '{layer}' returns {type(output).__name__}, not a tensor")
+            slots[layer] = output
             return output.clone()
 
         return hook
 
-    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    handles = [modules[split_call(layer)[0]].register_forward_hook(make_hook(layer)) for layer in layers]
     try:
         yield captured
     finally:
         for handle in handles:
             handle.remove()
-    captured.extend(slots[name] for name in layers if name in slots)
+    captured.extend(slots[layer] for layer in layers if layer in slots)
+
+
+@dataclass
+class Call:
+    """One module call of a forward pass: its layer name (``name#k`` when the module runs more than once), the
+    module, its output, the names of the enclosing modules returning the very same tensor (``layer4``,
+    ``layer4.1``), and ``∂ y / ∂ output`` of the top-1 logits' sum ``y`` (``None``: no gradient reaches it)."""
+
+    name: str
+    module: nn.Module
+    output: torch.Tensor
+    aliases: list[str] = field(default_factory=list)
+    grad: torch.Tensor | None = None
+    alias_modules: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """Every module returning this tensor, innermost first (an ``nn.Identity`` inside a BatchNorm wrapper, …)."""
+        return [self.module, *self.alias_modules]
+
+
+def module_calls(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 2) -> list[Call]:
+    """Every call of a named module returning a tensor in one eager forward of a seeded normal batch, in the
+    order the calls finish; with the gradient of the top-1 logits' sum (when the output is a tensor)."""
+    records: list[tuple[str, nn.Module, torch.Tensor, int | None]] = []  # name, module, output, owner record
+    clones: dict[int, tuple[int, torch.Tensor]] = {}  # id of a clone handed to the network → (record, clone)
+    calls: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+            calls[name] = calls.get(name, 0) + 1
+            if not isinstance(output, torch.Tensor):
+                return None
+            if id(output) in clones:  # an enclosing module returning a tensor already recorded
+                records.append((name, module, output, clones[id(output)][0]))
+                return None
+            records.append((name, module, output, None))
+            clone = output.clone()
+            clones[id(clone)] = (len(records) - 1, clone)
+            return clone
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.enable_grad():
+            scores = model.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    seen: dict[str, int] = {}
+    out: list[Call] = []
+    owners: dict[int, Call] = {}
+    for index, (name, module, tensor, owner) in enumerate(records):
+        seen[name] = seen.get(name, 0) + 1
+        label = f"{name}#{seen[name]}" if calls[name] > 1 else name
+        if owner is not None:
+            owners[owner].aliases.append(label)
+            owners[owner].alias_modules.append(module)
+            continue
+        owners[index] = Call(label, module, tensor)
+        out.append(owners[index])
+    if isinstance(scores, torch.Tensor) and scores.requires_grad:
+        wanted = [c for c in out if c.output.requires_grad and c.output.is_floating_point()]
+        top = scores.reshape(batch, -1).max(1).values.sum()
+        grads = torch.autograd.grad(top, [c.output for c in wanted], allow_unused=True)
+        for c, g in zip(wanted, grads, strict=True):
+            c.grad = g
+    return out
 
 
 class _TappedForward(nn.Module):
@@ -131,31 +216,3 @@ def to_onnx(
             do_constant_folding=optimize,
         )
     return onnx.load_from_string(buffer.getvalue())
-
-
-def default_layer(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
-    """The last module output that is a 4-D map with more than one position (what global pooling consumes).
-
-    Several nested modules often return that same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``); the
-    outermost one is picked, as people name it.
-    """
-    produced: list[tuple[str, torch.Tensor]] = []
-
-    def record(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
-                produced.append((name, output))
-
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not produced:
-        raise LayerError("<default>", [], "no module produces a 4-D feature map; name a layer with --layer")
-    last = produced[-1][1]
-    return min((name for name, t in produced if t is last), key=lambda n: (n.count("."), len(n)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 from onnxcam import contract
 
 from .float64_torch import evaluate_float64_torch
+from .layouts import to_nchw_torch
 from .torch_capture import forward_with_taps
 from .torch_outputs import PreActivation, pick
 from .verify import Report, check, measure
@@ -71,12 +72,15 @@ def torch_reference(
     rules: Sequence[str] = (),
     scores_from: str | None = None,
     skipped: str | None = None,
+    layouts: Mapping[str, contract.Layout] | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores, target used, activations, ``∂ y / ∂ A`` and the input gradients (one per ReLU backward rule in
     ``rules``) from PyTorch autograd, named as the contract; ``y = Σ_n scores[n, c_n]``.
 
     ``scores_from``: the scores' name among the model's outputs; ``skipped``: the trailing op (``Softmax``,
-    ``LogSoftmax``, ``Sigmoid``) the graph left out, whose input is then the scores (:mod:`.scores_head`)."""
+    ``LogSoftmax``, ``Sigmoid``) the graph left out, whose input is then the scores (:mod:`.scores_head`).
+    ``A`` and ``∂ y / ∂ A`` of a layer with a non-NCHW ``layouts`` entry are laid out as ``[N, C, h, w]`` after
+    autograd."""
     x = x.detach().requires_grad_(bool(rules))
     with PreActivation() as trailing:
         scores, activations = forward_with_taps(model.eval(), layers, x, scores_from)
@@ -88,8 +92,9 @@ def torch_reference(
         contract.TARGET_USED: used.numpy(),
     }
     for layer, a, g in zip(layers, activations, grads[: len(layers)], strict=True):
-        ref[contract.activation_name(layer)] = a.detach().numpy()
-        ref[contract.gradient_name(layer)] = g.numpy()
+        layout = (layouts or {}).get(layer, contract.Layout())
+        ref[contract.activation_name(layer)] = to_nchw_torch(a.detach(), layout).numpy()
+        ref[contract.gradient_name(layer)] = to_nchw_torch(g, layout).numpy()
     if "standard" in rules:
         ref[contract.input_gradient_name("standard")] = grads[-1].numpy()
     for rule in rules:
@@ -117,6 +122,7 @@ def verify_torch(
     seed: int = 0,
     scores_from: str | None = None,
     skipped: str | None = None,
+    layouts: Mapping[str, contract.Layout] | None = None,
 ) -> Report:
     """The explainer graph in float64 (``onnx.reference``) vs float64 ``torch.autograd`` on a random batch,
     targets ``[-1, 0, K−1]``; raises when an output differs by more than ``tolerance``. ``rules``: the input
@@ -133,5 +139,5 @@ def verify_torch(
         classes = pick(model64(x[:1]), scores_from).shape[1]
     target = np.array(([contract.TOP1, 0, classes - 1] * batch)[:batch], np.int64)
     ours = evaluate_float64_torch(explainer, {contract.INPUT: x.numpy(), contract.TARGET: target})
-    reference = torch_reference(model64, layers, x, target, rules, scores_from, skipped)
+    reference = torch_reference(model64, layers, x, target, rules, scores_from, skipped, layouts)
     return check(measure(ours, reference), tolerance)

@@ -18,7 +18,7 @@ INFO = {
     "mean": (127.0 / 255.0,) * 3,
     "std": (128.0 / 255.0,) * 3,
     "labels": "imagenet",
-    "layers": ["_bn1"],
+    "layers": ["_swish#2"],
 }
 
 

@@ -76,6 +76,12 @@ META_SCORES_KIND = META_PREFIX + "scores_kind"
 META_INPUT_GRADIENTS = META_PREFIX + "input_gradients"
 META_HEADS = META_PREFIX + "heads"
 META_DETECTION = META_PREFIX + "detection"
+META_LAYOUTS = META_PREFIX + "layouts"  # optional; absent = every layer NCHW
+
+#: How a tapped layer's tensor was laid out in the model (``activation:``/``gradient:``/``head:`` are NCHW for all):
+#: ``nchw``; ``channels-last`` ``[N, h, w, C]`` (Swin); ``tokens`` ``[N, prefix + h·w, C]`` (ViT: class,
+#: distillation or register tokens first; they are dropped from the map, as pytorch-grad-cam's reshape_transform does).
+LAYOUTS = ("nchw", "channels-last", "tokens")
 
 
 def activation_name(layer: str) -> str:
@@ -227,6 +233,29 @@ class Detection:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """The original layout of a tapped layer (see ``LAYOUTS``); ``grid`` ``(h, w)`` and ``prefix`` for tokens."""
+
+    kind: str = "nchw"
+    grid: tuple[int, int] | None = None
+    prefix: int = 0
+
+    def describe(self) -> str:
+        """E.g. ``tokens [N, 1 + 14×14, C]`` or ``channels-last [N, h, w, C]``."""
+        if self.kind == "tokens" and self.grid:
+            return f"tokens [N, {self.prefix} + {self.grid[0]}×{self.grid[1]}, C]"
+        return {"channels-last": "channels-last [N, h, w, C]"}.get(self.kind, "[N, C, h, w]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **({"grid": list(self.grid), "prefix": self.prefix} if self.grid else {})}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Layout:
+        grid = raw.get("grid")
+        return cls(raw["kind"], tuple(grid) if grid else None, int(raw.get("prefix", 0)))
+
+
+@dataclass(frozen=True)
 class Metadata:
     """Everything the runtime needs to know about an explainer graph besides its tensors."""
 
@@ -240,6 +269,7 @@ class Metadata:
     heads: tuple[str, ...] = ()
     version: str = CONTRACT_VERSION
     detection: Detection | None = None
+    layouts: dict[str, Layout] = field(default_factory=dict)  # non-NCHW layers only
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -257,6 +287,8 @@ class Metadata:
             props[META_LABELS] = json.dumps(list(self.labels))
         if self.detection is not None:
             props[META_DETECTION] = self.detection.to_json()
+        if self.layouts:
+            props[META_LAYOUTS] = json.dumps({k: v.to_dict() for k, v in self.layouts.items()})
         return props
 
     @classmethod
@@ -280,4 +312,9 @@ class Metadata:
             heads=tuple(json.loads(props.get(META_HEADS, "[]"))),
             version=props[META_VERSION],
             detection=Detection.from_json(props[META_DETECTION]) if META_DETECTION in props else None,
+            layouts={k: Layout.from_dict(v) for k, v in json.loads(props.get(META_LAYOUTS, "{}")).items()},
         )
+
+    def layout(self, layer: str) -> Layout:
+        """The original layout of ``layer`` (NCHW unless recorded otherwise)."""
+        return self.layouts.get(layer, Layout())

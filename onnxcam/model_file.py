@@ -184,6 +184,7 @@ def describe(path: str | Path) -> str:
         f"{path}",
         f"contract version {m.version}; source: {m.source or '?'}; exporter: {m.exporter or '?'}",
         f"layers ({len(m.layers)}): {', '.join(m.layers)}",
+        *(f"  layout of {k}: {v.describe()} (maps and head inputs are [N, C, h, w])" for k, v in m.layouts.items()),
         f"classes: {g.output(contract.SCORES).shape[1]} ({describe_scores(m.scores_kind, _score_dims(g))}"
         + (f", dense {list(g.output(contract.SCORES).shape[2:])}" if len(g.output(contract.SCORES).shape) > 2 else "")
         + "); "

@@ -26,7 +26,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Explainer:
 
 @pytest.mark.slow
 def test_recipe_metadata(demo: Explainer) -> None:
-    assert demo.layers == ("_bn1",)
+    assert demo.layers == ("_swish#2",)  # the head's activated map (the shared ReLU6's second call), not its BatchNorm
     assert demo.labels is not None and len(demo.labels) == 1000 and demo.labels[ESPRESSO] == "espresso"
     assert demo.preprocess.mean == pytest.approx((127 / 255,) * 3)
     assert demo.preprocess.std == pytest.approx((128 / 255,) * 3)
@@ -46,3 +46,13 @@ def test_real_photos_are_recognised_and_maps_are_informative(demo: Explainer) ->
     h, w = cat.maps["gradcam"].shape
     centre = cat.maps["gradcam"][h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean()
     assert centre > cat.maps["gradcam"].mean()
+
+
+@pytest.mark.slow
+def test_score_cam_and_xgrad_cam_see_the_cat(demo: Explainer) -> None:
+    """On the pre-activation BatchNorm output Score-CAM was all zero and XGrad-CAM peaked in a corner (issue 11)."""
+    (cat,) = demo.explain([data.chelsea()], methods=["scorecam", "xgradcam"])
+    for method, cam in cat.maps.items():
+        h, w = cam.shape
+        assert float(np.std(cam)) > 0.05, f"{method} map is (nearly) constant"
+        assert cam[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean() > cam.mean(), method

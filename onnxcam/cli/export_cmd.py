@@ -87,6 +87,14 @@ from .number_list import NumberList
     help="A detector's output layout: yolov8 [N, 4 + classes, anchors] (YOLOv8/v11), yolov5 [N, anchors, "
     "5 + classes] (YOLOv5/v7; objectness then class scores). Default: detected where unambiguous (yolov8).",
 )
+@click.option(
+    "--layer-layout",
+    type=click.Choice(["nchw", "channels-last", "tokens"]),
+    default=None,
+    help="Layout of the layers' tensors when it cannot be inferred: [N, C, h, w], [N, h, w, C] or [N, T, C].",
+)
+@click.option("--layer-grid", nargs=2, type=int, default=None, metavar="H W", help="Token grid of a token layer.")
+@click.option("--prefix-tokens", type=int, default=None, help="Tokens before the grid (class/register tokens).")
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:

@@ -1,0 +1,126 @@
+"""Which layer to explain in a PyTorch model: the default a practitioner would pick, and the layouts of the layers
+asked for (from one probe forward, :func:`export.torch_capture.module_calls`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from onnxcam.contract import Layout
+
+from .layers import LayerError
+from .layouts import LayoutError, classify, to_nchw_torch
+from .torch_capture import Call, check_layers
+
+
+def _kind(module: nn.Module) -> str:
+    return type(module).__name__
+
+
+def _is_layer_norm(module: nn.Module) -> bool:
+    """LayerNorm/RMSNorm over the last axis (token and channels-last models); not BatchNorm, not LayerNorm2d."""
+    name = _kind(module)
+    return (isinstance(module, nn.LayerNorm | nn.RMSNorm) and not name.endswith("2d")) or name.endswith("RMSNorm")
+
+
+def _is_layout_only(module: nn.Module) -> bool:
+    return isinstance(module, nn.Identity | nn.Flatten | nn.Unflatten) or _kind(module) == "Permute"
+
+
+def _hint(modules: Sequence[nn.Module], any_layer_norm: bool) -> str | None:
+    """Layout the 4-D output of ``modules`` (all returning one tensor) has when its shape alone cannot tell (e.g.
+    ``[N, 8, 8, 8]``)."""
+    if any(_is_layer_norm(m) for m in modules):
+        return "channels-last"
+    spatial = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d)
+    if any(isinstance(m, spatial) for m in modules) or not any_layer_norm:
+        return "nchw"
+    return None
+
+
+def display_name(call: Call, calls: Sequence[Call] = ()) -> str:
+    """The outermost of the names returning ``call``'s tensor (``layer4`` rather than ``layer4.1.relu``), but not a
+    container of stages of different shapes (Swin's ``layers``: ``layers.3`` is what people name)."""
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    for c in calls:
+        for label in [c.name, *c.aliases]:
+            shapes.setdefault(label.rpartition(".")[0], set()).add(tuple(c.output.shape))
+    names = [n for n in [call.name, *call.aliases] if len(shapes.get(n, ())) <= 1] or [call.name]
+    return min(names, key=lambda n: (n.count("."), len(n)))
+
+
+def resolve_layouts(
+    model: nn.Module,
+    calls: Sequence[Call],
+    layers: Sequence[str],
+    input_size: tuple[int, int],
+    layout: str | None = None,
+    grid: tuple[int, int] | None = None,
+    prefix: int | None = None,
+) -> dict[str, Layout]:
+    """The layout of each asked-for layer, from one probe forward's ``calls``; raises a one-line :class:`LayerError`
+    for a module that runs several times but is named without ``#k``, never runs, or returns no tensor, and a
+    :class:`LayoutError` for an output that is not a feature map."""
+    check_layers(model, layers)
+    named = {label: call for call in calls for label in [call.name, *call.aliases]}
+    any_ln = any(_is_layer_norm(m) for m in model.modules())
+    found = {}
+    for layer in layers:
+        call = named.get(layer)
+        if call is None:
+            several = [label for label in named if label.rpartition("#")[0] == layer]
+            if several:
+                shapes = ", ".join(f"{n} → {['N', *named[n].output.shape[1:]]}" for n in several)
+                raise LayerError(
+                    layer,
+                    [],
+                    f"layer '{layer}' is a module that runs {len(several)} times in one forward ({shapes}); "
+                    f"name one call, e.g. --layer {several[-1]}",
+                )
+            raise LayerError(layer, [], f"layer '{layer}' does not return a tensor in the forward pass (or never runs)")
+        hint = _hint(call.modules, any_ln)
+        found[layer] = classify(layer, tuple(call.output.shape), input_size, layout, grid, prefix, hint)
+    return found
+
+
+def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[int, int]) -> tuple[str, Layout, str]:
+    """The layer a practitioner would pick, its layout and why (one phrase).
+
+    Candidates: maps with more than one position that the top-1 logit's gradient reaches. A ViT-like model (the last
+    candidate is tokens after a class token) gets the last LayerNorm output among them — ``blocks[-1].norm1``,
+    pytorch-grad-cam's choice (jacobgil/pytorch-grad-cam ``usage_examples/vit_example.py``): the block outputs after
+    it carry no gradient to the patch tokens when the head reads the class token. Otherwise the last spatial map
+    before pooling, skipping a trailing LayerNorm or permute (Swin: the last stage's output); a CNN's activation
+    module comes after its BatchNorm, so the activated map is the one picked.
+    """
+    any_ln = any(_is_layer_norm(m) for m in model.modules())
+    batch = calls[0].output.shape[0] if calls else 0
+    with_grads = any(c.grad is not None for c in calls)
+    maps: list[tuple[Call, Layout]] = []
+    for call in calls:
+        if call.output.dim() < 3 or call.output.shape[0] != batch:
+            continue
+        try:
+            layout = classify(call.name, tuple(call.output.shape), input_size, hint=_hint(call.modules, any_ln))
+        except LayoutError:
+            continue
+        grid = to_nchw_torch(call.output, layout).shape[2:]
+        reached = call.grad is not None and bool(to_nchw_torch(call.grad, layout).abs().max() > 0)
+        if grid[0] * grid[1] > 1 and (reached or not with_grads):
+            maps.append((call, layout))
+    if not maps:
+        raise LayerError("<default>", [], "no module produces a feature map; name a layer with --layer")
+    if maps[-1][1].prefix:  # a class token is what the head reads
+        norms = [(c, la) for c, la in maps if la.prefix and _is_layer_norm(c.module)]
+        if norms:
+            call, layout = norms[-1]
+            why = "the last LayerNorm whose patch tokens reach the scores: ViT's blocks[-1].norm1"
+            return display_name(call, calls), layout, why
+    i = len(maps) - 1
+    while i > 0 and all(_is_layer_norm(m) or _is_layout_only(m) for m in maps[i][0].modules):
+        i -= 1
+    call, layout = maps[i]
+    skipped = ", ".join(display_name(c, calls) for c, _ in maps[i + 1 :])
+    after = f"; after it only {skipped}" if skipped else ""
+    return display_name(call, calls), layout, f"the last spatial map before pooling{after}"

@@ -1,0 +1,181 @@
+"""Layouts of tapped layers: NCHW, channels-last ``[N, h, w, C]`` and tokens ``[N, prefix + h·w, C]``.
+
+Every layer is classified at export from its shape and the input size (:func:`classify`); the explainer graph then
+exposes ``activation:``/``gradient:``/``head:`` in NCHW for every layout, through a Transpose (channels-last) or a
+Slice/Transpose/Reshape (tokens) inside the graph (:func:`to_nchw_nodes`, :func:`from_nchw_nodes`): exact by
+construction. The prefix tokens (class, distillation, register tokens) are dropped from the map, as pytorch-grad-cam's
+``reshape_transform`` does (jacobgil/pytorch-grad-cam, ``usage_examples/vit_example.py``, ``swinT_example.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxcam.contract import LAYOUTS, Layout
+
+from .errors import ExportError
+
+#: Largest number of prefix tokens inferred without ``--prefix-tokens`` (class + distillation + register tokens).
+MAX_PREFIX = 16
+NCHW = Layout()
+
+
+class LayoutError(ExportError):
+    """A tapped tensor is not a feature map onnxcam can lay out as ``[N, C, h, w]``."""
+
+
+def _grids(n_h: int, n_w: int) -> set[tuple[int, int]]:
+    """Grids ``(h, w)`` a feature extractor with an integer stride ``s`` gives on an ``n_h × n_w`` input."""
+    return {
+        (h, w)
+        for s in range(1, max(n_h, n_w) + 1)
+        for h in {n_h // s, math.ceil(n_h / s)}
+        for w in {n_w // s, math.ceil(n_w / s)}
+        if h and w
+    }
+
+
+def _token_grid(tokens: int, input_size: tuple[int, int], prefix: int | None, grid: tuple[int, int] | None):
+    """``(prefix, (h, w))`` with ``tokens = prefix + h·w``: the smallest prefix whose rest is a grid of the input."""
+    grids = [grid] if grid else sorted(_grids(*input_size))
+    prefixes = [prefix] if prefix is not None else range(min(tokens, MAX_PREFIX + 1))
+    for k in prefixes:
+        for g in grids:
+            if k >= 0 and g[0] * g[1] == tokens - k:
+                return k, g
+    return None
+
+
+def classify(
+    layer: str,
+    shape: Sequence[int],
+    input_size: tuple[int, int],
+    layout: str | None = None,
+    grid: tuple[int, int] | None = None,
+    prefix: int | None = None,
+    hint: str | None = None,
+) -> Layout:
+    """The layout of ``layer``'s output ``shape`` (batch first) on an ``input_size`` ``(H, W)`` input.
+
+    4-D: NCHW when dims 2–3 are a grid of the input (some integer stride), channels-last when dims 1–2 are; when both
+    or neither are, ``hint`` (from the module: ``nchw``/``channels-last``) decides, else :class:`LayoutError`.
+    3-D ``[N, T, C]``: tokens, ``T = prefix + h·w`` with the smallest prefix ≤ ``MAX_PREFIX`` whose rest is a grid.
+    ``layout``, ``grid`` and ``prefix`` (``--layer-layout``, ``--layer-grid``, ``--prefix-tokens``) override the
+    inference. Anything else raises :class:`LayoutError` naming the shape.
+    """
+    dims = list(shape)
+    shown = f"layer '{layer}' gives {['N', *dims[1:]]}"
+    if layout is not None and layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout '{layout}'; choose from {', '.join(LAYOUTS)}")
+    if len(dims) == 3 and layout in (None, "tokens"):
+        found = _token_grid(dims[1], input_size, prefix, grid)
+        if found is None:
+            raise LayoutError(
+                f"{shown}: cannot split {dims[1]} tokens into prefix + a grid of the {input_size[0]}x{input_size[1]} "
+                "input; give --layer-grid H W and/or --prefix-tokens K"
+            )
+        return Layout("tokens", found[1], found[0])
+    if len(dims) != 4 or layout == "tokens":
+        raise LayoutError(
+            f"{shown}: not a feature map; onnxcam explains [N, C, h, w], channels-last [N, h, w, C] or tokens "
+            "[N, T, C] (choose another --layer)"
+        )
+    grids = {grid} if grid else _grids(*input_size)
+    fits = [kind for kind, g in (("nchw", tuple(dims[2:])), ("channels-last", tuple(dims[1:3]))) if g in grids]
+    if layout is None and not fits and not grid:  # e.g. adaptive pooling on a non-square input: what can be a grid
+        fits = [
+            kind
+            for kind, (h, w) in (("nchw", dims[2:]), ("channels-last", dims[1:3]))
+            if h <= input_size[0] and w <= input_size[1]
+        ]
+    choice = layout or (fits[0] if len(fits) == 1 else hint if hint in fits or (hint and not fits) else None)
+    if choice is None:
+        raise LayoutError(
+            f"{shown}: cannot tell channels-first from channels-last on a {input_size[0]}x{input_size[1]} input; "
+            "give --layer-layout nchw or channels-last"
+        )
+    return Layout() if choice == "nchw" else Layout("channels-last")
+
+
+def to_nchw_torch(t, layout: Layout):
+    """The torch tensor ``t`` (``layout``) as ``[N, C, h, w]`` (a view: slice, reshape, permute)."""
+    if layout.kind == "channels-last":
+        return t.permute(0, 3, 1, 2)
+    if layout.kind == "tokens":
+        h, w = layout.grid
+        return t[:, layout.prefix :].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+    return t
+
+
+def _const(graph: onnx.GraphProto, name: str, values: Sequence[int]) -> str:
+    graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+    return name
+
+
+def to_nchw_nodes(graph: onnx.GraphProto, layout: Layout, src: str, dst: str, channels: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``dst`` = ``src`` (``layout``) as ``[N, C, h, w]``; their constants go to ``graph``.
+    ``channels`` is ``C``, written out so that an empty batch reshapes too."""
+    if layout.kind == "channels-last":
+        return [helper.make_node("Transpose", [src], [dst], name=dst, perm=[0, 3, 1, 2])]
+    h, w = layout.grid
+    p = f"{dst}/to_nchw/"
+    window = [_const(graph, p + k, v) for k, v in (("starts", [layout.prefix]), ("ends", [2**62]), ("axes", [1]))]
+    return [
+        helper.make_node(
+            "Slice",
+            [src, *window],
+            [p + "patches"],
+            name=p + "slice",
+        ),
+        helper.make_node("Transpose", [p + "patches"], [p + "nct"], name=p + "transpose", perm=[0, 2, 1]),
+        helper.make_node("Reshape", [p + "nct", _const(graph, p + "shape", [0, channels, h, w])], [dst], name=dst),
+    ]
+
+
+def from_nchw_nodes(graph: onnx.GraphProto, layout: Layout, src: str, dst: str, channels: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``dst`` in ``layout`` from the ``[M, C, h, w]`` map ``src`` (no prefix tokens to restore)."""
+    if layout.kind == "channels-last":
+        return [helper.make_node("Transpose", [src], [dst], name=dst, perm=[0, 2, 3, 1])]
+    p = f"{dst}/from_nchw/"
+    shape = _const(graph, p + "shape", [0, channels, layout.grid[0] * layout.grid[1]])
+    return [
+        helper.make_node("Reshape", [src, shape], [p + "nct"], name=p + "reshape"),
+        helper.make_node("Transpose", [p + "nct"], [dst], name=dst, perm=[0, 2, 1]),
+    ]
+
+
+def nchw_shape(layout: Layout, shape: Sequence[int | str | None]) -> list[int | str | None]:
+    """The ``[N, C, h, w]`` shape of a tensor of ``shape`` in ``layout``."""
+    if layout.kind == "channels-last":
+        return [shape[0], shape[3], shape[1], shape[2]]
+    if layout.kind == "tokens":
+        return [shape[0], shape[2], *layout.grid]
+    return list(shape)
+
+
+def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: tuple[int, int]) -> None:
+    """For a tensor of an ONNX file (no module to read a hint from): raise :class:`LayoutError` in one line when its
+    shape says channels-last or tokens, which only a PyTorch source can be explained at yet; shapes that could be
+    either stay NCHW, as before."""
+    if not shape:  # unknown: nothing to tell
+        return None
+    dims = [d if isinstance(d, int) else 1 for d in shape]
+    try:
+        layout = classify(layer, dims, input_size, hint="nchw")
+    except LayoutError:
+        return None if len(dims) == 4 else _refuse(layer, shape, "is not a feature map [N, C, h, w]")
+    if layout.kind != "nchw":
+        _refuse(layer, shape, f"looks {layout.describe()}")
+    return None
+
+
+def _refuse(layer: str, shape: Sequence[int | str | None], why: str) -> None:
+    raise LayoutError(
+        f"tensor '{layer}' {['N', *shape[1:]]} {why}: ONNX sources are explained at NCHW tensors only; pick the "
+        "tensor after its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
+    )

@@ -1,0 +1,283 @@
+"""Token and channels-last layers (ViT, Swin, hybrids), the default layer, and layer names (aliases, ``name#k``).
+
+Fast tests use tiny ViT-/Swin-like modules built here; the reference is pytorch-grad-cam (PyPI ``grad-cam`` 1.5.x)
+with the ``reshape_transform`` its examples give (ViT: drop the prefix tokens, tokens → ``h × w``, channels first;
+Swin: ``permute(0, 3, 1, 2)``), or ``torch.autograd`` through forward hooks. Tolerance: 1e-4 max absolute difference
+on the final [0, 1] maps, 1e-4 relative on gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnxcam_export.api import export_model
+from onnxcam_export.layer_choice import choose_default
+from onnxcam_export.layers import LayerError
+from onnxcam_export.layouts import LayoutError, classify, refuse_non_nchw
+from onnxcam_export.torch_capture import module_calls
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from onnxcam import compat, contract
+from onnxcam.explainer import Explainer
+from onnxcam.model_file import describe
+
+QUIET = {"log": lambda _: None}
+
+
+class TinyBlock(nn.Module):
+    """Pre-norm transformer block on tokens ``[N, T, C]``: single-head attention, then an MLP."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        x = x + self.proj((q @ k.transpose(1, 2) / q.shape[-1] ** 0.5).softmax(-1) @ v)
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, ``prefix`` learned tokens (class token first), two blocks; head on the class token (or the
+    token mean without prefix, as LeViT)."""
+
+    def __init__(self, prefix: int = 1, dim: int = 16, size: int = 32, patch: int = 8, classes: int = 5) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.prefix = nn.Parameter(torch.randn(1, prefix, dim)) if prefix else None
+        self.pos = nn.Parameter(0.1 * torch.randn(1, prefix + (size // patch) ** 2, dim))
+        self.blocks = nn.Sequential(TinyBlock(dim), TinyBlock(dim))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).permute(0, 2, 3, 1)
+        x = x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])  # no -1: head graphs run on empty batches
+        if self.prefix is not None:
+            x = torch.cat([self.prefix.expand(x.shape[0], -1, -1), x], 1)
+        x = self.norm(self.blocks(x + self.pos))
+        return self.head(x[:, 0] if self.prefix is not None else x.mean(1))
+
+
+class TinyStage(nn.Module):
+    """Channels-last stage ``[N, h, w, C]``: a depthwise conv mixing positions, then a pre-norm MLP."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mix(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + self.mlp(self.norm(x))
+
+
+class Merge(nn.Module):
+    """Swin's patch merging on ``[N, h, w, C]``: 2×2 neighbours concatenated, then a linear map to ``C``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x[:, i::2, j::2] for i in (0, 1) for j in (0, 1)]
+        return self.reduction(torch.cat(parts, -1))
+
+
+class TinySwin(nn.Module):
+    """Swin-like: patch embedding to channels-last, two stages with patch merging between them (``layers`` holds
+    stages of different shapes, as timm's), final LayerNorm, mean over positions, head."""
+
+    def __init__(self, dim: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 4, 4)
+        self.stages = nn.Sequential(TinyStage(dim), nn.Sequential(Merge(dim), TinyStage(dim)))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.stages(self.patch_embed(x).permute(0, 2, 3, 1))).mean((1, 2)))
+
+
+class SharedAct(nn.Module):
+    """EfficientNet-style: one activation module applied after the stem and after the head conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8)
+        self.head_conv, self.bn1 = nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.head_conv(self.act(self.bn0(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def seeded(cls: type[nn.Module], **kwargs: object) -> nn.Module:
+    torch.manual_seed(0)
+    model = cls(**kwargs).eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def batch(size: int = 32, n: int = 2) -> np.ndarray:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1)).numpy()
+
+
+def tokens_to_map(prefix: int):
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        t = t[:, prefix:]
+        side = round(t.shape[1] ** 0.5)
+        return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def pgc_gradcam(model: nn.Module, layer: str, x: np.ndarray, targets: list[int], reshape) -> np.ndarray:
+    with GradCAM(model=model, target_layers=[model.get_submodule(layer)], reshape_transform=reshape) as cam:
+        return cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(t) for t in targets])
+
+
+def export(model: nn.Module, tmp_path, layers, size: int = 32, exporter: str = "torchscript", **options):
+    path = tmp_path / "m.onnx"
+    export_model(model, path, layers, (size, size), exporter=exporter, **QUIET, **options)
+    return Explainer(path, provider="cpu")
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_token_layer_equals_pytorch_grad_cam_with_reshape_transform(tmp_path, exporter: str) -> None:
+    model = seeded(TinyViT)
+    explainer = export(model, tmp_path, ["blocks.1.norm1"], exporter=exporter)
+    assert explainer.metadata.layout("blocks.1.norm1") == contract.Layout("tokens", (4, 4), 1)
+    x = batch()
+    ours = compat.GradCAM(model=explainer, target_layers=["blocks.1.norm1"])(x, [compat.ClassifierOutputTarget(3)] * 2)
+    ref = pgc_gradcam(model, "blocks.1.norm1", x, [3, 3], tokens_to_map(1))
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+    info = describe(tmp_path / "m.onnx")
+    assert "layout of blocks.1.norm1: tokens [N, 1 + 4×4, C]" in info and "activation:blocks.1.norm1" in info
+    assert explainer.metadata.heads == ()  # the class token is not part of the map: no head graph
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_channels_last_layer_equals_pytorch_grad_cam_and_head_is_exact(tmp_path, exporter: str) -> None:
+    model = seeded(TinySwin)
+    explainer = export(model, tmp_path, ["stages.1"], exporter=exporter)
+    assert explainer.metadata.layout("stages.1").kind == "channels-last"
+    x = batch()
+    ours = compat.GradCAM(model=explainer, target_layers=["stages.1"])(x, [compat.ClassifierOutputTarget(2)] * 2)
+    ref = pgc_gradcam(model, "stages.1", x, [2, 2], lambda t: t.permute(0, 3, 1, 2))
+    assert np.abs(ours - ref).max() <= 1e-4
+    out = explainer.run(x, np.array([2, 2]))
+    activation = out.activations["stages.1"]
+    assert activation.shape == (2, 16, 4, 4)  # NCHW, from the model's [N, 4, 4, 16]
+    scores = explainer.head_scores("stages.1", activation)  # head input NCHW → laid back out inside the graph
+    np.testing.assert_allclose(scores, out.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_free_tokens_have_an_exact_head(tmp_path) -> None:
+    model = seeded(TinyViT, prefix=0)
+    explainer = export(model, tmp_path, ["blocks.1"])
+    assert explainer.metadata.layout("blocks.1") == contract.Layout("tokens", (4, 4), 0)
+    x = batch()
+    out = explainer.run(x, np.array([0, 1]))
+    activation = out.activations["blocks.1"]
+    with torch.no_grad():
+        tokens = model.blocks(model.patch_embed(torch.from_numpy(x)).flatten(2).transpose(1, 2) + model.pos)
+    np.testing.assert_allclose(activation, tokens_to_map(0)(tokens).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(explainer.head_scores("blocks.1", activation), out.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "layer", "kind"),
+    [
+        (TinyViT, {}, "blocks.1.norm1", "tokens"),
+        (TinyViT, {"prefix": 0}, "blocks", "tokens"),
+        (TinySwin, {}, "stages.1", "channels-last"),
+        (SharedAct, {}, "act#2", "nchw"),
+    ],
+    ids=["vit", "tokens-mean-head", "swin", "cnn-shared-activation"],
+)
+def test_default_layer(cls, kwargs, layer: str, kind: str) -> None:
+    model = seeded(cls, **kwargs)
+    name, layout, _ = choose_default(model, module_calls(model, (3, 32, 32)), (32, 32))
+    assert (name, layout.kind) == (layer, kind)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs", "layer"),
+    [("levit_128s", 128, {"img_size": 128}, "stages.2"), ("mobilevitv2_050", 64, {}, "final_conv")],
+)
+def test_default_layer_of_a_hybrid_is_its_last_stage(name: str, size: int, kwargs: dict, layer: str) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    calls = module_calls(model, (3, size, size))
+    chosen, layout, _ = choose_default(model, calls, (size, size))
+    assert chosen == layer and layout.prefix == 0
+    if name == "mobilevitv2_050":  # the same tensor as the last stage's output, not the conv before its BatchNorm
+        assert "stages.4" in next(c for c in calls if layer in [c.name, *c.aliases]).aliases
+
+
+def test_shared_module_is_named_by_call(tmp_path) -> None:
+    model = seeded(SharedAct)
+    with pytest.raises(LayerError, match=r"'act' is a module that runs 2 times .*act#1 .*act#2.*--layer act#2"):
+        export_model(model, None, ["act"], (32, 32), exporter="torchscript", verify=False, **QUIET)
+    explainer = export(model, tmp_path, ["act#1", "act#2"])
+    x = batch()
+    out = explainer.run(x, np.array([1, 4]))
+    seen: list[torch.Tensor] = []
+
+    def keep(_m, _i, output):
+        seen.append(output)
+        return output.clone()
+
+    handle = model.act.register_forward_hook(keep)
+    scores = model(torch.from_numpy(x))
+    handle.remove()
+    grads = torch.autograd.grad(scores[0, 1] + scores[1, 4], seen)
+    for k, (a, g) in enumerate(zip(seen, grads, strict=True), 1):
+        np.testing.assert_allclose(out.activations[f"act#{k}"], a.detach().numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out.gradients[f"act#{k}"], g.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_two_names_of_one_tensor_both_work(tmp_path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
+    model = nn.Sequential(model, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    torch.manual_seed(0)
+    explainer = export(model.eval(), tmp_path, ["0.1", "0.1.1"])  # the inner Sequential returns its ReLU's output
+    out = explainer.run(batch(), np.array([0, 3]))
+    np.testing.assert_array_equal(out.activations["0.1"], out.activations["0.1.1"])
+    np.testing.assert_array_equal(out.gradients["0.1"], out.gradients["0.1.1"])
+    assert np.abs(out.gradients["0.1"]).max() > 0
+
+
+def test_layouts_are_inferred_from_the_shape_or_refused_in_one_line() -> None:
+    assert classify("a", (1, 768, 7, 7), (224, 224)).kind == "nchw"
+    assert classify("a", (1, 7, 7, 768), (224, 224)).kind == "channels-last"
+    assert classify("a", (1, 197, 192), (224, 224)) == contract.Layout("tokens", (14, 14), 1)
+    assert classify("a", (1, 198, 192), (224, 224)) == contract.Layout("tokens", (14, 14), 2)  # DeiT distilled
+    assert classify("a", (1, 201, 192), (224, 224)) == contract.Layout("tokens", (14, 14), 5)  # 4 registers
+    assert classify("a", (1, 16, 384), (224, 224), grid=(4, 4)) == contract.Layout("tokens", (4, 4), 0)
+    assert classify("a", (1, 8, 8, 8), (64, 64), hint="channels-last").kind == "channels-last"
+    for shape, match in [((1, 192), "not a feature map"), ((1, 8, 8, 8), "--layer-layout"), ((1, 199, 8), "grid")]:
+        with pytest.raises(LayoutError, match=match) as info:
+            classify("a", shape, (64, 64))
+        assert "\n" not in str(info.value) and "layer 'a' gives" in str(info.value)
+
+
+def test_onnx_sources_refuse_channels_last_and_token_tensors_in_one_line() -> None:
+    refuse_non_nchw("t", ["N", 16, 8, 8], (32, 32))  # NCHW passes
+    refuse_non_nchw("t", ["N", 8, 8, 8], (32, 32))  # could be either: NCHW, as before
+    for shape in (["N", 8, 8, 96], ["N", 17, 32]):
+        with pytest.raises(LayoutError, match=r"tensor 't' .* ONNX sources are explained at NCHW tensors only") as e:
+            refuse_non_nchw("t", shape, (32, 32))
+        assert "\n" not in str(e.value)
