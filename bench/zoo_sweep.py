@@ -32,7 +32,7 @@ SKIPPED = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf"
 
 
 def models() -> list[str]:
-    """Classification models smallest first (by parameter count), then the segmentation models."""
+    """The segmentation models, then the classification models smallest first (by parameter count)."""
     import torchvision
 
     names = [n for n in torchvision.models.list_models(module=torchvision.models) if n not in SKIPPED]
@@ -41,7 +41,7 @@ def models() -> list[str]:
         weights = torchvision.models.get_model_weights(name)
         meta = next(iter(weights)).meta if weights else {}
         sizes[name] = meta.get("num_params", 10**10)
-    return sorted(names, key=sizes.__getitem__) + list(SEGMENTATION)
+    return list(SEGMENTATION) + sorted(names, key=sizes.__getitem__)
 
 
 def input_size(name: str, size: int) -> int:
