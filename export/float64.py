@@ -12,6 +12,7 @@ from onnx.reference.op_run import OpRun
 
 from onnxcam import contract
 
+from .errors import ExportError
 from .gating import reads
 
 
@@ -36,13 +37,34 @@ def _graph_to_float64(g: onnx.GraphProto) -> None:
     for vi in [*g.input, *g.output, *g.value_info]:
         _retype(vi.type)
     for node in g.node:
+        _typed_constants(node)
         for attr in node.attribute:
-            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+            if attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i == TensorProto.FLOAT:
                 attr.i = TensorProto.DOUBLE
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
                 attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64)))
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 _graph_to_float64(sub)
+
+
+def _typed_constants(node: onnx.NodeProto) -> None:
+    """Float32 values a node makes from attributes the tensor pass misses: ``ConstantOfShape`` without ``value``
+    (float32 zeros by the spec) and ``Constant`` with ``value_float(s)`` become float64 ``value`` tensors."""
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "ConstantOfShape" and "value" not in attrs and node.domain in ("", "ai.onnx"):
+        node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float64))))
+    if node.op_type == "Constant" and ({"value_float", "value_floats"} & attrs.keys()):
+        attr = attrs.get("value_float") or attrs["value_floats"]
+        value = np.array(attr.f if attr.name == "value_float" else list(attr.floats), np.float64)
+        node.attribute.remove(attr)
+        node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+
+
+class CouldNotVerify(ExportError):
+    """The float64 check cannot be run on this graph (an op the reference cannot evaluate, an unresolvable step)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"could not verify ({reason}); written unverified only with --no-verify")
 
 
 class Pad(OpRun):
@@ -113,9 +135,18 @@ def switched_on(model: onnx.ModelProto) -> onnx.ModelProto:
 def evaluate_float64(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_ops: list | None = None
 ) -> dict[str, np.ndarray]:
-    """All outputs of ``model`` (gradient switches on) computed in float64 by the ONNX reference implementation."""
+    """All outputs of ``model`` (gradient switches on) computed in float64 by the ONNX reference implementation.
+
+    Raises :class:`CouldNotVerify` (one line: the op, the node and the reason) when the reference cannot run it.
+    """
     m = to_float64(switched_on(model))
-    evaluator = ReferenceEvaluator(m, new_ops=[Pad, *(new_ops or [])])
     names = [o.name for o in m.graph.output]
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
-    return dict(zip(names, evaluator.run(names, feeds), strict=True))
+    try:
+        evaluator = ReferenceEvaluator(m, new_ops=[Pad, *(new_ops or [])])
+        return dict(zip(names, evaluator.run(names, feeds), strict=True))
+    except Exception as exc:  # any failure of the reference evaluator is a verdict, never a traceback
+        lines = str(exc).strip().splitlines()
+        where = next((line.strip() for line in lines if "node" in line.lower()), "")
+        reason = f"{type(exc).__name__}: {lines[0][:160] if lines else ''}"
+        raise CouldNotVerify(f"float64 evaluation failed, {reason}{f' ({where[:120]})' if where else ''}") from None

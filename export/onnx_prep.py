@@ -80,8 +80,12 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
 
 
 def default_tensor(model: onnx.ModelProto) -> str:
-    """The last 4-D tensor with more than one spatial position on the way to ``scores``."""
+    """The last 4-D tensor with more than one spatial position on the way to ``scores``; for a dense output
+    ``[N, K, H, W]``, the last one before the class maps (never the output, nor a map with its ``K`` channels)."""
     info = GraphInfo(model)
+    out = info.shape(contract.SCORES) or ()
+    dense = len(out) == 4 and not (isinstance(out[2], int) and isinstance(out[3], int) and out[2] * out[3] <= 1)
+    classes = out[1] if dense else None
     needed = {contract.SCORES}
     for node in reversed(model.graph.node):
         if any(o in needed for o in node.output):
@@ -94,6 +98,7 @@ def default_tensor(model: onnx.ModelProto) -> str:
         and (s := info.shape(o)) is not None
         and len(s) == 4
         and not (isinstance(s[2], int) and isinstance(s[3], int) and s[2] * s[3] <= 1)
+        and not (dense and (o == contract.SCORES or s[1] == classes))
     ]
     if not candidates:
         raise LayerError("<default>", [], "no 4-D feature map found on the way to the output; name one with --layer")
