@@ -93,10 +93,9 @@ def one(name: str, path: str, size: int, workdir: str) -> dict:
 
 def run_row(name: str, path: str, size: int, timeout: float, workdir: str) -> dict:
     started = time.perf_counter()
-    code = (
-        "import json, sys; sys.path.insert(0, %r); from zoo_sweep import one; "
-        "print('ROW' + json.dumps(one(%r, %r, %d, %r)))" % (str(REPO / "bench"), name, path, size, workdir)
-    )
+    call = f"one({name!r}, {path!r}, {size}, {workdir!r})"
+    code = f"import json, sys; sys.path.insert(0, {str(REPO / 'bench')!r}); from zoo_sweep import one; "
+    code += f"print('ROW' + json.dumps({call}))"
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -153,7 +152,8 @@ def main() -> None:
                 continue
             size = input_size(name, args.size)
             row = {"model": name, "path": path, "size": size, **run_row(name, path, size, args.timeout, args.workdir)}
-            print(f"{name:32s} {path:18s} {row['verdict']:9s} {row['seconds']:6.0f} s  {row['error'][:120]}", flush=True)
+            line = f"{name:32s} {path:18s} {row['verdict']:9s} {row['seconds']:6.0f} s  {row['error'][:120]}"
+            print(line, flush=True)
             rows.append(row)
             with results.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

@@ -100,11 +100,11 @@ def settled_slopes(
     """``d/dt objective(t)`` at ``t = 0`` per image by central differences whose step is checked; NaN where unsettled.
 
     ``objective(t)`` [N] takes a step ``t`` [N] per image (along a direction the caller fixed); ``at`` [N] is its value
-    at 0, ``scale`` [N] the slope's scale. The first step is the smallest whose rounding floor
-    ``10·u·|f|/h`` (``u`` = float64 epsilon) is below ``agree·scale/8``, and at least 1e-12 (the direction is
-    scaled to the tensor, so steps are relative; small steps keep clear of kinks). Steps grow by 4 until two successive differences agree within
-    ``agree·scale`` (no kink crossed, truncation and rounding small), and the Richardson extrapolation
-    ``(16·D(h) − D(4h)) / 15`` of that pair is returned.
+    at 0, ``scale`` [N] the slope's scale. The first step is the smallest whose rounding floor ``10·u·|f|/h``
+    (``u`` = float64 epsilon) is below ``agree·scale/8``, and at least 1e-12 (the direction is scaled to the
+    tensor, so steps are relative; small steps keep clear of kinks). Steps grow by 4 until two successive
+    differences agree within ``agree·scale`` (no kink crossed, truncation and rounding small), and the Richardson
+    extrapolation ``(16·D(h) − D(4h)) / 15`` of that pair is returned.
     """
     eps = np.finfo(np.float64).eps
     step = np.clip(8 * _ROUNDING * eps * np.abs(at) / (agree * np.maximum(scale, 1e-300)), 1e-12, 1e-2)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -99,7 +98,8 @@ def test_dense_output_onnx_verifies_with_a_default_layer_before_the_class_maps(t
     # and the gradient is autograd's for Σ_positions scores[c]
     x = torch.randn(2, 3, 32, 32)
     session = ort.InferenceSession(explainer.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {"input": x.numpy(), "target": np.array([1, 4]), contract.switch_name(contract.INPUT_GRADIENT): np.array(True)}
+    feeds = {"input": x.numpy(), "target": np.array([1, 4])}
+    feeds[contract.switch_name(contract.INPUT_GRADIENT)] = np.array(True)
     (g,) = session.run([contract.INPUT_GRADIENT], feeds)
     x.requires_grad_(True)
     out = model(x)
