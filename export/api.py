@@ -15,6 +15,7 @@ from onnxcam import __version__, contract
 
 from . import onnx_prep, sources
 from .assemble import build_explainer
+from .autodiff.context import GradientError
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .sources import SourceError
@@ -194,7 +195,14 @@ def export_onnx_file(
     )
     check = (lambda e: verify_finite_differences(e, layers, (channels, *size), tolerance=tolerance)) if verify else None
     extras = Extras(_rules(input_gradients), heads)
-    return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
+    try:
+        return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
+    except GradientError as exc:  # a rule needs static sizes (Resize): pin the dynamic H/W, say so, build again
+        pinned = onnx_prep.pin_spatial(forward, size)
+        if pinned is None:
+            raise
+        log(f"dynamic H/W pinned to {size[0]}×{size[1]} (--input-size) for {str(exc).partition(':')[0]}")
+        return _build_check_save(pinned, metadata, extras, check, "float64 finite differences", output, started, log)
 
 
 def export_source(

@@ -79,6 +79,22 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
                 tensor.CopyFrom(numpy_helper.from_array(shape.astype(np.int64), tensor.name))
 
 
+def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto | None:
+    """Copy of ``model`` with the input's symbolic H and W fixed to ``size`` (shapes re-inferred from there); ``None``
+    when they are already static. For rules that build matrices at export (``Resize``): the runtime resizes every
+    image to the metadata's input size anyway."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or all(d.HasField("dim_value") for d in dims[2:]):
+        return None
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    for dim, value in zip(pinned.graph.input[0].type.tensor_type.shape.dim[2:], size, strict=True):
+        dim.ClearField("dim_param")
+        dim.dim_value = int(value)
+    del pinned.graph.value_info[:]
+    return pinned
+
+
 def default_tensor(model: onnx.ModelProto) -> str:
     """The last 4-D tensor with more than one spatial position on the way to ``scores``; for a dense output
     ``[N, K, H, W]``, the last one before the class maps (never the output, nor a map with its ``K`` channels)."""

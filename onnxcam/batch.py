@@ -96,7 +96,8 @@ class BatchOptions:
     ``resume``: skip the inputs already done (see the module docstring). ``shard``: run only this part of the inputs.
     ``metrics``: faithfulness metrics scored per map; ``method_options``: parameters of the perturbation and
     input-gradient methods and of the metrics; ``max_pixels``: larger images are refused before decoding
-    (default :data:`onnxcam.images.MAX_PIXELS`).
+    (default :data:`onnxcam.images.MAX_PIXELS`). ``keep_size``: images are not resized (one per run; the graph must
+    take any H×W).
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -113,6 +114,7 @@ class BatchOptions:
     method_options: Mapping[str, Any] = field(default_factory=dict)
     max_pixels: int | None = None
     workers: int = field(default_factory=default_workers)
+    keep_size: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Settings:
     method_options: Mapping[str, Any]
     max_pixels: int | None
     workers: int
+    keep_size: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,11 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
     if not 0 <= options.alpha <= 1:
         raise BatchUsageError(f"must be in [0, 1], got {options.alpha}", "--alpha")
     target = resolve_class(options.target, explainer)
+    if options.keep_size and not explainer.any_size:
+        try:
+            explainer.check_keep_size()
+        except ValueError as exc:
+            raise BatchUsageError(str(exc).partition(": ")[2], "--keep-size") from None
     methods = resolve_methods(options.methods)
     for name in methods:
         check_graph_supports(get_method(name), explainer, layers)
@@ -238,7 +246,7 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         target=target,
         layers=layers,
         save=resolve_save(options.save),
-        batch_size=options.batch_size,
+        batch_size=1 if options.keep_size else options.batch_size,
         topk=options.topk,
         alpha=options.alpha,
         eigen_smooth=options.eigen_smooth,
@@ -248,6 +256,7 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         method_options=dict(options.method_options),
         max_pixels=options.max_pixels,
         workers=max(1, options.workers),
+        keep_size=options.keep_size,
     )
 
 
@@ -394,14 +403,14 @@ def ok_record(
 # ------------------------------------------------------------------------------------------------------------- stages
 
 
-def decode(job: Job, spec: Preprocess, max_pixels: int | None = None) -> Decoded:
+def decode(job: Job, spec: Preprocess, max_pixels: int | None = None, keep_size: bool = False) -> Decoded:
     """Read and preprocess one input; any failure becomes ``Decoded.error`` (runs on the thread pool)."""
     started = time.perf_counter()
     if job.item.error is not None:
         return Decoded(job, error=job.item.error)
     try:
         image = read_image(job.item.path, max_pixels=max_pixels)
-        x = preprocess(image, spec)
+        x = preprocess(image, spec, keep_size)
     except ImageError as exc:
         return Decoded(job, error=one_line(exc, f"{job.item.path}: "), decode_ms=_ms(started))
     except Exception as exc:  # a decoder or resize failure on odd data must not stop the job
@@ -410,14 +419,20 @@ def decode(job: Job, spec: Preprocess, max_pixels: int | None = None) -> Decoded
 
 
 def decoded_batches(
-    pool: ThreadPoolExecutor, jobs: Sequence[Job], batch_size: int, spec: Preprocess, max_pixels: int | None = None
+    pool: ThreadPoolExecutor,
+    jobs: Sequence[Job],
+    batch_size: int,
+    spec: Preprocess,
+    max_pixels: int | None = None,
+    keep_size: bool = False,
 ) -> Iterator[list[Decoded]]:
     """Batches of decoded jobs, in order; batch *k+1* is submitted to ``pool`` before batch *k* is handed out."""
     chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    pending: list[Future[Decoded]] = [pool.submit(decode, j, spec, max_pixels) for j in chunks[0]] if chunks else []
+    args = (spec, max_pixels, keep_size)
+    pending: list[Future[Decoded]] = [pool.submit(decode, j, *args) for j in chunks[0]] if chunks else []
     for k in range(len(chunks)):
         current = pending
-        pending = [pool.submit(decode, j, spec, max_pixels) for j in chunks[k + 1]] if k + 1 < len(chunks) else []
+        pending = [pool.submit(decode, j, *args) for j in chunks[k + 1]] if k + 1 < len(chunks) else []
         yield [f.result() for f in current]
 
 
@@ -609,7 +624,9 @@ def execute(explainer: Explainer, jobs: Sequence[Job], settings: Settings, out_d
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="onnxcam-io")
     writing: list[Future[dict[str, Any]]] = []
     try:
-        batches = decoded_batches(pool, jobs, settings.batch_size, explainer.preprocess, settings.max_pixels)
+        batches = decoded_batches(
+            pool, jobs, settings.batch_size, explainer.preprocess, settings.max_pixels, settings.keep_size
+        )
         for batch in chain(batches, [None]):
             current = process_batch(explainer, batch, settings, out_dir, pool) if batch is not None else []
             if writing:

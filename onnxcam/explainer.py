@@ -15,7 +15,7 @@ from .methods import CamMethod, get_method
 from .methods.request import MethodRequest, ModelMethod, objective
 from .model_file import ExplainerGraph, open_graph
 from .postprocess import fuse, layer_map, normalize
-from .preprocess import preprocess_batch
+from .preprocess import preprocess, preprocess_batch
 from .providers import check_used, provider_list, session_options
 from .targets import Target, resolve_target
 
@@ -128,6 +128,21 @@ class Explainer:
             contract.TARGET_USED,
             *(f(layer) for f in (contract.activation_name, contract.gradient_name) for layer in self.layers),
         ]
+
+    @property
+    def any_size(self) -> bool:
+        """Whether the graph takes inputs of any height and width (exported with dynamic H×W)."""
+        shape = next(i.shape for i in self.graph.session.get_inputs() if i.name == contract.INPUT)
+        return len(shape) == 4 and not any(isinstance(d, int) for d in shape[2:])
+
+    def check_keep_size(self) -> None:
+        """Raise ``ValueError`` (one line) unless :attr:`any_size`: images cannot keep their size."""
+        if not self.any_size:
+            h, w = self.preprocess.input_size
+            raise ValueError(
+                f"keep-size: this explainer graph takes {h}x{w} inputs only (exported with a fixed or pinned height "
+                "and width); export from an ONNX file with dynamic H/W, or drop keep-size to resize the images"
+            )
 
     @property
     def provider(self) -> str:
@@ -336,10 +351,12 @@ class Explainer:
         seed: np.ndarray | None = None,
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
+        keep_size: bool = False,
     ) -> list[Explanation]:
         """Explain images (paths or RGB uint8 arrays of any size); maps at network resolution, see ``image_size``.
 
-        ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
+        ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`. ``keep_size``: feed each image at its own
+        size, unresized (one run per image; the graph must take any H×W, see :meth:`check_keep_size`).
         """
         batch = (
             [images]
@@ -347,8 +364,16 @@ class Explainer:
             else images
         )
         decoded = [read_image(i) if isinstance(i, (str, Path)) else i for i in batch]
-        x = preprocess_batch(decoded, self.preprocess)
-        results = self.explain_arrays(x, target, methods, layers, topk, eigen_smooth, seed, options, metrics)
+        args = (methods, layers, topk, eigen_smooth, seed, options, metrics)
+        if keep_size:
+            self.check_keep_size()
+            classes = self.targets(target, len(decoded))
+            results = [
+                self.explain_arrays(preprocess(image, self.preprocess, keep_size=True)[None], int(c), *args)[0]
+                for image, c in zip(decoded, classes, strict=True)
+            ]
+        else:
+            results = self.explain_arrays(preprocess_batch(decoded, self.preprocess), target, *args)
         for result, image in zip(results, decoded, strict=True):
             result.image_size = image.shape[:2]
         return results

@@ -91,6 +91,7 @@ def batch_options(
     metric: str,
     option_pairs: tuple[str, ...],
     max_megapixels: float,
+    keep_size: bool = False,
 ) -> BatchOptions:
     """The :class:`BatchOptions` of the command-line values; unknown methods or save kinds raise BatchUsageError."""
     return BatchOptions(
@@ -107,6 +108,7 @@ def batch_options(
         metrics=parse_list(metric),
         method_options=parse_options(option_pairs),
         max_pixels=round(max_megapixels * 1e6),
+        keep_size=keep_size,
     )
 
 
@@ -172,6 +174,11 @@ def batch_options(
     help="Refuse larger images before decoding them (decompression bombs).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No per-image lines or summary (errors are still printed).")
+@click.option(
+    "--keep-size",
+    is_flag=True,
+    help="Feed each image at its own size, unresized (graphs exported with dynamic H/W; one image per run).",
+)
 def explain(
     model: str,
     inputs: tuple[str, ...],
