@@ -74,9 +74,13 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
         if node.op_type == "Reshape" and node.input[1] in constants:
             tensor = constants[node.input[1]]
             shape = numpy_helper.to_array(tensor).copy()
-            if shape.size and shape[0] == fixed:
-                shape[0] = 0
+            allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+            if shape.size and shape[0] == fixed and not (allowzero and (shape[1:] == 0).any()):
+                shape[0] = 0  # copy the batch; allowzero=1 (dynamo exports) would read 0 as a literal 0
                 tensor.CopyFrom(numpy_helper.from_array(shape.astype(np.int64), tensor.name))
+                for attr in node.attribute:
+                    if attr.name == "allowzero":
+                        attr.i = 0
 
 
 def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto | None:
