@@ -196,7 +196,8 @@ def test_an_op_the_reference_cannot_run_is_a_one_line_verdict() -> None:
 @pytest.mark.slow
 def test_resnet50_all_input_gradients_verified_at_20_seeds() -> None:
     """20 random-init ResNet-50 (weights seed = verification seed) with every input gradient: 20 verdicts
-    "verified", at 64 px (the kinks met at 224 px are the same kind, 12× fewer). ~20 s each on one core."""
+    "verified". At 112 px: the same kinks as at 224 px (ReLU inputs and max-pool near-ties within the ~1e-7 by which
+    the folded float32 weights move the graph from PyTorch's float64 model), 4× fewer per image."""
     import torchvision
 
     redrawn = 0
@@ -204,9 +205,10 @@ def test_resnet50_all_input_gradients_verified_at_20_seeds() -> None:
         torch.manual_seed(seed)
         model = torchvision.models.resnet50().eval()
         _, report = export_model(
-            model, None, ["layer4"], (64, 64), exporter="torchscript", heads=False,
+            model, None, ["layer4"], (112, 112), exporter="torchscript", heads=False,
             input_gradients=contract.RELU_RULES, **QUIET,
         )  # fmt: skip
-        assert report is not None and report.worst < 1e-4
+        assert report is not None and report.worst < 1e-4, (seed, report.summary())
         redrawn += report.redrawn
+        print(f"seed {seed}: {report.summary()}")
     print(f"images re-drawn at a kink: {redrawn}")
