@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_resize import Resize as ReferenceResize
 
 from onnxcam import contract
 
@@ -65,6 +67,38 @@ class CouldNotVerify(ExportError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"could not verify ({reason}); written unverified only with --no-verify")
+
+
+@functools.lru_cache(maxsize=256)
+def _resize_matrix(attrs: tuple, size: int, scale: float | None, out: int | None) -> np.ndarray:
+    from .autodiff.rules.resize import resize_matrix
+
+    return resize_matrix(dict(attrs), size, scale, out, (0.0, 1.0))
+
+
+class Resize(ReferenceResize):
+    """``Resize`` as onnxruntime computes it (the forward the file runs), in float64: one interpolation matrix per
+    resized axis from :func:`~.autodiff.rules.resize.resize_matrix` (the Resize rule's own). ``onnx.reference``
+    differs where a nearest source coordinate lies one ulp from an integer (7 → 17 pixels); ``tf_crop_and_resize`` and
+    the keep-aspect-ratio policies still go to it."""
+
+    def _run(self, x, roi=None, scales=None, sizes=None, **attrs):  # type: ignore[override]
+        node = {a.name: onnx.helper.get_attribute_value(a) for a in self.onnx_node.attribute}
+        policy = node.get("keep_aspect_ratio_policy", "stretch")
+        if node.get("coordinate_transformation_mode") == "tf_crop_and_resize" or policy != "stretch":
+            return super()._run(x, roi, scales, sizes, **attrs)
+        axes = [int(a) % x.ndim for a in node.get("axes", range(x.ndim))]
+        targets = list(sizes) if sizes is not None and len(sizes) else list(scales)
+        y = x
+        for axis, target in zip(axes, targets, strict=True):
+            size = x.shape[axis]
+            by_size = sizes is not None and len(sizes)
+            if (by_size and int(target) == size) or (not by_size and float(target) == 1.0):
+                continue
+            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(node.items()))
+            matrix = _resize_matrix(key, size, None if by_size else float(target), int(target) if by_size else None)
+            y = np.moveaxis(np.tensordot(matrix, np.moveaxis(y, axis, 0), axes=1), 0, axis)
+        return (y.astype(x.dtype),)
 
 
 class Pad(OpRun):
@@ -143,7 +177,7 @@ def evaluate_float64(
     names = [o.name for o in m.graph.output]
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
     try:
-        evaluator = ReferenceEvaluator(m, new_ops=[Pad, *(new_ops or [])])
+        evaluator = ReferenceEvaluator(m, new_ops=[Pad, Resize, *(new_ops or [])])
         return dict(zip(names, evaluator.run(names, feeds), strict=True))
     except Exception as exc:  # any failure of the reference evaluator is a verdict, never a traceback
         lines = str(exc).strip().splitlines()

@@ -212,3 +212,25 @@ def test_resnet50_all_input_gradients_verified_at_20_seeds() -> None:
         redrawn += report.redrawn
         print(f"seed {seed}: {report.summary()}")
     print(f"images re-drawn at a kink: {redrawn}")
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [("nearest", {"nearest_mode": "round_prefer_floor"}), ("linear", {}), ("cubic", {"cubic_coeff_a": -0.5})],
+)
+def test_float64_resize_is_onnxruntimes(mode: str, extra: dict) -> None:
+    """7 → 17 pixels, where ``onnx.reference``'s nearest picks another neighbour than onnxruntime (and torch)."""
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode, **extra)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 2, 11, 17], np.int64), "sizes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 7))
+    ours = evaluate_float64(model, {"x": x})["y"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (reference,) = session.run(None, {"x": x.astype(np.float32)})
+    assert ours.shape == reference.shape
+    assert np.abs(ours - reference).max() <= 1e-6 * np.abs(reference).max()
