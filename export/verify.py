@@ -74,9 +74,16 @@ def check(report: Report, tolerance: float, where: Callable[[str], str] = lambda
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = session_for(model)
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
+    """Every output of ``model`` on onnxruntime (CPU); a failure is :class:`CouldNotVerify`, in one line."""
+    try:
+        session = session_for(model)
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds), strict=True))
+    except Exception as exc:  # onnxruntime refusing the graph at the verification batch is a verdict
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CouldNotVerify(
+            f"onnxruntime cannot run the graph on a batch of {len(feeds[contract.INPUT])}: {first[:200]}"
+        ) from None
 
 
 def fast_kernels() -> list:

@@ -188,7 +188,14 @@ def verify_torch(
         x = torch.randn(want, *input_shape, generator=generator, dtype=torch.float64)
         target = np.array([pattern[(kept + i) % 3] for i in range(want)], np.int64)
         ours = evaluate_float64_torch(explainer, {contract.INPUT: x.numpy(), contract.TARGET: target})
-        ref = torch_reference(model64, layers, x, target, rules)
+        try:
+            ref = torch_reference(model64, layers, x, target, rules)
+        except Exception as exc:  # a model that cannot run in float64 is a verdict, not a traceback
+            raise CouldNotVerify(
+                f"the float64 PyTorch reference failed: {type(exc).__name__}: {str(exc).strip().partition(chr(10))[0]}"[
+                    :300
+                ]
+            ) from None
         for n in range(want):
             feeds = {contract.INPUT: x[n : n + 1].numpy(), contract.TARGET: target[n : n + 1]}
             errs = {k: relative_error(ours[k][n], v[n]) for k, v in ref.items() if k != contract.TARGET_USED}
