@@ -198,7 +198,8 @@ def export_onnx_file(
     try:
         return _build_check_save(forward, metadata, extras, check, "float64 finite differences", output, started, log)
     except GradientError as exc:  # a rule needs static sizes (Resize): pin the dynamic H/W, say so, build again
-        pinned = onnx_prep.pin_spatial(forward, size)
+        sizes_needed = "unknown at export" in str(exc) or "static" in str(exc)
+        pinned = onnx_prep.pin_spatial(forward, size) if sizes_needed else None
         if pinned is None:
             raise
         log(f"dynamic H/W pinned to {size[0]}×{size[1]} (--input-size) for {str(exc).partition(':')[0]}")
