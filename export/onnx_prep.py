@@ -81,6 +81,21 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
                 for attr in node.attribute:
                     if attr.name == "allowzero":
                         attr.i = 0
+        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] in constants:
+            _resize_spatial_only(model.graph, node, constants[node.input[3]], fixed)
+
+
+def _resize_spatial_only(graph: onnx.GraphProto, node: onnx.NodeProto, sizes: onnx.TensorProto, batch: int) -> None:
+    """A ``Resize`` to constant ``sizes`` ``[batch, C, H, W]`` (dynamo exports) resizes ``axes=[2, 3]`` to ``[H, W]``
+    instead, so any batch passes (opset ≥ 18)."""
+    values = numpy_helper.to_array(sizes)
+    if values.size != 4 or values[0] != batch or any(a.name == "axes" for a in node.attribute):
+        return
+    name = sizes.name + "/spatial"
+    if name not in {t.name for t in graph.initializer}:
+        graph.initializer.append(numpy_helper.from_array(values[2:].astype(np.int64), name))
+    node.input[3] = name
+    node.attribute.append(onnx.helper.make_attribute("axes", [2, 3]))
 
 
 def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto | None:

@@ -235,3 +235,32 @@ def test_float64_resize_is_onnxruntimes(mode: str, extra: dict) -> None:
     (reference,) = session.run(None, {"x": x.astype(np.float32)})
     assert ours.shape == reference.shape
     assert np.abs(ours - reference).max() <= 1e-6 * np.abs(reference).max()
+
+
+def test_batch_one_resize_to_constant_sizes_becomes_any_batch(tmp_path: Path) -> None:
+    """A dynamo-style dense file: batch fixed to 1, ``Resize`` to constant sizes ``[1, K, H, W]``; verified on a
+    batch of 2 (the sizes become ``axes=[2, 3]``)."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.standard_normal((6, 3, 3, 3)).astype(np.float32),
+        "w2": rng.standard_normal((4, 6, 1, 1)).astype(np.float32),
+        "sizes": np.array([1, 4, 16, 16], np.int64),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+            helper.make_node("Resize", ["c2", "", "", "sizes"], ["logits"], mode="linear"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    source = tmp_path / "b1.onnx"
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    source.write_bytes(onnx_model.SerializeToString())
+    explainer, report = export_onnx_file(source, None, None, (16, 16), **QUIET)
+    assert "activation:r1" in {o.name for o in explainer.graph.output}
+    assert report is not None and report.worst < 1e-6
