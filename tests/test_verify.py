@@ -264,3 +264,20 @@ def test_batch_one_resize_to_constant_sizes_becomes_any_batch(tmp_path: Path) ->
     explainer, report = export_onnx_file(source, None, None, (16, 16), **QUIET)
     assert "activation:r1" in {o.name for o in explainer.graph.output}
     assert report is not None and report.worst < 1e-6
+
+
+def test_float64_evaluator_knows_every_op_with_a_rule() -> None:
+    """Every op the rules support has a float64 kernel: ``onnx.reference``'s own, or its schema's function body."""
+    from onnx.defs import get_schema
+    from onnx.reference.ops import load_op
+    from onnxcam_export.autodiff.registry import supported_ops
+
+    missing = []
+    for op in supported_ops():
+        try:
+            load_op("", op, 18)
+        except Exception:  # no python kernel: the op must expand to a function
+            schema = get_schema(op, 18)
+            if not (schema.has_function or schema.has_context_dependent_function):
+                missing.append(op)
+    assert not missing
