@@ -60,7 +60,8 @@ class ExplainActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         jobs = ray_jobs(batch, self.settings)
-        read = partial(decode, spec=self.explainer.preprocess, max_pixels=self.settings.max_pixels)
+        settings = self.settings
+        read = partial(decode, spec=self.explainer.preprocess, max_pixels=settings.max_pixels, keep_size=settings.keep_size)
         decoded = list(self.pool.map(read, jobs))
         futures = process_batch(self.explainer, decoded, self.settings, self.out, self.pool)
         records = []
