@@ -60,8 +60,8 @@ class ExplainActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         jobs = ray_jobs(batch, self.settings)
-        settings = self.settings
-        read = partial(decode, spec=self.explainer.preprocess, max_pixels=settings.max_pixels, keep_size=settings.keep_size)
+        spec, settings = self.explainer.preprocess, self.settings
+        read = partial(decode, spec=spec, max_pixels=settings.max_pixels, keep_size=settings.keep_size)
         decoded = list(self.pool.map(read, jobs))
         futures = process_batch(self.explainer, decoded, self.settings, self.out, self.pool)
         records = []
