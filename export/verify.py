@@ -43,7 +43,8 @@ class Report:
 
     def summary(self) -> str:
         name = max(self.errors, key=lambda k: max(self.errors[k]))
-        redrawn = f", {self.redrawn} images at a kink re-drawn" if self.redrawn else ""
+        plural = "s" if self.redrawn > 1 else ""
+        redrawn = f", {self.redrawn} image{plural} at a kink re-drawn" if self.redrawn else ""
         return (
             f"relative error {self.typical:.2e} (median image), worst {self.worst:.2e} ({name}), "
             f"{len(self.errors)} outputs{redrawn}"
