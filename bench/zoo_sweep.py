@@ -122,7 +122,10 @@ def write_table(rows: list[dict], out: Path, size: int) -> None:
         "float64 `torch.autograd`; `onnx/*`: `torch.onnx.export` with that exporter, then `export_onnx_file`, "
         "verified by float64 finite differences. Verified / tried: "
         + ", ".join(f"{p} {counts[p]}/{tried[p]}" for p in PATHS)
-        + ".",
+        + ". `seconds` is wall time of one subprocess (export, build, verification) on a 2-core machine shared "
+        "with other jobs (load ~12 during the first run: the timeouts there are contention, not hangs); rows in "
+        "run order, segmentation first, then classifiers by size. Rerun to fill in the rest (finished rows are "
+        "skipped).",
         "",
         "| model | path | verdict | error / reason | seconds |",
         "|---|---|---|---|---:|",
