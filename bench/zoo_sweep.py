@@ -106,7 +106,8 @@ def run_row(name: str, path: str, size: int, timeout: float, workdir: str) -> di
         return {"verdict": "verified", "error": json.loads(rows[-1])["summary"], "seconds": seconds}
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
     error = lines[-1] if lines else f"exit {proc.returncode}"
-    kind = "refused" if "Error" in error and "Traceback" not in proc.stderr else "crashed"
+    refused = "onnxcam_export." in error.partition(":")[0]  # an ExportError: the one-line refusal a user gets
+    kind = "refused" if refused else "crashed"
     return {"verdict": kind, "error": error[:300], "seconds": seconds}
 
 

@@ -70,17 +70,20 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
     if fixed is None:
         return
     constants = {t.name: t for t in model.graph.initializer}
+    reshapes = [n for n in model.graph.node if n.op_type == "Reshape" and n.input[1] in constants]
+    literal_zeros = {n.input[1] for n in reshapes if any(a.name == "allowzero" and a.i for a in n.attribute)}
+    rewritten = set()
+    for name in dict.fromkeys(n.input[1] for n in reshapes):
+        shape = numpy_helper.to_array(constants[name]).copy()
+        if shape.size and shape[0] == fixed and not (name in literal_zeros and (shape[1:] == 0).any()):
+            shape[0] = 0  # copy the batch
+            constants[name].CopyFrom(numpy_helper.from_array(shape.astype(np.int64), name))
+            rewritten.add(name)
     for node in model.graph.node:
-        if node.op_type == "Reshape" and node.input[1] in constants:
-            tensor = constants[node.input[1]]
-            shape = numpy_helper.to_array(tensor).copy()
-            allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-            if shape.size and shape[0] == fixed and not (allowzero and (shape[1:] == 0).any()):
-                shape[0] = 0  # copy the batch; allowzero=1 (dynamo exports) would read 0 as a literal 0
-                tensor.CopyFrom(numpy_helper.from_array(shape.astype(np.int64), tensor.name))
-                for attr in node.attribute:
-                    if attr.name == "allowzero":
-                        attr.i = 0
+        if node.op_type == "Reshape" and node.input[1] in rewritten:
+            for attr in node.attribute:
+                if attr.name == "allowzero":
+                    attr.i = 0  # allowzero=1 (dynamo exports) would read the copied batch 0 as a literal 0
         if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] in constants:
             _resize_spatial_only(model.graph, node, constants[node.input[3]], fixed)
 
