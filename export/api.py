@@ -15,6 +15,7 @@ from onnxcam import __version__, contract
 
 from . import inputs, onnx_prep, precision, quantization, sources
 from .assemble import build_explainer, score_shape
+from .autodiff.context import GradientError
 from .autodiff.graph_info import GraphInfo
 from .box_gradients import keep_if_exact
 from .detection_layers import detector_forward, torch_detector_layer
@@ -323,9 +324,16 @@ def export_onnx_file(
     check = precision.with_agreement(check, forward, layers, shape, log) if check else None
     extras = Extras(_rules(input_gradients), heads)
     method = "the straight-through estimator by float64 finite differences" if quantization.is_qdq(forward) else ""
-    return _build_check_save(
-        forward, metadata, extras, check, method or "float64 finite differences", output, started, log
-    )
+    reference_name = method or "float64 finite differences"
+    try:
+        return _build_check_save(forward, metadata, extras, check, reference_name, output, started, log)
+    except GradientError as exc:  # a rule needs static sizes (Resize): pin the dynamic H/W, say so, build again
+        sizes_needed = "unknown at export" in str(exc) or "static" in str(exc)
+        pinned = onnx_prep.pin_spatial(forward, size) if sizes_needed else None
+        if pinned is None:
+            raise
+        log(f"dynamic H/W pinned to {size[0]}×{size[1]} (--input-size) for {str(exc).partition(':')[0]}")
+        return _build_check_save(pinned, metadata, extras, check, reference_name, output, started, log)
 
 
 def _normalisation_defaults(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,9 +10,11 @@ import onnx
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_resize import Resize as ReferenceResize
 
 from onnxcam import contract
 
+from .errors import ExportError
 from .gating import reads
 
 #: Raised to float64: float32 and the reduced-precision types of deployed graphs (float16 inside and out).
@@ -39,13 +42,66 @@ def _graph_to_float64(g: onnx.GraphProto) -> None:
     for vi in [*g.input, *g.output, *g.value_info]:
         _retype(vi.type)
     for node in g.node:
+        _typed_constants(node)
         for attr in node.attribute:
-            if attr.name == "to" and attr.i in _LOWER:
+            if attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i in _LOWER:
                 attr.i = TensorProto.DOUBLE
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _LOWER:
                 attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64)))
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 _graph_to_float64(sub)
+
+
+def _typed_constants(node: onnx.NodeProto) -> None:
+    """Float32 values a node makes from attributes the tensor pass misses: ``ConstantOfShape`` without ``value``
+    (float32 zeros by the spec) and ``Constant`` with ``value_float(s)`` become float64 ``value`` tensors."""
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "ConstantOfShape" and "value" not in attrs and node.domain in ("", "ai.onnx"):
+        node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float64))))
+    if node.op_type == "Constant" and ({"value_float", "value_floats"} & attrs.keys()):
+        attr = attrs.get("value_float") or attrs["value_floats"]
+        value = np.array(attr.f if attr.name == "value_float" else list(attr.floats), np.float64)
+        node.attribute.remove(attr)
+        node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+
+
+class CouldNotVerify(ExportError):
+    """The float64 check cannot be run on this graph (an op the reference cannot evaluate, an unresolvable step)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"could not verify ({reason}); written unverified only with --no-verify")
+
+
+@functools.lru_cache(maxsize=256)
+def _resize_matrix(attrs: tuple, size: int, scale: float | None, out: int | None) -> np.ndarray:
+    from .autodiff.rules.resize import resize_matrix
+
+    return resize_matrix(dict(attrs), size, scale, out, (0.0, 1.0))
+
+
+class Resize(ReferenceResize):
+    """``Resize`` as onnxruntime computes it (the forward the file runs), in float64: one interpolation matrix per
+    resized axis from :func:`~.autodiff.rules.resize.resize_matrix` (the Resize rule's own). ``onnx.reference``
+    differs where a nearest source coordinate lies one ulp from an integer (7 → 17 pixels); ``tf_crop_and_resize`` and
+    the keep-aspect-ratio policies still go to it."""
+
+    def _run(self, x, roi=None, scales=None, sizes=None, **attrs):  # type: ignore[override]
+        node = {a.name: onnx.helper.get_attribute_value(a) for a in self.onnx_node.attribute}
+        policy = node.get("keep_aspect_ratio_policy", "stretch")
+        if node.get("coordinate_transformation_mode") == "tf_crop_and_resize" or policy != "stretch":
+            return super()._run(x, roi, scales, sizes, **attrs)
+        axes = [int(a) % x.ndim for a in node.get("axes", range(x.ndim))]
+        targets = list(sizes) if sizes is not None and len(sizes) else list(scales)
+        y = x
+        for axis, target in zip(axes, targets, strict=True):
+            size = x.shape[axis]
+            by_size = sizes is not None and len(sizes)
+            if (by_size and int(target) == size) or (not by_size and float(target) == 1.0):
+                continue
+            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(node.items()))
+            matrix = _resize_matrix(key, size, None if by_size else float(target), int(target) if by_size else None)
+            y = np.moveaxis(np.tensordot(matrix, np.moveaxis(y, axis, 0), axes=1), 0, axis)
+        return (y.astype(x.dtype),)
 
 
 class Pad(OpRun):
@@ -128,9 +184,18 @@ def switched_on(model: onnx.ModelProto) -> onnx.ModelProto:
 def evaluate_float64(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_ops: list | None = None
 ) -> dict[str, np.ndarray]:
-    """All outputs of ``model`` (gradient switches on) computed in float64 by the ONNX reference implementation."""
+    """All outputs of ``model`` (gradient switches on) computed in float64 by the ONNX reference implementation.
+
+    Raises :class:`CouldNotVerify` (one line: the op, the node and the reason) when the reference cannot run it.
+    """
     m = to_float64(switched_on(model))
-    evaluator = ReferenceEvaluator(m, new_ops=[Pad, GatherElements, *(new_ops or [])])
     names = [o.name for o in m.graph.output]
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
-    return dict(zip(names, evaluator.run(names, feeds), strict=True))
+    try:
+        evaluator = ReferenceEvaluator(m, new_ops=[Pad, GatherElements, Resize, *(new_ops or [])])
+        return dict(zip(names, evaluator.run(names, feeds), strict=True))
+    except Exception as exc:  # any failure of the reference evaluator is a verdict, never a traceback
+        lines = str(exc).strip().splitlines()
+        where = next((line.strip() for line in lines if "node" in line.lower()), "")
+        reason = f"{type(exc).__name__}: {lines[0][:160] if lines else ''}"
+        raise CouldNotVerify(f"float64 evaluation failed, {reason}{f' ({where[:120]})' if where else ''}") from None

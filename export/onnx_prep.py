@@ -62,19 +62,61 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
     if fixed is None:
         return
     constants = {t.name: t for t in model.graph.initializer}
+    reshapes = [n for n in model.graph.node if n.op_type == "Reshape" and n.input[1] in constants]
+    literal_zeros = {n.input[1] for n in reshapes if any(a.name == "allowzero" and a.i for a in n.attribute)}
+    rewritten = set()
+    for name in dict.fromkeys(n.input[1] for n in reshapes):
+        shape = numpy_helper.to_array(constants[name]).copy()
+        if shape.size and shape[0] == fixed and not (name in literal_zeros and (shape[1:] == 0).any()):
+            shape[0] = 0  # copy the batch
+            constants[name].CopyFrom(numpy_helper.from_array(shape.astype(np.int64), name))
+            rewritten.add(name)
     for node in model.graph.node:
-        if node.op_type == "Reshape" and node.input[1] in constants:
-            tensor = constants[node.input[1]]
-            shape = numpy_helper.to_array(tensor).copy()
-            if shape.size and shape[0] == fixed:
-                shape[0] = 0
-                tensor.CopyFrom(numpy_helper.from_array(shape.astype(np.int64), tensor.name))
+        if node.op_type == "Reshape" and node.input[1] in rewritten:
+            for attr in node.attribute:
+                if attr.name == "allowzero":
+                    attr.i = 0  # allowzero=1 (dynamo exports) would read the copied batch 0 as a literal 0
+        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] in constants:
+            _resize_spatial_only(model.graph, node, constants[node.input[3]], fixed)
+
+
+def _resize_spatial_only(graph: onnx.GraphProto, node: onnx.NodeProto, sizes: onnx.TensorProto, batch: int) -> None:
+    """A ``Resize`` to constant ``sizes`` ``[batch, C, H, W]`` (dynamo exports) resizes ``axes=[2, 3]`` to ``[H, W]``
+    instead, so any batch passes (opset ≥ 18)."""
+    values = numpy_helper.to_array(sizes)
+    if values.size != 4 or values[0] != batch or any(a.name == "axes" for a in node.attribute):
+        return
+    name = sizes.name + "/spatial"
+    if name not in {t.name for t in graph.initializer}:
+        graph.initializer.append(numpy_helper.from_array(values[2:].astype(np.int64), name))
+    node.input[3] = name
+    node.attribute.append(onnx.helper.make_attribute("axes", [2, 3]))
+
+
+def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto | None:
+    """Copy of ``model`` with the input's symbolic H and W fixed to ``size`` (shapes re-inferred from there); ``None``
+    when they are already static. For rules that build matrices at export (``Resize``): the runtime resizes every
+    image to the metadata's input size anyway."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or all(d.HasField("dim_value") for d in dims[2:]):
+        return None
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    for dim, value in zip(pinned.graph.input[0].type.tensor_type.shape.dim[2:], size, strict=True):
+        dim.ClearField("dim_param")
+        dim.dim_value = int(value)
+    del pinned.graph.value_info[:]
+    return pinned
 
 
 def default_tensor(model: onnx.ModelProto) -> str:
     """The last 4-D float tensor with more than one spatial position on the way to ``scores`` (in an int8 QDQ graph
-    a dequantized one; integer tensors never)."""
+    a dequantized one; integer tensors never); for a dense output ``[N, K, H, W]``, the last one before the class
+    maps (never the output, nor a map with its ``K`` channels)."""
     info = GraphInfo(model)
+    out = info.shape(contract.SCORES) or ()
+    dense = len(out) == 4 and not (isinstance(out[2], int) and isinstance(out[3], int) and out[2] * out[3] <= 1)
+    classes = out[1] if dense else None
     needed = {contract.SCORES}
     for node in reversed(model.graph.node):
         if any(o in needed for o in node.output):
@@ -88,6 +130,7 @@ def default_tensor(model: onnx.ModelProto) -> str:
         and (s := info.shape(o)) is not None
         and len(s) == 4
         and not (isinstance(s[2], int) and isinstance(s[3], int) and s[2] * s[3] <= 1)
+        and not (dense and (o == contract.SCORES or s[1] == classes))
     ]
     if not candidates:
         raise LayerError("<default>", [], "no 4-D feature map found on the way to the output; name one with --layer")

@@ -113,6 +113,7 @@ class BatchOptions:
     input-gradient methods and of the metrics; ``max_pixels``: larger images are refused before decoding
     (default :data:`onnxcam.images.MAX_PIXELS`); ``max_side``: longest side of the artefacts (``None``: the original
     size; default :data:`DEFAULT_MAX_SIDE`), a JPEG being decoded at the smallest libjpeg scale that still gives it.
+    ``keep_size``: images are not resized (one per run; the graph must take any H×W).
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -130,6 +131,7 @@ class BatchOptions:
     max_pixels: int | None = None
     workers: int = field(default_factory=default_workers)
     max_side: int | None = DEFAULT_MAX_SIDE
+    keep_size: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Settings:
     workers: int
     max_side: int | None = DEFAULT_MAX_SIDE
     feature_grid: tuple[int, int] = (1, 1)
+    keep_size: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,11 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
     if not 0 <= options.alpha <= 1:
         raise BatchUsageError(f"must be in [0, 1], got {options.alpha}", "--alpha")
     target = resolve_class(options.target, explainer)
+    if options.keep_size and not explainer.any_size:
+        try:
+            explainer.check_keep_size()
+        except ValueError as exc:
+            raise BatchUsageError(str(exc).partition(": ")[2], "--keep-size") from None
     methods = resolve_methods(options.methods)
     for name in methods:
         check_graph_supports(get_method(name), explainer, layers)
@@ -268,7 +276,7 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         target=target,
         layers=layers,
         save=resolve_save(options.save),
-        batch_size=options.batch_size,
+        batch_size=1 if options.keep_size else options.batch_size,
         topk=options.topk,
         alpha=options.alpha,
         eigen_smooth=options.eigen_smooth,
@@ -280,6 +288,7 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         workers=max(1, options.workers),
         max_side=options.max_side,
         feature_grid=feature_grid(explainer, layers),
+        keep_size=options.keep_size,
     )
 
 
@@ -488,17 +497,22 @@ def ok_record(
 
 
 def decode(
-    job: Job, spec: Preprocess, max_pixels: int | None = None, max_side: int | None = DEFAULT_MAX_SIDE
+    job: Job,
+    spec: Preprocess,
+    max_pixels: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    keep_size: bool = False,
 ) -> Decoded:
     """Read (no larger than ``max_side`` and the network input need, :func:`~onnxcam.images.load_image`) and
-    preprocess one input; any failure becomes ``Decoded.error`` (runs on the thread pool)."""
+    preprocess one input (``keep_size``: not resized); any failure becomes ``Decoded.error`` (runs on the thread
+    pool)."""
     started = time.perf_counter()
     if job.item.error is not None:
         return Decoded(job, error=job.item.error)
     try:
         loaded = load_image(job.item.path, max_pixels=max_pixels, max_side=max_side, min_size=spec.input_size)
         image = loaded.image
-        x = preprocess(image, spec)
+        x = preprocess(image, spec, keep_size)
     except ImageError as exc:
         return Decoded(job, error=one_line(exc, f"{job.item.path}: "), decode_ms=_ms(started))
     except Exception as exc:  # a decoder or resize failure on odd data must not stop the job
@@ -513,12 +527,13 @@ def decoded_batches(
     spec: Preprocess,
     max_pixels: int | None = None,
     max_side: int | None = DEFAULT_MAX_SIDE,
+    keep_size: bool = False,
 ) -> Iterator[list[Decoded]]:
     """Batches of decoded jobs, in order; batch *k+1* is submitted to ``pool`` before batch *k* is handed out."""
     chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
 
     def submit(chunk: Sequence[Job]) -> list[Future[Decoded]]:
-        return [pool.submit(decode, j, spec, max_pixels, max_side) for j in chunk]
+        return [pool.submit(decode, j, spec, max_pixels, max_side, keep_size) for j in chunk]
 
     pending = submit(chunks[0]) if chunks else []
     for k in range(len(chunks)):
@@ -771,7 +786,13 @@ def execute(explainer: Explainer, jobs: Sequence[Job], settings: Settings, out_d
     writing: list[Future[dict[str, Any]]] = []
     try:
         batches = decoded_batches(
-            pool, jobs, settings.batch_size, explainer.preprocess, settings.max_pixels, settings.max_side
+            pool,
+            jobs,
+            settings.batch_size,
+            explainer.preprocess,
+            settings.max_pixels,
+            settings.max_side,
+            settings.keep_size,
         )
         for batch in chain(batches, [None]):
             current = process_batch(explainer, batch, settings, out_dir, pool) if batch is not None else []

@@ -18,7 +18,7 @@ from .methods.request import MethodRequest, ModelMethod, objective
 from .model_file import ExplainerGraph, check_input_size, open_graph
 from .pixels import PixelFormatError, files_refusal
 from .postprocess import fuse, layer_map, normalize
-from .preprocess import preprocess_batch
+from .preprocess import preprocess, preprocess_batch
 from .providers import check_used, provider_list, session_options
 from .scores import (
     BINARY_SIDES,
@@ -166,6 +166,21 @@ class Explainer:
             contract.TARGET_USED,
             *(f(layer) for f in (contract.activation_name, contract.gradient_name) for layer in self.layers),
         ]
+
+    @property
+    def any_size(self) -> bool:
+        """Whether the graph takes inputs of any height and width (exported with dynamic H×W)."""
+        shape = next(i.shape for i in self.graph.session.get_inputs() if i.name == contract.INPUT)
+        return len(shape) == 4 and not any(isinstance(d, int) for d in shape[2:])
+
+    def check_keep_size(self) -> None:
+        """Raise ``ValueError`` (one line) unless :attr:`any_size`: images cannot keep their size."""
+        if not self.any_size:
+            h, w = self.preprocess.input_size
+            raise ValueError(
+                f"keep-size: this explainer graph takes {h}x{w} inputs only (exported with a fixed or pinned height "
+                "and width); export from an ONNX file with dynamic H/W, or drop keep-size to resize the images"
+            )
 
     @property
     def provider(self) -> str:
@@ -460,6 +475,7 @@ class Explainer:
         seed: np.ndarray | None = None,
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
+        keep_size: bool = False,
     ) -> list[Explanation]:
         """Explain images of any size (paths or arrays); maps at network resolution, see ``image_size``.
 
@@ -471,22 +487,39 @@ class Explainer:
         than 1 or 3 channels takes ``H×W×C`` arrays only. Any other array (float outside [0, 1], other integer
         types, other shapes) raises :class:`onnxcam.pixels.PixelFormatError` naming the expected format.
         ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
+        ``keep_size``: feed each image at its own size, unresized (one run per image; the graph must take any H×W,
+        see :meth:`check_keep_size`; ``target`` per image, ``seed`` one row for all).
         """
-        decoded, x = self._decode(images)
-        results = self.explain_arrays(x, target, methods, layers, topk, eigen_smooth, seed, options, metrics)
+        decoded = self._read(images)
+        args = (methods, layers, topk, eigen_smooth, seed, options, metrics)
+        if keep_size:
+            self.check_keep_size()
+            per_image = list(target) if isinstance(target, (list, tuple)) else [target] * len(decoded)
+            if len(per_image) != len(decoded):
+                raise ValueError(f"{len(per_image)} targets for {len(decoded)} images")
+            results = [
+                self.explain_arrays(preprocess(image, self.preprocess, keep_size=True)[None], t, *args)[0]
+                for image, t in zip(decoded, per_image, strict=True)
+            ]
+        else:
+            results = self.explain_arrays(preprocess_batch(decoded, self.preprocess), target, *args)
         for result, image in zip(results, decoded, strict=True):
             result.image_size = image.shape[:2]
         return results
 
     def _decode(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray], np.ndarray]:
         """The decoded images and their preprocessed batch ``[N, C, H, W]``."""
+        decoded = self._read(images)
+        return decoded, preprocess_batch(decoded, self.preprocess)
+
+    def _read(self, images: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
+        """The decoded images (paths read; arrays as given, converted later by :mod:`onnxcam.pixels`)."""
         single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
         batch = [images] if isinstance(images, (str, Path)) or single else images
         refusal = files_refusal(self.preprocess.channels)
         if refusal is not None and any(isinstance(i, (str, Path)) for i in batch):
             raise PixelFormatError(refusal)
-        decoded = [read_image(i) if isinstance(i, (str, Path)) else i for i in batch]
-        return decoded, preprocess_batch(decoded, self.preprocess)
+        return [read_image(i) if isinstance(i, (str, Path)) else i for i in batch]
 
     def explain_predicted(
         self, images: ImageLike | Sequence[ImageLike], threshold: float = 0.5, **kwargs: Any

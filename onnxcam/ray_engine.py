@@ -65,6 +65,7 @@ class ExplainActor:
             spec=self.explainer.preprocess,
             max_pixels=self.settings.max_pixels,
             max_side=self.settings.max_side,
+            keep_size=self.settings.keep_size,
         )
         decoded = list(self.pool.map(read, jobs))
         futures = process_batch(self.explainer, decoded, self.settings, self.out, self.pool)

@@ -97,6 +97,7 @@ def batch_options(
     option_pairs: tuple[str, ...],
     max_megapixels: float,
     max_side: int,
+    keep_size: bool = False,
 ) -> BatchOptions:
     """The :class:`BatchOptions` of the command-line values; unknown methods or save kinds raise BatchUsageError."""
     return BatchOptions(
@@ -114,6 +115,7 @@ def batch_options(
         method_options=parse_options(option_pairs),
         max_pixels=round(max_megapixels * 1e6),
         max_side=max_side or None,
+        keep_size=keep_size,
     )
 
 
@@ -193,6 +195,11 @@ def batch_options(
     show_default=True,
     help="Longest side of the overlays and maps in pixels; larger images are decoded and drawn at this size "
     "(0: the original size).",
+)
+@click.option(
+    "--keep-size",
+    is_flag=True,
+    help="Feed each image at its own size, unresized (graphs exported with dynamic H/W; one image per run).",
 )
 def explain(
     model: str,
