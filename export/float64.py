@@ -136,6 +136,18 @@ class GatherElements(OpRun):
         return (np.take_along_axis(data, indices, axis=axis),)
 
 
+class GlobalLpPool(OpRun):
+    """``GlobalLpPool``: ``y = (Σ_spatial |x|^p)^(1/p)`` per channel, spatial axes kept as 1 (``onnx.reference`` has
+    no kernel for it)."""
+
+    op_domain = ""
+
+    def _run(self, x, p=None):  # type: ignore[override]
+        axes = tuple(range(2, x.ndim))
+        p = 2 if p is None else int(p)
+        return ((np.abs(x) ** p).sum(axis=axes, keepdims=True) ** (1.0 / p),)
+
+
 def cut_after(
     model: onnx.ModelProto, tensor: str, keep: Sequence[str] | None = None
 ) -> tuple[onnx.ModelProto, list[str]]:
@@ -192,7 +204,7 @@ def evaluate_float64(
     names = [o.name for o in m.graph.output]
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
     try:
-        evaluator = ReferenceEvaluator(m, new_ops=[Pad, GatherElements, Resize, *(new_ops or [])])
+        evaluator = ReferenceEvaluator(m, new_ops=[Pad, GatherElements, GlobalLpPool, Resize, *(new_ops or [])])
         return dict(zip(names, evaluator.run(names, feeds), strict=True))
     except Exception as exc:  # any failure of the reference evaluator is a verdict, never a traceback
         lines = str(exc).strip().splitlines()

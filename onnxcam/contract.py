@@ -41,7 +41,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"
+#: Versions this module reads. 2 added (all optional, absent = version 1's meaning): the input description's channels,
+#: dtype and layout (``onnxcam.preprocess``), real score kinds (``onnxcam.scores_kind``), layer layouts
+#: (``onnxcam.layouts``) and detector outputs (``onnxcam.detection``); a version-1 file reads as before.
+READABLE_VERSIONS = ("1", "2")
 
 INPUT = "input"
 TARGET = "target"
@@ -296,9 +300,10 @@ class Metadata:
         """Parse ``metadata_props``; raises ``ValueError`` when the graph does not follow the contract."""
         if META_VERSION not in props:
             raise ValueError("not an onnxcam explainer graph (no onnxcam metadata); export it with `onnxcam export`")
-        if props[META_VERSION] != CONTRACT_VERSION:
+        if props[META_VERSION] not in READABLE_VERSIONS:
             raise ValueError(
-                f"explainer graph has contract version {props[META_VERSION]}, this onnxcam reads {CONTRACT_VERSION}"
+                f"explainer graph has contract version {props[META_VERSION]}, this onnxcam reads "
+                f"{', '.join(READABLE_VERSIONS)}: upgrade onnxcam or re-export the model"
             )
         labels = props.get(META_LABELS)
         return cls(

@@ -26,7 +26,7 @@ from torch import nn
 
 from onnxcam.explainer import Explainer
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.heavy  # ~25 min of exports on 2 cores: run by hand (scripts/test.sh -m heavy)
 timm = pytest.importorskip("timm")
 TOLERANCE = 1e-4
 METHODS = {

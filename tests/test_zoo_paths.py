@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from zoo_sweep import PATHS, one
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "lraspp_mobilenet_v3_large"])
 def test_zoo_model_exports_and_verifies(name: str, path: str, tmp_path: Path) -> None:
