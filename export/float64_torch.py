@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx.reference.op_run import OpRun
 
 from .autodiff.rules.conv import transposed_begins
-from .float64 import evaluate_float64
+from .float64 import float64_evaluator
 
 
 def _pairs(pads: list[int] | None, rank: int) -> list[int]:
@@ -193,4 +193,4 @@ OPS = [Conv, ConvTranspose, MaxPool, AveragePool, GridSample, AffineGrid]
 
 def evaluate_float64_torch(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """:func:`~onnxcam_export.float64.evaluate_float64` with the kernels above."""
-    return evaluate_float64(model, feeds, new_ops=OPS)
+    return float64_evaluator(model, OPS)(feeds)

@@ -13,7 +13,7 @@ from onnxcam import contract
 
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
-from .float64 import CouldNotVerify, cut_after, evaluate_float64
+from .float64 import CouldNotVerify, cut_after, float64_evaluator
 
 
 class VerificationError(ExportError):
@@ -214,8 +214,10 @@ def verify_finite_differences(
         fixed = {f: target if f == contract.TARGET else out[f] for f in frozen}
         activation = out[tap].astype(np.float64)
 
+        run_after = float64_evaluator(after, fast_kernels())
+
         def evaluate(a: np.ndarray) -> dict[str, np.ndarray]:
-            return evaluate_float64(after, {tap: a, **fixed}, fast_kernels())  # noqa: B023 - used within this iteration
+            return run_after({tap: a, **fixed})  # noqa: B023 - used within this iteration
 
         at = evaluate(activation)
         worst, unsettled = directional_errors(

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from onnxcam import contract
 
-from .float64 import CouldNotVerify, cut_after
+from .float64 import CouldNotVerify, cut_after, float64_evaluator
 from .float64_torch import OPS, evaluate_float64_torch
 from .layouts import to_nchw_torch
 from .torch_capture import forward_with_taps
@@ -155,8 +155,10 @@ def at_a_kink(
     a, b = float((ours * v).sum()), float((ref * v).sum())
     gap = abs(a - b)
 
+    run_after = float64_evaluator(after, OPS)
+
     def objective(t: np.ndarray) -> np.ndarray:
-        out = evaluate_float64_torch(after, {tap: at + t[0] * v[None], **fixed})
+        out = run_after({tap: at + t[0] * v[None], **fixed})
         return picked_scores(out[contract.SCORES], used)
 
     slope = settled_slopes(objective, objective(np.zeros(1)), np.array([gap]), 1 / 8)[0]
