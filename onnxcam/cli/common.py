@@ -18,6 +18,13 @@ method_option = click.option(
     show_default=True,
     help=f"Method(s), comma-separated: {', '.join(available_methods())}.",
 )
+target_option = click.option(
+    "--target",
+    default="top1",
+    show_default=True,
+    help="Class to explain: top1, a class index or a label; a comma list explains the sum of those classes (one "
+    "map); a binary sigmoid head takes positive or negative (or its two labels).",
+)
 
 
 def usage_error(exc: BatchUsageError) -> click.UsageError:

@@ -13,7 +13,7 @@ from ..metrics import available_metrics, metric_options
 from ..metrics.job import EvaluationOptions, format_table, run_evaluation
 from ..providers import CHOICES
 from .common import OPTION_HELP as METHOD_OPTION_HELP
-from .common import method_option, parse_options, usage_error
+from .common import method_option, parse_options, target_option, usage_error
 
 
 def _shown(default: object) -> str:
@@ -35,13 +35,7 @@ OPTION_HELP = "; ".join(f"{o.name}: {o.help} [{_shown(o.default)}]" for o in met
     help=f"Metric(s), comma-separated, or all: {', '.join(available_metrics())}.",
 )
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option(
-    "--target",
-    default="top1",
-    show_default=True,
-    help="Class to explain: top1, a class index or a label; a comma list explains the sum of those classes (one "
-    "map); a binary sigmoid head takes positive or negative (or its two labels).",
-)
+@target_option
 @click.option(
     "--layer", "layers", multiple=True, help="Layer to explain (repeatable) [all layers of the graph, fused]."
 )

@@ -23,7 +23,7 @@ from ..batch import (
 )
 from ..inputs import Shard, parse_shard
 from ..providers import CHOICES
-from .common import OPTION_HELP, method_option, parse_options, usage_error
+from .common import OPTION_HELP, method_option, parse_options, target_option, usage_error
 
 ENGINES = ("local", "ray")
 
@@ -123,13 +123,7 @@ def batch_options(
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @method_option
-@click.option(
-    "--target",
-    default="top1",
-    show_default=True,
-    help="Class to explain: top1, a class index or a label; a comma list explains the sum of those classes (one "
-    "map); a binary sigmoid head takes positive or negative (or its two labels).",
-)
+@target_option
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option(
     "--layer", "layers", multiple=True, help="Layer to explain (repeatable) [all layers of the graph, fused]."

@@ -63,14 +63,20 @@ def _divisors(*dims: int, incl: bool, ceil: bool) -> np.ndarray:
     return inside.sum(axis=1)
 
 
-@rule("AveragePool")
-def average_pool(ctx: VJPContext) -> list[str | None]:
-    """``x̄ = ConvTranspose(ḡ / D, 1)`` cropped to ``x``, ``D`` the window's divisor (depends on count_include_pad)."""
-    x = ctx.input(0)
+def _window(ctx: VJPContext) -> tuple[list[int], list[int], list[int]]:
+    """A pooling node's ``kernel_shape``, ``strides`` and ``dilations`` (1 by default)."""
     kernel = list(ctx.attr("kernel_shape"))  # type: ignore[call-overload]
     ones = [1] * len(kernel)
     strides = list(ctx.attr("strides", ones))  # type: ignore[call-overload]
     dilations = list(ctx.attr("dilations", ones))  # type: ignore[call-overload]
+    return kernel, strides, dilations
+
+
+@rule("AveragePool")
+def average_pool(ctx: VJPContext) -> list[str | None]:
+    """``x̄ = ConvTranspose(ḡ / D, 1)`` cropped to ``x``, ``D`` the window's divisor (depends on count_include_pad)."""
+    x = ctx.input(0)
+    kernel, strides, dilations = _window(ctx)
     begins, ends = window_pads(ctx, x, kernel, strides, dilations)
     channels, *sizes = static_dims(ctx, x, 1)
     incl, ceil = bool(ctx.attr("count_include_pad", 0)), bool(ctx.attr("ceil_mode", 0))
@@ -105,10 +111,7 @@ def _scaled_by_norm(ctx: VJPContext) -> str:
 def lp_pool(ctx: VJPContext) -> list[str | None]:
     """``x̄ = sign(x)|x|^(p−1) · ConvTranspose(ḡ · y^(1−p), 1)`` cropped to ``x``, for ``y = (Σ_window |x|^p)^(1/p)``."""
     x = ctx.input(0)
-    kernel = list(ctx.attr("kernel_shape"))  # type: ignore[call-overload]
-    ones = [1] * len(kernel)
-    strides = list(ctx.attr("strides", ones))  # type: ignore[call-overload]
-    dilations = list(ctx.attr("dilations", ones))  # type: ignore[call-overload]
+    kernel, strides, dilations = _window(ctx)
     begins, _ = window_pads(ctx, x, kernel, strides, dilations)
     channels = static_dims(ctx, x, 1)[0]
     spread = ctx.const(np.ones([channels, 1, *kernel]), like=x)
