@@ -21,6 +21,8 @@ from .box_gradients import keep_if_exact
 from .detection_layers import detector_forward, torch_detector_layer
 from .detection_output import as_detection
 from .errors import ExportError
+from .in_graph import add_cams
+from .in_graph import resolve as resolve_in_graph
 from .inside_normalisation import inside_normalisation
 from .layouts import refuse_non_nchw
 from .scores_head import ScoresHead, check_labels, resolve_head
@@ -77,6 +79,7 @@ def export_model(
     layer_layout: str | None = None,
     layer_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
+    in_graph: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -94,6 +97,7 @@ def export_model(
     detected): a detector's raw output, :mod:`.detection_output`.
     ``layer_layout`` / ``layer_grid`` / ``prefix_tokens`` override the inferred layout of every layer (NCHW,
     channels-last, tokens ``[N, prefix + h·w, C]``; :func:`export.layouts.classify`).
+    ``in_graph``: methods whose final map the graph outputs as ``cam:<method>`` (:mod:`.in_graph`).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -157,7 +161,7 @@ def export_model(
             layouts=layouts,
         )
 
-    extras = Extras(rules, heads)
+    extras = Extras(rules, heads, resolve_in_graph(in_graph))
     return _build_check_save(
         forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
     )
@@ -183,10 +187,12 @@ def scores_head(
 
 @dataclass(frozen=True)
 class Extras:
-    """Optional parts of the explainer graph: input gradients (one per ReLU backward rule) and head graphs."""
+    """Optional parts of the explainer graph: input gradients (one per ReLU backward rule), head graphs, in-graph
+    maps."""
 
     input_gradients: tuple[str, ...] = ()
     heads: bool = True
+    in_graph: tuple[str, ...] = ()  # methods with a ``cam:<method>`` output (:mod:`.in_graph`)
 
 
 def _rules(input_gradients: Sequence[str]) -> tuple[str, ...]:
@@ -214,6 +220,9 @@ def _build_check_save(
     report = check(explainer) if check else None
     if report is not None:
         log(f"verified against {reference}: {report.summary()}")
+    if extras.in_graph:
+        add_cams(explainer, extras.in_graph, metadata)
+        log(f"in-graph maps: {', '.join(contract.cam_name(m) for m in extras.in_graph)}")
     if output is not None:
         save(explainer, output)
         log(f"wrote {output}")
@@ -279,6 +288,7 @@ def export_onnx_file(
     input_layout: str | None = None,
     task: str | None = None,
     detect_layout: str | None = None,
+    in_graph: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
@@ -322,7 +332,7 @@ def export_onnx_file(
     reference = quantization.verify_ste if quantization.is_qdq(forward) else verify_finite_differences
     check = (lambda e: reference(e, layers, shape, tolerance=tolerance)) if verify else None
     check = precision.with_agreement(check, forward, layers, shape, log) if check else None
-    extras = Extras(_rules(input_gradients), heads)
+    extras = Extras(_rules(input_gradients), heads, resolve_in_graph(in_graph))
     method = "the straight-through estimator by float64 finite differences" if quantization.is_qdq(forward) else ""
     reference_name = method or "float64 finite differences"
     try:
@@ -381,6 +391,7 @@ def export_source(
     layer_layout: str | None = None,
     layer_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
+    in_graph: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
 
@@ -413,6 +424,7 @@ def export_source(
             input_layout=input_layout,
             task=task,
             detect_layout=detect_layout,
+            in_graph=in_graph,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -443,4 +455,5 @@ def export_source(
         layer_layout=layer_layout,
         layer_grid=tuple(layer_grid) if layer_grid else None,
         prefix_tokens=prefix_tokens,
+        in_graph=in_graph,
     )

@@ -25,6 +25,7 @@ class Part:
     default: bool
     nodes: Sequence[onnx.NodeProto]
     outputs: Sequence[tuple[str, onnx.ValueInfoProto]]
+    requires: str | None = None  # another switch (already a graph input) that must be on too: the condition is And
 
 
 def subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -75,8 +76,12 @@ def gate(graph: onnx.GraphProto, part: Part) -> None:
     else_outputs = [_unknown_dims(n.output[0], len(d) + 1, e) for n, d, e in zip(empty, dims, elems, strict=True)]
     else_branch = helper.make_graph(empty, part.switch + "/else", [], else_outputs)
     names = [out.name for _, out in part.outputs]
+    condition = part.switch
+    if part.requires:
+        condition = f"{part.switch}/and"
+        graph.node.append(helper.make_node("And", [part.switch, part.requires], [condition], name=condition))
     graph.node.append(
-        helper.make_node("If", [part.switch], names, name=part.switch, then_branch=then_branch, else_branch=else_branch)
+        helper.make_node("If", [condition], names, name=part.switch, then_branch=then_branch, else_branch=else_branch)
     )
     switch, default = optional_input(part.switch, 0, np.array(part.default))
     graph.input.append(switch)

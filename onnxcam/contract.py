@@ -33,6 +33,11 @@ Switches: the gradients, input gradients and heads are computed only when their 
 runs every node of a graph whatever outputs are requested, so each optional part sits in an ``If``):
 ``compute:gradients`` (default true) for all ``gradient:<layer>``, ``compute:<output>`` (default false) for each
 ``gradient:input[:rule]`` and ``head_scores:<layer>``. A part switched off yields an empty ``[0, …]`` tensor.
+
+In-graph heat maps (optional, metadata ``onnxcam.in_graph`` lists the methods; absent = none): output
+``cam:<method>`` float32 ``[N, H, W]`` in ``[0, 1]`` at the input's resolution, the final map of ``method`` (Grad-CAM
+…) for ``target_used``, all layers fused, equal to the Python runtime's; switched by ``compute:cam:<method>``
+(default true) *and* ``compute:gradients``. Feed ``input`` alone (and optionally ``target``/``seed``) to get it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ BOX_SEED = "box_seed"
 BOX_ROWS = "box_rows"
 BOX_GRADIENT_PREFIX = "box_gradient:"
 BOX_SWITCH = SWITCH_PREFIX + "box_gradients"
+CAM_PREFIX = "cam:"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -81,6 +87,7 @@ META_INPUT_GRADIENTS = META_PREFIX + "input_gradients"
 META_HEADS = META_PREFIX + "heads"
 META_DETECTION = META_PREFIX + "detection"
 META_LAYOUTS = META_PREFIX + "layouts"  # optional; absent = every layer NCHW
+META_IN_GRAPH = META_PREFIX + "in_graph"  # optional JSON list of methods with a ``cam:<method>`` output; absent = none
 
 #: How a tapped layer's tensor was laid out in the model (``activation:``/``gradient:``/``head:`` are NCHW for all):
 #: ``nchw``; ``channels-last`` ``[N, h, w, C]`` (Swin); ``tokens`` ``[N, prefix + h·w, C]`` (ViT: class,
@@ -108,6 +115,11 @@ def input_gradient_name(rule: str = "standard") -> str:
 def box_gradient_name(layer: str) -> str:
     """Graph output (detectors) holding ``∂ Σ(box_seed_m ⊙ scores_{box_rows[m]}) / ∂A`` per box row ``m``."""
     return BOX_GRADIENT_PREFIX + layer
+
+
+def cam_name(method: str) -> str:
+    """Graph output holding the final in-graph map of ``method`` (``cam:gradcam``, ``cam:gradcam++`` …)."""
+    return CAM_PREFIX + method
 
 
 def switch_name(output: str) -> str:
@@ -274,6 +286,7 @@ class Metadata:
     version: str = CONTRACT_VERSION
     detection: Detection | None = None
     layouts: dict[str, Layout] = field(default_factory=dict)  # non-NCHW layers only
+    in_graph: tuple[str, ...] = ()  # methods with a ``cam:<method>`` output
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -293,6 +306,8 @@ class Metadata:
             props[META_DETECTION] = self.detection.to_json()
         if self.layouts:
             props[META_LAYOUTS] = json.dumps({k: v.to_dict() for k, v in self.layouts.items()})
+        if self.in_graph:
+            props[META_IN_GRAPH] = json.dumps(list(self.in_graph))
         return props
 
     @classmethod
@@ -318,6 +333,7 @@ class Metadata:
             version=props[META_VERSION],
             detection=Detection.from_json(props[META_DETECTION]) if META_DETECTION in props else None,
             layouts={k: Layout.from_dict(v) for k, v in json.loads(props.get(META_LAYOUTS, "{}")).items()},
+            in_graph=tuple(json.loads(props.get(META_IN_GRAPH, "[]"))),
         )
 
     def layout(self, layer: str) -> Layout:

@@ -95,6 +95,13 @@ from .number_list import NumberList
 )
 @click.option("--layer-grid", nargs=2, type=int, default=None, metavar="H W", help="Token grid of a token layer.")
 @click.option("--prefix-tokens", type=int, default=None, help="Tokens before the grid (class/register tokens).")
+@click.option(
+    "--in-graph",
+    default="",
+    metavar="METHOD[,METHOD]",
+    help="Also compute these methods' final maps inside the graph (outputs cam:<method> [N, H, W] in [0, 1]; "
+    "gradcam, gradcam++, xgradcam, hirescam, gradcamelementwise, layercam): any ONNX runtime gets a heat map.",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:
@@ -111,6 +118,9 @@ def export(
     try:
         rules = [r.strip() for r in input_gradients.split(",") if r.strip() and r.strip() != "none"]
         rules = list(RELU_RULES) if rules == ["all"] else rules
-        export_source(source, list(layers), output, input_gradients=rules, heads=not no_head, **options)
+        in_graph = [m for m in str(options.pop("in_graph")).split(",") if m.strip()]
+        export_source(
+            source, list(layers), output, input_gradients=rules, heads=not no_head, in_graph=in_graph, **options
+        )
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
