@@ -38,7 +38,7 @@ async function main() {
   if (positionals.length !== 2) throw new Error("usage: explain.mjs MODEL.onnx IMAGE [--method M] [--out PREFIX]");
   const [modelPath, imagePath] = positionals;
   const bytes = readFileSync(modelPath);
-  const session = await ort.InferenceSession.create(bytes);
+  const session = await ort.InferenceSession.create(bytes, { logSeverityLevel: 3 }); // errors only
   const info = explainerInfo(readMetadata(bytes), session.outputNames);
   const method = values.method || info.methods[0];
   if (!info.methods.includes(method)) {

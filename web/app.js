@@ -18,7 +18,7 @@ function status(text, error = false) {
 
 async function loadModel(bytes, name) {
   status(`loading ${name} …`);
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], logSeverityLevel: 3 });
   state.info = explainerInfo(readMetadata(bytes), session.outputNames);
   state.session = session;
   $("method").replaceChildren(...state.info.methods.map((m) => new Option(m, m)));
