@@ -67,7 +67,9 @@ window.onnxcamTime = async (count) => {
     await state.session.run(feeds, ["scores", "target_used", `cam:${method}`]);
     times.push(performance.now() - started);
   }
-  return times.sort((a, b) => a - b)[Math.floor(count / 2)];
+  const median = times.sort((a, b) => a - b)[Math.floor(count / 2)];
+  status(`${state.image.name}: session run ${median.toFixed(0)} ms (median of ${count}; onnxruntime-web ${ort.env.versions.web}, WebAssembly)`);
+  return median;
 };
 
 const guard = (task) => (event) =>

@@ -27,7 +27,7 @@ const browser = await puppeteer.launch({
 });
 try {
   const page = await browser.newPage();
-  await page.setViewport({ width: 900, height: 780 });
+  await page.setViewport({ width: 900, height: 400 });
   const log = [];
   page.on("console", (message) => log.push(message.text()));
   page.on("pageerror", (error) => log.push(String(error)));
