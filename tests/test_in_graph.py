@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 from onnxcam_export import in_graph
 from onnxcam_export.errors import ExportError
-from small_models import export_gapnet
+from small_models import GapNet, export_gapnet
 
 from onnxcam import contract, postprocess
 from onnxcam.cli import main
@@ -70,6 +70,30 @@ def test_top1_maps_equal_the_python_runtime(exported: Path, session: ort.Inferen
         assert ours[method].min() >= 0 and ours[method].max() <= 1
         assert ours[method].max() > 0.99, method  # normalised: not an all-zero map
         np.testing.assert_allclose(ours[method], ref[method], atol=TOLERANCE, rtol=0, err_msg=method)
+
+
+def test_maps_equal_pytorch_grad_cam(exported: Path, session: ort.InferenceSession, images: np.ndarray) -> None:
+    """The peer: pytorch-grad-cam on the same GapNet (seed 0, as exported), same layers, top-1; 1e-4 as in
+    tests/test_parity_gradcam.py (onnxruntime vs PyTorch float32 kernels)."""
+    torch = pytest.importorskip("torch")
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    peers = {
+        "gradcam": pgc.GradCAM,
+        "gradcam++": pgc.GradCAMPlusPlus,
+        "xgradcam": pgc.XGradCAM,
+        "hirescam": pgc.HiResCAM,
+        "gradcamelementwise": pgc.GradCAMElementWise,
+        "layercam": pgc.LayerCAM,
+    }
+    torch.manual_seed(0)
+    model = GapNet().eval()
+    layers = contract.Metadata.from_props({p.key: p.value for p in onnx.load(str(exported)).metadata_props}).layers
+    modules = dict(model.named_modules())
+    ours = cams(session, {contract.INPUT: images, contract.TARGET: np.full(4, -1, np.int64)})
+    for method, peer in peers.items():
+        with peer(model=model, target_layers=[modules[layer] for layer in layers]) as cam:
+            ref = cam(input_tensor=torch.from_numpy(images), targets=None)
+        np.testing.assert_allclose(ours[method], ref, atol=1e-4, rtol=0, err_msg=method)
 
 
 def test_targets_and_seeds_equal_the_python_runtime(
