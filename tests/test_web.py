@@ -157,7 +157,7 @@ def test_resize_is_opencvs(photos: dict[str, Path], tmp_path: Path) -> None:
     raw.write_bytes(image.tobytes())
     sizes = [(224, 224), (32, 32), (299, 450), (97, 31), (600, 900), (350, 451)]
     script = (
-        "import('./web/onnxcam.js').then((m) => { const fs = require('fs'); const px = fs.readFileSync(process.argv[1]);"
+        "import('./web/onnxcam.js').then((m) => { const px = require('fs').readFileSync(process.argv[1]);"
         "for (const [h, w] of JSON.parse(process.argv[2]))"
         f" process.stdout.write(m.resizeLinearU8(px, {image.shape[1]}, {image.shape[0]}, 3, w, h)); }})"
     )
