@@ -44,15 +44,22 @@ ESPRESSO = 967
 MAP_TOLERANCE = 1e-3  # issue 16: the page's map vs Python's
 
 
-def need(*packages: str, browser: bool = False) -> None:
-    """Skip, naming what is missing: Node.js, an npm package in web/node_modules, or Chromium."""
+def missing(*packages: str, browser: bool = False) -> str | None:
+    """What is missing to run JavaScript here: Node.js, an npm package in web/node_modules, or Chromium."""
     if NODE is None:
-        pytest.skip("Node.js is not installed (node not on PATH)")
-    missing = [p for p in packages if not (WEB / "node_modules" / p / "package.json").is_file()]
-    if missing:
-        pytest.skip(f"npm packages missing in web/node_modules: {', '.join(missing)} (run: cd web && npm ci)")
+        return "Node.js is not installed (node not on PATH)"
+    absent = [p for p in packages if not (WEB / "node_modules" / p / "package.json").is_file()]
+    if absent:
+        return f"npm packages missing in web/node_modules: {', '.join(absent)} (run: cd web && npm ci)"
     if browser and CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium, or set $CHROMIUM)")
+        return "Chromium is not installed (apt-get install chromium, or set $CHROMIUM)"
+    return None
+
+
+def requires(*packages: str, browser: bool = False) -> pytest.MarkDecorator:
+    """Skip (before any export) naming what is missing."""
+    reason = missing(*packages, browser=browser)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
 def node(*args: str) -> subprocess.CompletedProcess[str]:
@@ -148,10 +155,10 @@ def check_page(result: dict, model: Path, photo: Path) -> Explainer:
     return explainer
 
 
+@requires()
 def test_resize_is_opencvs(photos: dict[str, Path], tmp_path: Path) -> None:
     """web/onnxcam.js's bilinear resize equals cv2.resize(INTER_LINEAR) bit for bit when shrinking; when enlarging,
     only the first and last rows may be off, by 1."""
-    need()
     image = read_image(photos["chelsea"])  # 300×451
     raw = tmp_path / "pixels.raw"
     raw.write_bytes(image.tobytes())
@@ -174,9 +181,9 @@ def test_resize_is_opencvs(photos: dict[str, Path], tmp_path: Path) -> None:
     assert offset == len(out.stdout)
 
 
+@requires("onnxruntime-node", "sharp")
 def test_node_example_matches_python(small: Path, photos: dict[str, Path], tmp_path: Path) -> None:
     """examples/explain.mjs (onnxruntime-node): the map, class and overlay equal the Python runtime's."""
-    need("onnxruntime-node", "sharp")
     for method in ("gradcam", "layercam"):
         out = tmp_path / method
         line = node("examples/explain.mjs", str(small), str(photos["coffee"]), "--method", method, "--out", str(out))
@@ -191,8 +198,8 @@ def test_node_example_matches_python(small: Path, photos: dict[str, Path], tmp_p
         assert np.abs(shown - overlay(image, python.maps[method])).max() <= 3
 
 
+@requires("onnxruntime-node", "sharp")
 def test_node_example_refuses_a_graph_without_maps(tmp_path: Path) -> None:
-    need("onnxruntime-node", "sharp")
     plain = export_gapnet(tmp_path / "plain.onnx")
     done = subprocess.run([NODE, "examples/explain.mjs", str(plain), "x.png"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1
@@ -201,18 +208,18 @@ def test_node_example_refuses_a_graph_without_maps(tmp_path: Path) -> None:
     )
 
 
+@requires("onnxruntime-web", "puppeteer-core", browser=True)
 def test_page_matches_python(small: Path, photos: dict[str, Path], server: str, tmp_path: Path) -> None:
     """The web page in headless Chromium (onnxruntime-web, WebAssembly) on a real photo, small net."""
-    need("onnxruntime-web", "puppeteer-core", browser=True)
     result = drive(server, small, photos["chelsea"], tmp_path / "page.json")
     assert result["method"] == "gradcam" and result["shape"] == [32, 32]
     check_page(result, small, photos["chelsea"])
 
 
 @pytest.mark.slow
+@requires("onnxruntime-web", "puppeteer-core", browser=True)
 def test_page_explains_the_demo_model(demo: Path, photos: dict[str, Path], server: str, tmp_path: Path) -> None:
     """The pretrained EfficientNet-Lite0 in the browser: the cat and the espresso recognised, maps equal Python's."""
-    need("onnxruntime-web", "puppeteer-core", browser=True)
     for name, wanted in (("chelsea", CATS), ("coffee", {ESPRESSO})):
         result = drive(server, demo, photos[name], tmp_path / f"{name}.json")
         assert result["class"] in wanted, result["label"]
@@ -220,8 +227,8 @@ def test_page_explains_the_demo_model(demo: Path, photos: dict[str, Path], serve
 
 
 @pytest.mark.slow
+@requires("onnxruntime-node", "sharp")
 def test_node_example_explains_the_demo_model(demo: Path, photos: dict[str, Path], tmp_path: Path) -> None:
-    need("onnxruntime-node", "sharp")
     line = node("examples/explain.mjs", str(demo), str(photos["chelsea"]), "--out", str(tmp_path / "cat"))
     assert json.loads(line.stdout)["class"] in CATS
     (python,) = Explainer(demo, provider="cpu").explain([read_image(photos["chelsea"])], methods=["gradcam"])
