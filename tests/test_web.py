@@ -211,8 +211,8 @@ def test_node_example_refuses_a_graph_without_maps(tmp_path: Path) -> None:
 @requires("onnxruntime-web", "puppeteer-core", browser=True)
 def test_page_matches_python(small: Path, photos: dict[str, Path], server: str, tmp_path: Path) -> None:
     """The web page in headless Chromium (onnxruntime-web, WebAssembly) on a real photo, small net."""
-    result = drive(server, small, photos["chelsea"], tmp_path / "page.json")
-    assert result["method"] == "gradcam" and result["shape"] == [32, 32]
+    result = drive(server, small, photos["chelsea"], tmp_path / "page.json", "--method", "layercam")
+    assert result["method"] == "layercam" and result["shape"] == [32, 32]
     check_page(result, small, photos["chelsea"])
 
 

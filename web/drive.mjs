@@ -2,7 +2,7 @@
 // computed as JSON: class, label, probability, the map / input tensor / overlay as base64 bytes, the session-run time.
 //
 //   node web/drive.mjs --url http://127.0.0.1:8000/web/index.html --model m.onnx --image photo.png --out r.json
-//                      [--screenshot docs/web.png] [--time 20] [--chromium /usr/bin/chromium]
+//                      [--method gradcam] [--screenshot docs/web.png] [--time 20] [--chromium /usr/bin/chromium]
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
@@ -13,6 +13,7 @@ const { values } = parseArgs({
     url: { type: "string" },
     model: { type: "string" },
     image: { type: "string" },
+    method: { type: "string", default: "" },
     out: { type: "string" },
     screenshot: { type: "string", default: "" },
     time: { type: "string", default: "0" },
@@ -35,6 +36,7 @@ try {
   const done = "window.onnxcamResult || window.onnxcamError";
   await (await page.$("#model")).uploadFile(values.model);
   await page.waitForFunction("!document.querySelector('#image').disabled || window.onnxcamError", { timeout: 120000 });
+  if (values.method) await page.select("#method", values.method);
   await (await page.$("#image")).uploadFile(values.image);
   await page.waitForFunction(done, { timeout: 120000 });
   const result = await page.evaluate(() => {
