@@ -213,3 +213,19 @@ def test_cli_option(tmp_path: Path) -> None:
     assert names[-2:] == ["cam:gradcam", "cam:layercam"]
     refused = CliRunner().invoke(main, [*args, "--exporter", "torchscript", "--in-graph", "eigencam"])
     assert refused.exit_code != 0 and "needs an SVD" in refused.output and "Traceback" not in refused.output
+
+
+def test_onnx_file_source(tmp_path: Path) -> None:
+    """``export_onnx_file(..., in_graph=...)``: a plain ONNX classifier (fixed batch 1, 16×16) gets the maps too."""
+    from onnxcam_export.api import export_onnx_file
+    from test_onnx_legacy import LAYER, legacy_model
+
+    onnx.save(legacy_model(13, 7, None), str(tmp_path / "plain.onnx"))
+    out = tmp_path / "explainer.onnx"
+    export_onnx_file(tmp_path / "plain.onnx", out, [LAYER], verify=False, log=lambda _: None, in_graph=["hirescam"])
+    x = np.random.default_rng(4).random((1, 3, 16, 16)).astype(np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ours = session.run([contract.cam_name("hirescam")], {contract.INPUT: x, contract.TARGET: np.array([-1])})[0]
+    ref = Explainer(str(out)).explain_arrays(x, methods=["hirescam"])[0].maps["hirescam"]
+    assert ours.shape == (1, 16, 16)
+    np.testing.assert_allclose(ours[0], ref, atol=TOLERANCE, rtol=0)
