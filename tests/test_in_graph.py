@@ -139,6 +139,12 @@ def test_metadata_and_standard_ops(exported: Path) -> None:
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
 
 
+def test_info_lists_the_maps(exported: Path) -> None:
+    from onnxcam.model_file import describe
+
+    assert "in-graph maps: cam:gradcam, cam:gradcam++, cam:xgradcam," in describe(exported)
+
+
 def test_old_metadata_reads_without_in_graph(exported: Path) -> None:
     props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
     del props[contract.META_IN_GRAPH]
