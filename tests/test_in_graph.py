@@ -235,3 +235,31 @@ def test_onnx_file_source(tmp_path: Path) -> None:
     ref = Explainer(str(out)).explain_arrays(x, methods=["hirescam"])[0].maps["hirescam"]
     assert ours.shape == (1, 16, 16)
     np.testing.assert_allclose(ours[0], ref, atol=TOLERANCE, rtol=0)
+
+
+def test_binary_head_refused(tmp_path: Path) -> None:
+    """A single-logit sigmoid head: the runtime flips the gradient for the negative class, the graph cannot."""
+    import torch
+    from onnxcam_export.api import export_model
+
+    torch.manual_seed(0)
+    with pytest.raises(ExportError, match=r"single-logit binary head.*export without --in-graph"):
+        export_model(
+            GapNet(1).eval(),
+            tmp_path / "b.onnx",
+            ["body.3"],
+            (32, 32),
+            exporter="torchscript",
+            verify=False,
+            log=lambda _: None,
+            in_graph=["gradcam"],
+        )
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_detector_refused(exported: Path) -> None:
+    model = onnx.load(str(exported))
+    meta = contract.Metadata.from_props({p.key: p.value for p in model.metadata_props})
+    detector = contract.Metadata(meta.layers, detection=contract.Detection("yolov8", (16, 100)))
+    with pytest.raises(ExportError, match="detector is explained per box"):
+        in_graph.add_cams(model, ["gradcam"], detector)
