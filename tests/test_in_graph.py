@@ -263,3 +263,11 @@ def test_detector_refused(exported: Path) -> None:
     detector = contract.Metadata(meta.layers, detection=contract.Detection("yolov8", (16, 100)))
     with pytest.raises(ExportError, match="detector is explained per box"):
         in_graph.add_cams(model, ["gradcam"], detector)
+
+
+def test_export_refuses_a_map_that_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export-time check (:func:`in_graph.check_cams`): a builder computing another formula is caught."""
+    monkeypatch.setitem(in_graph._BUILDERS, "gradcam", in_graph.layer_cam)
+    with pytest.raises(ExportError, match="in-graph map differs from the Python runtime's"):
+        export_gapnet(tmp_path / "wrong.onnx", in_graph=["gradcam"], verify=False)
+    assert not (tmp_path / "wrong.onnx").exists()
