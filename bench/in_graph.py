@@ -7,25 +7,42 @@ batch 8, exported with ``--in-graph gradcam`` (TorchScript tracer, no verificati
 ``session run, A + G``: the same file with ``compute:cam:gradcam`` off (what the Python runtime runs);
 ``Python CAM math``: :func:`onnxcam.methods.grad_cam` + :func:`onnxcam.postprocess.postprocess` on its outputs;
 ``Explainer.explain_arrays``: the whole Python runtime call (scores, top-k, map). Milliseconds per batch of 8, median
-of ``--runs`` after 2 warm-ups; ``max abs diff``: in-graph map vs the Python runtime's on the benchmark batch.
+of ``--runs`` rounds after 2 warm-up rounds, the columns taking turns within each round; ``max abs diff``: in-graph
+map vs the Python runtime's on the benchmark batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from common import REPO, Table, median_seconds
+from common import REPO, Table
 from workers import inputs
 
 MODELS = (("resnet50", "layer4"), ("mobilenet_v3_large", "features.16"))
 BATCH, WARMUP = 8, 2
 HEADERS = ["model", "layer", "session run, cam:gradcam", "session run, A + G", "Python CAM math", "A + G + math"]
 HEADERS += ["Explainer.explain_arrays", "in-graph / (A + G + math)", "max abs diff"]
+
+
+def interleaved(calls: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median milliseconds of each call over ``runs`` rounds after ``WARMUP`` ones, the calls taking turns within a
+    round: on a shared machine a burst of load then falls on every column alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(WARMUP + runs):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            if round_ >= WARMUP:
+                times[name].append(1000 * (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure(arch: str, layer: str, folder: Path, threads: int, runs: int) -> list[str]:
@@ -58,14 +75,16 @@ def measure(arch: str, layer: str, folder: Path, threads: int, runs: int) -> lis
         return postprocess([grad_cam(a, g)], (x.shape[3], x.shape[2]))
 
     a, g = session.run(tensors, without)
-    ms = {
-        "in_graph": median_seconds(lambda: session.run([cam], with_cam), WARMUP, runs),
-        "run": median_seconds(lambda: session.run(tensors, without), WARMUP, runs),
-        "math": median_seconds(lambda: python_math(a, g), WARMUP, runs),
-        "both": median_seconds(lambda: python_math(*session.run(tensors, without)), WARMUP, runs),
-        "explainer": median_seconds(lambda: explainer.explain_arrays(x, methods=("gradcam",)), WARMUP, runs),
-    }
-    ms = {k: 1000 * v for k, v in ms.items()}
+    ms = interleaved(
+        {
+            "in_graph": lambda: session.run([cam], with_cam),
+            "run": lambda: session.run(tensors, without),
+            "math": lambda: python_math(a, g),
+            "both": lambda: python_math(*session.run(tensors, without)),
+            "explainer": lambda: explainer.explain_arrays(x, methods=("gradcam",)),
+        },
+        runs,
+    )
     ours = session.run([cam], with_cam)[0]
     ref = np.stack([r.maps["gradcam"] for r in explainer.explain_arrays(x, methods=("gradcam",))])
     cells = [f"{ms[k]:.0f}" for k in ("in_graph", "run", "math", "both", "explainer")]
@@ -80,8 +99,9 @@ def in_graph_table(threads: int, runs: int) -> Table:
         HEADERS,
         note=f"Written by `python bench/in_graph.py` ({runs} runs, {threads} threads; load average {load:.1f} on "
         f"{os.cpu_count()} cores at the start{busy})."
-        " Milliseconds per batch of 8 (lower is better); random-init weights, 224×224. `cam:gradcam` is one session "
-        "run whose output is the final map; `A + G` is the same file with that output switched off, followed by the "
+        " Milliseconds per batch of 8 (lower is better), median of rounds in which the columns take turns; "
+        "random-init weights, 224×224. `cam:gradcam` is one session run whose output is the final map; `A + G` is "
+        "the same file with that output switched off, followed by the "
         "Python runtime's numpy/OpenCV math. `max abs diff`: in-graph map vs `Explainer.explain_arrays` on this batch.",
     )
     with tempfile.TemporaryDirectory(prefix="onnxcam-bench-in-graph-") as tmp:

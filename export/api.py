@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from .box_gradients import keep_if_exact
 from .detection_layers import detector_forward, torch_detector_layer
 from .detection_output import as_detection
 from .errors import ExportError
-from .in_graph import add_cams
+from .in_graph import add_cams, check_cams
 from .in_graph import resolve as resolve_in_graph
 from .inside_normalisation import inside_normalisation
 from .layouts import refuse_non_nchw
@@ -222,7 +222,9 @@ def _build_check_save(
         log(f"verified against {reference}: {report.summary()}")
     if extras.in_graph:
         add_cams(explainer, extras.in_graph, metadata)
-        log(f"in-graph maps: {', '.join(contract.cam_name(m) for m in extras.in_graph)}")
+        error = check_cams(explainer, replace(metadata, in_graph=extras.in_graph))
+        maps = ", ".join(contract.cam_name(m) for m in extras.in_graph)
+        log(f"in-graph maps {maps}: checked against the Python runtime's math, max difference {error:.1e}")
     if output is not None:
         save(explainer, output)
         log(f"wrote {output}")

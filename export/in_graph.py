@@ -5,7 +5,8 @@ run. Each method is one small builder mirroring its numpy twin in :mod:`onnxcam.
 operations); :func:`add_post_processing` mirrors :mod:`onnxcam.postprocess` (per layer: ReLU, min-max normalisation
 ``(m − min) / (max + 1e-7)``, bilinear resize to the input's ``H×W`` — ONNX ``Resize`` linear/half_pixel is
 ``cv2.resize(INTER_LINEAR)``; then the mean over layers of ``max(map, 0)``, normalised again). Each method's nodes sit
-in an ``If`` switched by ``compute:cam:<method>`` (default true) and ``compute:gradients`` (:mod:`.gating`).
+in an ``If`` switched by ``compute:cam:<method>`` (default true) and ``compute:gradients`` (:mod:`.gating`). At export,
+:func:`check_cams` compares every map with the Python runtime's math on one run over random images.
 
 Eigen-CAM and Eigen-Grad-CAM are not offered: they need an SVD, which standard ONNX ops compute only approximately
 (power iteration with a fixed number of steps).
@@ -206,3 +207,38 @@ def add_cams(model: onnx.ModelProto, methods: Sequence[str], metadata: contract.
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
+
+
+#: Largest difference allowed at export between a ``cam:<method>`` output and the Python runtime's math on the same
+#: activations and gradients (the tests hold them to 1e-5 on small models).
+CHECK_TOLERANCE = 1e-4
+
+
+def check_cams(model: onnx.ModelProto, metadata: contract.Metadata, batch: int = 2) -> float:
+    """Run ``model`` once on random images and compare every ``cam:<method>`` with :mod:`onnxcam.methods` +
+    :func:`onnxcam.postprocess.postprocess` on the activations and gradients of the same run; return the largest
+    difference. Raises :class:`ExportError` above :data:`CHECK_TOLERANCE`.
+    """
+    import onnxruntime as ort
+
+    from onnxcam.methods import get_method
+    from onnxcam.postprocess import postprocess
+
+    size = metadata.preprocess.input_size
+    x = np.random.default_rng(0).standard_normal((batch, metadata.preprocess.channels, *size)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    layers = list(metadata.layers)
+    names = [f(layer) for f in (contract.activation_name, contract.gradient_name) for layer in layers]
+    names += [contract.cam_name(m) for m in metadata.in_graph]
+    out = dict(zip(names, session.run(names, {contract.INPUT: x, contract.TARGET: np.full(batch, -1)}), strict=True))
+    worst = 0.0
+    for method in metadata.in_graph:
+        raw = [get_method(method)(out[contract.activation_name(n)], out[contract.gradient_name(n)]) for n in layers]
+        error = float(np.abs(out[contract.cam_name(method)] - postprocess(raw, (size[1], size[0]))).max())
+        if not error <= CHECK_TOLERANCE:
+            raise ExportError(
+                f"--in-graph {method}: the in-graph map differs from the Python runtime's by {error:.1e} "
+                f"(> {CHECK_TOLERANCE:.0e}) on random images; export without --in-graph and report this model"
+            )
+        worst = max(worst, error)
+    return worst

@@ -195,6 +195,7 @@ def describe(path: str | Path) -> str:
         f"input gradients: {', '.join(m.input_gradients) or 'none (export with --input-gradient)'}; "
         f"head graphs: {', '.join(m.heads) or 'none'}",
         *([describe_detection(m.detection)] if m.detection else []),
+        *([f"in-graph maps: {', '.join(contract.cam_name(x) for x in m.in_graph)}"] if m.in_graph else []),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

@@ -139,6 +139,12 @@ def test_metadata_and_standard_ops(exported: Path) -> None:
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
 
 
+def test_info_lists_the_maps(exported: Path) -> None:
+    from onnxcam.model_file import describe
+
+    assert "in-graph maps: cam:gradcam, cam:gradcam++, cam:xgradcam," in describe(exported)
+
+
 def test_old_metadata_reads_without_in_graph(exported: Path) -> None:
     props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
     del props[contract.META_IN_GRAPH]
@@ -213,3 +219,55 @@ def test_cli_option(tmp_path: Path) -> None:
     assert names[-2:] == ["cam:gradcam", "cam:layercam"]
     refused = CliRunner().invoke(main, [*args, "--exporter", "torchscript", "--in-graph", "eigencam"])
     assert refused.exit_code != 0 and "needs an SVD" in refused.output and "Traceback" not in refused.output
+
+
+def test_onnx_file_source(tmp_path: Path) -> None:
+    """``export_onnx_file(..., in_graph=...)``: a plain ONNX classifier (fixed batch 1, 16×16) gets the maps too."""
+    from onnxcam_export.api import export_onnx_file
+    from test_onnx_legacy import LAYER, legacy_model
+
+    onnx.save(legacy_model(13, 7, None), str(tmp_path / "plain.onnx"))
+    out = tmp_path / "explainer.onnx"
+    export_onnx_file(tmp_path / "plain.onnx", out, [LAYER], verify=False, log=lambda _: None, in_graph=["hirescam"])
+    x = np.random.default_rng(4).random((1, 3, 16, 16)).astype(np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ours = session.run([contract.cam_name("hirescam")], {contract.INPUT: x, contract.TARGET: np.array([-1])})[0]
+    ref = Explainer(str(out)).explain_arrays(x, methods=["hirescam"])[0].maps["hirescam"]
+    assert ours.shape == (1, 16, 16)
+    np.testing.assert_allclose(ours[0], ref, atol=TOLERANCE, rtol=0)
+
+
+def test_binary_head_refused(tmp_path: Path) -> None:
+    """A single-logit sigmoid head: the runtime flips the gradient for the negative class, the graph cannot."""
+    import torch
+    from onnxcam_export.api import export_model
+
+    torch.manual_seed(0)
+    with pytest.raises(ExportError, match=r"single-logit binary head.*export without --in-graph"):
+        export_model(
+            GapNet(1).eval(),
+            tmp_path / "b.onnx",
+            ["body.3"],
+            (32, 32),
+            exporter="torchscript",
+            verify=False,
+            log=lambda _: None,
+            in_graph=["gradcam"],
+        )
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_detector_refused(exported: Path) -> None:
+    model = onnx.load(str(exported))
+    meta = contract.Metadata.from_props({p.key: p.value for p in model.metadata_props})
+    detector = contract.Metadata(meta.layers, detection=contract.Detection("yolov8", (16, 100)))
+    with pytest.raises(ExportError, match="detector is explained per box"):
+        in_graph.add_cams(model, ["gradcam"], detector)
+
+
+def test_export_refuses_a_map_that_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export-time check (:func:`in_graph.check_cams`): a builder computing another formula is caught."""
+    monkeypatch.setitem(in_graph._BUILDERS, "gradcam", in_graph.layer_cam)
+    with pytest.raises(ExportError, match="in-graph map differs from the Python runtime's"):
+        export_gapnet(tmp_path / "wrong.onnx", in_graph=["gradcam"], verify=False)
+    assert not (tmp_path / "wrong.onnx").exists()
