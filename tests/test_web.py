@@ -42,12 +42,16 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.whic
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian cat, Siamese cat, Egyptian cat
 ESPRESSO = 967
 MAP_TOLERANCE = 1e-3  # issue 16: the page's map vs Python's
+NODE_MAJOR = 20  # sharp 0.35 needs Node.js >= 20.9
 
 
 def missing(*packages: str, browser: bool = False) -> str | None:
     """What is missing to run JavaScript here: Node.js, an npm package in web/node_modules, or Chromium."""
     if NODE is None:
         return "Node.js is not installed (node not on PATH)"
+    version = subprocess.run([NODE, "--version"], capture_output=True, text=True).stdout.strip()
+    if int(version.lstrip("v").split(".")[0] or 0) < NODE_MAJOR:
+        return f"Node.js {version} is too old: web/package.json's packages need {NODE_MAJOR} or later"
     absent = [p for p in packages if not (WEB / "node_modules" / p / "package.json").is_file()]
     if absent:
         return f"npm packages missing in web/node_modules: {', '.join(absent)} (run: cd web && npm ci)"
