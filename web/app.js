@@ -49,7 +49,8 @@ async function run() {
   [view.width, view.height] = [width, height];
   view.getContext("2d").putImageData(new ImageData(pixels, width, height), 0, 0);
   const label = result.label ?? `class ${result.classIndex}`;
-  $("result").textContent = `${label} · ${(100 * result.probability).toFixed(1)} % · ${method}`;
+  const how = result.probability === null ? `score ${result.score.toPrecision(4)}` : `${(100 * result.probability).toFixed(1)} %`;
+  $("result").textContent = `${label} · ${how} · ${method}`;
   status(`${name}: ${width}×${height}, session run ${result.ms.toFixed(0)} ms (onnxruntime-web ${ort.env.versions.web}, WebAssembly)`);
   window.onnxcamResult = { ...result, method, overlay: pixels, imageWidth: width, imageHeight: height };
 }

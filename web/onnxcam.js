@@ -173,9 +173,22 @@ export function toInput(rgb, width, height, spec) {
   return x;
 }
 
-/** Per-class probabilities of one score row as the scores kind defines them (onnxcam/scores.py). */
+/** One image's scores `[K, …]` → per class `[K]`: a dense output averaged over its positions (onnxcam/scores.py). */
+export function perClass(scores, dims) {
+  const classes = dims[1];
+  const positions = scores.length / classes;
+  const out = new Float64Array(classes);
+  for (let k = 0; k < classes; k++) {
+    for (let i = 0; i < positions; i++) out[k] += scores[k * positions + i];
+    out[k] /= positions;
+  }
+  return out;
+}
+
+/** Per-class probabilities as the scores kind defines them (onnxcam/scores.py); `raw` scores have none (null). */
 export function probabilities(scores, kind) {
-  if (kind === "probabilities" || kind === "raw") return Float64Array.from(scores);
+  if (kind === "raw") return null;
+  if (kind === "probabilities") return Float64Array.from(scores);
   if (kind === "sigmoid") return Float64Array.from(scores, (z) => 1 / (1 + Math.exp(-z)));
   const top = Math.max(...scores);
   const e = Float64Array.from(scores, (z) => Math.exp(z - top));
@@ -185,7 +198,7 @@ export function probabilities(scores, kind) {
 
 /**
  * One image through the graph: `input`, `target` = −1 (the top-1 class) → `{map [h·w], width, height, classIndex,
- * label, probability, input, ms}`; `ms` is the session run alone.
+ * label, score, probability (null for raw scores), input, ms}`; `ms` is the session run alone.
  */
 export async function explain(ort, session, info, rgb, width, height, method) {
   const [h, w] = info.preprocess.input_size;
@@ -198,14 +211,16 @@ export async function explain(ort, session, info, rgb, width, height, method) {
   const out = await session.run(feeds, ["scores", "target_used", `cam:${method}`]);
   const ms = performance.now() - started;
   const classIndex = Number(out.target_used.data[0]);
-  const probs = probabilities(Array.from(out.scores.data), info.scoresKind);
+  const scores = perClass(out.scores.data, out.scores.dims);
+  const probs = probabilities(scores, info.scoresKind);
   return {
     map: out[`cam:${method}`].data,
     width: w,
     height: h,
     classIndex,
     label: info.labels ? info.labels[classIndex] : null,
-    probability: probs[classIndex],
+    score: scores[classIndex],
+    probability: probs ? probs[classIndex] : null,
     input,
     ms,
   };
