@@ -8,6 +8,7 @@ ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.
 ort.env.logLevel = "error";
 if (!self.crossOriginIsolated) ort.env.wasm.numThreads = 1; // threads need COOP/COEP headers
 
+const RUNTIME = `onnxruntime-web ${ort.env.versions.web}, WebAssembly`;
 const $ = (id) => document.getElementById(id);
 const state = { session: null, info: null, image: null };
 
@@ -49,9 +50,10 @@ async function run() {
   [view.width, view.height] = [width, height];
   view.getContext("2d").putImageData(new ImageData(pixels, width, height), 0, 0);
   const label = result.label ?? `class ${result.classIndex}`;
-  const how = result.probability === null ? `score ${result.score.toPrecision(4)}` : `${(100 * result.probability).toFixed(1)} %`;
+  const p = result.probability;
+  const how = p === null ? `score ${result.score.toPrecision(4)}` : `${(100 * p).toFixed(1)} %`;
   $("result").textContent = `${label} · ${how} · ${method}`;
-  status(`${name}: ${width}×${height}, session run ${result.ms.toFixed(0)} ms (onnxruntime-web ${ort.env.versions.web}, WebAssembly)`);
+  status(`${name}: ${width}×${height}, session run ${result.ms.toFixed(0)} ms (${RUNTIME})`);
   window.onnxcamResult = { ...result, method, overlay: pixels, imageWidth: width, imageHeight: height };
 }
 
@@ -69,7 +71,7 @@ window.onnxcamTime = async (count) => {
     times.push(performance.now() - started);
   }
   const median = times.sort((a, b) => a - b)[Math.floor(count / 2)];
-  status(`${state.image.name}: session run ${median.toFixed(0)} ms (median of ${count}; onnxruntime-web ${ort.env.versions.web}, WebAssembly)`);
+  status(`${state.image.name}: session run ${median.toFixed(0)} ms (median of ${count}; ${RUNTIME})`);
   return median;
 };
 
@@ -79,7 +81,10 @@ const guard = (task) => (event) =>
     window.onnxcamError = error.message;
   });
 
-$("model").addEventListener("change", guard(async (e) => loadModel(new Uint8Array(await e.target.files[0].arrayBuffer()), e.target.files[0].name)));
+$("model").addEventListener(
+  "change",
+  guard(async (e) => loadModel(new Uint8Array(await e.target.files[0].arrayBuffer()), e.target.files[0].name)),
+);
 $("image").addEventListener("change", guard(async (e) => loadImage(e.target.files[0])));
 $("method").addEventListener("change", guard(run));
 

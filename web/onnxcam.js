@@ -52,7 +52,8 @@ export function explainerInfo(props, outputNames) {
   }
   const methods = outputNames.filter((n) => n.startsWith("cam:")).map((n) => n.slice(4));
   if (methods.length === 0) {
-    throw new Error("this explainer graph has no in-graph maps: export it with `onnxcam export … --in-graph gradcam`");
+    const how = "export it with `onnxcam export … --in-graph gradcam`";
+    throw new Error(`this explainer graph has no in-graph maps: ${how}`);
   }
   if (props[`${META}detection`]) throw new Error("detectors are not supported here: use the Python runtime");
   const spec = { input_size: [224, 224], mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
@@ -95,9 +96,9 @@ function linearTaps(dst, src, fixed) {
 
 /**
  * `cv2.resize(pixels, (w, h), interpolation=cv2.INTER_LINEAR)` of uint8 pixels `[H, W, C]`: 11-bit fixed-point
- * weights, exact horizontal sums, OpenCV's vectorised vertical rounding `((S0 >> 4)·β0 >> 16) + ((S1 >> 4)·β1 >> 16)`,
- * `+ 2 >> 2`. Bit for bit equal to OpenCV when shrinking (tests/test_web.py); when enlarging, the first and last rows
- * may differ by 1.
+ * weights, exact horizontal sums, OpenCV's vectorised vertical rounding
+ * `((S0 >> 4)·β0 >> 16) + ((S1 >> 4)·β1 >> 16) + 2 >> 2`. Bit for bit equal to OpenCV when shrinking
+ * (tests/test_web.py); when enlarging, the first and last rows may differ by 1.
  */
 export function resizeLinearU8(pixels, width, height, channels, w, h) {
   const x = linearTaps(w, width, true);
@@ -155,8 +156,9 @@ export function rgbOf(image) {
 }
 
 /**
- * RGB uint8 `[H, W, 3]` → the graph's `input` float32 `[1, 3, h, w]`: `(resize(pixels)·value_scale − mean) / std` in
- * the metadata's channel order, each step rounded to float32 as numpy does (onnxcam/preprocess.py).
+ * RGB uint8 `[H, W, 3]` → the graph's `input` float32 `[1, 3, h, w]`:
+ * `(resize(pixels)·value_scale − mean) / std` in the metadata's channel order, each step rounded to float32 as numpy
+ * does (onnxcam/preprocess.py).
  */
 export function toInput(rgb, width, height, spec) {
   const [h, w] = spec.input_size;
@@ -173,7 +175,7 @@ export function toInput(rgb, width, height, spec) {
   return x;
 }
 
-/** One image's scores `[K, …]` → per class `[K]`: a dense output averaged over its positions (onnxcam/scores.py). */
+/** One image's scores `[K, …]` → per class `[K]`: a dense output averaged over its positions (as Python). */
 export function perClass(scores, dims) {
   const classes = dims[1];
   const positions = scores.length / classes;
