@@ -72,6 +72,7 @@ def test_top1_maps_equal_the_python_runtime(exported: Path, session: ort.Inferen
         np.testing.assert_allclose(ours[method], ref[method], atol=TOLERANCE, rtol=0, err_msg=method)
 
 
+@pytest.mark.slow  # importing pytorch_grad_cam alone takes ~10 s of CPU
 def test_maps_equal_pytorch_grad_cam(exported: Path, session: ort.InferenceSession, images: np.ndarray) -> None:
     """The peer: pytorch-grad-cam on the same GapNet (seed 0, as exported), same layers, top-1; 1e-4 as in
     tests/test_parity_gradcam.py (onnxruntime vs PyTorch float32 kernels)."""
