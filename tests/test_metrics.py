@@ -301,7 +301,10 @@ def test_curve_building_blocks() -> None:
 def test_registry_and_options() -> None:
     assert get_metric("ROAD-combined").name == "road_combined"
     assert resolve_metrics(["deletion", "Deletion", "insertion"]) == ("deletion", "insertion")
-    assert resolve_metrics(["all"]) == available_metrics()
+    assert resolve_metrics(["all"]) == tuple(m for m in available_metrics() if get_metric(m).in_all)
+    assert "pointing_game" not in resolve_metrics(["all"]) and "pointing_game" in resolve_metrics(
+        ["all", "pointing_game"]
+    )
     with pytest.raises(ValueError, match="unknown metric 'delete'"):
         get_metric("delete")
     assert convert_option("p", "10, 20", (1.0,)) == convert_option("p", [10, 20], (1.0,)) == (10.0, 20.0)

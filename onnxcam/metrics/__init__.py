@@ -2,13 +2,14 @@
 
 ``evaluate_maps(model, x, seed, {method: maps}, ["deletion", "insertion"])`` scores maps per image. Registered
 metrics: confidence change, drop/increase in confidence and Average Drop (:mod:`.confidence`), deletion and insertion
-AUC (:mod:`.deletion`), ROAD MoRF/LeRF, their averages and the combined score (:mod:`.road`). Importing this package
+AUC (:mod:`.deletion`), ROAD MoRF/LeRF, their averages and the combined score (:mod:`.road`), the pointing game,
+sparseness and complexity (:mod:`.localisation`, maps only). Importing this package
 registers every metric.
 """
 
 from __future__ import annotations
 
-from . import confidence, deletion, road
+from . import confidence, deletion, localisation, road
 from .base import (
     Metric,
     MetricOption,
@@ -31,6 +32,7 @@ __all__ = [
     "confidence",
     "deletion",
     "evaluate_maps",
+    "localisation",
     "get_metric",
     "metric_options",
     "register",
