@@ -40,12 +40,13 @@ def brute_force_hit(saliency: np.ndarray, region: np.ndarray, tolerance: float) 
 
 @pytest.mark.parametrize("peak", [(30, 30), (30, 49), (30, 51), (50, 50), (60, 2), (5, 5)])
 def test_pointing_game_with_a_box_and_the_paper_tolerance(peak: tuple[int, int]) -> None:
-    box = (20, 25, 35, 40)  # x0, y0, x1, y1
     region = np.zeros((64, 64), bool)
     region[25:41, 20:36] = True
     saliency = peak_at(*peak)
     expected = brute_force_hit(saliency, region, 15.0)
-    assert scored(saliency[None], ["pointing_game"], pointing_box="20,25,35,40")[0]["pointing_game"] == expected
+    assert scored(
+        saliency[None], ["pointing_game"], pointing_box="20,25,35,40"
+    )  # x0, y0, x1, y1[0]["pointing_game"] == expected
     assert pointing_hit(saliency, region) == expected
     assert pointing_hit(saliency, region, 0.0) == bool(region[peak])
 
