@@ -3,13 +3,13 @@
 ``evaluate_maps(model, x, seed, {method: maps}, ["deletion", "insertion"])`` scores maps per image. Registered
 metrics: confidence change, drop/increase in confidence and Average Drop (:mod:`.confidence`), deletion and insertion
 AUC (:mod:`.deletion`), ROAD MoRF/LeRF, their averages and the combined score (:mod:`.road`), the pointing game,
-sparseness and complexity (:mod:`.localisation`, maps only). Importing this package
-registers every metric.
+sparseness and complexity (:mod:`.localisation`, maps only), and the MPRT sanity check (:mod:`.mprt`). Importing
+this package registers every metric.
 """
 
 from __future__ import annotations
 
-from . import confidence, deletion, localisation, road
+from . import confidence, deletion, localisation, mprt, road
 from .base import (
     Metric,
     MetricOption,
@@ -35,6 +35,7 @@ __all__ = [
     "get_metric",
     "localisation",
     "metric_options",
+    "mprt",
     "register",
     "resolve_metrics",
     "road",

@@ -106,7 +106,8 @@ class MetricRequest:
     ``x``: preprocessed inputs ``[N, C, H, W]``; ``seed``: ``[N, *S]``, weights of the explained quantity
     ``y = Σ seed ⊙ scores`` (the one-hot of the class for class targets); ``maps``: ``[N, H, W]`` in ``[0, 1]``;
     ``scores``: the model's logits for ``x`` ``[N, *S]``; ``options``: metric parameters, as :func:`check_options`
-    returns them; ``scores_kind``: what the scores are (:mod:`onnxcam.scores`), which defines the probabilities.
+    returns them; ``scores_kind``: what the scores are (:mod:`onnxcam.scores`), which defines the probabilities;
+    ``method`` and ``layers``: what made the maps (metrics that explain again, MPRT, need them).
     """
 
     model: ModelAccess
@@ -116,6 +117,8 @@ class MetricRequest:
     scores: np.ndarray
     options: Mapping[str, Any] = field(default_factory=dict)
     scores_kind: str = LOGITS
+    method: str = ""
+    layers: tuple[str, ...] = ()
 
     def option(self, option: MetricOption) -> Any:
         """The value of a declared parameter: given in ``options``, else its default."""
