@@ -89,6 +89,13 @@ def test_missing_onnx_is_refused_in_one_line(gapnet, monkeypatch) -> None:
         mprt_curve(explainer, x, seed, "gradcam")
 
 
+def test_a_graph_without_float_weights_is_refused(gapnet, monkeypatch) -> None:
+    explainer, x, seed = gapnet
+    monkeypatch.setattr("onnxcam.metrics.mprt.PARAMETRISED", ("QLinearConv",))  # what a quantized graph offers
+    with pytest.raises(ValueError, match="has no float Conv/ConvTranspose/Gemm/MatMul weights to randomise"):
+        mprt_curve(explainer, x, seed, "gradcam")
+
+
 @pytest.mark.slow
 def test_pretrained_model_fails_no_sanity_check(demo: Explainer) -> None:  # noqa: F811
     x = preprocess_batch([data.chelsea()], demo.preprocess)

@@ -83,7 +83,7 @@ def kernel_shap_coalitions(count: int, features: int, seed: int) -> np.ndarray:
     uniformly (``numpy.random.default_rng(seed)``; Captum's ``kernel_shap_perturb_generator`` recipe)."""
     if features < 2:
         raise ValueError(f"KernelSHAP needs at least 2 superpixels, got {features}: raise n_segments")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed % 2**64)  # any integer seed, negative ones included
     k = np.arange(1, features)
     probabilities = (features - 1) / (k * (features - k))
     sizes = rng.choice(k, size=max(count - 2, 0), p=probabilities / probabilities.sum())

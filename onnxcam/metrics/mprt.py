@@ -140,6 +140,11 @@ def mprt_curve(
     }
     original = np.stack([r.maps[name] for r in explainer.explain_arrays(x, **kwargs)])
     found = parametrised_layers(explainer.path)[::-1]  # top first
+    if not found:
+        raise ValueError(
+            f"mprt: {explainer.path.name} has no float Conv/ConvTranspose/Gemm/MatMul weights to randomise (a quantized"
+            " graph keeps integer weights); run the check on the float model"
+        )
     found = found[: steps or len(found)]
     # step 0 loads the file's own weights through the same override path: ρ = SSIM = 1 checks the machinery
     replaced = {n: w for layer in found for n, w in layer.weights.items()}
