@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnxruntime as ort
 
 from . import contract
 from .images import read_image
@@ -128,7 +129,8 @@ class Explainer:
     """Explain images with an onnxcam explainer graph on onnxruntime.
 
     ``provider``: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``; ``self.provider`` says which runs.
-    ``preprocess`` overrides the graph's own preprocessing metadata.
+    ``preprocess`` overrides the graph's own preprocessing metadata. ``initializers`` replace weights of the file by
+    name (same shape and type; :mod:`onnxcam.metrics.mprt` randomises layers this way).
     """
 
     def __init__(
@@ -137,9 +139,15 @@ class Explainer:
         provider: str = "auto",
         threads: int | None = None,
         preprocess: contract.Preprocess | None = None,
+        initializers: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         providers = provider_list(provider)
-        self.graph: ExplainerGraph = open_graph(model, providers, session_options(threads))
+        options = session_options(threads)
+        self._initializer_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in (initializers or {}).items()}
+        for name, value in self._initializer_values.items():
+            options.add_initializer(name, value)
+        self.path, self.provider_choice, self.threads = Path(model), provider, threads
+        self.graph: ExplainerGraph = open_graph(model, providers, options)
         check_used(provider, self.graph.providers)
         self.metadata = self.graph.metadata
         self.preprocess = preprocess or self.metadata.preprocess
@@ -398,7 +406,9 @@ class Explainer:
             from .metrics import evaluate_maps  # numpy-only, but loaded only when scores are asked for
 
             maps = {m: np.stack([r.maps[m] for r in results]) for m in results[0].maps} if results else {}
-            scored = evaluate_maps(self, x, effective, maps, metrics, options, scores_kind=self.scores_kind)
+            scored = evaluate_maps(
+                self, x, effective, maps, metrics, options, scores_kind=self.scores_kind, layers=layers
+            )
             for result, values in zip(results, scored, strict=True):
                 result.metrics = values
         return results

@@ -4,8 +4,9 @@ Pure numpy, float32. Each method returns the raw map ``[N, h, w]``; :mod:`onnxca
 normalised, input-sized map. The formulas are those of docs/METHODS.md. Importing this package registers
 every method (one module per method or family, each calling ``register`` at import).
 
-Methods that query the model again (:class:`ModelMethod`: Score-CAM, Ablation-CAM, occlusion, RISE, saliency,
-guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients) take a :class:`MethodRequest`.
+Methods that query the model again (:class:`ModelMethod`: Score-CAM, Ablation-CAM, occlusion, RISE, LIME,
+KernelSHAP, saliency, guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients) take a
+:class:`MethodRequest`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .occlusion import occlusion
 from .request import MethodRequest, ModelAccess, ModelMethod
 from .rise import rise
 from .score_cam import score_cam
+from .surrogate import kernel_shap, lime
 from .xgradcam import xgrad_cam
 
 __all__ = [
@@ -57,7 +59,9 @@ __all__ = [
     "guided_gradcam",
     "hires_cam",
     "integrated_gradients",
+    "kernel_shap",
     "layer_cam",
+    "lime",
     "occlusion",
     "register",
     "rise",

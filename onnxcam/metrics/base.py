@@ -26,11 +26,15 @@ SCORE_KINDS = ("logit", "probability")
 
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: its ``name``, the ``family`` function computing it, and which direction is better."""
+    """A registered metric: its ``name``, the ``family`` function computing it, and which direction is better.
+
+    ``in_all``: ``--metric all`` includes it (not so for metrics needing what only the caller gives, e.g. the pointing
+    game's object, or re-explaining with other weights, MPRT)."""
 
     name: str
     family: Family
     higher_is_better: bool
+    in_all: bool = True
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ class MetricRequest:
     ``x``: preprocessed inputs ``[N, C, H, W]``; ``seed``: ``[N, *S]``, weights of the explained quantity
     ``y = Σ seed ⊙ scores`` (the one-hot of the class for class targets); ``maps``: ``[N, H, W]`` in ``[0, 1]``;
     ``scores``: the model's logits for ``x`` ``[N, *S]``; ``options``: metric parameters, as :func:`check_options`
-    returns them; ``scores_kind``: what the scores are (:mod:`onnxcam.scores`), which defines the probabilities.
+    returns them; ``scores_kind``: what the scores are (:mod:`onnxcam.scores`), which defines the probabilities;
+    ``method`` and ``layers``: what made the maps (metrics that explain again, MPRT, need them).
     """
 
     model: ModelAccess
@@ -112,6 +117,8 @@ class MetricRequest:
     scores: np.ndarray
     options: Mapping[str, Any] = field(default_factory=dict)
     scores_kind: str = LOGITS
+    method: str = ""
+    layers: tuple[str, ...] = ()
 
     def option(self, option: MetricOption) -> Any:
         """The value of a declared parameter: given in ``options``, else its default."""
@@ -186,7 +193,9 @@ def available_metrics() -> tuple[str, ...]:
 
 
 def resolve_metrics(names: Sequence[str]) -> tuple[str, ...]:
-    """Canonical names of ``names``, duplicates dropped (``all`` = every metric); unknown names raise ValueError."""
+    """Canonical names of ``names``, duplicates dropped (``all`` = every metric whose ``in_all`` is set, plus the others
+    named); unknown names raise ValueError."""
     if any(name.lower() == "all" for name in names):
-        return available_metrics()
+        named = {get_metric(n).name for n in names if n.lower() != "all"}
+        return tuple(m.name for m in _REGISTRY.values() if m.in_all or m.name in named)
     return tuple(dict.fromkeys(get_metric(name).name for name in names))

@@ -19,6 +19,7 @@ def evaluate_maps(
     metrics: Sequence[str],
     options: Mapping[str, Any] | None = None,
     scores_kind: str = "logits",
+    layers: Sequence[str] | None = None,
 ) -> list[dict[str, dict[str, float]]]:
     """``[image n][method][metric] → value`` for the maps ``[N, H, W]`` (in ``[0, 1]``) of each method.
 
@@ -28,6 +29,7 @@ def evaluate_maps(
     (:func:`~onnxcam.metrics.base.metric_options`), strings converted; a bad value raises ValueError.
     ``scores_kind``: what the scores are (:mod:`onnxcam.scores`; an :class:`~onnxcam.Explainer` has it as
     ``explainer.scores_kind``), which defines the probabilities of deletion, insertion and average drop.
+    ``layers``: the layers the maps were made at (None: the graph's), for metrics that explain again (MPRT).
     The unperturbed inputs run once; metrics of one family share their perturbed inputs.
     """
     x = np.asarray(x, np.float32)
@@ -43,7 +45,7 @@ def evaluate_maps(
         cams = np.asarray(method_maps, np.float32)
         if cams.shape != (len(x), *x.shape[2:]):
             raise ValueError(f"maps of {method!r} must be [N, H, W] = {(len(x), *x.shape[2:])}, got {cams.shape}")
-        request = MetricRequest(model, x, seed, cams, scores, options, scores_kind)
+        request = MetricRequest(model, x, seed, cams, scores, options, scores_kind, method, tuple(layers or ()))
         values: dict[str, np.ndarray] = {}
         for family, wanted in families.items():
             values.update(family(request, frozenset(wanted)))

@@ -146,7 +146,9 @@ def score_batch(explainer: Explainer, good: Sequence[Decoded], settings: Plan) -
     seed = np.stack([e.seed for e in explanations])
     maps = {m: np.stack([e.maps[m] for e in explanations]) for m in settings.methods}
     try:
-        values = evaluate_maps(explainer, x, seed, maps, settings.metrics, settings.options, explainer.scores_kind)
+        values = evaluate_maps(
+            explainer, x, seed, maps, settings.metrics, settings.options, explainer.scores_kind, settings.layers
+        )
     except Exception as exc:  # a metric failing on this batch (e.g. imputation): mark it, go on
         return [], f"metrics failed: {one_line(exc)}"
     per_image = {"explain": explained - started, "metrics": time.perf_counter() - explained}
