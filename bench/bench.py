@@ -729,8 +729,10 @@ def replace_section(text: str, section: Table) -> str:
     if heading in text:
         start = text.index(heading)
         end = text.find("\n### ", start + len(heading))
-        end = text.find("\n## ", start) if end < 0 else end
-        return text[:start] + new + text[end + 1 :]
+        end = text.find("\n## ", start + len(heading)) if end < 0 else end
+        if end < 0:  # the last section of the file
+            return text[:start] + new
+        return text[:start] + new.rstrip("\n") + "\n\n" + text[end + 1 :]
     return text.replace("### CUDA", new + "\n### CUDA", 1)
 
 
