@@ -95,6 +95,12 @@ from .number_list import NumberList
 )
 @click.option("--layer-grid", nargs=2, type=int, default=None, metavar="H W", help="Token grid of a token layer.")
 @click.option("--prefix-tokens", type=int, default=None, help="Tokens before the grid (class/register tokens).")
+@click.option(
+    "--unit-layer",
+    default=None,
+    metavar="LAYER",
+    help="Also explain units of this layer ([N, C, h, w] or [N, K]): targets channel:C, neuron:C,Y,X, unit:K.",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:
