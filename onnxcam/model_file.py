@@ -195,6 +195,11 @@ def describe(path: str | Path) -> str:
         f"input gradients: {', '.join(m.input_gradients) or 'none (export with --input-gradient)'}; "
         f"head graphs: {', '.join(m.heads) or 'none'}",
         *([describe_detection(m.detection)] if m.detection else []),
+        *(
+            [f"unit layer: {m.unit.layer} {list(m.unit.shape)} (targets channel:C, neuron:C,Y,X, unit:K)"]
+            if m.unit
+            else []
+        ),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

@@ -210,3 +210,20 @@ def test_cli_explain_takes_a_channel_target(conv_unit: tuple[Explainer, UnitNet,
     assert "channel:5 of body.3" in (out / "results.jsonl").read_text()
     bad = CliRunner().invoke(main, [*args[:4], "channel:99", *args[5:]])
     assert bad.exit_code == 2 and "does not fit the unit layer" in bad.output
+
+
+def test_onnx_file_with_a_unit_tensor_equals_autograd(tmp_path: Path, batch: np.ndarray) -> None:
+    import onnx
+    from onnxcam_export.api import export_onnx_file
+
+    torch.manual_seed(0)
+    model = UnitNet().eval()
+    source = tmp_path / "plain.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 32, 32), source, dynamo=False, input_names=["x"], opset_version=18)
+    relus = [n.output[0] for n in onnx.load(source).graph.node if n.op_type == "Relu"]  # body.1, body.3, body.5, …
+    export_onnx_file(source, tmp_path / "e.onnx", [relus[0]], unit_layer=relus[1], log=lambda _: None)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    seed = np.stack([parse_unit(t, explainer.metadata.unit).seed for t in ("channel:3", "channel:9")])
+    out = explainer.run(batch, np.full(2, -1, np.int64), unit_seed=seed)
+    ref = _autograd(model, {"body.1": model.body[1], "body.3": model.body[3]}, batch, "body.3", seed)
+    assert _rel(out.gradients[relus[0]], ref["body.1"]) < TOLERANCE
