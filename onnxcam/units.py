@@ -183,3 +183,11 @@ def explain_units(
         scores_kind=RAW,
     )
     return explainer._apply_methods(results, request, out, methods, layers, eigen_smooth, metrics, isolate_methods)
+
+
+def metric_access(explainer: Explainer, target: Any) -> tuple[Any, str]:
+    """The model view and scores kind that faithfulness metrics score ``target`` with: :class:`UnitAccess` and raw
+    values for a unit target, else the explainer and its scores kind."""
+    if is_unit_spec(target):
+        return UnitAccess(explainer), "raw"
+    return explainer, explainer.scores_kind

@@ -227,3 +227,13 @@ def test_onnx_file_with_a_unit_tensor_equals_autograd(tmp_path: Path, batch: np.
     out = explainer.run(batch, np.full(2, -1, np.int64), unit_seed=seed)
     ref = _autograd(model, {"body.1": model.body[1], "body.3": model.body[3]}, batch, "body.3", seed)
     assert _rel(out.gradients[relus[0]], ref["body.1"]) < TOLERANCE
+
+
+def test_metrics_score_the_unit(conv_unit: tuple[Explainer, UnitNet, Path], batch: np.ndarray) -> None:
+    explainer, model, _ = conv_unit
+    [result] = explainer.explain_arrays(batch[:1], "channel:5", "gradcam", metrics=["confidence_change"])
+    x = torch.from_numpy(batch[:1])
+    cam = torch.from_numpy(result.maps["gradcam"])  # at input resolution
+    with torch.no_grad():  # pytorch-grad-cam's CamMultImageConfidenceChange on the unit: y(x ⊙ map) − y(x)
+        change = model.body[:4](x * cam)[0, 5].mean() - model.body[:4](x)[0, 5].mean()
+    assert result.metrics["gradcam"]["confidence_change"] == pytest.approx(change.item(), abs=1e-5)
