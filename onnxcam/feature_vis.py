@@ -95,7 +95,8 @@ def visualize(
     """Maximise ``target``'s score (a class, a set of classes or a unit) over the input by regularised gradient ascent.
 
     ``start``: ``[C, H, W]`` pixels in ``[0, 1]`` (default: grey + noise from ``settings.seed``). Needs the graph's
-    standard input gradient (export with ``--input-gradient standard``). Raises ``ValueError`` in one line otherwise.
+    standard input gradient (export with ``--input-gradient standard``). Raises ``ValueError`` in one line otherwise,
+    and when the gradient is zero at every step (a unit that is off for the start image).
     """
     settings = settings or Settings()
     problem = settings.problem()
@@ -116,6 +117,7 @@ def visualize(
 
     first = value(p)
     history = np.empty(settings.steps)
+    moved = False
     bar = progress.bar(settings.steps, "visualize", unit="step")
     try:
         for t in range(settings.steps):
@@ -123,6 +125,7 @@ def visualize(
             shifted = np.roll(p, (dy, dx), axis=(1, 2))
             g = model.input_gradient((shifted * scale + offset)[None], seed[None], "standard")[0] * scale
             g = np.roll(g, (-dy, -dx), axis=(1, 2))
+            moved = moved or bool(np.any(g))
             rate = settings.lr * (1 - 0.9 * t / max(settings.steps - 1, 1))
             p += rate * g / (np.abs(g).mean() + 1e-12)
             p = 0.5 + (1 - settings.l2) * (p - 0.5)
@@ -133,6 +136,11 @@ def visualize(
             bar.update(1)
     finally:
         bar.close()
+    if not moved:
+        raise ValueError(
+            "the target's gradient was zero at every step (a unit switched off, e.g. a ReLU channel, for this start "
+            "image): try another --seed or another unit"
+        )
     image = np.uint8(np.round(255 * p.transpose(1, 2, 0)))
     if spec.channel_order == "BGR":
         image = image[..., ::-1]

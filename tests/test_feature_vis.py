@@ -64,6 +64,8 @@ def test_class_logit_rises_far_beyond_chance(explainer: Explainer, c: int) -> No
 def test_unit_value_rises_two_and_a_half_fold(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = UnitNet().eval()
+    with torch.no_grad():
+        net.body[2].bias[0] = -100.0  # channel 0 of body.3 is off for every input: nothing to ascend
     path = tmp_path / "unit.onnx"
     export_model(
         net,
@@ -82,6 +84,8 @@ def test_unit_value_rises_two_and_a_half_fold(tmp_path: Path) -> None:
     channel = int(np.argmax(means))  # the channel most alive at the start: a factor means something, and is hardest
     result = visualize(explainer, f"channel:{channel}", SETTINGS)
     assert result.start > 0 and result.final >= 2.5 * result.start
+    with pytest.raises(ValueError, match="gradient was zero at every step"):
+        visualize(explainer, "channel:0", Settings(steps=4))
 
 
 def test_same_seed_same_picture(explainer: Explainer) -> None:
