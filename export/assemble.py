@@ -99,9 +99,10 @@ def build_explainer(
     if unit_layer is not None:
         if metadata.detection is not None:
             raise GradientError("a unit layer is for classifiers and dense outputs, not detectors")
-        unit = contract.Unit(unit_layer, _unit_shape(model, contract.activation_name(unit_layer)))
+        tap = contract.activation_name(unit_layer)
+        unit = contract.Unit(unit_layer, _unit_shape(model, tap))
         metadata = replace(metadata, unit=unit)
-        explained, seed = _unit_objective(graph, shape, seed, unit)
+        explained, seed = _unit_objective(graph, shape, seed, unit, GraphInfo(model).dtype(tap))
 
     roots = {layer: _identity_root(graph, raw[layer]) for layer in layers}  # `layer4` and `layer4.1`: one tensor
     backward = differentiate(model, list(dict.fromkeys(roots.values())), explained, seed)
@@ -235,19 +236,20 @@ def _unit_shape(model: onnx.ModelProto, tap: str) -> tuple[int, ...]:
     if len(per_image) not in (1, 3) or not all(isinstance(d, int) for d in per_image):
         raise GradientError(
             f"unit layer '{tap.removeprefix(contract.ACTIVATION_PREFIX)}' has shape {list(dims)}; unit targets need "
-            "[N, C, h, w] or [N, K] with fixed sizes: choose another --unit-layer"
+            "[N, C, h, w] or [N, K] with static sizes: choose another --unit-layer"
         )
     return tuple(int(d) for d in per_image)
 
 
 def _unit_objective(
-    graph: onnx.GraphProto, shape: tuple[int, ...], class_seed: str, unit: contract.Unit
+    graph: onnx.GraphProto, shape: tuple[int, ...], class_seed: str, unit: contract.Unit, dtype: np.dtype
 ) -> tuple[str, str]:
     """Nodes for the explained quantity with a ``unit_seed`` input; returns ``(y, its seed)`` for the backward.
 
     ``use_unit_n = Σ|unit_seed_n| > 0``; ``y_n = Σ (use_unit_n ? 0 : seed_used_n) ⊙ scores_n + Σ unit_seed_n ⊙ U_n``
-    (``U = activation:<unit layer>``), differentiated with seed 1 per image; ``target_used_n = −1`` where
-    ``use_unit_n``. Seed rows of zeros leave the class target as before.
+    (``U = activation:<unit layer>``, cast to float32 when ``dtype`` is another, e.g. a float16 graph's), differentiated
+    with seed 1 per image; ``target_used_n = −1`` where ``use_unit_n``. Seed rows of zeros leave the class target as
+    before.
     """
     tap = contract.activation_name(unit.layer)
     zeros = np.zeros((1, *unit.shape), np.float32)
@@ -264,7 +266,11 @@ def _unit_objective(
     for node in graph.node:
         node.output[:] = [class_used if o == contract.TARGET_USED else o for o in node.output]
     u = "onnxcam/unit/"
-    nodes = [
+    nodes = []
+    if dtype != np.float32:
+        nodes.append(helper.make_node("Cast", [tap], [u + "tap_float"], to=TensorProto.FLOAT))
+        tap = u + "tap_float"
+    nodes += [
         helper.make_node("Abs", [contract.UNIT_SEED], [u + "abs"]),
         helper.make_node("ReduceSum", [u + "abs", u + "axes"], [u + "mass"], keepdims=0),
         helper.make_node("Greater", [u + "mass", "onnxcam/zero_f"], [u + "use"]),

@@ -362,6 +362,9 @@ class Explainer:
         if any(isinstance(r, UnitTarget) for r in resolved):
             from .units import explain_units
 
+            if seed is not None:
+                raise ValueError("a unit target (channel:/neuron:/unit:) carries its own seed; give no seed with it")
+
             args = (methods, layers, topk, eigen_smooth, options, metrics, isolate_methods)
             return explain_units(self, x, resolved, *args)
         if seed is None and self.metadata.detection is not None:

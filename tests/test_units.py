@@ -237,3 +237,22 @@ def test_metrics_score_the_unit(conv_unit: tuple[Explainer, UnitNet, Path], batc
     with torch.no_grad():  # pytorch-grad-cam's CamMultImageConfidenceChange on the unit: y(x ⊙ map) − y(x)
         change = model.body[:4](x * cam)[0, 5].mean() - model.body[:4](x)[0, 5].mean()
     assert result.metrics["gradcam"]["confidence_change"] == pytest.approx(change.item(), abs=1e-5)
+
+
+def test_float16_graph_unit_gradients_agree_with_float32(tmp_path: Path, batch: np.ndarray) -> None:
+    import onnx
+    from onnxcam_export.api import export_onnx_file
+
+    float16 = pytest.importorskip("onnxconverter_common.float16")
+    torch.manual_seed(0)
+    source = tmp_path / "p32.onnx"
+    torch.onnx.export(UnitNet().eval(), torch.randn(1, 3, 32, 32), source, dynamo=False, opset_version=18)
+    relus = [n.output[0] for n in onnx.load(source).graph.node if n.op_type == "Relu"]
+    onnx.save(float16.convert_float_to_float16(onnx.load(source), keep_io_types=True), tmp_path / "p16.onnx")
+    grads = []
+    for name in ("p32", "p16"):
+        export_onnx_file(tmp_path / f"{name}.onnx", tmp_path / f"e{name}.onnx", [relus[0]], unit_layer=relus[1])
+        explainer = Explainer(tmp_path / f"e{name}.onnx", provider="cpu")
+        seed = np.stack([parse_unit("channel:3", explainer.metadata.unit).seed] * 2)
+        grads.append(explainer.run(batch, np.full(2, -1, np.int64), unit_seed=seed).gradients[relus[0]])
+    assert _rel(grads[1], grads[0]) < 1e-2  # float16 rounding (measured 4.5e-4), the unit tensor cast to float32
