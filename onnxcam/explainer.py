@@ -38,7 +38,7 @@ from .scores import (
     topk,
 )
 from .targets import ClassSet, Target, TargetError, resolve_target
-from .units import UnitTarget, is_unit_spec, parse_unit
+from .units import UnitTarget, explain_units, is_unit_spec, parse_unit
 
 if TYPE_CHECKING:
     from .detection import Detections
@@ -360,11 +360,8 @@ class Explainer:
             raise ValueError(f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(self.layers)}")
         resolved = self._resolved(target, len(x))
         if any(isinstance(r, UnitTarget) for r in resolved):
-            from .units import explain_units
-
             if seed is not None:
                 raise ValueError("a unit target (channel:/neuron:/unit:) carries its own seed; give no seed with it")
-
             args = (methods, layers, topk, eigen_smooth, options, metrics, isolate_methods)
             return explain_units(self, x, resolved, *args)
         if seed is None and self.metadata.detection is not None:

@@ -50,6 +50,11 @@ def channel_scores(activations: np.ndarray, gradients: np.ndarray | None, by: st
     source = activations if by == "activation" else gradients
     if source is None:
         raise ValueError("ranking channels by gradient needs the layer's gradient")
+    if by == "gradient" and not source.any():
+        raise ValueError(
+            "the target's gradient at this layer is zero (the layer lies after a unit target's layer, or the unit is "
+            "off): nothing to rank by; use --by activation"
+        )
     return source.reshape(len(source), -1).mean(axis=1)
 
 

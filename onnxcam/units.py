@@ -160,6 +160,14 @@ def explain_units(
     access = UnitAccess(explainer)
     seed = unit_seeds(targets)
     out = explainer.run(x, np.full(len(x), contract.TOP1, np.int64), unit_seed=seed)
+    layer = explainer.metadata.unit.layer  # type: ignore[union-attr]
+    for name in layers:
+        if not out.gradients[name].any():
+            raise ValueError(
+                f"{targets[0].name}: the gradient at layer '{name}' is zero for every image: the layer lies after the "
+                f"unit layer '{layer}' (the unit does not depend on it) or the unit is off for these images (e.g. a "
+                f"ReLU channel at 0); explain a layer before '{layer}', or another unit"
+            )
     order, values = top_classes(out.scores, explainer.scores_kind, topk)
     results = [
         Explanation(

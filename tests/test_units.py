@@ -169,10 +169,14 @@ def test_every_method_family_runs_on_a_unit(conv_unit: tuple[Explainer, UnitNet,
 
 
 def test_unit_layer_that_is_also_the_cam_layer_gets_the_seed_as_gradient(tmp_path: Path, batch: np.ndarray) -> None:
-    explainer, _, _ = _export(tmp_path / "same.onnx", ["body.3"], "body.3")
+    explainer, _, _ = _export(tmp_path / "same.onnx", ["body.3", "body.5"], "body.3")
     seed = np.stack([parse_unit(t, explainer.metadata.unit).seed for t in ("channel:2", "neuron:1,0,15")])
     out = explainer.run(batch, np.full(2, -1, np.int64), unit_seed=seed)
     np.testing.assert_array_equal(out.gradients["body.3"], seed)
+    assert not out.gradients["body.5"].any()  # a later layer: the unit does not depend on it
+    with pytest.raises(ValueError, match=r"layer 'body\.5' is zero for every image: the layer lies after"):
+        explainer.explain_arrays(batch, "channel:2", "gradcam", ["body.5"])
+    explainer.explain_arrays(batch, "channel:2", "gradcam", ["body.3"])
 
 
 def test_embedding_unit(tmp_path: Path, batch: np.ndarray) -> None:
