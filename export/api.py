@@ -80,6 +80,7 @@ def export_model(
     layer_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
     in_graph: Sequence[str] = (),
+    unit_layer: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -98,6 +99,8 @@ def export_model(
     ``layer_layout`` / ``layer_grid`` / ``prefix_tokens`` override the inferred layout of every layer (NCHW,
     channels-last, tokens ``[N, prefix + h·w, C]``; :func:`export.layouts.classify`).
     ``in_graph``: methods whose final map the graph outputs as ``cam:<method>`` (:mod:`.in_graph`).
+    ``unit_layer``: a module (or, for ONNX files, tensor) whose units can be explained instead of a class
+    (``unit_seed``, :mod:`onnxcam.units`).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -131,8 +134,9 @@ def export_model(
         if layout.kind != "nchw":
             log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")
     started = time.perf_counter()
+    taps = [*layers, *([unit_layer] if unit_layer and unit_layer not in layers else [])]
     forward = to_onnx(
-        model, layers, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
+        model, taps, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
     )
     forward, detection = as_detection(forward, input_shape, task, detect_layout, log)
     head = scores_head(forward, scores_kind, labels, log, detection)
@@ -161,7 +165,7 @@ def export_model(
             layouts=layouts,
         )
 
-    extras = Extras(rules, heads, resolve_in_graph(in_graph))
+    extras = Extras(rules, heads, resolve_in_graph(in_graph), unit_layer)
     return _build_check_save(
         forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
     )
@@ -193,6 +197,7 @@ class Extras:
     input_gradients: tuple[str, ...] = ()
     heads: bool = True
     in_graph: tuple[str, ...] = ()  # methods with a ``cam:<method>`` output (:mod:`.in_graph`)
+    unit_layer: str | None = None
 
 
 def _rules(input_gradients: Sequence[str]) -> tuple[str, ...]:
@@ -214,7 +219,9 @@ def _build_check_save(
     log: Log,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it."""
-    explainer = build_explainer(forward, list(metadata.layers), metadata, extras.input_gradients, extras.heads, log=log)
+    explainer = build_explainer(
+        forward, list(metadata.layers), metadata, extras.input_gradients, extras.heads, log, extras.unit_layer
+    )
     keep_if_exact(explainer, metadata.layers, log)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
     report = check(explainer) if check else None
@@ -291,6 +298,7 @@ def export_onnx_file(
     task: str | None = None,
     detect_layout: str | None = None,
     in_graph: Sequence[str] = (),
+    unit_layer: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
@@ -311,6 +319,8 @@ def export_onnx_file(
     forward = inputs.to_float_nchw(forward, found, size)
     shape = (found.channels, *size)
     forward, layers, detection = detector_forward(forward, layers, not user_layers, shape, task, detect_layout, log)
+    if unit_layer and unit_layer not in layers:
+        forward = onnx_prep.tap_tensors(forward, [unit_layer])
     head = scores_head(forward, scores_kind, labels, log, detection)
     log(f"explaining tensor(s) {', '.join(layers)}")
     if found.dtype == "float32" and mean is None and std is None:
@@ -334,7 +344,7 @@ def export_onnx_file(
     reference = quantization.verify_ste if quantization.is_qdq(forward) else verify_finite_differences
     check = (lambda e: reference(e, layers, shape, tolerance=tolerance)) if verify else None
     check = precision.with_agreement(check, forward, layers, shape, log) if check else None
-    extras = Extras(_rules(input_gradients), heads, resolve_in_graph(in_graph))
+    extras = Extras(_rules(input_gradients), heads, resolve_in_graph(in_graph), unit_layer)
     method = "the straight-through estimator by float64 finite differences" if quantization.is_qdq(forward) else ""
     reference_name = method or "float64 finite differences"
     try:
@@ -394,6 +404,7 @@ def export_source(
     layer_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
     in_graph: Sequence[str] = (),
+    unit_layer: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
 
@@ -427,6 +438,7 @@ def export_source(
             task=task,
             detect_layout=detect_layout,
             in_graph=in_graph,
+            unit_layer=unit_layer,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -458,4 +470,5 @@ def export_source(
         layer_grid=tuple(layer_grid) if layer_grid else None,
         prefix_tokens=prefix_tokens,
         in_graph=in_graph,
+        unit_layer=unit_layer,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -75,9 +76,13 @@ def build_explainer(
     input_gradients: Sequence[str] = (),
     heads: bool = True,
     log: Callable[[str], None] = lambda _: None,
+    unit_layer: str | None = None,
 ) -> onnx.ModelProto:
     """Add ``target``, ``seed``, ``target_used``, ``gradient:<layer>`` and, on request, the input gradients
-    (one per ReLU backward rule) and head graphs to ``forward``; stamp the contract metadata."""
+    (one per ReLU backward rule) and head graphs to ``forward``; stamp the contract metadata.
+
+    ``unit_layer``: a layer whose tap ``activation:<unit_layer>`` is an output of ``forward``; adds ``unit_seed``
+    and differentiates the unit's value where it is given (:func:`_unit_objective`)."""
     model = onnx.ModelProto()
     model.CopyFrom(forward)
     graph = model.graph
@@ -90,9 +95,17 @@ def build_explainer(
     shape = _scores_as_contract(model, metadata.scores_kind)
     seed = _seed_and_target(graph, shape)
     _set_outputs(graph, shape)
+    explained = contract.SCORES
+    if unit_layer is not None:
+        if metadata.detection is not None:
+            raise GradientError("a unit layer is for classifiers and dense outputs, not detectors")
+        tap = contract.activation_name(unit_layer)
+        unit = contract.Unit(unit_layer, _unit_shape(model, tap))
+        metadata = replace(metadata, unit=unit)
+        explained, seed = _unit_objective(graph, shape, seed, unit, GraphInfo(model).dtype(tap))
 
     roots = {layer: _identity_root(graph, raw[layer]) for layer in layers}  # `layer4` and `layer4.1`: one tensor
-    backward = differentiate(model, list(dict.fromkeys(roots.values())), contract.SCORES, seed)
+    backward = differentiate(model, list(dict.fromkeys(roots.values())), explained, seed)
     _append(graph, backward)
     gradients, to_nchw = [], []
     for layer, tap in zip(layers, taps, strict=True):
@@ -108,7 +121,7 @@ def build_explainer(
     parts = [Part(contract.GRADIENTS_SWITCH, True, [*backward.nodes, *to_nchw], gradients)]
     for rule in input_gradients:
         name = contract.input_gradient_name(rule)
-        pass_ = differentiate(model, [contract.INPUT], contract.SCORES, seed, overrides(rule), prefix=rule)
+        pass_ = differentiate(model, [contract.INPUT], explained, seed, overrides(rule), prefix=rule)
         _append(graph, pass_)
         parts.append(
             Part(
@@ -214,6 +227,73 @@ def _seed_and_target(graph: onnx.GraphProto, shape: tuple[int, ...]) -> str:
         node.name = node.output[0]
     graph.node.extend(nodes)
     return seed
+
+
+def _unit_shape(model: onnx.ModelProto, tap: str) -> tuple[int, ...]:
+    """Per-image shape ``(C, h, w)`` or ``(K,)`` of the unit tensor ``tap`` (fixed sizes; else GradientError)."""
+    dims = GraphInfo(model).shape(tap) or []
+    per_image = tuple(dims[1:])
+    if len(per_image) not in (1, 3) or not all(isinstance(d, int) for d in per_image):
+        raise GradientError(
+            f"unit layer '{tap.removeprefix(contract.ACTIVATION_PREFIX)}' has shape {list(dims)}; unit targets need "
+            "[N, C, h, w] or [N, K] with static sizes: choose another --unit-layer"
+        )
+    return tuple(int(d) for d in per_image)
+
+
+def _unit_objective(
+    graph: onnx.GraphProto, shape: tuple[int, ...], class_seed: str, unit: contract.Unit, dtype: np.dtype
+) -> tuple[str, str]:
+    """Nodes for the explained quantity with a ``unit_seed`` input; returns ``(y, its seed)`` for the backward.
+
+    ``use_unit_n = Σ|unit_seed_n| > 0``; ``y_n = Σ (use_unit_n ? 0 : seed_used_n) ⊙ scores_n + Σ unit_seed_n ⊙ U_n``
+    (``U = activation:<unit layer>``, cast to float32 when ``dtype`` is another, e.g. a float16 graph's), differentiated
+    with seed 1 per image; ``target_used_n = −1`` where ``use_unit_n``. Seed rows of zeros leave the class target as
+    before.
+    """
+    tap = contract.activation_name(unit.layer)
+    zeros = np.zeros((1, *unit.shape), np.float32)
+    seed_input, default = optional_input(contract.UNIT_SEED, len(unit.shape) + 1, zeros)
+    graph.input.append(seed_input)
+    graph.initializer.append(default)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.arange(1, len(unit.shape) + 1, dtype=np.int64), "onnxcam/unit/axes"),
+            numpy_helper.from_array(np.arange(1, len(shape) + 1, dtype=np.int64), "onnxcam/unit/score_axes"),
+        ]
+    )
+    class_used = "onnxcam/unit/class_target_used"
+    for node in graph.node:
+        node.output[:] = [class_used if o == contract.TARGET_USED else o for o in node.output]
+    u = "onnxcam/unit/"
+    nodes = []
+    if dtype != np.float32:
+        nodes.append(helper.make_node("Cast", [tap], [u + "tap_float"], to=TensorProto.FLOAT))
+        tap = u + "tap_float"
+    nodes += [
+        helper.make_node("Abs", [contract.UNIT_SEED], [u + "abs"]),
+        helper.make_node("ReduceSum", [u + "abs", u + "axes"], [u + "mass"], keepdims=0),
+        helper.make_node("Greater", [u + "mass", "onnxcam/zero_f"], [u + "use"]),
+        helper.make_node("Where", [u + "use", "onnxcam/top1_value", class_used], [contract.TARGET_USED]),
+        helper.make_node("Unsqueeze", [u + "use", u + "score_axes"], [u + "use_scores"]),
+        helper.make_node("Where", [u + "use_scores", "onnxcam/zero_f", class_seed], [u + "class_seed"]),
+        helper.make_node("Mul", [u + "class_seed", contract.SCORES], [u + "class_terms"]),
+        helper.make_node("ReduceSum", [u + "class_terms", u + "score_axes"], [u + "class_y"], keepdims=0),
+        helper.make_node("Mul", [contract.UNIT_SEED, tap], [u + "unit_terms"]),
+        helper.make_node("ReduceSum", [u + "unit_terms", u + "axes"], [u + "unit_y"], keepdims=0),
+        helper.make_node("Add", [u + "class_y", u + "unit_y"], [u + "y"]),
+        helper.make_node("Shape", [u + "y"], [u + "y_shape"]),
+        helper.make_node(
+            "ConstantOfShape",
+            [u + "y_shape"],
+            [u + "ones"],
+            value=numpy_helper.from_array(np.ones(1, np.float32)),
+        ),
+    ]
+    for node in nodes:
+        node.name = u + node.output[0].removeprefix(u)
+    graph.node.extend(nodes)
+    return u + "y", u + "ones"
 
 
 def _append(graph: onnx.GraphProto, backward: Backward) -> None:

@@ -175,8 +175,16 @@ def prepare(
     float32_io(model)
     _dynamic_batch(model)
 
-    produced = [o for node in graph.node for o in node.output]
     layers = list(layers) or [default_tensor(model)]
+    return tap_tensors(model, layers), layers
+
+
+def tap_tensors(model: onnx.ModelProto, layers: Sequence[str]) -> onnx.ModelProto:
+    """Rename each tensor of ``layers`` ``activation:<tensor>`` and make it a graph output (in place; returned).
+
+    Raises :class:`LayerError` (with the nearest names) for a tensor the graph does not compute."""
+    graph = model.graph
+    produced = [o for node in graph.node for o in node.output]
     for layer in layers:
         if layer not in produced:
             raise LayerError(layer, nearest_names(layer, produced))
@@ -187,4 +195,4 @@ def prepare(
         tap = contract.activation_name(layer)
         elem = onnx.helper.np_dtype_to_tensor_dtype(info.dtype(tap))
         graph.output.append(onnx.helper.make_tensor_value_info(tap, elem, info.shape(tap)))
-    return model, layers
+    return model

@@ -38,6 +38,10 @@ In-graph heat maps (optional, metadata ``onnxcam.in_graph`` lists the methods; a
 ``cam:<method>`` float32 ``[N, H, W]`` in ``[0, 1]`` at the input's resolution, the final map of ``method`` (Grad-CAM
 …) for ``target_used``, all layers fused, equal to the Python runtime's; switched by ``compute:cam:<method>``
 (default true) *and* ``compute:gradients``. Feed ``input`` alone (and optionally ``target``/``seed``) to get it.
+Unit targets (optional; metadata ``onnxcam.unit``, absent = none): a graph exported with a unit layer ``L`` also has
+the output ``activation:L`` (the unit tensor ``U``, ``[N, C, h, w]`` or ``[N, K]``) and the input ``unit_seed``
+float32 ``[N, *U]`` (default: one all-zero row). A non-zero row explains ``y_n = Σ unit_seed_n ⊙ U_n`` instead of the
+class (``target_used`` −1): every ``gradient:*`` is then ``∂y_n/∂·`` of that unit (:mod:`onnxcam.units`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ BOX_ROWS = "box_rows"
 BOX_GRADIENT_PREFIX = "box_gradient:"
 BOX_SWITCH = SWITCH_PREFIX + "box_gradients"
 CAM_PREFIX = "cam:"
+UNIT_SEED = "unit_seed"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -88,6 +93,7 @@ META_HEADS = META_PREFIX + "heads"
 META_DETECTION = META_PREFIX + "detection"
 META_LAYOUTS = META_PREFIX + "layouts"  # optional; absent = every layer NCHW
 META_IN_GRAPH = META_PREFIX + "in_graph"  # optional JSON list of methods with a ``cam:<method>`` output; absent = none
+META_UNIT = META_PREFIX + "unit"  # optional; absent = no unit targets
 
 #: How a tapped layer's tensor was laid out in the model (``activation:``/``gradient:``/``head:`` are NCHW for all):
 #: ``nchw``; ``channels-last`` ``[N, h, w, C]`` (Swin); ``tokens`` ``[N, prefix + h·w, C]`` (ViT: class,
@@ -272,6 +278,23 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class Unit:
+    """The tensor whose units can be explained (``unit_seed``): its ``layer`` and per-image ``shape`` ``(C, h, w)`` or
+    ``(K,)``."""
+
+    layer: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"layer": self.layer, "shape": list(self.shape)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Unit:
+        raw = json.loads(text)
+        return cls(raw["layer"], tuple(int(d) for d in raw["shape"]))
+
+
+@dataclass(frozen=True)
 class Metadata:
     """Everything the runtime needs to know about an explainer graph besides its tensors."""
 
@@ -287,6 +310,7 @@ class Metadata:
     detection: Detection | None = None
     layouts: dict[str, Layout] = field(default_factory=dict)  # non-NCHW layers only
     in_graph: tuple[str, ...] = ()  # methods with a ``cam:<method>`` output
+    unit: Unit | None = None
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -308,6 +332,8 @@ class Metadata:
             props[META_LAYOUTS] = json.dumps({k: v.to_dict() for k, v in self.layouts.items()})
         if self.in_graph:
             props[META_IN_GRAPH] = json.dumps(list(self.in_graph))
+        if self.unit is not None:
+            props[META_UNIT] = self.unit.to_json()
         return props
 
     @classmethod
@@ -334,6 +360,7 @@ class Metadata:
             detection=Detection.from_json(props[META_DETECTION]) if META_DETECTION in props else None,
             layouts={k: Layout.from_dict(v) for k, v in json.loads(props.get(META_LAYOUTS, "{}")).items()},
             in_graph=tuple(json.loads(props.get(META_IN_GRAPH, "[]"))),
+            unit=Unit.from_json(props[META_UNIT]) if META_UNIT in props else None,
         )
 
     def layout(self, layer: str) -> Layout:

@@ -39,6 +39,7 @@ from .scores import (
     topk,
 )
 from .targets import ClassSet, Target, TargetError, resolve_target
+from .units import UnitTarget, explain_units, is_unit_spec, parse_unit
 
 if TYPE_CHECKING:
     from .detection import Detections
@@ -57,6 +58,7 @@ class GraphOutputs:
     target_used: np.ndarray
     activations: dict[str, np.ndarray]
     gradients: dict[str, np.ndarray]
+    unit: np.ndarray | None = None  # the unit tensor ``[N, *U]`` of a graph with a unit layer
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,10 @@ class Explainer:
             contract.TARGET_USED,
             *(f(layer) for f in (contract.activation_name, contract.gradient_name) for layer in self.layers),
         ]
+        unit = self.metadata.unit
+        self._unit_tap = contract.activation_name(unit.layer) if unit is not None else None
+        if self._unit_tap is not None and self._unit_tap not in self._names:
+            self._names.append(self._unit_tap)
 
     @property
     def any_size(self) -> bool:
@@ -198,10 +204,13 @@ class Explainer:
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels and 0 <= index < len(self.labels) else None
 
-    def resolve_target(self, target: Target) -> int | ClassSet:
+    def resolve_target(self, target: Target) -> int | ClassSet | UnitTarget:
         """A class index (``-1`` = top-1) or a :class:`ClassSet`; a binary head also takes ``positive``/``negative``
         (and ``predicted``: its predicted side). ``predicted`` (every label above a threshold, one map each) is
-        :meth:`explain_predicted`'s job."""
+        :meth:`explain_predicted`'s job. ``channel:C``, ``neuron:C,Y,X``, ``unit:K``: a unit of the graph's unit
+        layer (:mod:`onnxcam.units`)."""
+        if is_unit_spec(target):
+            return parse_unit(target, self.metadata.unit)  # type: ignore[arg-type]
         name = target.strip().lower() if isinstance(target, str) else None
         if self.binary and name in (*BINARY_SIDES, PREDICTED):
             return contract.TOP1 if name == PREDICTED else BINARY_SIDES.index(name)
@@ -244,8 +253,10 @@ class Explainer:
         target: np.ndarray | None = None,
         seed: np.ndarray | None = None,
         compute: tuple[str, ...] = (contract.GRADIENTS_SWITCH,),
+        unit_seed: np.ndarray | None = None,
     ) -> dict:
-        """Feeds for one run; ``compute``: the switches to turn on (every other one of the graph is turned off)."""
+        """Feeds for one run; ``compute``: the switches to turn on (every other one of the graph is turned off);
+        ``unit_seed`` ``[N, *U]``: explain units of the unit layer (:mod:`onnxcam.units`)."""
         feeds: dict[str, np.ndarray] = {
             contract.INPUT: np.ascontiguousarray(x, np.float32),
             contract.TARGET: np.full(len(x), contract.TOP1, np.int64) if target is None else target,
@@ -257,20 +268,26 @@ class Explainer:
             if not self.has_seed:
                 raise ValueError("this graph has no 'seed' input: re-export it with this onnxcam to explain seeds")
             feeds[contract.SEED] = np.ascontiguousarray(np.broadcast_to(seed, (len(x), *self.score_shape)), np.float32)
+        if unit_seed is not None:
+            feeds[contract.UNIT_SEED] = np.ascontiguousarray(unit_seed, np.float32)
         return feeds
 
-    def run(self, x: np.ndarray, target: np.ndarray, seed: np.ndarray | None = None) -> GraphOutputs:
+    def run(
+        self, x: np.ndarray, target: np.ndarray, seed: np.ndarray | None = None, unit_seed: np.ndarray | None = None
+    ) -> GraphOutputs:
         """One session run on a preprocessed batch ``x`` ``[N, C, H, W]`` with class indices ``target`` ``[N]``.
 
-        ``seed`` ``[N, *S]`` (optional): explain ``Σ seed ⊙ scores`` instead, for images whose seed row is non-zero.
+        ``seed`` ``[N, *S]`` (optional): explain ``Σ seed ⊙ scores`` instead, for images whose seed row is non-zero;
+        ``unit_seed`` ``[N, *U]``: explain ``Σ unit_seed ⊙ U`` of the unit layer for rows that are non-zero.
         """
-        values = self.graph.session.run(self._names, self._feeds(x, target, seed))
+        values = self.graph.session.run(self._names, self._feeds(x, target, seed, unit_seed=unit_seed))
         out = dict(zip(self._names, values, strict=True))
         return GraphOutputs(
             scores=out[contract.SCORES],
             target_used=out[contract.TARGET_USED],
             activations={layer: _float32(out[contract.activation_name(layer)]) for layer in self.layers},
             gradients={layer: _float32(out[contract.gradient_name(layer)]) for layer in self.layers},
+            unit=_float32(out[self._unit_tap]) if self._unit_tap else None,
         )
 
     def _chunked(self, names: list[str], feeds: Callable[[slice], dict], count: int) -> np.ndarray:
@@ -349,6 +366,12 @@ class Explainer:
         unknown = [layer for layer in layers if layer not in self.layers]
         if unknown:
             raise ValueError(f"layer '{unknown[0]}' is not in this graph; it has: {', '.join(self.layers)}")
+        resolved = self._resolved(target, len(x))
+        if any(isinstance(r, UnitTarget) for r in resolved):
+            if seed is not None:
+                raise ValueError("a unit target (channel:/neuron:/unit:) carries its own seed; give no seed with it")
+            args = (methods, layers, topk, eigen_smooth, options, metrics, isolate_methods)
+            return explain_units(self, x, resolved, *args)
         if seed is None and self.metadata.detection is not None:
             raise ValueError(
                 "this is a detector's explainer graph: explain its boxes with Explainer.explain_detections (CLI: "
@@ -356,7 +379,6 @@ class Explainer:
             )
         if seed is not None:
             seed = np.broadcast_to(np.asarray(seed, np.float32), (len(x), *self.score_shape))
-        resolved = self._resolved(target, len(x))
         classes = _class_indices(resolved)
         seed = self._seeds(resolved, seed)
         out = self.run(x, np.zeros_like(classes) if self.binary else classes, seed)
@@ -383,6 +405,21 @@ class Explainer:
             options or {},
             scores_kind=self.scores_kind,
         )
+        return self._apply_methods(results, request, out, methods, layers, eigen_smooth, metrics, isolate_methods)
+
+    def _apply_methods(
+        self,
+        results: list[Explanation],
+        request: MethodRequest,
+        out: GraphOutputs,
+        methods: Sequence[str],
+        layers: Sequence[str],
+        eigen_smooth: bool,
+        metrics: Sequence[str],
+        isolate_methods: bool,
+    ) -> list[Explanation]:
+        """Run each method on the batch of ``request`` and fill ``results`` (maps, raw maps, details, metrics)."""
+        x = request.x
         size = (x.shape[3], x.shape[2])
         for name in methods:
             method = get_method(name)
@@ -407,7 +444,14 @@ class Explainer:
 
             maps = {m: np.stack([r.maps[m] for r in results]) for m in results[0].maps} if results else {}
             scored = evaluate_maps(
-                self, x, effective, maps, metrics, options, scores_kind=self.scores_kind, layers=layers
+                request.model,
+                x,
+                request.seed,
+                maps,
+                metrics,
+                request.options,
+                scores_kind=request.scores_kind,
+                layers=layers,
             )
             for result, values in zip(results, scored, strict=True):
                 result.metrics = values

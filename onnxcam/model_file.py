@@ -196,6 +196,11 @@ def describe(path: str | Path) -> str:
         f"head graphs: {', '.join(m.heads) or 'none'}",
         *([describe_detection(m.detection)] if m.detection else []),
         *([f"in-graph maps: {', '.join(contract.cam_name(x) for x in m.in_graph)}"] if m.in_graph else []),
+        *(
+            [f"unit layer: {m.unit.layer} {list(m.unit.shape)} (targets channel:C, neuron:C,Y,X, unit:K)"]
+            if m.unit
+            else []
+        ),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

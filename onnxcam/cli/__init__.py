@@ -19,6 +19,8 @@ class LazyGroup(click.Group):
         "explain": ("onnxcam.cli.explain_cmd", "explain"),
         "export": ("onnxcam.cli.export_cmd", "export"),
         "info": ("onnxcam.cli.info_cmd", "info"),
+        "maps": ("onnxcam.cli.maps_cmd", "maps"),
+        "visualize": ("onnxcam.cli.visualize_cmd", "visualize"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

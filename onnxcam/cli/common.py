@@ -23,7 +23,8 @@ target_option = click.option(
     default="top1",
     show_default=True,
     help="Class to explain: top1, a class index or a label; a comma list explains the sum of those classes (one "
-    "map); a binary sigmoid head takes positive or negative (or its two labels).",
+    "map); a binary sigmoid head takes positive or negative (or its two labels). A graph exported with "
+    "--unit-layer also takes channel:C, neuron:C,Y,X or unit:K (a unit of that layer).",
 )
 
 

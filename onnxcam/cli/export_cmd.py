@@ -102,6 +102,12 @@ from .number_list import NumberList
     help="Also compute these methods' final maps inside the graph (outputs cam:<method> [N, H, W] in [0, 1]; "
     "gradcam, gradcam++, xgradcam, hirescam, gradcamelementwise, layercam): any ONNX runtime gets a heat map.",
 )
+@click.option(
+    "--unit-layer",
+    default=None,
+    metavar="LAYER",
+    help="Also explain units of this layer ([N, C, h, w] or [N, K]): targets channel:C, neuron:C,Y,X, unit:K.",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:

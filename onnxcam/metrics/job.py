@@ -50,6 +50,7 @@ from ..methods import get_method
 from ..methods.options import check_options
 from ..outputs import JsonLinesLog
 from ..targets import ClassSet, Target
+from ..units import metric_access
 from .base import get_metric, metric_options
 from .evaluate import evaluate_maps
 
@@ -146,9 +147,8 @@ def score_batch(explainer: Explainer, good: Sequence[Decoded], settings: Plan) -
     seed = np.stack([e.seed for e in explanations])
     maps = {m: np.stack([e.maps[m] for e in explanations]) for m in settings.methods}
     try:
-        values = evaluate_maps(
-            explainer, x, seed, maps, settings.metrics, settings.options, explainer.scores_kind, settings.layers
-        )
+        model, kind = metric_access(explainer, settings.target)  # a unit target scores the unit's value
+        values = evaluate_maps(model, x, seed, maps, settings.metrics, settings.options, kind, settings.layers)
     except Exception as exc:  # a metric failing on this batch (e.g. imputation): mark it, go on
         return [], f"metrics failed: {one_line(exc)}"
     per_image = {"explain": explained - started, "metrics": time.perf_counter() - explained}
