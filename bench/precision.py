@@ -1,6 +1,7 @@
 """Speed of deployed precisions (CPU, batch 8): plain forward and Grad-CAM explainer of float32, float16 and int8 QDQ.
 
-``python bench/precision.py [model]`` prints a Markdown table (BENCHMARKS.md, "Deployed precision"). Random-init
+``python bench/precision.py [model …]`` prints a Markdown table (BENCHMARKS.md, "Deployed precision"), with the
+load average (1 min) before each row: the machine is shared and a loaded row is slower. Random-init
 torchvision weights, 224×224, int8 = ``quantize_static`` QDQ per-channel calibrated on 8 random images, float16 =
 ``convert_float_to_float16(keep_io_types=True)``; explainers exported without verification (the tests verify).
 """
@@ -8,6 +9,7 @@ torchvision weights, 224×224, int8 = ``quantize_static`` QDQ per-channel calibr
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -50,9 +52,20 @@ def median_rate(fn) -> float:
     return BATCH / statistics.median(times)
 
 
-def main(name: str = "resnet50") -> None:
+def main(*names: str) -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    print(
+        "| model | precision | ORT forward | onnxcam Grad-CAM | Grad-CAM / own forward | Grad-CAM / float32 forward "
+        "| load avg |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in names or ("resnet50",):
+        bench(name)
+
+
+def bench(name: str) -> None:
+    """One model's rows: float32, float16 and int8 forward and Grad-CAM rates (images/s)."""
     w = Path(tempfile.mkdtemp())
     torch.manual_seed(0)
     net = getattr(torchvision.models, name)(weights=None).eval()
@@ -83,10 +96,9 @@ def main(name: str = "resnet50") -> None:
     x = np.random.default_rng(1).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    print("| model | precision | ORT forward | onnxcam Grad-CAM | Grad-CAM / float32 forward |")
-    print("|---|---|---|---|---|")
     base = None
     for precision in ["float32", "float16", "int8"]:
+        load = os.getloadavg()[0]
         path = w / f"{precision}.onnx"
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         forward = median_rate(lambda s=session: s.run(None, {"images": x}))
@@ -94,7 +106,11 @@ def main(name: str = "resnet50") -> None:
         explainer = Explainer(w / f"{precision}.explainer.onnx", provider="cpu", threads=2)
         cam = median_rate(lambda e=explainer: e.explain_arrays(x, methods=("gradcam",)))
         base = base or forward
-        print(f"| {name} | {precision} | {forward:.1f} | {cam:.1f} | {cam / base:.2f}× |")
+        print(
+            f"| {name} | {precision} | {forward:.1f} | {cam:.1f} | {cam / forward:.2f}× | {cam / base:.2f}× "
+            f"| {load:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

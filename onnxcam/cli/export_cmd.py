@@ -95,6 +95,19 @@ from .number_list import NumberList
 )
 @click.option("--layer-grid", nargs=2, type=int, default=None, metavar="H W", help="Token grid of a token layer.")
 @click.option("--prefix-tokens", type=int, default=None, help="Tokens before the grid (class/register tokens).")
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "float16", "int8"]),
+    default=None,
+    help="Explain the model as deployed: converted to float16 (onnxconverter-common) or int8 QDQ (onnxruntime static "
+    "quantization, needs --calibration) [float32; float16 for a float16 PyTorch model].",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory of typical input images setting the int8 quantization ranges (--precision int8).",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:
