@@ -106,7 +106,10 @@ def _int8_qdq(forward: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelPr
 
     with tempfile.TemporaryDirectory(prefix="onnxcam-int8-") as tmp:
         prepared, quantized = Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
-        quant_pre_process(forward, str(prepared))
+        try:
+            quant_pre_process(forward, str(prepared))
+        except Exception:  # its symbolic shape inference gives up on some graphs (a Resize of a dynamic batch)
+            quant_pre_process(forward, str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(quantized),
