@@ -414,3 +414,30 @@ def test_cli_export_pytorch_source_to_int8(tmp_path: Path) -> None:
     refused = CliRunner().invoke(main, ["export", *common, "-o", str(tmp_path / "x.onnx"), "--precision", "int8"])
     assert refused.exit_code == 1 and "needs calibration images (--calibration DIR" in refused.output
     assert len(refused.output.strip().splitlines()) == 1, refused.output
+
+
+def test_float16_ablation_on_a_layer_with_negative_values(tmp_path: Path) -> None:
+    """Ablation-CAM sets an ablated channel of a map with negative values to ``min − 1e7``: beyond float16's range,
+    it saturates to −65504 in a float16 head graph (was −inf, and the next convolution's ±inf sums NaN maps).
+    A HardSwish layer (values ≥ −0.375) before a convolution: finite maps, same class and Spearman ρ ≥ 0.99 with the
+    float32 export's."""
+    nn = torch.nn
+    maps = {}
+    for name in ("float32", "float16"):
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Hardswish(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Hardswish(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 5),
+        )
+        path = tmp_path / f"{name}.onnx"
+        export_model(net, path, ["1"], (32, 32), exporter="torchscript", log=lambda _: None, precision=name)
+        explainer = Explainer(path, provider="cpu")
+        maps[name] = explainer.explain_arrays(_images(explainer), methods=("ablationcam",))
+    for ref, ours in zip(maps["float32"], maps["float16"], strict=True):
+        assert np.isfinite(ours.maps["ablationcam"]).all() and ours.class_index == ref.class_index
+        assert spearmanr(ref.maps["ablationcam"].ravel(), ours.maps["ablationcam"].ravel()).statistic >= 0.99
