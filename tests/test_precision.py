@@ -441,3 +441,12 @@ def test_float16_ablation_on_a_layer_with_negative_values(tmp_path: Path) -> Non
     for ref, ours in zip(maps["float32"], maps["float16"], strict=True):
         assert np.isfinite(ours.maps["ablationcam"]).all() and ours.class_index == ref.class_index
         assert spearmanr(ref.maps["ablationcam"].ravel(), ours.maps["ablationcam"].ravel()).statistic >= 0.99
+
+
+def test_precision_of_an_already_deployed_file_refused_in_one_line(models: dict[str, Path]) -> None:
+    from onnxcam_export.deploy import PrecisionError
+
+    for name, kind in [("fp16", "float16"), ("qdq", "int8 (QDQ)")]:
+        with pytest.raises(PrecisionError) as error:
+            export_onnx_file(models[name], None, precision="int8", calibration=np.zeros((1, 3, 8, 8), np.float32))
+        assert str(error.value) == f"--precision int8: the model is {kind} already; export it without --precision"
