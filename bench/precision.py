@@ -1,6 +1,8 @@
 """Speed of deployed precisions (CPU, batch 8): plain forward and Grad-CAM explainer of float32, float16 and int8 QDQ.
 
-``python bench/precision.py [model]`` prints a Markdown table (BENCHMARKS.md, "Deployed precision"). Random-init
+``python bench/precision.py [model …]`` prints a Markdown table (BENCHMARKS.md, "Deployed precision"), with the
+load average (1 min) at the start and end of the timing; the contenders take turns call by call, so the ratios hold
+on a shared machine while the absolute rates drop with its load. Random-init
 torchvision weights, 224×224, int8 = ``quantize_static`` QDQ per-channel calibrated on 8 random images, float16 =
 ``convert_float_to_float16(keep_io_types=True)``; explainers exported without verification (the tests verify).
 """
@@ -8,11 +10,13 @@ torchvision weights, 224×224, int8 = ``quantize_static`` QDQ per-channel calibr
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxcam.explainer import Explainer
 
 BATCH, RUNS, WARMUP = 8, 7, 2
+PRECISIONS = ("float32", "float16", "int8")
 
 
 class Calibration(CalibrationDataReader):
@@ -39,20 +44,35 @@ class Calibration(CalibrationDataReader):
         return next(self.it, None)
 
 
-def median_rate(fn) -> float:
+def interleaved_rates(contenders: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Images/s of each contender: median of :data:`RUNS` timed calls after :data:`WARMUP`, the contenders taking
+    turns call by call, so a change of load on the shared machine slows them all alike and their ratios hold."""
     for _ in range(WARMUP):
-        fn()
-    times = []
+        for fn in contenders.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(RUNS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return BATCH / statistics.median(times)
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: BATCH / statistics.median(t) for name, t in times.items()}
 
 
-def main(name: str = "resnet50") -> None:
+def main(*names: str) -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    print(
+        "| model | precision | ORT forward | explainer graph | onnxcam Grad-CAM | Grad-CAM / own forward "
+        "| Grad-CAM / float32 forward | load avg (start–end) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names or ("resnet50",):
+        bench(name)
+
+
+def bench(name: str) -> None:
+    """One model's rows: float32, float16 and int8 forward, explainer graph and Grad-CAM rates (images/s)."""
     w = Path(tempfile.mkdtemp())
     torch.manual_seed(0)
     net = getattr(torchvision.models, name)(weights=None).eval()
@@ -81,20 +101,28 @@ def main(name: str = "resnet50") -> None:
         per_channel=True,
     )
     x = np.random.default_rng(1).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
+    target = np.full(BATCH, -1, np.int64)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    print("| model | precision | ORT forward | onnxcam Grad-CAM | Grad-CAM / float32 forward |")
-    print("|---|---|---|---|---|")
-    base = None
-    for precision in ["float32", "float16", "int8"]:
+    contenders: dict[str, Callable[[], object]] = {}
+    for precision in PRECISIONS:
         path = w / f"{precision}.onnx"
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        forward = median_rate(lambda s=session: s.run(None, {"images": x}))
         export_onnx_file(path, w / f"{precision}.explainer.onnx", verify=False, heads=False, log=lambda _: None)
         explainer = Explainer(w / f"{precision}.explainer.onnx", provider="cpu", threads=2)
-        cam = median_rate(lambda e=explainer: e.explain_arrays(x, methods=("gradcam",)))
-        base = base or forward
-        print(f"| {name} | {precision} | {forward:.1f} | {cam:.1f} | {cam / base:.2f}× |")
+        contenders[f"{precision} forward"] = lambda s=session: s.run(None, {"images": x})
+        contenders[f"{precision} graph"] = lambda e=explainer: e.run(x, target)
+        contenders[f"{precision} cam"] = lambda e=explainer: e.explain_arrays(x, methods=("gradcam",))
+    start = os.getloadavg()[0]
+    rate = interleaved_rates(contenders)
+    load = f"{start:.1f}–{os.getloadavg()[0]:.1f}"
+    for precision in PRECISIONS:
+        forward, graph, cam = (rate[f"{precision} {k}"] for k in ("forward", "graph", "cam"))
+        print(
+            f"| {name} | {precision} | {forward:.1f} | {graph:.1f} | {cam:.1f} | {cam / forward:.2f}× "
+            f"| {cam / rate['float32 forward']:.2f}× | {load} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from onnxcam import __version__, contract
 
-from . import inputs, onnx_prep, precision, quantization, sources
+from . import deploy, inputs, onnx_prep, quantization, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.context import GradientError
 from .autodiff.graph_info import GraphInfo
@@ -25,6 +26,7 @@ from .in_graph import add_cams, check_cams
 from .in_graph import resolve as resolve_in_graph
 from .inside_normalisation import inside_normalisation
 from .layouts import refuse_non_nchw
+from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
 from .verify import Report, verify_finite_differences
@@ -81,6 +83,8 @@ def export_model(
     prefix_tokens: int | None = None,
     in_graph: Sequence[str] = (),
     unit_layer: str | None = None,
+    precision: str | None = None,
+    calibration: str | Path | np.ndarray | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -101,6 +105,11 @@ def export_model(
     ``in_graph``: methods whose final map the graph outputs as ``cam:<method>`` (:mod:`.in_graph`).
     ``unit_layer``: a module (or, for ONNX files, tensor) whose units can be explained instead of a class
     (``unit_seed``, :mod:`onnxcam.units`).
+    ``precision``: the deployed graph's (``float32``, ``float16``, ``int8``; ``None``: ``float16`` for a model whose
+    weights are float16, e.g. after ``model.half()``, else ``float32``): the traced float32 graph is converted
+    (:mod:`.deploy`; int8 calibrated on ``calibration``, a directory of images or a preprocessed ``N×C×H×W`` batch)
+    and verified as a deployed ONNX file is (float64 finite differences, the STE reference for int8), not against
+    ``torch.autograd`` of the float32 model.
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -110,7 +119,7 @@ def export_model(
     from .torch_outputs import model_scores_name
     from .verify_torch import verify_torch
 
-    model = model.eval()
+    model, precision = _float_weights(model.eval(), precision, log)
     channels = channels or torch_channels(model) or 3
     preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=input_layout)
     model = channels_first(model, preprocess.input_layout)
@@ -139,6 +148,7 @@ def export_model(
         model, taps, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
     )
     forward, detection = as_detection(forward, input_shape, task, detect_layout, log)
+    forward = deploy.to_precision(forward, precision, deploy.calibration_batch(calibration, preprocess))
     head = scores_head(forward, scores_kind, labels, log, detection)
     metadata = contract.Metadata(
         layers=tuple(layers),
@@ -166,8 +176,44 @@ def export_model(
         )
 
     extras = Extras(rules, heads, resolve_in_graph(in_graph), unit_layer)
+    if precision != "float32":
+        deployed, reference = _deployed_check(forward, layers, input_shape, tolerance, log)
+        return _build_check_save(
+            forward, metadata, extras, deployed if verify else None, reference, output, started, log
+        )
     return _build_check_save(
         forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
+    )
+
+
+def _float_weights(model: torch.nn.Module, precision: str | None, log: Log) -> tuple[torch.nn.Module, str]:
+    """A float32 copy of a float16 model (traced in float32, converted back to float16 by :mod:`.deploy`: exact, as
+    float16 values are float32 values) and the precision to deploy; other models and precisions as they are."""
+    import copy
+
+    import torch
+
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if torch.float16 not in dtypes:
+        return model, precision or "float32"
+    if precision is None:
+        precision = "float16"
+        log("the model's weights are float16: exporting a float16 graph (--precision float32 for a float32 one)")
+    return copy.deepcopy(model).float(), precision
+
+
+def _deployed_check(
+    forward: onnx.ModelProto, layers: Sequence[str], shape: tuple[int, ...], tolerance: float, log: Log
+) -> tuple[Callable[[onnx.ModelProto], Report], str]:
+    """The check of a deployed (float16 or int8) graph and its name: float64 finite differences of the same graph,
+    or of its straight-through-estimator reference for QDQ (:mod:`.quantization`), with the float16-vs-float64
+    agreement logged first (:func:`.precision.with_agreement`)."""
+    qdq = quantization.is_qdq(forward)
+    reference = quantization.verify_ste if qdq else verify_finite_differences
+    check = with_agreement(lambda e: reference(e, layers, shape, tolerance=tolerance), forward, layers, shape, log)
+    return (
+        check,
+        "the straight-through estimator by float64 finite differences" if qdq else "float64 finite differences",
     )
 
 
@@ -299,6 +345,8 @@ def export_onnx_file(
     detect_layout: str | None = None,
     in_graph: Sequence[str] = (),
     unit_layer: str | None = None,
+    precision: str = "float32",
+    calibration: str | Path | np.ndarray | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
@@ -309,7 +357,8 @@ def export_onnx_file(
     (:func:`inputs.read_onnx_input`; ``channels``/``input_size``/``input_layout`` where it does not say), and the
     graph is made to take float32 NCHW (:func:`inputs.to_float_nchw`). A float file that normalises its input
     itself (:mod:`.inside_normalisation`) gets no mean/std unless they are given, and the pixel range its constants
-    expect; the rest as in :func:`export_model`.
+    expect; ``precision``/``calibration``: convert a float32 file to its deployed precision first
+    (:mod:`.deploy`); the rest as in :func:`export_model`.
     """
     started = time.perf_counter()
     user_layers = list(layers or [])
@@ -330,6 +379,7 @@ def export_onnx_file(
     )
     if (found.dtype, found.layout) != ("float32", "NCHW"):
         log(f"model input: {found.dtype} {found.layout}; the explainer's input is float32 NCHW")
+    forward = deploy.to_precision(forward, precision, deploy.calibration_batch(calibration, preprocess))
     for layer in layers:
         refuse_non_nchw(layer, GraphInfo(forward).shape(contract.activation_name(layer)) or [], tuple(size))
     metadata = contract.Metadata(
@@ -341,12 +391,9 @@ def export_onnx_file(
         scores_kind=head.kind,
         detection=detection,
     )
-    reference = quantization.verify_ste if quantization.is_qdq(forward) else verify_finite_differences
-    check = (lambda e: reference(e, layers, shape, tolerance=tolerance)) if verify else None
-    check = precision.with_agreement(check, forward, layers, shape, log) if check else None
+    deployed, reference_name = _deployed_check(forward, layers, shape, tolerance, log)
+    check = deployed if verify else None
     extras = Extras(_rules(input_gradients), heads, resolve_in_graph(in_graph), unit_layer)
-    method = "the straight-through estimator by float64 finite differences" if quantization.is_qdq(forward) else ""
-    reference_name = method or "float64 finite differences"
     try:
         return _build_check_save(forward, metadata, extras, check, reference_name, output, started, log)
     except GradientError as exc:  # a rule needs static sizes (Resize): pin the dynamic H/W, say so, build again
@@ -405,6 +452,8 @@ def export_source(
     prefix_tokens: int | None = None,
     in_graph: Sequence[str] = (),
     unit_layer: str | None = None,
+    precision: str | None = None,
+    calibration: str | None = None,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
 
@@ -439,6 +488,8 @@ def export_source(
             detect_layout=detect_layout,
             in_graph=in_graph,
             unit_layer=unit_layer,
+            precision=precision or "float32",
+            calibration=calibration,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -471,4 +522,6 @@ def export_source(
         prefix_tokens=prefix_tokens,
         in_graph=in_graph,
         unit_layer=unit_layer,
+        precision=precision,
+        calibration=calibration,
     )

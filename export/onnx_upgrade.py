@@ -19,6 +19,9 @@ from .errors import ExportError
 
 #: Largest relative difference between the original and the upgraded graph's output that counts as equal.
 UPGRADE_TOLERANCE = 1e-4
+#: The same for a graph computing in float16/bfloat16: onnxruntime may fuse or order the upgraded graph's kernels
+#: differently, and each rounding is ~1e-3 there (measured: 3e-4 … 1.1e-3 on mobilenet_v3_large, opset 17 → 18).
+REDUCED_TOLERANCE = 1e-2
 
 
 class UpgradeError(ExportError):
@@ -92,7 +95,9 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     else:
         scale = max(float(np.abs(old).max(initial=0.0)), 1e-12)
         diff = float(np.abs(old.astype(np.float64) - new).max(initial=0.0)) / scale
-    if not diff <= UPGRADE_TOLERANCE:
+    reduced = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    half = any(t.data_type in reduced for t in model.graph.initializer)
+    if not diff <= (REDUCED_TOLERANCE if half else UPGRADE_TOLERANCE):
         raise UpgradeError(
             f"upgrading opset {before} → {opset} changes the model's output (relative difference {diff:.2g}); "
             f"re-export the model at opset ≥ {opset}"

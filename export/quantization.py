@@ -3,13 +3,20 @@ against an independent STE reference; QOperator graphs are refused in one line.
 
 The reference for a QDQ explainer replaces every ``QuantizeLinear → DequantizeLinear`` pair ``y = DQ(Q(x))`` by
 
-    ``y' = DQ(Q(x)) + c(x) − c(x₀)``,   ``c(x) = min(max(x, s·(q_min − z − ½)), s·(q_max − z + ½))``
+    ``y' = DQ(Q(x₀)) + c(x) − c(x₀)``,   ``c(x) = min(max(x, s·(q_min − z − ½)), s·(q_max − z + ½))``
 
 with ``x₀`` the value at the evaluation point: ``y'`` equals the deployed value there and its derivative is that of
 the clip-only float op ``c`` — 1 inside the quantization range, 0 where clipped: the STE of quantization-aware
-training (Bengio et al. 2013; Jacob et al. 2018), written without ``Round``. Central differences of the scores
+training (Bengio et al. 2013; Jacob et al. 2018), written without ``Round`` (so no step of the differences crosses a
+rounding boundary: a linear ``Resize`` or an average of quantized values lands exactly on halves of ``s``, where
+``Round`` jumps). Central differences of the scores
 through ``y'`` in float64 (``onnx.reference``) are compared with the explainer's ``gradient:<layer>`` evaluated in
 float64 at the same point.
+
+Quantized values tie inside max-pooling windows, where the gradient is a convention (the window's first maximum in
+row-major order, as onnxruntime and torch route it), and a central difference straddles the tie. The reference breaks
+the ties the same way: a ``MaxPool``/``GlobalMaxPool`` reading a ``DequantizeLinear`` (step ``s``) reads
+``x − δ·(h·W + w)``, ``δ = min s / (2·H·W)``, instead: earlier positions win, distinct levels keep their order.
 """
 
 from __future__ import annotations
@@ -93,8 +100,9 @@ def _broadcast(values: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
 
 
 def ste_surrogate(after: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Copy of ``after`` whose ``QuantizeLinear → DequantizeLinear`` outputs are ``DQ(Q(x)) + c(x) − c(x₀)`` (module
-    docstring); returns it and ``{anchor input: x}``, the inputs to feed with ``x₀``."""
+    """Copy of ``after`` whose ``QuantizeLinear → DequantizeLinear`` outputs ``y`` are ``y₀ + c(x) − c(x₀)`` (module
+    docstring); returns it and ``{anchor input: tensor}``, the inputs to feed with the tensors' values ``x₀``, ``y₀``
+    at the evaluation point."""
     model = onnx.ModelProto()
     model.CopyFrom(after)
     graph = model.graph
@@ -102,16 +110,16 @@ def ste_surrogate(after: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, st
     quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
     anchors: dict[str, str] = {}
     added: list[onnx.NodeProto] = []
+    kept: list[onnx.NodeProto] = []
     for node in graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in quantizers:
+            kept.append(node)
             continue
         q = quantizers[node.input[0]]
-        x = q.input[0]
+        x, y = q.input[0], node.output[0]
         lo, hi = _clip_range(q, info)
-        anchor = f"anchor/{x}"
-        anchors[anchor] = x
-        deployed, y = f"{node.output[0]}/deployed", node.output[0]
-        node.output[0] = deployed
+        anchor, deployed = f"anchor/{x}", f"anchor/{y}"
+        anchors.update({anchor: x, deployed: y})
         p = f"ste/{y}/"
         graph.initializer.extend([numpy_helper.from_array(lo, p + "lo"), numpy_helper.from_array(hi, p + "hi")])
         for source, clipped in [(x, p + "c"), (anchor, p + "c0")]:
@@ -120,7 +128,7 @@ def ste_surrogate(after: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, st
         added.append(helper.make_node("Sub", [p + "c", p + "c0"], [p + "delta"]))
         added.append(helper.make_node("Add", [deployed, p + "delta"], [y]))
     graph.input.extend(helper.make_tensor_value_info(a, TensorProto.UNDEFINED, None) for a in anchors)
-    nodes = _toposort([*graph.node, *added], {i.name for i in graph.input} | {t.name for t in graph.initializer})
+    nodes = _toposort([*kept, *added], {i.name for i in graph.input} | {t.name for t in graph.initializer})
     del graph.node[:]
     graph.node.extend(nodes)
     return model, anchors
@@ -155,6 +163,41 @@ def _clip_range(q: onnx.NodeProto, info: GraphInfo) -> tuple[np.ndarray, np.ndar
     return (s * (limits.min - z - 0.5)).astype(scale.dtype), (s * (limits.max - z + 0.5)).astype(scale.dtype)
 
 
+#: Pooling ops whose ties :func:`break_ties` resolves (their windows lie in one (n, c) plane, scanned row-major).
+_BROKEN_TIES = ("MaxPool", "GlobalMaxPool")
+
+
+def break_ties(forward: onnx.ModelProto, whole: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``forward`` whose max pools reading a dequantized tensor ``x`` of static ``H×W`` read
+    ``x − δ·(h·W + w)`` (``δ = min s / (2·H·W)``, ``s`` the ``DequantizeLinear`` scale): a strict order among tied
+    values that makes the window's first (row-major) maximum the maximum, and keeps distinct levels (``≥ s`` apart)
+    in order. ``whole``: the graph ``forward`` was cut from (its producers, shapes and constants)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(forward)
+    graph = model.graph
+    info = GraphInfo(whole)
+    producers = {o: n for n in whole.graph.node for o in n.output}
+    added = []
+    for node in graph.node:
+        source = producers.get(node.input[0])
+        shape = info.shape(node.input[0]) or ()
+        if node.op_type not in _BROKEN_TIES or source is None or source.op_type != "DequantizeLinear":
+            continue
+        scale = info.constant(source.input[1])
+        if scale is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+            continue
+        h, w = shape[2], shape[3]
+        ramp = np.arange(h * w, dtype=np.float64).reshape(h, w) * float(np.min(scale)) / (2 * h * w)
+        offset, broken = f"ties/{node.input[0]}/ramp", f"{node.input[0]}/ties_broken"
+        graph.initializer.append(numpy_helper.from_array(ramp.astype(scale.dtype), offset))
+        added.append(helper.make_node("Sub", [node.input[0], offset], [broken]))
+        node.input[0] = broken
+    nodes = _toposort([*graph.node, *added], {i.name for i in graph.input} | {t.name for t in graph.initializer})
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
 def verify_ste(
     explainer: onnx.ModelProto,
     layers: Sequence[str],
@@ -167,9 +210,10 @@ def verify_ste(
     """Directional central differences of ``scores[n, t_n]`` through :func:`ste_surrogate` (float64) vs
     ``⟨gradient:<layer>, v⟩`` (and ``gradient:input`` when exported) of the explainer evaluated in float64 at the
     same point (the layer's map ``A`` from
-    onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε`` = 1e-10 of the map's scale
-    (a step rarely moves any ``x/s`` across a rounding tie). Error of image ``n``: ``|fd_n − dot_n| / max_m |dot_m|``,
+    onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε`` = 1e-10 of the map's scale.
+    Error of image ``n``: ``|fd_n − dot_n| / max_m |dot_m|``,
     worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image).
+    Ties in max pools after the layer are broken by the first-maximum convention (:func:`break_ties`).
     """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
@@ -193,15 +237,18 @@ def verify_ste(
         out = {**run(probe, {contract.INPUT: x, contract.TARGET: target}), contract.INPUT: x}
         fixed = {f: target if f == contract.TARGET else out[f] for f in frozen}
         activation = out[tap].astype(np.float64)
-        surrogate, anchors = ste_surrogate(after)
+        at = evaluate_float64(after, {tap: activation, **fixed}, kernels)
+        used = at[contract.TARGET_USED]
+        forward = break_ties(cut_after(explainer, tap, [contract.SCORES])[0], explainer)
+        fixed = {i.name: fixed[i.name] for i in forward.graph.input if i.name in fixed}
+        surrogate, anchors = ste_surrogate(forward)
         base_model = onnx.ModelProto()
-        base_model.CopyFrom(after)
+        base_model.CopyFrom(forward)
         base_model.graph.output.extend(
             helper.make_tensor_value_info(v, TensorProto.UNDEFINED, None) for v in set(anchors.values())
         )
-        at = evaluate_float64(base_model, {tap: activation, **fixed}, kernels)
-        anchored = {a: at[v] for a, v in anchors.items()}
-        used = at[contract.TARGET_USED]
+        base = evaluate_float64(base_model, {tap: activation, **fixed}, kernels)
+        anchored = {a: base[v] for a, v in anchors.items()}
         worst = np.zeros(batch)
         for _ in range(directions):
             v = rng.standard_normal(activation.shape)
@@ -216,7 +263,7 @@ def verify_ste(
             dot = (at[grad] * v).reshape(batch, -1).sum(1)
             worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
         errors[grad] = tuple(worst.tolist())
-        _refuse_ties(Report({grad: errors[grad]}), tolerance, tap, after)
+        _refuse_ties(Report({grad: errors[grad]}), tolerance, tap, forward)
     return check(Report(errors), tolerance)
 
 
@@ -224,9 +271,12 @@ def verify_ste(
 _TIE_OPS = ("MaxPool", "GlobalMaxPool", "ReduceMax", "Max")
 
 
-def _refuse_ties(report: Report, tolerance: float, tap: str, after: onnx.ModelProto) -> None:
-    """Above tolerance with a max-type op after ``tap``: say so (ties among quantized values, not a wrong rule)."""
-    ties = next((n for n in after.graph.node if n.op_type in _TIE_OPS), None)
+def _refuse_ties(report: Report, tolerance: float, tap: str, forward: onnx.ModelProto) -> None:
+    """Above tolerance with a max-type op after ``tap`` whose ties are not broken (:func:`break_ties`): say so (ties
+    among quantized values, not a wrong rule)."""
+    ties = next(
+        (n for n in forward.graph.node if n.op_type in _TIE_OPS and not n.input[0].endswith("/ties_broken")), None
+    )
     if report.typical > tolerance and ties is not None:
         raise VerificationError(
             f"cannot verify '{tap}' of an int8 graph: {ties.op_type} '{ties.name or ties.output[0]}' after it sees "

@@ -324,8 +324,11 @@ class Explainer:
         name = contract.head_scores_name(layer)
         no_images = np.zeros((0, *self.input_shape), np.float32)  # the network before the layer runs on nothing
 
+        dtype = self._input_types.get(contract.head_input_name(layer), np.float32)
+        limit = np.finfo(dtype).max  # saturate, not ±inf: Ablation-CAM's −1e7 is −65504 in a float16 head
+
         def feeds(rows: slice) -> dict:
-            maps = np.ascontiguousarray(activations[rows], self._input_types.get(contract.head_input_name(layer)))
+            maps = np.ascontiguousarray(np.clip(activations[rows], -limit, limit), dtype)
             return {
                 **self._feeds(no_images, compute=(contract.switch_name(name),)),
                 contract.head_input_name(layer): maps,

@@ -108,6 +108,19 @@ from .number_list import NumberList
     metavar="LAYER",
     help="Also explain units of this layer ([N, C, h, w] or [N, K]): targets channel:C, neuron:C,Y,X, unit:K.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "float16", "int8"]),
+    default=None,
+    help="Explain the model as deployed: converted to float16 (onnxconverter-common) or int8 QDQ (onnxruntime static "
+    "quantization, needs --calibration) [float32; float16 for a float16 PyTorch model].",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory of typical input images setting the int8 quantization ranges (--precision int8).",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:
