@@ -289,6 +289,17 @@ class Explainer:
         on = (contract.switch_name(name),)
         return self._chunked([name], lambda rows: self._feeds(x[rows], seed=seed[rows], compute=on), len(x))
 
+    def layer_outputs(self, x: np.ndarray, seed: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Activations and gradients ``∂ Σ(seed ⊙ scores(x)) / ∂A`` ``[M, K, h, w]`` of every layer, by layer name,
+        for inputs ``x`` ``[M, C, H, W]`` and seeds ``[M, *S]`` (in chunks of ``max_batch``)."""
+        seed = np.broadcast_to(seed, (len(x), *self.score_shape))
+        runs = []
+        for start in range(0, len(x), self.max_batch):
+            rows = slice(start, start + self.max_batch)
+            runs.append(self.run(x[rows], np.full(len(x[rows]), contract.TOP1, np.int64), seed[rows]))
+        acts = {layer: np.concatenate([r.activations[layer] for r in runs]) for layer in self.layers}
+        return acts, {layer: np.concatenate([r.gradients[layer] for r in runs]) for layer in self.layers}
+
     def head_scores(self, layer: str, activations: np.ndarray) -> np.ndarray:
         """Logits ``[M, *S]`` from feature maps ``[M, C, h, w]`` of ``layer``: only the part after it runs."""
         if layer not in self.metadata.heads:

@@ -5,7 +5,8 @@ normalised, input-sized map. The formulas are those of docs/METHODS.md. Importin
 every method (one module per method or family, each calling ``register`` at import).
 
 Methods that query the model again (:class:`ModelMethod`: Score-CAM, Ablation-CAM, occlusion, RISE, saliency,
-guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients) take a :class:`MethodRequest`.
+guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients, KPCA-CAM, FinerCAM,
+Smooth Grad-CAM++, SS-CAM, IS-CAM, FullGrad) take a :class:`MethodRequest`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ from .base import (
 from .class_activation import class_activation_map
 from .eigen import eigen_cam, eigen_grad_cam
 from .elementwise import grad_cam_elementwise, hires_cam, layer_cam
+from .finer_cam import finer_cam
 from .gradcam import grad_cam
 from .gradcam_plusplus import grad_cam_plusplus
 from .guided_gradcam import guided_gradcam
 from .input_gradients import deconvnet, guided_backprop, integrated_gradients, saliency, smoothgrad
+from .kpca_cam import kpca_cam
 from .occlusion import occlusion
 from .request import MethodRequest, ModelAccess, ModelMethod
 from .rise import rise
 from .score_cam import score_cam
+from .smooth_gradcam_plusplus import smooth_gradcam_plusplus
+from .smoothed_score_cam import is_cam, ss_cam
 from .xgradcam import xgrad_cam
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "deconvnet",
     "eigen_cam",
     "eigen_grad_cam",
+    "finer_cam",
     "first_component_projection",
     "get_method",
     "grad_cam",
@@ -57,12 +63,16 @@ __all__ = [
     "guided_gradcam",
     "hires_cam",
     "integrated_gradients",
+    "is_cam",
+    "kpca_cam",
     "layer_cam",
     "occlusion",
     "register",
     "rise",
     "saliency",
     "score_cam",
+    "smooth_gradcam_plusplus",
     "smoothgrad",
+    "ss_cam",
     "xgrad_cam",
 ]

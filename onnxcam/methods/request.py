@@ -2,7 +2,8 @@
 
 CAM methods are pure functions of ``(A, G)``. The other families need to run the model again: on masked inputs
 (Score-CAM, occlusion, RISE), on ablated feature maps through the part after the layer (Ablation-CAM), or for the
-gradient with respect to the input (saliency, guided backprop, SmoothGrad, Integrated Gradients). They get a
+gradient with respect to the input (saliency, guided backprop, SmoothGrad, Integrated Gradients), or for the layer
+gradients of other seeds or noisy inputs (FinerCAM, Smooth Grad-CAM++). They get a
 :class:`ModelAccess`, which :class:`onnxcam.Explainer` implements on onnxruntime (tests may implement it otherwise).
 
 The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (docs/METHODS.md, Targets): ``seed_n`` is the
@@ -31,6 +32,11 @@ class ModelAccess(Protocol):
 
     def head_scores(self, layer: str, activations: np.ndarray) -> np.ndarray:
         """Logits ``[M, *S]`` computed from feature maps ``[M, C, h, w]`` of ``layer`` (only the part after it)."""
+        ...
+
+    def layer_outputs(self, x: np.ndarray, seed: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Activations ``A`` and gradients ``∂ Σ(seed ⊙ scores(x)) / ∂A`` of every layer of the graph for inputs
+        ``x`` ``[M, C, H, W]`` and seeds ``[M, *S]``: two dicts of ``[M, K, h, w]`` by layer name."""
         ...
 
 

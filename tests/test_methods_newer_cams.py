@@ -1,0 +1,116 @@
+"""The peers' newer CAMs through :class:`onnxcam.Explainer` on the exported :class:`GapNet` (32×32; layers ``body.3``,
+16 channels at 16×16, and ``body.1``, 8 at 32×32, whose gradient varies with the input), against the peer that has
+each method on the same PyTorch module, inputs and targets.
+
+pytorch-grad-cam 1.5.x: KPCA-CAM, FinerCAM — final [0, 1] maps, 1e-4 absolute.
+torchcam 0.5: Smooth Grad-CAM++, SS-CAM, IS-CAM — the raw layer maps (torchcam's ``normalized=False``; ReLU'd for the
+Score-CAM family as torchcam does), 1e-4 relative to their peak, with the *same noise*: torchcam's noise sampler is
+replaced by one returning samples we also give onnxcam through the ``noise`` option. Smooth Grad-CAM++: torchcam's
+code weights with the last noisy sample's gradient and activations (its documented formula: the input's), so the last
+injected sample is zero noise, which makes both the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from method_cases import explain, gapnet_case, relative_error
+from pytorch_grad_cam import KPCA_CAM, FinerCAM
+from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
+
+from onnxcam.methods.finer_cam import finer_seed, similar_classes
+
+MAP_TOL = 1e-4
+RAW_TOL = 1e-4
+TARGETS = [3, 5]
+
+
+@pytest.fixture(scope="module")
+def gapnet(tmp_path_factory: pytest.TempPathFactory):
+    return gapnet_case(tmp_path_factory.mktemp("gapnet"), layers=("body.1", "body.3"), input_gradients=())
+
+
+def raw_map(explainer, x: np.ndarray, name: str, layer: str = "body.3", **options: object) -> np.ndarray:
+    results = explainer.explain_arrays(x, TARGETS, [name], [layer], options=options)
+    return np.stack([r.raw[name][layer] for r in results])
+
+
+def test_kpca_cam_matches_pytorch_grad_cam(gapnet) -> None:
+    model, explainer, x = gapnet
+    with KPCA_CAM(model=model, target_layers=[model.body[3]]) as cam:
+        reference = cam(input_tensor=torch.from_numpy(x), targets=None)
+    ours, _, _ = explain(explainer, x, [-1, -1], "kpcacam", ["body.3"])
+    assert np.abs(ours - reference).max() <= MAP_TOL
+
+
+def test_finer_seed_is_the_gradient_of_finer_weighted_target() -> None:
+    z = np.random.default_rng(0).standard_normal((3, 12))
+    main = np.array([0, 4, 11])
+    similar = similar_classes(z, main, 3)
+    for alpha in (1.0, 0.6):
+        ours = finer_seed(z, main, similar, alpha)
+        for n in range(3):
+            logits = torch.tensor(z[n], requires_grad=True)
+            FinerWeightedTarget(int(main[n]), [int(j) for j in similar[n]], alpha)(logits).backward()
+            np.testing.assert_allclose(ours[n], logits.grad.numpy(), atol=1e-6)
+
+
+def test_finer_cam_matches_pytorch_grad_cam(gapnet) -> None:
+    model, explainer, x = gapnet
+    with FinerCAM(model=model, target_layers=[model.body[3]]) as cam:
+        reference = cam(torch.from_numpy(x), targets=None, alpha=0.6)  # each image's top-1 vs its 3 nearest classes
+    ours, _, _ = explain(explainer, x, [-1, -1], "finercam", ["body.3"], alpha=0.6)
+    assert np.abs(ours - reference).max() <= MAP_TOL
+
+
+def test_finer_cam_refuses_a_class_set(gapnet) -> None:
+    _, explainer, x = gapnet
+    with pytest.raises(ValueError, match="FinerCAM explains one class"):
+        explainer.explain_arrays(x, "1,2", ["finercam"], ["body.3"])
+
+
+def injected(cam, samples: list[torch.Tensor]) -> None:
+    """Make ``cam``'s noise sampler return ``samples`` in order."""
+    queue = iter(samples)
+    cam._distrib = type("Injected", (), {"sample": lambda self, size: next(queue)})()
+
+
+def test_smooth_gradcam_plusplus_matches_torchcam_with_the_same_noise(gapnet) -> None:
+    model, explainer, x = gapnet
+    noise = np.random.default_rng(2).normal(0, 0.3, (2, 4, *x.shape[1:])).astype(np.float32)
+    noise[:, -1] = 0  # see the module docstring
+    with SmoothGradCAMpp(model, "body.1", num_samples=4) as cam:
+        injected(cam, [torch.from_numpy(noise[:, m].copy()) for m in range(4)])
+        scores = model(torch.from_numpy(x))
+        reference = cam(TARGETS, scores, normalized=False)[0].detach().numpy()
+    ours = raw_map(explainer, x, "smoothgradcam++", "body.1", noise=noise)
+    assert relative_error(ours, reference) <= RAW_TOL
+
+
+def test_noise_methods_are_reproducible_with_a_seed(gapnet) -> None:
+    _, explainer, x = gapnet
+    for name, options in [("smoothgradcam++", {"n": 3}), ("sscam", {"n": 2})]:
+        first = raw_map(explainer, x, name, "body.1", random_seed=7, **options)
+        np.testing.assert_array_equal(first, raw_map(explainer, x, name, "body.1", random_seed=7, **options))
+        assert not np.allclose(first, raw_map(explainer, x, name, "body.1", random_seed=8, **options), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sscam", "iscam"])
+def test_smoothed_score_cams_match_torchcam(gapnet, method: str) -> None:
+    model, explainer, x = gapnet
+    n = 3
+    options: dict[str, object] = {"n": n}
+    if method == "sscam":
+        noise = np.random.default_rng(3).normal(0, 2.0, (2, n, 16, *x.shape[2:])).astype(np.float32)
+        options["noise"] = noise
+        cam = SSCAM(model, "body.3", num_samples=n, batch_size=64)
+        injected(cam, [torch.from_numpy(noise[:, m].copy()) for m in range(n)])
+    else:
+        cam = ISCAM(model, "body.3", num_samples=n, batch_size=64)
+    with cam, torch.no_grad():
+        model(torch.from_numpy(x))
+        reference = cam(TARGETS, normalized=False)[0].numpy()
+    ours = np.maximum(raw_map(explainer, x, method, **options), 0)
+    assert relative_error(ours, reference) <= RAW_TOL
