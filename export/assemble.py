@@ -22,6 +22,7 @@ from .autodiff.context import GradientError
 from .autodiff.engine import Backward, differentiate, downstream
 from .autodiff.graph_info import GraphInfo
 from .autodiff.relu_backward import overrides
+from .bias_gradients import add_bias_gradients
 from .box_gradients import add_box_gradients
 from .errors import ExportError
 from .gating import Part, gate, optional_input, reads
@@ -75,9 +76,11 @@ def build_explainer(
     input_gradients: Sequence[str] = (),
     heads: bool = True,
     log: Callable[[str], None] = lambda _: None,
+    bias_gradients: bool = False,
 ) -> onnx.ModelProto:
     """Add ``target``, ``seed``, ``target_used``, ``gradient:<layer>`` and, on request, the input gradients
-    (one per ReLU backward rule) and head graphs to ``forward``; stamp the contract metadata."""
+    (one per ReLU backward rule), head graphs and FullGrad's bias gradients to ``forward``; stamp the contract
+    metadata."""
     model = onnx.ModelProto()
     model.CopyFrom(forward)
     graph = model.graph
@@ -134,12 +137,18 @@ def build_explainer(
             with_head.append(layer)
     if metadata.detection is not None:  # a detector: per-box seeds, one forward pass (:mod:`.box_gradients`)
         parts.append(add_box_gradients(model, layers, shape))
+    biased: list[str] = []
+    if bias_gradients:  # FullGrad's terms (:mod:`.bias_gradients`)
+        part, biased = add_bias_gradients(model, seed)
+        parts.append(part)
     for part in parts:
         gate(graph, part)
     _prune(graph)
     props = metadata.to_props()
     props[contract.META_INPUT_GRADIENTS] = json.dumps(list(input_gradients))
     props[contract.META_HEADS] = json.dumps(with_head)
+    if biased:
+        props[contract.META_BIAS_GRADIENTS] = json.dumps(biased)
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)

@@ -24,6 +24,9 @@ Graph outputs
     ``gradient:<layer>``      ``∂ y_n / ∂ A`` per image, same shape as ``A``.
     ``gradient:input[:rule]`` optional ``∂ y_n / ∂ input`` with the ReLU backward ``rule`` (see ``RELU_RULES``).
     ``head_scores:<layer>``   optional: ``scores`` computed from ``head:<layer>`` (only the part after the layer runs).
+    ``bias_gradient:*``       optional (``--bias-gradients``, FullGrad; metadata ``onnxcam.bias_gradients`` lists the
+                              biased nodes): ``bias_gradient:input`` ``x ⊙ ∂y/∂x`` and ``bias_gradient:<i>``
+                              ``b ⊙ ∂y/∂z`` per biased node, switched by ``compute:bias_gradients`` (default false).
 
 Detectors (metadata ``onnxcam.detection``) also have a backward with a box axis, computed from one forward pass:
 inputs ``box_seed`` ``[M, *S]`` (one seed per box) and ``box_rows`` int64 ``[M]`` (the image of each box), output
@@ -63,6 +66,8 @@ BOX_SEED = "box_seed"
 BOX_ROWS = "box_rows"
 BOX_GRADIENT_PREFIX = "box_gradient:"
 BOX_SWITCH = SWITCH_PREFIX + "box_gradients"
+BIAS_GRADIENT_PREFIX = "bias_gradient:"
+BIAS_SWITCH = SWITCH_PREFIX + "bias_gradients"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -81,6 +86,7 @@ META_INPUT_GRADIENTS = META_PREFIX + "input_gradients"
 META_HEADS = META_PREFIX + "heads"
 META_DETECTION = META_PREFIX + "detection"
 META_LAYOUTS = META_PREFIX + "layouts"  # optional; absent = every layer NCHW
+META_BIAS_GRADIENTS = META_PREFIX + "bias_gradients"  # optional; absent = no FullGrad outputs
 
 #: How a tapped layer's tensor was laid out in the model (``activation:``/``gradient:``/``head:`` are NCHW for all):
 #: ``nchw``; ``channels-last`` ``[N, h, w, C]`` (Swin); ``tokens`` ``[N, prefix + h·w, C]`` (ViT: class,
@@ -108,6 +114,12 @@ def input_gradient_name(rule: str = "standard") -> str:
 def box_gradient_name(layer: str) -> str:
     """Graph output (detectors) holding ``∂ Σ(box_seed_m ⊙ scores_{box_rows[m]}) / ∂A`` per box row ``m``."""
     return BOX_GRADIENT_PREFIX + layer
+
+
+def bias_gradient_name(index: str) -> str:
+    """Graph output (``--bias-gradients``, FullGrad) ``bias_gradient:<i>``, ``b ⊙ ∂y/∂z`` of the ``i``-th biased
+    node's output ``z``, or ``bias_gradient:input``, ``x ⊙ ∂y/∂x``; switched by ``compute:bias_gradients``."""
+    return BIAS_GRADIENT_PREFIX + index
 
 
 def switch_name(output: str) -> str:
@@ -274,6 +286,7 @@ class Metadata:
     version: str = CONTRACT_VERSION
     detection: Detection | None = None
     layouts: dict[str, Layout] = field(default_factory=dict)  # non-NCHW layers only
+    bias_gradients: tuple[str, ...] = ()  # FullGrad: the biased nodes of ``bias_gradient:<i>``, in order
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -293,6 +306,8 @@ class Metadata:
             props[META_DETECTION] = self.detection.to_json()
         if self.layouts:
             props[META_LAYOUTS] = json.dumps({k: v.to_dict() for k, v in self.layouts.items()})
+        if self.bias_gradients:
+            props[META_BIAS_GRADIENTS] = json.dumps(list(self.bias_gradients))
         return props
 
     @classmethod
@@ -318,6 +333,7 @@ class Metadata:
             version=props[META_VERSION],
             detection=Detection.from_json(props[META_DETECTION]) if META_DETECTION in props else None,
             layouts={k: Layout.from_dict(v) for k, v in json.loads(props.get(META_LAYOUTS, "{}")).items()},
+            bias_gradients=tuple(json.loads(props.get(META_BIAS_GRADIENTS, "[]"))),
         )
 
     def layout(self, layer: str) -> Layout:

@@ -300,6 +300,21 @@ class Explainer:
         acts = {layer: np.concatenate([r.activations[layer] for r in runs]) for layer in self.layers}
         return acts, {layer: np.concatenate([r.gradients[layer] for r in runs]) for layer in self.layers}
 
+    def bias_gradients(self, x: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:
+        """FullGrad's terms (:meth:`onnxcam.methods.request.ModelAccess.bias_gradients`), in chunks of ``max_batch``;
+        ValueError when the graph was exported without ``--bias-gradients``."""
+        count = len(self.metadata.bias_gradients)
+        if not count:
+            raise ValueError("this graph has no bias gradients (FullGrad): re-export it with --bias-gradients")
+        names = [contract.bias_gradient_name(i) for i in ("input", *map(str, range(count)))]
+        seed = np.broadcast_to(seed, (len(x), *self.score_shape))
+        on = (contract.BIAS_SWITCH,)
+        runs = []
+        for start in range(0, len(x), self.max_batch):
+            rows = slice(start, start + self.max_batch)
+            runs.append(self.graph.session.run(names, self._feeds(x[rows], seed=seed[rows], compute=on)))
+        return [np.concatenate([_float32(r[j]) for r in runs]) for j in range(len(names))]
+
     def head_scores(self, layer: str, activations: np.ndarray) -> np.ndarray:
         """Logits ``[M, *S]`` from feature maps ``[M, C, h, w]`` of ``layer``: only the part after it runs."""
         if layer not in self.metadata.heads:

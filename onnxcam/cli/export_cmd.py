@@ -95,6 +95,11 @@ from .number_list import NumberList
 )
 @click.option("--layer-grid", nargs=2, type=int, default=None, metavar="H W", help="Token grid of a token layer.")
 @click.option("--prefix-tokens", type=int, default=None, help="Tokens before the grid (class/register tokens).")
+@click.option(
+    "--bias-gradients",
+    is_flag=True,
+    help="Add the gradients FullGrad needs: b ⊙ ∂y/∂z of every conv/batch norm with a bias, and x ⊙ ∂y/∂x.",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:

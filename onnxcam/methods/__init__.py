@@ -26,6 +26,7 @@ from .class_activation import class_activation_map
 from .eigen import eigen_cam, eigen_grad_cam
 from .elementwise import grad_cam_elementwise, hires_cam, layer_cam
 from .finer_cam import finer_cam
+from .fullgrad import fullgrad
 from .gradcam import grad_cam
 from .gradcam_plusplus import grad_cam_plusplus
 from .guided_gradcam import guided_gradcam
@@ -55,6 +56,7 @@ __all__ = [
     "eigen_grad_cam",
     "finer_cam",
     "first_component_projection",
+    "fullgrad",
     "get_method",
     "grad_cam",
     "grad_cam_elementwise",

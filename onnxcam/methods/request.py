@@ -39,6 +39,11 @@ class ModelAccess(Protocol):
         ``x`` ``[M, C, H, W]`` and seeds ``[M, *S]``: two dicts of ``[M, K, h, w]`` by layer name."""
         ...
 
+    def bias_gradients(self, x: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:
+        """FullGrad's terms for inputs ``x`` ``[M, C, H, W]`` and seeds ``[M, *S]``: ``x ⊙ ∂y/∂x`` ``[M, C, H, W]``
+        first, then ``b ⊙ ∂y/∂z`` ``[M, K, h, w]`` of every biased convolution or batch norm (``--bias-gradients``)."""
+        ...
+
 
 def objective(scores: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """``y_n = Σ seed_n ⊙ scores_n`` per row: ``[M, *S] × [M or 1, *S] → [M]`` (float64 sum)."""
