@@ -346,6 +346,7 @@ class Explainer:
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
         isolate_methods: bool = False,
+        aug_smooth: bool = False,
     ) -> list[Explanation]:
         """Explain a preprocessed batch ``x`` ``[N, C, H, W]``; maps come at ``H×W``.
 
@@ -354,8 +355,15 @@ class Explainer:
         methods and of the metrics (e.g. ``{"steps": 32}``; an unknown key or a bad value raises ValueError before
         any work, see :func:`onnxcam.methods.options.check_options`). ``metrics``: faithfulness metrics to score every
         map with (forward passes only). ``isolate_methods``: a method that fails leaves its cause in each result's
-        ``errors`` and the other methods go on (default: the exception propagates).
+        ``errors`` and the other methods go on (default: the exception propagates). ``aug_smooth``: pytorch-grad-cam's
+        test-time augmentation, every method's maps averaged over six flipped/scaled copies (:mod:`onnxcam.augment`).
         """
+        if aug_smooth:
+            from .augment import explain_augmented
+
+            return explain_augmented(
+                self, x, target, methods, layers, topk, eigen_smooth, seed, options, metrics, isolate_methods
+            )
         if x.ndim != 4 or x.shape[1] != self.input_shape[0]:
             raise ValueError(
                 f"explain_arrays takes a preprocessed batch [N, {self.input_shape[0]}, H, W], got shape {x.shape}; "
@@ -502,6 +510,7 @@ class Explainer:
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
         keep_size: bool = False,
+        aug_smooth: bool = False,
     ) -> list[Explanation]:
         """Explain images of any size (paths or arrays); maps at network resolution, see ``image_size``.
 
@@ -514,7 +523,8 @@ class Explainer:
         types, other shapes) raises :class:`onnxcam.pixels.PixelFormatError` naming the expected format.
         ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
         ``keep_size``: feed each image at its own size, unresized (one run per image; the graph must take any H×W,
-        see :meth:`check_keep_size`; ``target`` per image, ``seed`` one row for all).
+        see :meth:`check_keep_size`; ``target`` per image, ``seed`` one row for all). ``aug_smooth`` as in
+        :meth:`explain_arrays`.
         """
         decoded = self._read(images)
         args = (methods, layers, topk, eigen_smooth, seed, options, metrics)
@@ -524,11 +534,15 @@ class Explainer:
             if len(per_image) != len(decoded):
                 raise ValueError(f"{len(per_image)} targets for {len(decoded)} images")
             results = [
-                self.explain_arrays(preprocess(image, self.preprocess, keep_size=True)[None], t, *args)[0]
+                self.explain_arrays(
+                    preprocess(image, self.preprocess, keep_size=True)[None], t, *args, aug_smooth=aug_smooth
+                )[0]
                 for image, t in zip(decoded, per_image, strict=True)
             ]
         else:
-            results = self.explain_arrays(preprocess_batch(decoded, self.preprocess), target, *args)
+            results = self.explain_arrays(
+                preprocess_batch(decoded, self.preprocess), target, *args, aug_smooth=aug_smooth
+            )
         for result, image in zip(results, decoded, strict=True):
             result.image_size = image.shape[:2]
         return results

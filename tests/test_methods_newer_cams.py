@@ -1,6 +1,7 @@
 """The peers' newer CAMs through :class:`onnxcam.Explainer` on the exported :class:`GapNet` (32×32; layers ``body.3``,
 16 channels at 16×16, and ``body.1``, 8 at 32×32, whose gradient varies with the input), against the peer that has
 each method on the same PyTorch module, inputs and targets.
+``aug_smooth`` (every method): Grad-CAM's final maps equal pytorch-grad-cam's ``aug_smooth=True`` ones, 1e-4.
 
 pytorch-grad-cam 1.5.x: KPCA-CAM, FinerCAM — final [0, 1] maps, 1e-4 absolute.
 torchcam 0.5: Smooth Grad-CAM++, SS-CAM, IS-CAM — the raw layer maps (torchcam's ``normalized=False``; ReLU'd for the
@@ -12,14 +13,17 @@ injected sample is zero noise, which makes both the same.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from method_cases import explain, gapnet_case, relative_error
-from pytorch_grad_cam import KPCA_CAM, FinerCAM
-from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+from pytorch_grad_cam import KPCA_CAM, FinerCAM, GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
 
+from onnxcam.cli import main
 from onnxcam.methods.finer_cam import finer_seed, similar_classes
 
 MAP_TOL = 1e-4
@@ -28,8 +32,13 @@ TARGETS = [3, 5]
 
 
 @pytest.fixture(scope="module")
-def gapnet(tmp_path_factory: pytest.TempPathFactory):
-    return gapnet_case(tmp_path_factory.mktemp("gapnet"), layers=("body.1", "body.3"), input_gradients=())
+def folder(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("gapnet")
+
+
+@pytest.fixture(scope="module")
+def gapnet(folder):
+    return gapnet_case(folder, layers=("body.1", "body.3"), input_gradients=())
 
 
 def raw_map(explainer, x: np.ndarray, name: str, layer: str = "body.3", **options: object) -> np.ndarray:
@@ -114,3 +123,27 @@ def test_smoothed_score_cams_match_torchcam(gapnet, method: str) -> None:
         reference = cam(TARGETS, normalized=False)[0].numpy()
     ours = np.maximum(raw_map(explainer, x, method, **options), 0)
     assert relative_error(ours, reference) <= RAW_TOL
+
+
+def test_aug_smooth_matches_pytorch_grad_cam(gapnet) -> None:
+    model, explainer, x = gapnet
+    with GradCAM(model=model, target_layers=[model.body[3]]) as cam:
+        reference = cam(torch.from_numpy(x), [ClassifierOutputTarget(t) for t in TARGETS], aug_smooth=True)
+    results = explainer.explain_arrays(x, TARGETS, ["gradcam", "kpcacam"], ["body.3"], aug_smooth=True)
+    ours = np.stack([r.maps["gradcam"] for r in results])
+    assert np.abs(ours - reference).max() <= MAP_TOL
+    plain = explainer.explain_arrays(x, TARGETS, ["kpcacam"], ["body.3"])
+    assert not np.allclose(results[0].maps["kpcacam"], plain[0].maps["kpcacam"], atol=1e-3)  # every method smooths
+
+
+def test_aug_smooth_on_the_command_line(gapnet, folder, tmp_path) -> None:
+    _, explainer, _ = gapnet
+    image = tmp_path / "noise.png"
+    cv2.imwrite(str(image), np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    args = [str(folder / "gapnet.onnx"), str(image), "--out", str(out), "--layer", "body.3", "--save", "npy", "-q"]
+    result = CliRunner().invoke(main, ["explain", *args, "--aug-smooth"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    expected = explainer.explain([str(image)], layers=["body.3"], aug_smooth=True)[0].maps["gradcam"]
+    (saved,) = out.glob("noise*.gradcam.npy")
+    np.testing.assert_allclose(np.load(saved), expected, atol=1e-6)
