@@ -78,6 +78,7 @@ def export_model(
     layer_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
     bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -85,7 +86,8 @@ def export_model(
     than once); none → the layer a practitioner would pick (:func:`export.layer_choice.choose_default`).
     ``input_gradients``: ReLU backward rules of the ``gradient:input[:rule]`` outputs (``standard``, ``guided``,
     ``deconvnet``; ``()`` for none). ``heads``: add the part after each layer as a head graph (Ablation-CAM).
-    ``bias_gradients``: add FullGrad's ``bias_gradient:*`` outputs (:mod:`.bias_gradients`).
+    ``bias_gradients``: add FullGrad's ``bias_gradient:*`` outputs (:mod:`.bias_gradients`); ``hvp``: ShapleyCAM's
+    ``hvp:<layer>`` outputs (:mod:`.hvp`).
     ``scores_kind``: what the scores are (``logits``, ``sigmoid``, ``probabilities``, ``raw``; ``None``: detected,
     :mod:`.scores_head`). ``scores_from``: which output holds them when ``forward`` returns several (name or index,
     :mod:`.scores_from`). Labels must number the classes (a binary sigmoid head: 1 or 2).
@@ -159,7 +161,7 @@ def export_model(
             layouts=layouts,
         )
 
-    extras = Extras(rules, heads, bias_gradients)
+    extras = Extras(rules, heads, bias_gradients, hvp)
     return _build_check_save(
         forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
     )
@@ -185,12 +187,13 @@ def scores_head(
 
 @dataclass(frozen=True)
 class Extras:
-    """Optional parts of the explainer graph: input gradients (one per ReLU backward rule), head graphs and FullGrad's
-    bias gradients."""
+    """Optional parts of the explainer graph: input gradients (one per ReLU backward rule), head graphs, FullGrad's
+    bias gradients and ShapleyCAM's Hessian-vector products."""
 
     input_gradients: tuple[str, ...] = ()
     heads: bool = True
     bias_gradients: bool = False
+    hvp: bool = False
 
 
 def _rules(input_gradients: Sequence[str]) -> tuple[str, ...]:
@@ -220,6 +223,7 @@ def _build_check_save(
         extras.heads,
         log=log,
         bias_gradients=extras.bias_gradients,
+        hvp=extras.hvp,
     )
     keep_if_exact(explainer, metadata.layers, log)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
@@ -292,6 +296,7 @@ def export_onnx_file(
     task: str | None = None,
     detect_layout: str | None = None,
     bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
@@ -335,7 +340,7 @@ def export_onnx_file(
     reference = quantization.verify_ste if quantization.is_qdq(forward) else verify_finite_differences
     check = (lambda e: reference(e, layers, shape, tolerance=tolerance)) if verify else None
     check = precision.with_agreement(check, forward, layers, shape, log) if check else None
-    extras = Extras(_rules(input_gradients), heads, bias_gradients)
+    extras = Extras(_rules(input_gradients), heads, bias_gradients, hvp)
     method = "the straight-through estimator by float64 finite differences" if quantization.is_qdq(forward) else ""
     reference_name = method or "float64 finite differences"
     try:
@@ -395,6 +400,7 @@ def export_source(
     layer_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
     bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
 
@@ -428,6 +434,7 @@ def export_source(
             task=task,
             detect_layout=detect_layout,
             bias_gradients=bias_gradients,
+            hvp=hvp,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -459,4 +466,5 @@ def export_source(
         layer_grid=tuple(layer_grid) if layer_grid else None,
         prefix_tokens=prefix_tokens,
         bias_gradients=bias_gradients,
+        hvp=hvp,
     )

@@ -26,6 +26,7 @@ from .bias_gradients import add_bias_gradients
 from .box_gradients import add_box_gradients
 from .errors import ExportError
 from .gating import Part, gate, optional_input, reads
+from .hvp import add_hvp
 from .layouts import from_nchw_nodes, nchw_shape, to_nchw_nodes
 from .scores_head import resolve_head
 
@@ -77,9 +78,11 @@ def build_explainer(
     heads: bool = True,
     log: Callable[[str], None] = lambda _: None,
     bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> onnx.ModelProto:
     """Add ``target``, ``seed``, ``target_used``, ``gradient:<layer>`` and, on request, the input gradients
-    (one per ReLU backward rule), head graphs and FullGrad's bias gradients to ``forward``; stamp the contract
+    (one per ReLU backward rule), head graphs, FullGrad's bias gradients and ShapleyCAM's Hessian-vector products
+    to ``forward``; stamp the contract
     metadata."""
     model = onnx.ModelProto()
     model.CopyFrom(forward)
@@ -137,6 +140,11 @@ def build_explainer(
             with_head.append(layer)
     if metadata.detection is not None:  # a detector: per-box seeds, one forward pass (:mod:`.box_gradients`)
         parts.append(add_box_gradients(model, layers, shape))
+    hvp_layers = [layer for layer in layers if raw[layer] == contract.activation_name(layer)] if hvp else []
+    if hvp and len(hvp_layers) < len(layers):
+        raise ExportError("--hvp: only layers laid out NCHW (not token or channels-last layers)")
+    if hvp_layers:  # ShapleyCAM's H·A (:mod:`.hvp`)
+        parts.append(add_hvp(model, hvp_layers, roots, seed))
     biased: list[str] = []
     if bias_gradients:  # FullGrad's terms (:mod:`.bias_gradients`)
         part, biased = add_bias_gradients(model, seed)
@@ -149,6 +157,8 @@ def build_explainer(
     props[contract.META_HEADS] = json.dumps(with_head)
     if biased:
         props[contract.META_BIAS_GRADIENTS] = json.dumps(biased)
+    if hvp_layers:
+        props[contract.META_HVP] = json.dumps(hvp_layers)
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)

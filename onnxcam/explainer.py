@@ -307,12 +307,25 @@ class Explainer:
         if not count:
             raise ValueError("this graph has no bias gradients (FullGrad): re-export it with --bias-gradients")
         names = [contract.bias_gradient_name(i) for i in ("input", *map(str, range(count)))]
+        return self._switched_outputs(names, contract.BIAS_SWITCH, x, seed)
+
+    def hvp(self, x: np.ndarray, seed: np.ndarray) -> dict[str, np.ndarray]:
+        """ShapleyCAM's ``H·A`` by layer (:meth:`onnxcam.methods.request.ModelAccess.hvp`), in chunks of
+        ``max_batch``; ValueError when the graph was exported without ``--hvp``."""
+        if not self.metadata.hvp:
+            raise ValueError("this graph has no Hessian-vector products (ShapleyCAM): re-export it with --hvp")
+        names = [contract.hvp_name(layer) for layer in self.metadata.hvp]
+        values = self._switched_outputs(names, contract.HVP_SWITCH, x, seed)
+        return dict(zip(self.metadata.hvp, values, strict=True))
+
+    def _switched_outputs(self, names: list[str], switch: str, x: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:
+        """The optional outputs ``names`` behind ``switch`` for inputs ``x`` and seeds ``seed``, in chunks of
+        ``max_batch`` (float32)."""
         seed = np.broadcast_to(seed, (len(x), *self.score_shape))
-        on = (contract.BIAS_SWITCH,)
         runs = []
         for start in range(0, len(x), self.max_batch):
             rows = slice(start, start + self.max_batch)
-            runs.append(self.graph.session.run(names, self._feeds(x[rows], seed=seed[rows], compute=on)))
+            runs.append(self.graph.session.run(names, self._feeds(x[rows], seed=seed[rows], compute=(switch,))))
         return [np.concatenate([_float32(r[j]) for r in runs]) for j in range(len(names))]
 
     def head_scores(self, layer: str, activations: np.ndarray) -> np.ndarray:

@@ -100,6 +100,11 @@ from .number_list import NumberList
     is_flag=True,
     help="Add the gradients FullGrad needs: b ⊙ ∂y/∂z of every conv/batch norm with a bias, and x ⊙ ∂y/∂x.",
 )
+@click.option(
+    "--hvp",
+    is_flag=True,
+    help="Add ShapleyCAM's Hessian-vector products H·A per layer (the backward graph differentiated once more).",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:

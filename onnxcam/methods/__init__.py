@@ -6,7 +6,7 @@ every method (one module per method or family, each calling ``register`` at impo
 
 Methods that query the model again (:class:`ModelMethod`: Score-CAM, Ablation-CAM, occlusion, RISE, saliency,
 guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients, KPCA-CAM, FinerCAM,
-Smooth Grad-CAM++, SS-CAM, IS-CAM, FullGrad) take a :class:`MethodRequest`.
+Smooth Grad-CAM++, SS-CAM, IS-CAM, FullGrad, ShapleyCAM) take a :class:`MethodRequest`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .occlusion import occlusion
 from .request import MethodRequest, ModelAccess, ModelMethod
 from .rise import rise
 from .score_cam import score_cam
+from .shapley_cam import shapley_cam
 from .smooth_gradcam_plusplus import smooth_gradcam_plusplus
 from .smoothed_score_cam import is_cam, ss_cam
 from .xgradcam import xgrad_cam
@@ -73,6 +74,7 @@ __all__ = [
     "rise",
     "saliency",
     "score_cam",
+    "shapley_cam",
     "smooth_gradcam_plusplus",
     "smoothgrad",
     "ss_cam",

@@ -44,6 +44,11 @@ class ModelAccess(Protocol):
         first, then ``b ⊙ ∂y/∂z`` ``[M, K, h, w]`` of every biased convolution or batch norm (``--bias-gradients``)."""
         ...
 
+    def hvp(self, x: np.ndarray, seed: np.ndarray) -> dict[str, np.ndarray]:
+        """Hessian-vector products ``H·A`` ``[M, K, h, w]`` by layer name (``--hvp``): ``H`` the Hessian of
+        ``Σ(seed ⊙ scores(x))`` in the layer's activation ``A``."""
+        ...
+
 
 def objective(scores: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """``y_n = Σ seed_n ⊙ scores_n`` per row: ``[M, *S] × [M or 1, *S] → [M]`` (float64 sum)."""

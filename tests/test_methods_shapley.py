@@ -1,0 +1,70 @@
+"""ShapleyCAM through an explainer graph exported with ``hvp=True`` (the backward graph differentiated again by our
+engine) against pytorch-grad-cam 1.5.x ``ShapleyCAM`` and ``torch.autograd`` double backward, on a small CNN whose part
+after the layer is smooth (SiLU, softmax-free logits), so that ``H·A`` is not zero.
+Tolerances: ``H·A`` 1e-4 relative to its peak; final [0, 1] maps 1e-4 absolute.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from method_cases import explain, relative_error
+from onnxcam_export.api import export_model
+from pytorch_grad_cam import ShapleyCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from onnxcam.explainer import Explainer
+
+MAP_TOL = 1e-4
+HVP_TOL = 1e-4
+TARGETS = [3, 5]
+
+
+class SmoothHead(nn.Module):
+    """conv-ReLU (the layer ``body.1``), conv-SiLU, conv-Tanh, global average pooling, linear; 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.SiLU(), nn.Conv2d(16, 16, 1)]
+        self.body = nn.Sequential(*layers, nn.Tanh())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def smooth(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    model = SmoothHead().eval()
+    path = tmp_path_factory.mktemp("smooth") / "smooth.onnx"
+    export_model(
+        model, path, ["body.1"], (32, 32), exporter="torchscript", input_gradients=(), log=lambda _: None, hvp=True
+    )
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    return model, Explainer(path, provider="cpu", threads=2), x
+
+
+def test_hvp_is_torch_double_backward(smooth) -> None:
+    model, explainer, x = smooth
+    seed = np.eye(10, dtype=np.float32)[TARGETS]
+    ours = explainer.hvp(x, seed)["body.1"]
+    captured = {}
+    handle = model.body[1].register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out))
+    y = (model(torch.from_numpy(x)) * torch.from_numpy(seed)).sum()
+    handle.remove()
+    a = captured["a"]
+    (g,) = torch.autograd.grad(y, a, create_graph=True)
+    (reference,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+    assert np.abs(reference.numpy()).max() > 0.1 * np.abs(g.detach().numpy()).max()  # H·A matters here
+    assert relative_error(ours, reference.numpy()) <= HVP_TOL
+
+
+def test_shapley_cam_matches_pytorch_grad_cam(smooth) -> None:
+    model, explainer, x = smooth
+    with ShapleyCAM(model=model, target_layers=[model.body[1]]) as cam:
+        reference = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(t) for t in TARGETS])
+    ours, _, _ = explain(explainer, x, TARGETS, "shapleycam")
+    assert np.abs(ours - reference).max() <= MAP_TOL
