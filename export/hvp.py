@@ -5,7 +5,8 @@ The first pass builds ``G = ∂y/∂A`` as ONNX nodes (its own copy, so this par
 differentiates ``⟨G, v⟩`` with respect to ``A``, through the forward *and* the first pass's nodes, with the layer's
 activation as the (constant) cotangent ``v`` — pytorch-grad-cam's ``torch.autograd.grad(grads, activations,
 grad_outputs=activations)``. Every op of the first pass needs a rule too; one without raises the engine's one-line
-:class:`GradientError` naming it. Outputs ``hvp:<layer>`` ``[N, C, h, w]`` behind ``compute:hvp`` (default off);
+:class:`GradientError` naming it. Where ``G`` does not depend on ``A`` differentiably (a ReLU network with a linear
+head: only the ReLU masks, which are piecewise constant), ``H·A = 0``, as torch's ``allow_unused``. Outputs ``hvp:<layer>`` ``[N, C, h, w]`` behind ``compute:hvp`` (default off);
 metadata ``onnxcam.hvp`` lists the layers.
 """
 
@@ -19,7 +20,7 @@ from onnx import helper
 from onnxcam import contract
 
 from .autodiff.context import GradientError
-from .autodiff.engine import differentiate
+from .autodiff.engine import active_nodes, differentiate
 from .autodiff.graph_info import GraphInfo
 from .gating import Part
 
@@ -36,14 +37,24 @@ def add_hvp(model: onnx.ModelProto, layers: Sequence[str], roots: Mapping[str, s
     info = GraphInfo(model)
     for i, layer in enumerate(layers):
         root = roots[layer]
-        try:
-            second = differentiate(model, [root], first.grads[root], root, prefix=f"hvp_{i}")
-        except GradientError as exc:
-            raise GradientError(f"--hvp (layer '{layer}'): the gradient graph is not differentiable: {exc}") from None
-        graph.node.extend(second.nodes)
-        graph.initializer.extend(second.initializers)
-        nodes += second.nodes
+        _, on_path = active_nodes(graph, [root], first.grads[root], lambda name: info.dtype(name).kind == "f")
+        if root in on_path:
+            try:
+                second = differentiate(model, [root], first.grads[root], root, prefix=f"hvp_{i}")
+            except GradientError as exc:
+                raise GradientError(f"--hvp (layer '{layer}'): the gradient graph is not differentiable: {exc}") from None
+            graph.node.extend(second.nodes)
+            graph.initializer.extend(second.initializers)
+            added, result = second.nodes, second.grads[root]
+        else:  # G is piecewise constant in A (ReLU masks only, a linear head): H·A = 0, as torch's unused input
+            result = f"hvp_{i}/zero"
+            added = [
+                helper.make_node("Shape", [root], [f"{result}/shape"], name=f"{result}/shape"),
+                helper.make_node("ConstantOfShape", [f"{result}/shape"], [result], name=result),
+            ]
+            graph.node.extend(added)
+        nodes += added
         dims = info.shape(root) or (None,) * 4
         value = helper.make_tensor_value_info(contract.hvp_name(layer), onnx.TensorProto.FLOAT, ["N", *dims[1:]])
-        outputs.append((second.grads[root], value))
+        outputs.append((result, value))
     return Part(contract.HVP_SWITCH, False, nodes, outputs)
