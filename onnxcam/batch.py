@@ -324,6 +324,9 @@ def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, 
             f"re-export it with --input-gradient {missing[0]}",
             "--method",
         )
+    refusal = method.refusal(explainer, layers) if method.refusal is not None else None
+    if refusal is not None:
+        raise BatchUsageError(refusal, "--method")
     headless = [layer for layer in layers if method.needs_head and layer not in explainer.metadata.heads]
     if headless:
         raise BatchUsageError(

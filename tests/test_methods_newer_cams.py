@@ -147,3 +147,12 @@ def test_aug_smooth_on_the_command_line(gapnet, folder, tmp_path) -> None:
     expected = explainer.explain([str(image)], layers=["body.3"], aug_smooth=True)[0].maps["gradcam"]
     (saved,) = out.glob("noise*.gradcam.npy")
     np.testing.assert_allclose(np.load(saved), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("method", "hint"), [("fullgrad", "--bias-gradients"), ("shapleycam", "--hvp")])
+def test_method_needing_an_export_option_is_a_usage_error(gapnet, folder, tmp_path, method: str, hint: str) -> None:
+    image = tmp_path / "noise.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    args = [str(folder / "gapnet.onnx"), str(image), "--out", str(tmp_path / "out"), "--method", method]
+    result = CliRunner().invoke(main, ["explain", *args])
+    assert result.exit_code == 2 and hint in result.output, result.output

@@ -3,6 +3,9 @@ pytorch-grad-cam's ``FinerCAM`` with its ``FinerWeightedTarget``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from .base import CamMethod, get_method, register
@@ -72,7 +75,18 @@ def finer_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
     return base(request.activations[layer], grads[layer])
 
 
+def lacks_seed(explainer: Any, layers: Sequence[str]) -> str | None:
+    """Why ``explainer``'s graph cannot serve FinerCAM (no ``seed`` input: an older export), or ``None``."""
+    return None if explainer.has_seed else "finercam needs the graph's 'seed' input: re-export it with this onnxcam"
+
+
 FINER_CAM = register(
-    ModelMethod("finercam", finer_cam, "gradient of the score gap to the most similar classes", resolution="layer")
+    ModelMethod(
+        "finercam",
+        finer_cam,
+        "gradient of the score gap to the most similar classes",
+        resolution="layer",
+        refusal=lacks_seed,
+    )
 )
 declare_options("finercam", ALPHA, COMPARISONS, BASE)

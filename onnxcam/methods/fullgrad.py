@@ -3,6 +3,9 @@ pytorch-grad-cam's ``FullGrad``. Needs a graph exported with ``--bias-gradients`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from ..postprocess import scale
@@ -24,8 +27,20 @@ def fullgrad(request: MethodRequest, layer: str | None = None) -> np.ndarray:
     return fullgrad_map(terms, (request.x.shape[3], request.x.shape[2]))[:, None]
 
 
+def lacks_bias_gradients(explainer: Any, layers: Sequence[str]) -> str | None:
+    """Why ``explainer``'s graph cannot serve FullGrad (exported without ``--bias-gradients``), or ``None``."""
+    if explainer.metadata.bias_gradients:
+        return None
+    return "fullgrad needs the bias gradients, which this graph lacks; re-export it with --bias-gradients"
+
+
 FULLGRAD = register(
     ModelMethod(
-        "fullgrad", fullgrad, "input × gradient + |bias × gradient| of every layer", "input", reduce=lambda a: a[:, 0]
+        "fullgrad",
+        fullgrad,
+        "input × gradient + |bias × gradient| of every layer",
+        "input",
+        reduce=lambda a: a[:, 0],
+        refusal=lacks_bias_gradients,
     )
 )

@@ -12,7 +12,7 @@ one-hot of the target class for ordinary class targets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,6 +93,7 @@ class ModelMethod:
     fused exactly like a CAM; ``"input"`` — ``fn(request, None)`` gives attributions ``[N, C, H, W]``, turned into a
     map by ``reduce`` (``[N, C, H, W] → [N, H, W]``) and min-max normalisation.
     ``rules``: the input-gradient ReLU rules it needs in the graph; ``needs_head``: it runs the part after the layer.
+    ``refusal(explainer, layers)``: why a graph cannot serve it (one line naming the way out), or ``None``.
     """
 
     name: str
@@ -102,6 +103,7 @@ class ModelMethod:
     rules: tuple[str, ...] = ()
     needs_head: bool = False
     reduce: Callable[[np.ndarray], np.ndarray] | None = None
+    refusal: Callable[[Any, Sequence[str]], str | None] | None = None
 
     def __call__(self, request: MethodRequest, layer: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(maps or attributions as float32, per-image details)``."""

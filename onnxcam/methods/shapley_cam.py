@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from .base import channel_weighted_map, register
@@ -22,6 +25,20 @@ def shapley_cam(request: MethodRequest, layer: str | None) -> np.ndarray:
     return channel_weighted_map(request.activations[layer], weights, False)
 
 
+def lacks_hvp(explainer: Any, layers: Sequence[str]) -> str | None:
+    """Why ``explainer``'s graph cannot serve ShapleyCAM on ``layers`` (no ``hvp:<layer>``), or ``None``."""
+    missing = [layer for layer in layers if layer not in explainer.metadata.hvp]
+    if not missing:
+        return None
+    return f"shapleycam needs the Hessian-vector product of '{missing[0]}', which this graph lacks: re-export, --hvp"
+
+
 SHAPLEY_CAM = register(
-    ModelMethod("shapleycam", shapley_cam, "gradient minus half the Hessian-vector product", resolution="layer")
+    ModelMethod(
+        "shapleycam",
+        shapley_cam,
+        "gradient minus half the Hessian-vector product",
+        resolution="layer",
+        refusal=lacks_hvp,
+    )
 )
