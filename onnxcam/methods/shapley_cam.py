@@ -30,7 +30,7 @@ def lacks_hvp(explainer: Any, layers: Sequence[str]) -> str | None:
     missing = [layer for layer in layers if layer not in explainer.metadata.hvp]
     if not missing:
         return None
-    return f"shapleycam needs the Hessian-vector product of '{missing[0]}', which this graph lacks: re-export, --hvp"
+    return f"shapleycam: this graph has no Hessian-vector product for '{missing[0]}'; re-export it with --hvp"
 
 
 SHAPLEY_CAM = register(
