@@ -6,8 +6,8 @@ differentiates ``⟨G, v⟩`` with respect to ``A``, through the forward *and* t
 activation as the (constant) cotangent ``v`` — pytorch-grad-cam's ``torch.autograd.grad(grads, activations,
 grad_outputs=activations)``. Every op of the first pass needs a rule too; one without raises the engine's one-line
 :class:`GradientError` naming it. Where ``G`` does not depend on ``A`` differentiably (a ReLU network with a linear
-head: only the ReLU masks, which are piecewise constant), ``H·A = 0``, as torch's ``allow_unused``. Outputs ``hvp:<layer>`` ``[N, C, h, w]`` behind ``compute:hvp`` (default off);
-metadata ``onnxcam.hvp`` lists the layers.
+head: only the ReLU masks, which are piecewise constant), ``H·A = 0``, as torch's ``allow_unused``. Outputs
+``hvp:<layer>`` ``[N, C, h, w]`` behind ``compute:hvp`` (default off); metadata ``onnxcam.hvp`` lists the layers.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_hvp(model: onnx.ModelProto, layers: Sequence[str], roots: Mapping[str, s
             try:
                 second = differentiate(model, [root], first.grads[root], root, prefix=f"hvp_{i}")
             except GradientError as exc:
-                raise GradientError(f"--hvp (layer '{layer}'): the gradient graph is not differentiable: {exc}") from None
+                raise GradientError(f"--hvp, layer '{layer}': the backward is not differentiable; {exc}") from None
             graph.node.extend(second.nodes)
             graph.initializer.extend(second.initializers)
             added, result = second.nodes, second.grads[root]

@@ -195,6 +195,8 @@ def describe(path: str | Path) -> str:
         f"input gradients: {', '.join(m.input_gradients) or 'none (export with --input-gradient)'}; "
         f"head graphs: {', '.join(m.heads) or 'none'}",
         *([describe_detection(m.detection)] if m.detection else []),
+        *([f"bias gradients (FullGrad): {len(m.bias_gradients)} biased layers"] if m.bias_gradients else []),
+        *([f"Hessian-vector products (ShapleyCAM): {', '.join(m.hvp)}"] if m.hvp else []),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

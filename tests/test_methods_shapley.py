@@ -13,6 +13,7 @@ from method_cases import explain, relative_error
 from onnxcam_export.api import export_model
 from pytorch_grad_cam import ShapleyCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from small_models import GapNet, export_gapnet
 from torch import nn
 
 from onnxcam.explainer import Explainer
@@ -68,3 +69,19 @@ def test_shapley_cam_matches_pytorch_grad_cam(smooth) -> None:
         reference = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(t) for t in TARGETS])
     ours, _, _ = explain(explainer, x, TARGETS, "shapleycam")
     assert np.abs(ours - reference).max() <= MAP_TOL
+
+
+def test_piecewise_linear_head_gives_a_zero_hvp_as_torch(tmp_path) -> None:
+    """After ``body.3`` of :class:`GapNet` (ReLU, pooling, linear) ``G`` depends on ``A`` only through ReLU masks:
+    ``H·A = 0`` (torch: an unused input), so ShapleyCAM is pytorch-grad-cam's and Grad-CAM's map."""
+    path = export_gapnet(tmp_path / "gapnet.onnx", input_gradients=(), hvp=True)
+    explainer = Explainer(path, provider="cpu", threads=2)
+    torch.manual_seed(0)
+    model = GapNet().eval()
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert not explainer.hvp(x, np.eye(12, dtype=np.float32)[TARGETS])["body.3"].any()
+    with ShapleyCAM(model=model, target_layers=[model.body[3]]) as cam:
+        reference = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(t) for t in TARGETS])
+    ours, _, _ = explain(explainer, x, TARGETS, "shapleycam")
+    assert np.abs(ours - reference).max() <= MAP_TOL
+    np.testing.assert_allclose(ours, explain(explainer, x, TARGETS, "gradcam")[0], atol=1e-6)
