@@ -25,6 +25,7 @@ from .inside_normalisation import inside_normalisation
 from .layouts import refuse_non_nchw
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
+from .switched_check import check_switched_parts
 from .verify import Report, verify_finite_differences
 
 __all__ = ["ExportError", "export_model", "export_onnx_file", "export_source"]
@@ -226,6 +227,8 @@ def _build_check_save(
         hvp=extras.hvp,
     )
     keep_if_exact(explainer, metadata.layers, log)
+    switched = [s for s, on in ((contract.BIAS_SWITCH, extras.bias_gradients), (contract.HVP_SWITCH, extras.hvp)) if on]
+    check_switched_parts(explainer, metadata, switched)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
     report = check(explainer) if check else None
     if report is not None:
