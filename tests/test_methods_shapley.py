@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 import torch
 from method_cases import explain, relative_error
+from onnx import TensorProto, helper, numpy_helper
 from onnxcam_export.api import export_model
+from onnxcam_export.errors import ExportError
+from onnxcam_export.switched_check import check_switched_parts
 from pytorch_grad_cam import ShapleyCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from small_models import GapNet, export_gapnet
 from torch import nn
 
+from onnxcam import contract
 from onnxcam.explainer import Explainer
 
 MAP_TOL = 1e-4
@@ -85,3 +89,38 @@ def test_piecewise_linear_head_gives_a_zero_hvp_as_torch(tmp_path) -> None:
     ours, _, _ = explain(explainer, x, TARGETS, "shapleycam")
     assert np.abs(ours - reference).max() <= MAP_TOL
     np.testing.assert_allclose(ours, explain(explainer, x, TARGETS, "gradcam")[0], atol=1e-6)
+
+
+def test_an_optional_part_onnxruntime_cannot_compute_is_refused_at_export() -> None:
+    """``hvp:l`` of a hand-made graph reshapes ``[N, 3, 4, 4]`` to ``[N, 5]`` only when ``compute:hvp`` is on: the
+    default run is fine, the export's smoke run of the switched part must refuse it in one line."""
+    bad = helper.make_graph(
+        [helper.make_node("Reshape", [contract.INPUT, "shape"], ["bad"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("bad", TensorProto.FLOAT, None)],
+    )
+    empty = helper.make_graph(
+        [helper.make_node("Constant", [], ["none"], value=numpy_helper.from_array(np.zeros((0, 5), np.float32)))],
+        "else",
+        [],
+        [helper.make_tensor_value_info("none", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", [contract.HVP_SWITCH], [contract.hvp_name("l")], then_branch=bad, else_branch=empty)],
+        "g",
+        [
+            helper.make_tensor_value_info(contract.INPUT, TensorProto.FLOAT, ["N", 3, 4, 4]),
+            helper.make_tensor_value_info(contract.TARGET, TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info(contract.HVP_SWITCH, TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info(contract.hvp_name("l"), TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(np.array([-1, 5], np.int64), "shape"),
+            numpy_helper.from_array(np.array(False), contract.HVP_SWITCH),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    metadata = contract.Metadata(layers=("l",), preprocess=contract.Preprocess(input_size=(4, 4)))
+    with pytest.raises(ExportError, match=r"^--hvp: this model's part cannot be computed .*; export without --hvp$"):
+        check_switched_parts(model, metadata, [contract.HVP_SWITCH])
