@@ -124,3 +124,37 @@ def test_an_optional_part_onnxruntime_cannot_compute_is_refused_at_export() -> N
     metadata = contract.Metadata(layers=("l",), preprocess=contract.Preprocess(input_size=(4, 4)))
     with pytest.raises(ExportError, match=r"^--hvp: this model's part cannot be computed .*; export without --hvp$"):
         check_switched_parts(model, metadata, [contract.HVP_SWITCH])
+
+
+class SqueezeExcite(nn.Module):
+    """conv-ReLU (the layer ``act``), a squeeze-and-excitation gate (mean, 1×1 conv, SiLU, 1×1 conv, sigmoid), global
+    average pooling, linear; 5 classes. The first backward's tensors get shape inference's own ``unk__`` dims, whose
+    broadcasting the second pass must find at run time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.fc1, self.fc2, self.head = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.act(self.conv(x))
+        gate = torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(a.mean((2, 3), keepdim=True)))))
+        return self.head((a * gate).mean((2, 3)))
+
+
+def test_hvp_through_a_squeeze_excitation_gate(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = SqueezeExcite().eval()
+    path = tmp_path / "se.onnx"
+    export_model(model, path, ["act"], (8, 8), exporter="torchscript", input_gradients=(), log=lambda _: None, hvp=True)
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    seed = np.eye(5, dtype=np.float32)[[1, 4]]
+    ours = Explainer(path, provider="cpu").hvp(x, seed)["act"]
+    captured = {}
+    handle = model.act.register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out))
+    y = (model(torch.from_numpy(x)) * torch.from_numpy(seed)).sum()
+    handle.remove()
+    (g,) = torch.autograd.grad(y, captured["a"], create_graph=True)
+    (reference,) = torch.autograd.grad(g, captured["a"], grad_outputs=captured["a"].detach())
+    assert np.abs(reference.numpy()).max() > 0.01 * np.abs(g.detach().numpy()).max()
+    assert relative_error(ours, reference.numpy()) <= HVP_TOL
