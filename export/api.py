@@ -29,6 +29,7 @@ from .layouts import refuse_non_nchw
 from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
+from .switched_check import check_switched_parts
 from .verify import Report, verify_finite_differences
 
 __all__ = ["ExportError", "export_model", "export_onnx_file", "export_source"]
@@ -85,6 +86,8 @@ def export_model(
     unit_layer: str | None = None,
     precision: str | None = None,
     calibration: str | Path | np.ndarray | None = None,
+    bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Export ``model`` as an explainer graph; verify its gradients against ``torch.autograd``; write ``output``.
 
@@ -92,6 +95,8 @@ def export_model(
     than once); none → the layer a practitioner would pick (:func:`export.layer_choice.choose_default`).
     ``input_gradients``: ReLU backward rules of the ``gradient:input[:rule]`` outputs (``standard``, ``guided``,
     ``deconvnet``; ``()`` for none). ``heads``: add the part after each layer as a head graph (Ablation-CAM).
+    ``bias_gradients``: add FullGrad's ``bias_gradient:*`` outputs (:mod:`.bias_gradients`); ``hvp``: ShapleyCAM's
+    ``hvp:<layer>`` outputs (:mod:`.hvp`).
     ``scores_kind``: what the scores are (``logits``, ``sigmoid``, ``probabilities``, ``raw``; ``None``: detected,
     :mod:`.scores_head`). ``scores_from``: which output holds them when ``forward`` returns several (name or index,
     :mod:`.scores_from`). Labels must number the classes (a binary sigmoid head: 1 or 2).
@@ -175,7 +180,7 @@ def export_model(
             layouts=layouts,
         )
 
-    extras = Extras(rules, heads, resolve_in_graph(in_graph), unit_layer)
+    extras = Extras(rules, heads, resolve_in_graph(in_graph), unit_layer, bias_gradients, hvp)
     if precision != "float32":
         deployed, reference = _deployed_check(forward, layers, input_shape, tolerance, log)
         return _build_check_save(
@@ -238,12 +243,14 @@ def scores_head(
 @dataclass(frozen=True)
 class Extras:
     """Optional parts of the explainer graph: input gradients (one per ReLU backward rule), head graphs, in-graph
-    maps."""
+    maps, unit targets, FullGrad's bias gradients and ShapleyCAM's Hessian-vector products."""
 
     input_gradients: tuple[str, ...] = ()
     heads: bool = True
     in_graph: tuple[str, ...] = ()  # methods with a ``cam:<method>`` output (:mod:`.in_graph`)
     unit_layer: str | None = None
+    bias_gradients: bool = False
+    hvp: bool = False
 
 
 def _rules(input_gradients: Sequence[str]) -> tuple[str, ...]:
@@ -266,9 +273,19 @@ def _build_check_save(
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it."""
     explainer = build_explainer(
-        forward, list(metadata.layers), metadata, extras.input_gradients, extras.heads, log, extras.unit_layer
+        forward,
+        list(metadata.layers),
+        metadata,
+        extras.input_gradients,
+        extras.heads,
+        log=log,
+        unit_layer=extras.unit_layer,
+        bias_gradients=extras.bias_gradients,
+        hvp=extras.hvp,
     )
     keep_if_exact(explainer, metadata.layers, log)
+    switched = [s for s, on in ((contract.BIAS_SWITCH, extras.bias_gradients), (contract.HVP_SWITCH, extras.hvp)) if on]
+    check_switched_parts(explainer, metadata, switched)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
     report = check(explainer) if check else None
     if report is not None:
@@ -347,6 +364,8 @@ def export_onnx_file(
     unit_layer: str | None = None,
     precision: str = "float32",
     calibration: str | Path | np.ndarray | None = None,
+    bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """Explainer graph from an existing ONNX classifier; gradients checked by finite differences. No torch needed.
 
@@ -393,7 +412,7 @@ def export_onnx_file(
     )
     deployed, reference_name = _deployed_check(forward, layers, shape, tolerance, log)
     check = deployed if verify else None
-    extras = Extras(_rules(input_gradients), heads, resolve_in_graph(in_graph), unit_layer)
+    extras = Extras(_rules(input_gradients), heads, resolve_in_graph(in_graph), unit_layer, bias_gradients, hvp)
     try:
         return _build_check_save(forward, metadata, extras, check, reference_name, output, started, log)
     except GradientError as exc:  # a rule needs static sizes (Resize): pin the dynamic H/W, say so, build again
@@ -454,6 +473,8 @@ def export_source(
     unit_layer: str | None = None,
     precision: str | None = None,
     calibration: str | None = None,
+    bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> tuple[onnx.ModelProto, Report | None]:
     """What ``onnxcam export`` does: resolve SOURCE, apply recipe defaults, export, verify, write.
 
@@ -490,6 +511,8 @@ def export_source(
             unit_layer=unit_layer,
             precision=precision or "float32",
             calibration=calibration,
+            bias_gradients=bias_gradients,
+            hvp=hvp,
         )
     model = sources.load_module(source, weights)
     recipe = dict(getattr(model, "onnxcam_export_info", {}))
@@ -524,4 +547,6 @@ def export_source(
         unit_layer=unit_layer,
         precision=precision,
         calibration=calibration,
+        bias_gradients=bias_gradients,
+        hvp=hvp,
     )

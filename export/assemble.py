@@ -23,9 +23,11 @@ from .autodiff.context import GradientError
 from .autodiff.engine import Backward, differentiate, downstream
 from .autodiff.graph_info import GraphInfo
 from .autodiff.relu_backward import overrides
+from .bias_gradients import add_bias_gradients
 from .box_gradients import add_box_gradients
 from .errors import ExportError
 from .gating import Part, gate, optional_input, reads
+from .hvp import add_hvp
 from .layouts import from_nchw_nodes, nchw_shape, to_nchw_nodes
 from .scores_head import resolve_head
 
@@ -77,9 +79,12 @@ def build_explainer(
     heads: bool = True,
     log: Callable[[str], None] = lambda _: None,
     unit_layer: str | None = None,
+    bias_gradients: bool = False,
+    hvp: bool = False,
 ) -> onnx.ModelProto:
     """Add ``target``, ``seed``, ``target_used``, ``gradient:<layer>`` and, on request, the input gradients
-    (one per ReLU backward rule) and head graphs to ``forward``; stamp the contract metadata.
+    (one per ReLU backward rule), head graphs, FullGrad's bias gradients and ShapleyCAM's Hessian-vector products
+    to ``forward``; stamp the contract metadata.
 
     ``unit_layer``: a layer whose tap ``activation:<unit_layer>`` is an output of ``forward``; adds ``unit_seed``
     and differentiates the unit's value where it is given (:func:`_unit_objective`)."""
@@ -147,12 +152,27 @@ def build_explainer(
             with_head.append(layer)
     if metadata.detection is not None:  # a detector: per-box seeds, one forward pass (:mod:`.box_gradients`)
         parts.append(add_box_gradients(model, layers, shape))
+    if metadata.detection is not None and (hvp or bias_gradients):
+        raise ExportError("--hvp and --bias-gradients are for classifiers and dense outputs, not detectors")
+    hvp_layers = [layer for layer in layers if raw[layer] == contract.activation_name(layer)] if hvp else []
+    if hvp and len(hvp_layers) < len(layers):
+        raise ExportError("--hvp: only layers laid out NCHW (not token or channels-last layers)")
+    if hvp_layers:  # ShapleyCAM's H·A (:mod:`.hvp`)
+        parts.append(add_hvp(model, hvp_layers, roots, seed))
+    biased: list[str] = []
+    if bias_gradients:  # FullGrad's terms (:mod:`.bias_gradients`)
+        part, biased = add_bias_gradients(model, seed)
+        parts.append(part)
     for part in parts:
         gate(graph, part)
     _prune(graph)
     props = metadata.to_props()
     props[contract.META_INPUT_GRADIENTS] = json.dumps(list(input_gradients))
     props[contract.META_HEADS] = json.dumps(with_head)
+    if biased:
+        props[contract.META_BIAS_GRADIENTS] = json.dumps(biased)
+    if hvp_layers:
+        props[contract.META_HVP] = json.dumps(hvp_layers)
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)

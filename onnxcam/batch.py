@@ -113,7 +113,8 @@ class BatchOptions:
     input-gradient methods and of the metrics; ``max_pixels``: larger images are refused before decoding
     (default :data:`onnxcam.images.MAX_PIXELS`); ``max_side``: longest side of the artefacts (``None``: the original
     size; default :data:`DEFAULT_MAX_SIDE`), a JPEG being decoded at the smallest libjpeg scale that still gives it.
-    ``keep_size``: images are not resized (one per run; the graph must take any H×W).
+    ``keep_size``: images are not resized (one per run; the graph must take any H×W). ``aug_smooth``: every map
+    averaged over pytorch-grad-cam's six test-time augmentations (:mod:`onnxcam.augment`; six times the cost).
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -132,6 +133,7 @@ class BatchOptions:
     workers: int = field(default_factory=default_workers)
     max_side: int | None = DEFAULT_MAX_SIDE
     keep_size: bool = False
+    aug_smooth: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class Settings:
     max_side: int | None = DEFAULT_MAX_SIDE
     feature_grid: tuple[int, int] = (1, 1)
     keep_size: bool = False
+    aug_smooth: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,7 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         max_side=options.max_side,
         feature_grid=feature_grid(explainer, layers),
         keep_size=options.keep_size,
+        aug_smooth=options.aug_smooth,
     )
 
 
@@ -320,6 +324,9 @@ def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, 
             f"re-export it with --input-gradient {missing[0]}",
             "--method",
         )
+    refusal = method.refusal(explainer, layers) if method.refusal is not None else None
+    if refusal is not None:
+        raise BatchUsageError(refusal, "--method")
     headless = [layer for layer in layers if method.needs_head and layer not in explainer.metadata.heads]
     if headless:
         raise BatchUsageError(
@@ -558,6 +565,7 @@ def explain_decoded(
             options=dict(settings.method_options),
             metrics=settings.metrics,
             isolate_methods=True,
+            aug_smooth=settings.aug_smooth,
         )
     except Exception as exc:  # onnxruntime or a CAM method failing on this batch: mark it, go on
         return None, f"inference failed: {one_line(exc)}", _ms(started)

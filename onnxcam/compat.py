@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .augment import AUGMENTATIONS, augment, deaugment
 from .explainer import Explainer
 from .preprocess import preprocess_batch
 from .visual import show_cam_on_image
@@ -54,10 +55,6 @@ __all__ = [
     "preprocess_image",
     "show_cam_on_image",
 ]
-
-#: pytorch-grad-cam's default test-time augmentation (``BaseCAM.__init__``): ttach's ``HorizontalFlip`` ×
-#: ``Multiply(factors=[0.9, 1, 1.1])``, in ttach's product order.
-AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
 
 
 @dataclass(frozen=True)
@@ -168,10 +165,8 @@ class BaseCAM:
         if not aug_smooth:
             return self.forward(x, targets, eigen_smooth)
         cams = []
-        for flip, factor in AUGMENTATIONS:
-            augmented = (x[..., ::-1] if flip else x) * np.float32(factor)
-            cam = self.forward(np.ascontiguousarray(augmented), targets, eigen_smooth)
-            cams.append(cam[..., ::-1] if flip else cam)
+        for flip, factor in AUGMENTATIONS:  # each copy's own targets (top-1 of the copy when None), as the reference
+            cams.append(deaugment(self.forward(augment(x, flip, factor), targets, eigen_smooth), flip))
         return np.mean(np.float32(cams), axis=0)
 
     def forward(self, x: np.ndarray, targets: Sequence[Any] | None, eigen_smooth: bool = False) -> np.ndarray:

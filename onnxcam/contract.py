@@ -24,6 +24,11 @@ Graph outputs
     ``gradient:<layer>``      ``∂ y_n / ∂ A`` per image, same shape as ``A``.
     ``gradient:input[:rule]`` optional ``∂ y_n / ∂ input`` with the ReLU backward ``rule`` (see ``RELU_RULES``).
     ``head_scores:<layer>``   optional: ``scores`` computed from ``head:<layer>`` (only the part after the layer runs).
+    ``bias_gradient:*``       optional (``--bias-gradients``, FullGrad; metadata ``onnxcam.bias_gradients`` lists the
+                              biased nodes): ``bias_gradient:input`` ``x ⊙ ∂y/∂x`` and ``bias_gradient:<i>``
+                              ``b ⊙ ∂y/∂z`` per biased node, switched by ``compute:bias_gradients`` (default false).
+    ``hvp:<layer>``           optional (``--hvp``, ShapleyCAM; metadata ``onnxcam.hvp`` lists the layers): ``H·A``,
+                              the Hessian of ``y_n`` in ``A`` times ``A``, switched by ``compute:hvp`` (default false).
 
 Detectors (metadata ``onnxcam.detection``) also have a backward with a box axis, computed from one forward pass:
 inputs ``box_seed`` ``[M, *S]`` (one seed per box) and ``box_rows`` int64 ``[M]`` (the image of each box), output
@@ -74,6 +79,10 @@ BOX_GRADIENT_PREFIX = "box_gradient:"
 BOX_SWITCH = SWITCH_PREFIX + "box_gradients"
 CAM_PREFIX = "cam:"
 UNIT_SEED = "unit_seed"
+BIAS_GRADIENT_PREFIX = "bias_gradient:"
+BIAS_SWITCH = SWITCH_PREFIX + "bias_gradients"
+HVP_PREFIX = "hvp:"
+HVP_SWITCH = SWITCH_PREFIX + "hvp"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -94,6 +103,8 @@ META_DETECTION = META_PREFIX + "detection"
 META_LAYOUTS = META_PREFIX + "layouts"  # optional; absent = every layer NCHW
 META_IN_GRAPH = META_PREFIX + "in_graph"  # optional JSON list of methods with a ``cam:<method>`` output; absent = none
 META_UNIT = META_PREFIX + "unit"  # optional; absent = no unit targets
+META_BIAS_GRADIENTS = META_PREFIX + "bias_gradients"  # optional; absent = no FullGrad outputs
+META_HVP = META_PREFIX + "hvp"  # optional; absent = no Hessian-vector products
 
 #: How a tapped layer's tensor was laid out in the model (``activation:``/``gradient:``/``head:`` are NCHW for all):
 #: ``nchw``; ``channels-last`` ``[N, h, w, C]`` (Swin); ``tokens`` ``[N, prefix + h·w, C]`` (ViT: class,
@@ -126,6 +137,18 @@ def box_gradient_name(layer: str) -> str:
 def cam_name(method: str) -> str:
     """Graph output holding the final in-graph map of ``method`` (``cam:gradcam``, ``cam:gradcam++`` …)."""
     return CAM_PREFIX + method
+
+
+def bias_gradient_name(index: str) -> str:
+    """Graph output (``--bias-gradients``, FullGrad) ``bias_gradient:<i>``, ``b ⊙ ∂y/∂z`` of the ``i``-th biased
+    node's output ``z``, or ``bias_gradient:input``, ``x ⊙ ∂y/∂x``; switched by ``compute:bias_gradients``."""
+    return BIAS_GRADIENT_PREFIX + index
+
+
+def hvp_name(layer: str) -> str:
+    """Graph output (``--hvp``, ShapleyCAM) ``hvp:<layer>``: ``H·A = ∂⟨∂y/∂A, v⟩/∂A`` at ``v = A`` (``v`` held
+    constant), switched by ``compute:hvp``."""
+    return HVP_PREFIX + layer
 
 
 def switch_name(output: str) -> str:
@@ -311,6 +334,8 @@ class Metadata:
     layouts: dict[str, Layout] = field(default_factory=dict)  # non-NCHW layers only
     in_graph: tuple[str, ...] = ()  # methods with a ``cam:<method>`` output
     unit: Unit | None = None
+    bias_gradients: tuple[str, ...] = ()  # FullGrad: the biased nodes of ``bias_gradient:<i>``, in order
+    hvp: tuple[str, ...] = ()  # ShapleyCAM: the layers with an ``hvp:<layer>`` output
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -334,6 +359,10 @@ class Metadata:
             props[META_IN_GRAPH] = json.dumps(list(self.in_graph))
         if self.unit is not None:
             props[META_UNIT] = self.unit.to_json()
+        if self.bias_gradients:
+            props[META_BIAS_GRADIENTS] = json.dumps(list(self.bias_gradients))
+        if self.hvp:
+            props[META_HVP] = json.dumps(list(self.hvp))
         return props
 
     @classmethod
@@ -361,6 +390,8 @@ class Metadata:
             layouts={k: Layout.from_dict(v) for k, v in json.loads(props.get(META_LAYOUTS, "{}")).items()},
             in_graph=tuple(json.loads(props.get(META_IN_GRAPH, "[]"))),
             unit=Unit.from_json(props[META_UNIT]) if META_UNIT in props else None,
+            bias_gradients=tuple(json.loads(props.get(META_BIAS_GRADIENTS, "[]"))),
+            hvp=tuple(json.loads(props.get(META_HVP, "[]"))),
         )
 
     def layout(self, layer: str) -> Layout:

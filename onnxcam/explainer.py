@@ -314,6 +314,45 @@ class Explainer:
         on = (contract.switch_name(name),)
         return self._chunked([name], lambda rows: self._feeds(x[rows], seed=seed[rows], compute=on), len(x))
 
+    def layer_outputs(self, x: np.ndarray, seed: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Activations and gradients ``∂ Σ(seed ⊙ scores(x)) / ∂A`` ``[M, K, h, w]`` of every layer, by layer name,
+        for inputs ``x`` ``[M, C, H, W]`` and seeds ``[M, *S]`` (in chunks of ``max_batch``)."""
+        seed = np.broadcast_to(seed, (len(x), *self.score_shape))
+        runs = []
+        for start in range(0, len(x), self.max_batch):
+            rows = slice(start, start + self.max_batch)
+            runs.append(self.run(x[rows], np.full(len(x[rows]), contract.TOP1, np.int64), seed[rows]))
+        acts = {layer: np.concatenate([r.activations[layer] for r in runs]) for layer in self.layers}
+        return acts, {layer: np.concatenate([r.gradients[layer] for r in runs]) for layer in self.layers}
+
+    def bias_gradients(self, x: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:
+        """FullGrad's terms (:meth:`onnxcam.methods.request.ModelAccess.bias_gradients`), in chunks of ``max_batch``;
+        ValueError when the graph was exported without ``--bias-gradients``."""
+        count = len(self.metadata.bias_gradients)
+        if not count:
+            raise ValueError("this graph has no bias gradients (FullGrad): re-export it with --bias-gradients")
+        names = [contract.bias_gradient_name(i) for i in ("input", *map(str, range(count)))]
+        return self._switched_outputs(names, contract.BIAS_SWITCH, x, seed)
+
+    def hvp(self, x: np.ndarray, seed: np.ndarray) -> dict[str, np.ndarray]:
+        """ShapleyCAM's ``H·A`` by layer (:meth:`onnxcam.methods.request.ModelAccess.hvp`), in chunks of
+        ``max_batch``; ValueError when the graph was exported without ``--hvp``."""
+        if not self.metadata.hvp:
+            raise ValueError("this graph has no Hessian-vector products (ShapleyCAM): re-export it with --hvp")
+        names = [contract.hvp_name(layer) for layer in self.metadata.hvp]
+        values = self._switched_outputs(names, contract.HVP_SWITCH, x, seed)
+        return dict(zip(self.metadata.hvp, values, strict=True))
+
+    def _switched_outputs(self, names: list[str], switch: str, x: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:
+        """The optional outputs ``names`` behind ``switch`` for inputs ``x`` and seeds ``seed``, in chunks of
+        ``max_batch`` (float32)."""
+        seed = np.broadcast_to(seed, (len(x), *self.score_shape))
+        runs = []
+        for start in range(0, len(x), self.max_batch):
+            rows = slice(start, start + self.max_batch)
+            runs.append(self.graph.session.run(names, self._feeds(x[rows], seed=seed[rows], compute=(switch,))))
+        return [np.concatenate([_float32(r[j]) for r in runs]) for j in range(len(names))]
+
     def head_scores(self, layer: str, activations: np.ndarray) -> np.ndarray:
         """Logits ``[M, *S]`` from feature maps ``[M, C, h, w]`` of ``layer``: only the part after it runs."""
         if layer not in self.metadata.heads:
@@ -348,6 +387,7 @@ class Explainer:
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
         isolate_methods: bool = False,
+        aug_smooth: bool = False,
     ) -> list[Explanation]:
         """Explain a preprocessed batch ``x`` ``[N, C, H, W]``; maps come at ``H×W``.
 
@@ -356,8 +396,15 @@ class Explainer:
         methods and of the metrics (e.g. ``{"steps": 32}``; an unknown key or a bad value raises ValueError before
         any work, see :func:`onnxcam.methods.options.check_options`). ``metrics``: faithfulness metrics to score every
         map with (forward passes only). ``isolate_methods``: a method that fails leaves its cause in each result's
-        ``errors`` and the other methods go on (default: the exception propagates).
+        ``errors`` and the other methods go on (default: the exception propagates). ``aug_smooth``: pytorch-grad-cam's
+        test-time augmentation, every method's maps averaged over six flipped/scaled copies (:mod:`onnxcam.augment`).
         """
+        if aug_smooth:
+            from .augment import explain_augmented
+
+            return explain_augmented(
+                self, x, target, methods, layers, topk, eigen_smooth, seed, options, metrics, isolate_methods
+            )
         if x.ndim != 4 or x.shape[1] != self.input_shape[0]:
             raise ValueError(
                 f"explain_arrays takes a preprocessed batch [N, {self.input_shape[0]}, H, W], got shape {x.shape}; "
@@ -533,6 +580,7 @@ class Explainer:
         options: dict[str, Any] | None = None,
         metrics: Sequence[str] = (),
         keep_size: bool = False,
+        aug_smooth: bool = False,
     ) -> list[Explanation]:
         """Explain images of any size (paths or arrays); maps at network resolution, see ``image_size``.
 
@@ -545,7 +593,8 @@ class Explainer:
         types, other shapes) raises :class:`onnxcam.pixels.PixelFormatError` naming the expected format.
         ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
         ``keep_size``: feed each image at its own size, unresized (one run per image; the graph must take any H×W,
-        see :meth:`check_keep_size`; ``target`` per image, ``seed`` one row for all).
+        see :meth:`check_keep_size`; ``target`` per image, ``seed`` one row for all). ``aug_smooth`` as in
+        :meth:`explain_arrays`.
         """
         decoded = self._read(images)
         args = (methods, layers, topk, eigen_smooth, seed, options, metrics)
@@ -555,11 +604,15 @@ class Explainer:
             if len(per_image) != len(decoded):
                 raise ValueError(f"{len(per_image)} targets for {len(decoded)} images")
             results = [
-                self.explain_arrays(preprocess(image, self.preprocess, keep_size=True)[None], t, *args)[0]
+                self.explain_arrays(
+                    preprocess(image, self.preprocess, keep_size=True)[None], t, *args, aug_smooth=aug_smooth
+                )[0]
                 for image, t in zip(decoded, per_image, strict=True)
             ]
         else:
-            results = self.explain_arrays(preprocess_batch(decoded, self.preprocess), target, *args)
+            results = self.explain_arrays(
+                preprocess_batch(decoded, self.preprocess), target, *args, aug_smooth=aug_smooth
+            )
         for result, image in zip(results, decoded, strict=True):
             result.image_size = image.shape[:2]
         return results

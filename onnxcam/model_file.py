@@ -201,6 +201,8 @@ def describe(path: str | Path) -> str:
             if m.unit
             else []
         ),
+        *([f"bias gradients (FullGrad): {len(m.bias_gradients)} biased layers"] if m.bias_gradients else []),
+        *([f"Hessian-vector products (ShapleyCAM): {', '.join(m.hvp)}"] if m.hvp else []),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

@@ -170,13 +170,18 @@ class VJPContext:
     def unbroadcast(self, grad: str, input_name: str, output_name: str) -> str:
         """Sum ``grad`` (shaped like the broadcast ``output_name``) down to the shape of ``input_name``.
 
-        ``x̄ = Σ_{broadcast axes} ḡ``, reshaped to ``x``'s shape. The broadcast axes come from static shapes.
+        ``x̄ = Σ_{broadcast axes} ḡ``, reshaped to ``x``'s shape. The broadcast axes come from static shapes, or are
+        found at run time where an input dim is unknown or a symbol the output does not share.
         """
         in_shape = self.shape(input_name)
         out_shape = self.shape(output_name)
+        lead = len(out_shape) - len(in_shape)
+        if None in out_shape or any(
+            d is None or (isinstance(d, str) and d != o) for d, o in zip(in_shape, out_shape[lead:], strict=True)
+        ):  # a dim shape inference could not tell (None, or its own ``unk__`` symbol): decide at run time
+            return self._unbroadcast_at_run_time(grad, input_name, lead)
         if in_shape == out_shape:
             return grad
-        lead = len(out_shape) - len(in_shape)
         # By ONNX broadcasting, an input dim other than 1 equals the output dim; symbolic dims count as non-1.
         axes = list(range(lead)) + [lead + k for k, d in enumerate(in_shape) if d == 1 and out_shape[lead + k] != 1]
         if axes:
@@ -184,6 +189,20 @@ class VJPContext:
         if lead or axes:
             grad = self.emit("Reshape", grad, self.shape_of(input_name))
         return grad
+
+    def _unbroadcast_at_run_time(self, grad: str, input_name: str, lead: int) -> str:
+        """:meth:`unbroadcast` with the broadcast axes found at run time: the ``lead`` leading axes, then every axis
+        where ``input_name`` has 1 and ``grad`` does not (``ReduceSum`` with computed axes), reshaped to the input."""
+        if lead:
+            grad = self.emit("ReduceSum", grad, self.const(list(range(lead))), keepdims=0)
+        target = self.shape_of(input_name)
+        one = self.const(np.array(1, np.int64))
+        wanted = self.emit(
+            "And", self.emit("Equal", target, one), self.emit("Not", self.emit("Equal", self.shape_of(grad), one))
+        )
+        axes = self.emit("Reshape", self.emit("NonZero", wanted), self.const(np.array([-1], np.int64)))
+        summed = self.emit("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.emit("Reshape", summed, target)
 
     def fail(self, message: str) -> None:
         raise GradientError(f"{self.node.op_type} node '{self.node.name or self.node.output[0]}': {message}")

@@ -98,6 +98,7 @@ def batch_options(
     max_megapixels: float,
     max_side: int,
     keep_size: bool = False,
+    aug_smooth: bool = False,
 ) -> BatchOptions:
     """The :class:`BatchOptions` of the command-line values; unknown methods or save kinds raise BatchUsageError."""
     return BatchOptions(
@@ -116,6 +117,7 @@ def batch_options(
         max_pixels=round(max_megapixels * 1e6),
         max_side=max_side or None,
         keep_size=keep_size,
+        aug_smooth=aug_smooth,
     )
 
 
@@ -194,6 +196,11 @@ def batch_options(
     "--keep-size",
     is_flag=True,
     help="Feed each image at its own size, unresized (graphs exported with dynamic H/W; one image per run).",
+)
+@click.option(
+    "--aug-smooth",
+    is_flag=True,
+    help="Average every map over pytorch-grad-cam's test-time augmentations (flip × 0.9/1/1.1; 6× the cost).",
 )
 def explain(
     model: str,

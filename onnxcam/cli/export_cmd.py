@@ -121,6 +121,16 @@ from .number_list import NumberList
     default=None,
     help="Directory of typical input images setting the int8 quantization ranges (--precision int8).",
 )
+@click.option(
+    "--bias-gradients",
+    is_flag=True,
+    help="Add the gradients FullGrad needs: b ⊙ ∂y/∂z of every conv/batch norm with a bias, and x ⊙ ∂y/∂x.",
+)
+@click.option(
+    "--hvp",
+    is_flag=True,
+    help="Add ShapleyCAM's Hessian-vector products H·A per layer (the backward graph differentiated once more).",
+)
 def export(
     source: str, layers: tuple[str, ...], output: str, input_gradients: str, no_head: bool, **options: object
 ) -> None:

@@ -5,8 +5,8 @@ normalised, input-sized map. The formulas are those of docs/METHODS.md. Importin
 every method (one module per method or family, each calling ``register`` at import).
 
 Methods that query the model again (:class:`ModelMethod`: Score-CAM, Ablation-CAM, occlusion, RISE, LIME,
-KernelSHAP, saliency, guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients) take a
-:class:`MethodRequest`.
+KernelSHAP, saliency, guided backpropagation, deconvnet, guided Grad-CAM, SmoothGrad, Integrated Gradients,
+KPCA-CAM, FinerCAM, Smooth Grad-CAM++, SS-CAM, IS-CAM, FullGrad, ShapleyCAM) take a :class:`MethodRequest`.
 """
 
 from __future__ import annotations
@@ -25,14 +25,20 @@ from .base import (
 from .class_activation import class_activation_map
 from .eigen import eigen_cam, eigen_grad_cam
 from .elementwise import grad_cam_elementwise, hires_cam, layer_cam
+from .finer_cam import finer_cam
+from .fullgrad import fullgrad
 from .gradcam import grad_cam
 from .gradcam_plusplus import grad_cam_plusplus
 from .guided_gradcam import guided_gradcam
 from .input_gradients import deconvnet, guided_backprop, integrated_gradients, saliency, smoothgrad
+from .kpca_cam import kpca_cam
 from .occlusion import occlusion
 from .request import MethodRequest, ModelAccess, ModelMethod
 from .rise import rise
 from .score_cam import score_cam
+from .shapley_cam import shapley_cam
+from .smooth_gradcam_plusplus import smooth_gradcam_plusplus
+from .smoothed_score_cam import is_cam, ss_cam
 from .surrogate import kernel_shap, lime
 from .xgradcam import xgrad_cam
 
@@ -50,7 +56,9 @@ __all__ = [
     "deconvnet",
     "eigen_cam",
     "eigen_grad_cam",
+    "finer_cam",
     "first_component_projection",
+    "fullgrad",
     "get_method",
     "grad_cam",
     "grad_cam_elementwise",
@@ -59,7 +67,9 @@ __all__ = [
     "guided_gradcam",
     "hires_cam",
     "integrated_gradients",
+    "is_cam",
     "kernel_shap",
+    "kpca_cam",
     "layer_cam",
     "lime",
     "occlusion",
@@ -67,6 +77,9 @@ __all__ = [
     "rise",
     "saliency",
     "score_cam",
+    "shapley_cam",
+    "smooth_gradcam_plusplus",
     "smoothgrad",
+    "ss_cam",
     "xgrad_cam",
 ]

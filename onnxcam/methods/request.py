@@ -2,7 +2,8 @@
 
 CAM methods are pure functions of ``(A, G)``. The other families need to run the model again: on masked inputs
 (Score-CAM, occlusion, RISE), on ablated feature maps through the part after the layer (Ablation-CAM), or for the
-gradient with respect to the input (saliency, guided backprop, SmoothGrad, Integrated Gradients). They get a
+gradient with respect to the input (saliency, guided backprop, SmoothGrad, Integrated Gradients), or for the layer
+gradients of other seeds or noisy inputs (FinerCAM, Smooth Grad-CAM++). They get a
 :class:`ModelAccess`, which :class:`onnxcam.Explainer` implements on onnxruntime (tests may implement it otherwise).
 
 The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (docs/METHODS.md, Targets): ``seed_n`` is the
@@ -11,7 +12,7 @@ one-hot of the target class for ordinary class targets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,21 @@ class ModelAccess(Protocol):
 
     def head_scores(self, layer: str, activations: np.ndarray) -> np.ndarray:
         """Logits ``[M, *S]`` computed from feature maps ``[M, C, h, w]`` of ``layer`` (only the part after it)."""
+        ...
+
+    def layer_outputs(self, x: np.ndarray, seed: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Activations ``A`` and gradients ``∂ Σ(seed ⊙ scores(x)) / ∂A`` of every layer of the graph for inputs
+        ``x`` ``[M, C, H, W]`` and seeds ``[M, *S]``: two dicts of ``[M, K, h, w]`` by layer name."""
+        ...
+
+    def bias_gradients(self, x: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:
+        """FullGrad's terms for inputs ``x`` ``[M, C, H, W]`` and seeds ``[M, *S]``: ``x ⊙ ∂y/∂x`` ``[M, C, H, W]``
+        first, then ``b ⊙ ∂y/∂z`` ``[M, K, h, w]`` of every biased convolution or batch norm (``--bias-gradients``)."""
+        ...
+
+    def hvp(self, x: np.ndarray, seed: np.ndarray) -> dict[str, np.ndarray]:
+        """Hessian-vector products ``H·A`` ``[M, K, h, w]`` by layer name (``--hvp``): ``H`` the Hessian of
+        ``Σ(seed ⊙ scores(x))`` in the layer's activation ``A``."""
         ...
 
 
@@ -77,6 +93,7 @@ class ModelMethod:
     fused exactly like a CAM; ``"input"`` — ``fn(request, None)`` gives attributions ``[N, C, H, W]``, turned into a
     map by ``reduce`` (``[N, C, H, W] → [N, H, W]``) and min-max normalisation.
     ``rules``: the input-gradient ReLU rules it needs in the graph; ``needs_head``: it runs the part after the layer.
+    ``refusal(explainer, layers)``: why a graph cannot serve it (one line naming the way out), or ``None``.
     """
 
     name: str
@@ -86,6 +103,7 @@ class ModelMethod:
     rules: tuple[str, ...] = ()
     needs_head: bool = False
     reduce: Callable[[np.ndarray], np.ndarray] | None = None
+    refusal: Callable[[Any, Sequence[str]], str | None] | None = None
 
     def __call__(self, request: MethodRequest, layer: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(maps or attributions as float32, per-image details)``."""
