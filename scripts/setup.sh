@@ -9,4 +9,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch/torchvision pinned to the releases this project is tested with (a CUDA build that also runs on the CPU).
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[export,demo,dev,ray,lime,metrics]"
+.venv/bin/python -m pip install -q -e ".[export,demo,dev,ray,lime,metrics,kpca]"
