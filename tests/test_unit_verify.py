@@ -31,7 +31,9 @@ def _unit_net(seed: int = 0) -> UnitNet:
 def onnx_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """UnitNet as a foreign ONNX file and its Relu outputs (body.1, body.3, body.5, embed)."""
     path = tmp_path_factory.mktemp("unitverify") / "unitnet.onnx"
-    torch.onnx.export(_unit_net(), torch.randn(1, 3, 32, 32), path, dynamo=False, input_names=["x"], opset_version=18)
+    torch.onnx.export(
+        _unit_net(), torch.randn(1, 3, 32, 32), path, dynamo=False, input_names=["images"], opset_version=18
+    )
     return path, [n.output[0] for n in onnx.load(path).graph.node if n.op_type == "Relu"]
 
 
@@ -110,6 +112,32 @@ def test_a_rule_wrong_only_on_the_unit_path_is_refused(
     assert "\n" not in message
     assert UNIT_PATH in message and "> tolerance" in message, message
     assert "VJP disagrees" in message and "(ReduceSum," in message, message
+
+
+def test_int8_qdq_export_verifies_the_unit_path_and_refuses_a_wrong_rule(
+    monkeypatch: pytest.MonkeyPatch, onnx_source: tuple[Path, list[str]]
+) -> None:
+    """A QDQ file (straight-through estimator by finite differences): the unit path verified, then refused with the
+    rule above."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from test_precision import _Calibration
+
+    source, _ = onnx_source
+    prep, qdq = source.with_name("prep.onnx"), source.with_name("qdq.onnx")
+    quant_pre_process(str(source), str(prep))
+    quantize_static(
+        str(prep), str(qdq), _Calibration(32), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    # QDQ folds each ReLU into its Conv: the taps are the dequantized maps of body.1 and body.3
+    layer, unit = (f"/body/body.{i}/Relu_output_0_DequantizeLinear_Output" for i in (1, 3))
+    _, report = export_onnx_file(qdq, None, [layer], heads=False, log=lambda _: None, unit_layer=unit)
+    errors = _unit_errors(report)
+    assert set(errors) == {contract.gradient_name(layer)} and max(errors.values()) < 1e-4, errors
+    monkeypatch.setitem(RULES, "ReduceSum", _reduce_sum_halved_over_maps)
+    with pytest.raises(VerificationError, match=r"\(unit path\)"):
+        export_onnx_file(qdq, None, [layer], heads=False, log=lambda _: None, unit_layer=unit)
 
 
 def test_in_graph_gradcam_of_a_unit_seed_is_the_runtimes_gradcam_of_the_unit(tmp_path: Path) -> None:
