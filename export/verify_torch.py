@@ -97,6 +97,9 @@ def torch_reference(
     x = x.detach().requires_grad_(bool(rules))
     taps = [*layers, *([unit[0]] if unit and unit[0] not in layers else [])]
 
+    def nchw(a: torch.Tensor, layer: str) -> torch.Tensor:
+        return to_nchw_torch(a, (layouts or {}).get(layer, contract.Layout()))
+
     def forward() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
         with PreActivation() as trailing:
             scores, activations = forward_with_taps(model.eval(), taps, x, scores_from)
@@ -104,12 +107,9 @@ def torch_reference(
         if unit is None:
             y, used = _objective(scores, target)
         else:
-            u = _nchw(activations[taps.index(unit[0])], unit[0])
+            u = nchw(activations[taps.index(unit[0])], unit[0])
             y, used = (u * torch.as_tensor(unit[1], dtype=u.dtype)).sum(), torch.full((len(x),), contract.TOP1)
         return scores, y, activations, used
-
-    def _nchw(a: torch.Tensor, layer: str) -> torch.Tensor:
-        return to_nchw_torch(a, (layouts or {}).get(layer, contract.Layout()))
 
     scores, picked, activations, used = forward()
     wrt = [*activations[: len(layers)], *([x] if "standard" in rules else [])]
@@ -119,10 +119,10 @@ def torch_reference(
         contract.TARGET_USED: used.numpy(),
     }
     for layer, a, g in zip(layers, activations[: len(layers)], grads[: len(layers)], strict=True):
-        ref[contract.activation_name(layer)] = _nchw(a.detach(), layer).numpy()
-        ref[contract.gradient_name(layer)] = _nchw(g, layer).numpy()
+        ref[contract.activation_name(layer)] = nchw(a.detach(), layer).numpy()
+        ref[contract.gradient_name(layer)] = nchw(g, layer).numpy()
     if unit is not None:
-        ref[contract.activation_name(unit[0])] = _nchw(activations[taps.index(unit[0])].detach(), unit[0]).numpy()
+        ref[contract.activation_name(unit[0])] = nchw(activations[taps.index(unit[0])].detach(), unit[0]).numpy()
     if "standard" in rules:
         ref[contract.input_gradient_name("standard")] = grads[-1].numpy()
     for rule in rules:
