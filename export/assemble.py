@@ -261,6 +261,10 @@ def _unit_shape(model: onnx.ModelProto, tap: str) -> tuple[int, ...]:
     return tuple(int(d) for d in per_image)
 
 
+#: The explained quantity ``y`` [N] of a graph with a unit layer (what the backward differentiates).
+UNIT_OBJECTIVE = "onnxcam/unit/y"
+
+
 def _unit_objective(
     graph: onnx.GraphProto, shape: tuple[int, ...], class_seed: str, unit: contract.Unit, dtype: np.dtype
 ) -> tuple[str, str]:
@@ -301,8 +305,8 @@ def _unit_objective(
         helper.make_node("ReduceSum", [u + "class_terms", u + "score_axes"], [u + "class_y"], keepdims=0),
         helper.make_node("Mul", [contract.UNIT_SEED, tap], [u + "unit_terms"]),
         helper.make_node("ReduceSum", [u + "unit_terms", u + "axes"], [u + "unit_y"], keepdims=0),
-        helper.make_node("Add", [u + "class_y", u + "unit_y"], [u + "y"]),
-        helper.make_node("Shape", [u + "y"], [u + "y_shape"]),
+        helper.make_node("Add", [u + "class_y", u + "unit_y"], [UNIT_OBJECTIVE]),
+        helper.make_node("Shape", [UNIT_OBJECTIVE], [u + "y_shape"]),
         helper.make_node(
             "ConstantOfShape",
             [u + "y_shape"],
@@ -313,7 +317,7 @@ def _unit_objective(
     for node in nodes:
         node.name = u + node.output[0].removeprefix(u)
     graph.node.extend(nodes)
-    return u + "y", u + "ones"
+    return UNIT_OBJECTIVE, u + "ones"
 
 
 def _append(graph: onnx.GraphProto, backward: Backward) -> None:

@@ -150,11 +150,11 @@ class GlobalLpPool(OpRun):
 
 
 def cut_after(
-    model: onnx.ModelProto, tensor: str, keep: Sequence[str] | None = None
+    model: onnx.ModelProto, tensor: str, keep: Sequence[str] | None = None, fed: Sequence[str] = ()
 ) -> tuple[onnx.ModelProto, list[str]]:
     """The nodes of ``model`` that depend on ``tensor`` (and lead to an output in ``keep``, default all), as a model
     whose inputs are ``tensor`` and the ``frozen`` tensors those nodes read from elsewhere (skip connections, graph
-    inputs …), returned second."""
+    inputs …), returned second. ``fed``: inputs with a default (e.g. ``unit_seed``) that stay inputs (frozen)."""
     downstream = {tensor}
     nodes = []
     for node in model.graph.node:
@@ -169,7 +169,7 @@ def cut_after(
             kept.append(node)
             needed.update(reads(node))
     nodes = kept[::-1]
-    weights = {t.name: t for t in model.graph.initializer}
+    weights = {t.name: t for t in model.graph.initializer if t.name not in fed}
     read = {i for n in nodes for i in reads(n) if i}
     frozen = sorted(read - downstream - weights.keys())
     graph = onnx.helper.make_graph(

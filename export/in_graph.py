@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -27,6 +28,9 @@ from onnxcam.scores import is_binary
 
 from .errors import ExportError
 from .gating import Part, gate
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _NOT_IN_GRAPH = {
     "eigencam": "needs an SVD, which standard ONNX ops compute only approximately",
@@ -217,27 +221,53 @@ CHECK_TOLERANCE = 1e-4
 def check_cams(model: onnx.ModelProto, metadata: contract.Metadata, batch: int = 2) -> float:
     """Run ``model`` once on random images and compare every ``cam:<method>`` with :mod:`onnxcam.methods` +
     :func:`onnxcam.postprocess.postprocess` on the activations and gradients of the same run; return the largest
-    difference. Raises :class:`ExportError` above :data:`CHECK_TOLERANCE`.
+    difference. A graph with a unit layer (metadata ``onnxcam.unit``) runs again with a random non-zero ``unit_seed``
+    per image: its maps are then the unit's (:mod:`onnxcam.units`). Raises :class:`ExportError` above
+    :data:`CHECK_TOLERANCE`, or when a layer's gradient is zero for a unit (a layer after the unit layer: the Python
+    runtime refuses that map, so the graph would show an empty one).
     """
     import onnxruntime as ort
 
+    size = metadata.preprocess.input_size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, metadata.preprocess.channels, *size)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {contract.INPUT: x, contract.TARGET: np.full(batch, -1)}
+    worst = _compare_cams(session, metadata, feeds)
+    unit = contract.Metadata.from_props({p.key: p.value for p in model.metadata_props}).unit
+    if unit is not None:
+        seed = rng.standard_normal((batch, *unit.shape)).astype(np.float32)
+        worst = max(worst, _compare_cams(session, metadata, {**feeds, contract.UNIT_SEED: seed}, unit.layer))
+    return worst
+
+
+def _compare_cams(
+    session: ort.InferenceSession, metadata: contract.Metadata, feeds: dict[str, np.ndarray], unit: str | None = None
+) -> float:
+    """The largest difference between the ``cam:<method>`` outputs at ``feeds`` and the Python runtime's maps."""
     from onnxcam.methods import get_method
     from onnxcam.postprocess import postprocess
 
-    size = metadata.preprocess.input_size
-    x = np.random.default_rng(0).standard_normal((batch, metadata.preprocess.channels, *size)).astype(np.float32)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     layers = list(metadata.layers)
     names = [f(layer) for f in (contract.activation_name, contract.gradient_name) for layer in layers]
     names += [contract.cam_name(m) for m in metadata.in_graph]
-    out = dict(zip(names, session.run(names, {contract.INPUT: x, contract.TARGET: np.full(batch, -1)}), strict=True))
+    out = dict(zip(names, session.run(names, feeds), strict=True))
+    dead = next((n for n in layers if unit is not None and not out[contract.gradient_name(n)].any()), None)
+    if dead is not None:
+        raise ExportError(
+            f"--in-graph with --unit-layer {unit}: layer '{dead}' lies after the unit layer (a unit does not depend "
+            f"on it: its in-graph map of a unit would be empty); give only layers before '{unit}', or export without "
+            "--in-graph"
+        )
+    size = metadata.preprocess.input_size
     worst = 0.0
     for method in metadata.in_graph:
         raw = [get_method(method)(out[contract.activation_name(n)], out[contract.gradient_name(n)]) for n in layers]
         error = float(np.abs(out[contract.cam_name(method)] - postprocess(raw, (size[1], size[0]))).max())
         if not error <= CHECK_TOLERANCE:
+            path = " of a unit" if unit else ""
             raise ExportError(
-                f"--in-graph {method}: the in-graph map differs from the Python runtime's by {error:.1e} "
+                f"--in-graph {method}: the in-graph map{path} differs from the Python runtime's by {error:.1e} "
                 f"(> {CHECK_TOLERANCE:.0e}) on random images; export without --in-graph and report this model"
             )
         worst = max(worst, error)

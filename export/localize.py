@@ -29,11 +29,13 @@ from .gating import reads
 LOCAL_TOLERANCE = 1e-3
 
 
-def _forward_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_ops: list) -> dict[str, np.ndarray]:
-    """Every tensor of the forward part of ``model`` (the nodes ``scores`` depends on) in float64."""
+def _forward_values(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_ops: list, end: str = contract.SCORES
+) -> dict[str, np.ndarray]:
+    """Every tensor of the forward part of ``model`` (the nodes ``end`` depends on) in float64."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    needed, kept = {contract.SCORES}, []
+    needed, kept = {end}, []
     for node in reversed(m.graph.node):
         if any(o in needed for o in node.output):
             kept.append(node)
@@ -41,7 +43,7 @@ def _forward_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray], new_op
     del m.graph.node[:]
     m.graph.node.extend(reversed(kept))
     del m.graph.output[:]
-    m.graph.output.append(helper.make_tensor_value_info(contract.SCORES, TensorProto.DOUBLE, None))
+    m.graph.output.append(helper.make_tensor_value_info(end, TensorProto.DOUBLE, None))
     m = to_float64(m)
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
     return ReferenceEvaluator(m, new_ops=[Pad, Resize, *new_ops]).run(None, feeds, intermediate=True)  # type: ignore[return-value]
@@ -138,13 +140,16 @@ def first_wrong_node(
     feeds: dict[str, np.ndarray],
     new_ops: list,
     overrides: Mapping[str, VJPRule] | None = None,
+    end: str = contract.SCORES,
 ) -> str:
-    """A sentence naming the first node (backward order) between ``source`` and ``scores`` whose local VJP disagrees,
-    to append to a verification error; nodes whose op a modified ReLU rule overrides (not VJPs) are skipped."""
+    """A sentence naming the first node (backward order) between ``source`` and ``end`` (the scores, or the unit
+    tensor of the unit path) whose local VJP disagrees, to append to a verification error; nodes whose op a modified
+    ReLU rule overrides (not VJPs) are skipped."""
     info = GraphInfo(explainer)
-    path, on_path = active_nodes(explainer.graph, [source], contract.SCORES, lambda n: info.dtype(n).kind == "f")
+    path, on_path = active_nodes(explainer.graph, [source], end, lambda n: info.dtype(n).kind == "f")
     try:
-        values = {**_forward_values(explainer, feeds, new_ops), **{k: v for k, v in feeds.items() if k == source}}
+        forward = _forward_values(explainer, feeds, new_ops, end)
+        values = {**forward, **{k: v for k, v in feeds.items() if k == source}}
         values.update({t.name: numpy_helper.to_array(t) for t in explainer.graph.initializer})
     except Exception as exc:  # localisation is a hint: it never replaces the verdict
         return f"; the faulty node could not be located ({type(exc).__name__})"

@@ -34,7 +34,7 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import cut_after, evaluate_float64
 from .gating import reads
-from .verify import Report, VerificationError, check, fast_kernels, run
+from .verify import Report, VerificationError, check, fast_kernels, objectives, run, unit_seeds
 
 #: Ops of onnxruntime's QOperator format (and of dynamic quantization): integer kernels with no float tensor between.
 _QOPERATOR = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "MatMulIntegerToFloat", "QAttention"}
@@ -213,57 +213,65 @@ def verify_ste(
     onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε`` = 1e-10 of the map's scale.
     Error of image ``n``: ``|fd_n − dot_n| / max_m |dot_m|``,
     worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image).
-    Ties in max pools after the layer are broken by the first-maximum convention (:func:`break_ties`).
+    Ties in max pools after the layer are broken by the first-maximum convention (:func:`break_ties`). A graph with a
+    unit layer is checked again with a random unit seed per image (:class:`~.verify.Objective`).
     """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
     target = np.array([contract.TOP1, 0, 1][:batch], np.int64)
-    rows = np.arange(batch)
     kernels = [QuantizeLinear, DequantizeLinear, *fast_kernels()]
     errors: dict[str, tuple[float, ...]] = {}
     pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
     if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
         pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
-    for tap, grad in pairs:
-        after, frozen = cut_after(explainer, tap, [contract.SCORES, contract.TARGET_USED, grad])
-        probe = onnx.ModelProto()
-        probe.CopyFrom(explainer)
-        info = GraphInfo(explainer)
-        probe.graph.output.extend(
-            helper.make_tensor_value_info(f, helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
-            for f in frozen
-            if f != contract.TARGET
-        )
-        out = {**run(probe, {contract.INPUT: x, contract.TARGET: target}), contract.INPUT: x}
-        fixed = {f: target if f == contract.TARGET else out[f] for f in frozen}
-        activation = out[tap].astype(np.float64)
-        at = evaluate_float64(after, {tap: activation, **fixed}, kernels)
-        used = at[contract.TARGET_USED]
-        forward = break_ties(cut_after(explainer, tap, [contract.SCORES])[0], explainer)
-        fixed = {i.name: fixed[i.name] for i in forward.graph.input if i.name in fixed}
-        surrogate, anchors = ste_surrogate(forward)
-        base_model = onnx.ModelProto()
-        base_model.CopyFrom(forward)
-        base_model.graph.output.extend(
-            helper.make_tensor_value_info(v, TensorProto.UNDEFINED, None) for v in set(anchors.values())
-        )
-        base = evaluate_float64(base_model, {tap: activation, **fixed}, kernels)
-        anchored = {a: base[v] for a, v in anchors.items()}
-        worst = np.zeros(batch)
-        for _ in range(directions):
-            v = rng.standard_normal(activation.shape)
-            eps = 1e-10 * max(float(np.abs(activation).max()), 1e-6)
-            f_plus, f_minus = (
-                evaluate_float64(surrogate, {tap: activation + sign * eps * v, **fixed, **anchored}, kernels)[
-                    contract.SCORES
-                ]
-                for sign in (1, -1)
+    info = GraphInfo(explainer)
+    for objective in objectives(explainer):
+        feeds = {contract.INPUT: x, contract.TARGET: target}
+        if objective.unit is not None:
+            feeds[contract.UNIT_SEED] = unit_seeds(explainer, batch, rng).astype(np.float32)
+        for tap, grad in pairs:
+            after, frozen = cut_after(explainer, tap, [*objective.reads, grad], objective.fed)
+            probe = onnx.ModelProto()
+            probe.CopyFrom(explainer)
+            probe.graph.output.extend(
+                helper.make_tensor_value_info(f, helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
+                for f in frozen
+                if f not in feeds
             )
-            fd = (f_plus[rows, used] - f_minus[rows, used]) / (2 * eps)
-            dot = (at[grad] * v).reshape(batch, -1).sum(1)
-            worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
-        errors[grad] = tuple(worst.tolist())
-        _refuse_ties(Report({grad: errors[grad]}), tolerance, tap, forward)
+            out = {**run(probe, feeds), **feeds}
+            fixed = {f: out[f] for f in frozen}
+            activation = out[tap].astype(np.float64)
+            at = evaluate_float64(after, {tap: activation, **fixed}, kernels)
+            reads = [r for r in objective.reads if r != contract.TARGET_USED]
+            forward = break_ties(cut_after(explainer, tap, reads, objective.fed)[0], explainer)
+            fixed = {i.name: fixed[i.name] for i in forward.graph.input if i.name in fixed}
+            surrogate, anchors = ste_surrogate(forward)
+            base_model = onnx.ModelProto()
+            base_model.CopyFrom(forward)
+            base_model.graph.output.extend(
+                helper.make_tensor_value_info(v, TensorProto.UNDEFINED, None) for v in set(anchors.values())
+            )
+            base = evaluate_float64(base_model, {tap: activation, **fixed}, kernels)
+            anchored = {a: base[v] for a, v in anchors.items()}
+            values = {**out, **at}
+            worst = np.zeros(batch)
+            for _ in range(directions):
+                v = rng.standard_normal(activation.shape)
+                eps = 1e-10 * max(float(np.abs(activation).max()), 1e-6)
+                f_plus, f_minus = (
+                    objective(
+                        evaluate_float64(surrogate, {tap: activation + sign * eps * v, **fixed, **anchored}, kernels),
+                        values,
+                        feeds,
+                    )
+                    for sign in (1, -1)
+                )
+                fd = (f_plus - f_minus) / (2 * eps)
+                dot = (at[grad] * v).reshape(batch, -1).sum(1)
+                worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
+            name = grad + objective.suffix
+            errors[name] = tuple(worst.tolist())
+            _refuse_ties(Report({name: errors[name]}), tolerance, tap, forward)
     return check(Report(errors), tolerance)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,10 +45,77 @@ class Report:
         name = max(self.errors, key=lambda k: max(self.errors[k]))
         plural = "s" if self.redrawn > 1 else ""
         redrawn = f", {self.redrawn} image{plural} at a kink re-drawn" if self.redrawn else ""
+        unit = [k for k in self.errors if k.endswith(UNIT_PATH)]
+        if unit:
+            worst_unit = max(unit, key=lambda k: max(self.errors[k]))
+            unit_worst = f"; unit path worst {max(self.errors[worst_unit]):.2e} ({worst_unit.removesuffix(UNIT_PATH)})"
         return (
             f"relative error {self.typical:.2e} (median image), worst {self.worst:.2e} ({name}), "
-            f"{len(self.errors)} outputs{redrawn}"
+            f"{len(self.errors)} outputs{redrawn}{unit_worst if unit else ''}"
         )
+
+
+#: Suffix of a :class:`Report` entry checked with a unit seed (graphs exported with a unit layer).
+UNIT_PATH = " (unit path)"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the graph's gradients differentiate, per image ``[N]``: ``Σ_positions scores[n, used_n]`` (the class path;
+    ``used`` = ``target_used`` where the check is made), or ``y_n = Σ unit_seed_n ⊙ U_n`` (the unit path: ``unit`` =
+    ``activation:<unit layer>``, a non-zero ``unit_seed`` row fed per image, :func:`unit_seeds`)."""
+
+    unit: str | None = None
+
+    @property
+    def reads(self) -> list[str]:
+        """The graph outputs it reads."""
+        return [contract.SCORES, contract.TARGET_USED] if self.unit is None else [self.unit]
+
+    @property
+    def end(self) -> str:
+        """The graph's tensor the gradients are taken of (where localisation walks to): the scores, or the unit
+        graph's ``y`` (its seed ⊙ unit terms included)."""
+        from .assemble import UNIT_OBJECTIVE
+
+        return contract.SCORES if self.unit is None else UNIT_OBJECTIVE
+
+    @property
+    def fed(self) -> list[str]:
+        """The inputs with a default that the check feeds (cut graphs take them as inputs, not as constants)."""
+        return [] if self.unit is None else [contract.UNIT_SEED]
+
+    def __call__(
+        self, out: Mapping[str, np.ndarray], at: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        """The objective from ``out`` (a cut graph's outputs), falling back on ``at`` (the whole graph's values at the
+        checked point) for what does not depend on the cut's tensor (a unit before the tap: constant)."""
+        if self.unit is None:
+            return picked_scores(out[contract.SCORES], at[contract.TARGET_USED])
+        u = out[self.unit] if self.unit in out else at[self.unit]
+        return (u * feeds[contract.UNIT_SEED]).reshape(len(u), -1).sum(1)
+
+    @property
+    def suffix(self) -> str:
+        """Appended to the names of its outputs in a :class:`Report`."""
+        return "" if self.unit is None else UNIT_PATH
+
+
+#: The class path's objective (every graph has it).
+CLASS_PATH = Objective()
+
+
+def objectives(explainer: onnx.ModelProto) -> list[Objective]:
+    """The class path, and the unit path when the graph has a unit layer (metadata ``onnxcam.unit``)."""
+    unit = contract.Metadata.from_props({p.key: p.value for p in explainer.metadata_props}).unit
+    return [CLASS_PATH, *([Objective(contract.activation_name(unit.layer))] if unit else [])]
+
+
+def unit_seeds(explainer: onnx.ModelProto, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Random Gaussian ``unit_seed`` rows ``[batch, *U]`` (float64; every row non-zero): every unit of the unit
+    tensor weighted at once, so one check covers channel, neuron and embedding targets alike."""
+    unit = contract.Metadata.from_props({p.key: p.value for p in explainer.metadata_props}).unit
+    return rng.standard_normal((batch, *unit.shape))  # type: ignore[union-attr]
 
 
 def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -140,13 +207,14 @@ def directional_errors(
     evaluate: Callable[[np.ndarray], dict[str, np.ndarray]],
     tap: np.ndarray,
     gradient: np.ndarray,
-    used: np.ndarray,
+    objective: Callable[[dict[str, np.ndarray]], np.ndarray],
     rng: np.random.Generator,
     tolerance: float,
     directions: int = 2,
 ) -> tuple[np.ndarray, int]:
     """``|fd_n − ⟨G_n, v_n⟩| / max_m |⟨G_m, v_m⟩|`` per image, worst over random directions ``v``, and the number
-    of images where the differences never settled (left out: 0 error). ``evaluate(a)`` runs the part after the tap.
+    of images where the differences never settled (left out: 0 error). ``evaluate(a)`` runs the part after the tap,
+    ``objective(outputs)`` [N] is the differentiated quantity (:class:`Objective`).
 
     ``v`` is Gaussian, scaled to ``max|tap_n|`` and 0 where the tap is exactly 0 (post-ReLU zeros tie inside
     pooling windows, where no derivative exists).
@@ -154,18 +222,18 @@ def directional_errors(
     batch = len(tap)
     worst = np.zeros(batch)
     unsettled = np.zeros(batch, bool)
-    at = picked_scores(evaluate(tap)[contract.SCORES], used)
+    at = objective(evaluate(tap))
     for _ in range(directions):
         size = np.abs(tap).reshape(batch, -1).max(1).reshape(-1, *[1] * (tap.ndim - 1))
         v = rng.standard_normal(tap.shape) * (tap != 0) * np.maximum(size, 1e-30)
         dot = (gradient * v).reshape(batch, -1).sum(1)
         scale = np.full(batch, max(float(np.abs(dot).max()), 1e-300))
 
-        def objective(t: np.ndarray) -> np.ndarray:
+        def along(t: np.ndarray) -> np.ndarray:
             shift = t.reshape(-1, *[1] * (tap.ndim - 1)) * v  # noqa: B023 - used within this iteration
-            return picked_scores(evaluate(tap + shift)[contract.SCORES], used)
+            return objective(evaluate(tap + shift))
 
-        fd = settled_slopes(objective, at, scale, tolerance / 4)
+        fd = settled_slopes(along, at, scale, tolerance / 4)
         unsettled |= np.isnan(fd)
         worst = np.maximum(worst, np.where(np.isnan(fd), 0.0, np.abs(fd - dot) / scale))
     return worst, int(unsettled.sum())
@@ -181,7 +249,9 @@ def verify_finite_differences(
     seed: int = 0,
 ) -> Report:
     """Directional central differences of ``Σ scores[n, t_n]`` (summed over positions for a dense output) w.r.t.
-    each tapped map (and the input, when the graph has the standard input gradient) vs ``⟨gradient, v⟩``.
+    each tapped map (and the input, when the graph has the standard input gradient) vs ``⟨gradient, v⟩``; for a graph
+    with a unit layer, again with a random unit seed per image: of ``Σ unit_seed_n ⊙ U_n`` (:class:`Objective`,
+    entries named ``… (unit path)``).
 
     The part of the explainer after the layer (forward head, seed and backward) runs in float64 under
     ``onnx.reference`` from the float32 map ``A`` that onnxruntime computed, so the check sees the graph's mathematics,
@@ -196,40 +266,53 @@ def verify_finite_differences(
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
     target = np.array([contract.TOP1, 0, 1][:batch], np.int64)
     errors: dict[str, tuple[float, ...]] = {}
-    sources: dict[str, tuple[str, dict[str, np.ndarray]]] = {}
+    sources: dict[str, tuple[str, dict[str, np.ndarray], Objective]] = {}
     pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
     if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
         pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
-    for tap, grad in pairs:
-        after, frozen = cut_after(explainer, tap, [contract.SCORES, contract.TARGET_USED, grad])
-        probe = onnx.ModelProto()
-        probe.CopyFrom(explainer)
-        info = GraphInfo(explainer)
-        probe.graph.output.extend(
-            onnx.helper.make_tensor_value_info(f, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
-            for f in frozen
-            if f != contract.TARGET
-        )
-        out = {**run(probe, {contract.INPUT: x, contract.TARGET: target}), contract.INPUT: x}
-        fixed = {f: target if f == contract.TARGET else out[f] for f in frozen}
-        activation = out[tap].astype(np.float64)
+    info = GraphInfo(explainer)
+    for objective in objectives(explainer):
+        feeds = {contract.INPUT: x, contract.TARGET: target}
+        if objective.unit is not None:
+            feeds[contract.UNIT_SEED] = unit_seeds(explainer, batch, rng).astype(np.float32)
+        for tap, grad in pairs:
+            after, frozen = cut_after(explainer, tap, [*objective.reads, grad], objective.fed)
+            probe = onnx.ModelProto()
+            probe.CopyFrom(explainer)
+            probe.graph.output.extend(
+                onnx.helper.make_tensor_value_info(
+                    f, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f)
+                )
+                for f in frozen
+                if f not in feeds
+            )
+            at = {**run(probe, feeds), **feeds}
+            fixed = {f: at[f] for f in frozen}
+            activation = at[tap].astype(np.float64)
 
-        run_after = float64_evaluator(after, fast_kernels())
+            run_after = float64_evaluator(after, fast_kernels())
 
-        def evaluate(a: np.ndarray) -> dict[str, np.ndarray]:
-            return run_after({tap: a, **fixed})  # noqa: B023 - used within this iteration
+            def evaluate(a: np.ndarray) -> dict[str, np.ndarray]:
+                return run_after({tap: a, **fixed})  # noqa: B023 - used within this iteration
 
-        at = evaluate(activation)
-        worst, unsettled = directional_errors(
-            evaluate, activation, at[grad], at[contract.TARGET_USED], rng, tolerance, directions
-        )
-        if unsettled == batch:
-            raise CouldNotVerify(f"finite differences for {grad} settle at no step (kinks at every scale)")
-        errors[grad] = tuple(worst.tolist())
-        sources[grad] = (tap, {contract.INPUT: x, contract.TARGET: target})
+            base = evaluate(activation)
+            worst, unsettled = directional_errors(
+                evaluate,
+                activation,
+                base[grad],
+                lambda out: objective(out, {**at, **base}, feeds),  # noqa: B023 - used within this iteration
+                rng,
+                tolerance,
+                directions,
+            )
+            name = grad + objective.suffix
+            if unsettled == batch:
+                raise CouldNotVerify(f"finite differences for {name} settle at no step (kinks at every scale)")
+            errors[name] = tuple(worst.tolist())
+            sources[name] = (tap, feeds, objective)
 
     def where(name: str) -> str:
-        tap, feeds = sources[name]
-        return first_wrong_node(explainer, tap, feeds, fast_kernels())
+        tap, feeds, objective = sources[name]
+        return first_wrong_node(explainer, tap, feeds, fast_kernels(), end=objective.end)
 
     return check(Report(errors), tolerance, where)

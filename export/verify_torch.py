@@ -20,7 +20,17 @@ from .float64_torch import OPS, evaluate_float64_torch
 from .layouts import to_nchw_torch
 from .torch_capture import forward_with_taps
 from .torch_outputs import PreActivation, pick
-from .verify import Report, check, picked_scores, relative_error, settled_slopes
+from .verify import (
+    CLASS_PATH,
+    UNIT_PATH,
+    Objective,
+    Report,
+    check,
+    objectives,
+    relative_error,
+    settled_slopes,
+    unit_seeds,
+)
 
 
 class _ReluBackward(torch.autograd.Function):
@@ -74,6 +84,7 @@ def torch_reference(
     scores_from: str | None = None,
     skipped: str | None = None,
     layouts: Mapping[str, contract.Layout] | None = None,
+    unit: tuple[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores, target used, activations, ``∂ y / ∂ A`` and the input gradients (one per ReLU backward rule in
     ``rules``) from PyTorch autograd, named as the contract; ``y = Σ_n scores[n, c_n]``.
@@ -81,28 +92,43 @@ def torch_reference(
     ``scores_from``: the scores' name among the model's outputs; ``skipped``: the trailing op (``Softmax``,
     ``LogSoftmax``, ``Sigmoid``) the graph left out, whose input is then the scores (:mod:`.scores_head`).
     ``A`` and ``∂ y / ∂ A`` of a layer with a non-NCHW ``layouts`` entry are laid out as ``[N, C, h, w]`` after
-    autograd."""
+    autograd. ``unit``: ``(layer, unit_seed [N, *U])``: ``y = Σ_n unit_seed_n ⊙ U_n`` of the layer's output ``U``
+    instead (target used −1, ``activation:<layer>`` included); a layer after it gets a zero gradient."""
     x = x.detach().requires_grad_(bool(rules))
-    with PreActivation() as trailing:
-        scores, activations = forward_with_taps(model.eval(), layers, x, scores_from)
-    scores = trailing.logits(scores, skipped) if skipped else scores
-    picked, used = _objective(scores, target)
-    grads = torch.autograd.grad(picked, [*activations, x] if "standard" in rules else activations)
+    taps = [*layers, *([unit[0]] if unit and unit[0] not in layers else [])]
+
+    def nchw(a: torch.Tensor, layer: str) -> torch.Tensor:
+        return to_nchw_torch(a, (layouts or {}).get(layer, contract.Layout()))
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        with PreActivation() as trailing:
+            scores, activations = forward_with_taps(model.eval(), taps, x, scores_from)
+        scores = trailing.logits(scores, skipped) if skipped else scores
+        if unit is None:
+            y, used = _objective(scores, target)
+        else:
+            u = nchw(activations[taps.index(unit[0])], unit[0])
+            y, used = (u * torch.as_tensor(unit[1], dtype=u.dtype)).sum(), torch.full((len(x),), contract.TOP1)
+        return scores, y, activations, used
+
+    scores, picked, activations, used = forward()
+    wrt = [*activations[: len(layers)], *([x] if "standard" in rules else [])]
+    grads = torch.autograd.grad(picked, wrt, allow_unused=True, materialize_grads=True)
     ref = {
         contract.SCORES: scores.detach().reshape(len(x), *_score_dims(scores)).numpy(),
         contract.TARGET_USED: used.numpy(),
     }
-    for layer, a, g in zip(layers, activations, grads[: len(layers)], strict=True):
-        layout = (layouts or {}).get(layer, contract.Layout())
-        ref[contract.activation_name(layer)] = to_nchw_torch(a.detach(), layout).numpy()
-        ref[contract.gradient_name(layer)] = to_nchw_torch(g, layout).numpy()
+    for layer, a, g in zip(layers, activations[: len(layers)], grads[: len(layers)], strict=True):
+        ref[contract.activation_name(layer)] = nchw(a.detach(), layer).numpy()
+        ref[contract.gradient_name(layer)] = nchw(g, layer).numpy()
+    if unit is not None:
+        ref[contract.activation_name(unit[0])] = nchw(activations[taps.index(unit[0])].detach(), unit[0]).numpy()
     if "standard" in rules:
         ref[contract.input_gradient_name("standard")] = grads[-1].numpy()
     for rule in rules:
         if rule != "standard":
-            with _ReluRule(rule), PreActivation() as trailing:
-                out = pick(model(x), scores_from)
-            modified, _ = _objective(trailing.logits(out, skipped) if skipped else out, target)
+            with _ReluRule(rule):
+                _, modified, _, _ = forward()
             ref[contract.input_gradient_name(rule)] = torch.autograd.grad(modified, x)[0].numpy()
     return ref
 
@@ -133,7 +159,12 @@ def _frozen_values(
 
 
 def at_a_kink(
-    explainer: onnx.ModelProto, output: str, ours: np.ndarray, ref: np.ndarray, feeds: dict[str, np.ndarray]
+    explainer: onnx.ModelProto,
+    output: str,
+    ours: np.ndarray,
+    ref: np.ndarray,
+    feeds: dict[str, np.ndarray],
+    objective: Objective = CLASS_PATH,
 ) -> bool | None:
     """Which side the graph's own function takes where one image's gradient ``ours`` differs from autograd's ``ref``.
 
@@ -142,14 +173,14 @@ def at_a_kink(
     apart, so the step only has to resolve a gap of that size. True: the slope is ``⟨ours, v⟩`` (the graph is the
     gradient of its own function; PyTorch's float64 model, whose weights differ in rounding (e.g. a folded BatchNorm),
     lies across a kink from it: a ReLU input or a max-pool near-tie within ~1e-7). False: the slope is ``⟨ref, v⟩``
-    (the graph is wrong). None: neither (unsettled).
+    (the graph is wrong). None: neither (unsettled). ``objective``: the differentiated quantity (class or unit path).
     """
     tap = _source_of(output)[0]  # type: ignore[index]
-    after, frozen = cut_after(explainer, tap, [contract.SCORES, contract.TARGET_USED])
-    values = _frozen_values(explainer, [tap, *(f for f in frozen if f not in feeds), contract.TARGET_USED], feeds)
+    after, frozen = cut_after(explainer, tap, objective.reads, objective.fed)
+    wanted = [tap, *(f for f in frozen if f not in feeds), *objective.reads]
+    values = {**_frozen_values(explainer, list(dict.fromkeys(wanted)), feeds), **feeds}
     at = values[tap]
-    fixed = {f: feeds[f] if f in feeds else values[f] for f in frozen}
-    used = values[contract.TARGET_USED]
+    fixed = {f: values[f] for f in frozen}
     difference = ours - ref
     v = difference / np.abs(difference).max() * max(float(np.abs(at).max()), 1e-30)
     a, b = float((ours * v).sum()), float((ref * v).sum())
@@ -157,11 +188,10 @@ def at_a_kink(
 
     run_after = float64_evaluator(after, OPS)
 
-    def objective(t: np.ndarray) -> np.ndarray:
-        out = run_after({tap: at + t[0] * v[None], **fixed})
-        return picked_scores(out[contract.SCORES], used)
+    def along(t: np.ndarray) -> np.ndarray:
+        return objective(run_after({tap: at + t[0] * v[None], **fixed}), values, feeds)
 
-    slope = settled_slopes(objective, objective(np.zeros(1)), np.array([gap]), 1 / 8)[0]
+    slope = settled_slopes(along, along(np.zeros(1)), np.array([gap]), 1 / 8)[0]
     if abs(slope - a) <= gap / 4:
         return True
     if abs(slope - b) <= gap / 4:
@@ -186,6 +216,8 @@ def verify_torch(
     """The explainer graph in float64 (``onnx.reference``) vs float64 ``torch.autograd`` on random images, targets
     ``[-1, 0, K−1]``; raises when an output of an image differs by more than ``tolerance``. ``rules``: the input
     gradients the graph has (compared too). ``scores_from``, ``skipped``, ``layouts``: as :func:`torch_reference`.
+    A graph with a unit layer is checked again with a random unit seed per image (:class:`~.verify.Objective`):
+    its gradients vs autograd of ``Σ unit_seed ⊙ U`` (``U`` the unit module's output), entries ``… (unit path)``.
 
     Float64 on both sides; expect ~1e-7: the rest is the float32 weights the exporter folded (e.g. BatchNorm into
     Conv). That rounding moves the graph's function ~1e-7 from PyTorch's, and an image whose ReLU inputs or max-pool
@@ -199,59 +231,72 @@ def verify_torch(
     from .localize import first_wrong_node
 
     generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     model64 = copy.deepcopy(model).eval().double()
     with torch.no_grad():
         classes = _score_dims(pick(model64(torch.zeros(1, *input_shape, dtype=torch.float64)), scores_from))[0]
     pattern = [contract.TOP1, 0, classes - 1]
     errors: dict[str, list[float]] = {}
-    failed: list[tuple[str, dict[str, np.ndarray]]] = []
-    redrawn, kept = 0, 0
-    for _ in range(draws):
-        want = batch - kept
-        x = torch.randn(want, *input_shape, generator=generator, dtype=torch.float64)
-        target = np.array([pattern[(kept + i) % 3] for i in range(want)], np.int64)
-        ours = evaluate_float64_torch(explainer, {contract.INPUT: x.numpy(), contract.TARGET: target})
-        try:
-            ref = torch_reference(model64, layers, x, target, rules, scores_from, skipped, layouts)
-        except Exception as exc:  # a model that cannot run in float64 is a verdict, not a traceback
-            raise CouldNotVerify(
-                f"the float64 PyTorch reference failed: {type(exc).__name__}: {str(exc).strip().partition(chr(10))[0]}"[
-                    :300
-                ]
-            ) from None
-        for n in range(want):
-            feeds = {contract.INPUT: x[n : n + 1].numpy(), contract.TARGET: target[n : n + 1]}
-            errs = {k: relative_error(ours[k][n], v[n]) for k, v in ref.items() if k != contract.TARGET_USED}
-            top2 = np.sort(ref[contract.SCORES][n].reshape(classes, -1).sum(1))[-2:]
-            if ours[contract.TARGET_USED][n] != ref[contract.TARGET_USED][n]:
-                if top2[1] - top2[0] <= 1e-6 * np.abs(top2).max():  # a top-1 tie: the same kink, in the argmax
+    failed: dict[str, tuple[dict[str, np.ndarray], Objective]] = {}
+    redrawn = 0
+    for objective in objectives(explainer):
+        kept = 0
+        for _ in range(draws):
+            want = batch - kept
+            x = torch.randn(want, *input_shape, generator=generator, dtype=torch.float64)
+            target = np.array([pattern[(kept + i) % 3] for i in range(want)], np.int64)
+            feeds = {contract.INPUT: x.numpy(), contract.TARGET: target}
+            unit = None
+            if objective.unit is not None:
+                feeds[contract.UNIT_SEED] = unit_seeds(explainer, want, rng)
+                unit = (objective.unit.removeprefix(contract.ACTIVATION_PREFIX), feeds[contract.UNIT_SEED])
+            ours = evaluate_float64_torch(explainer, feeds)
+            try:
+                ref = torch_reference(model64, layers, x, target, rules, scores_from, skipped, layouts, unit)
+            except Exception as exc:  # a model that cannot run in float64 is a verdict, not a traceback
+                first = str(exc).strip().partition(chr(10))[0]
+                reason = f"the float64 PyTorch reference failed: {type(exc).__name__}: {first}"
+                raise CouldNotVerify(reason[:300]) from None
+            # the unit path: its gradients and the unit tensor (the scores and maps were checked on the class path)
+            checked = [
+                k
+                for k in ref
+                if k != contract.TARGET_USED and (objective.unit is None or _source_of(k) or k == objective.unit)
+            ]
+            for n in range(want):
+                one = {k: v[n : n + 1] for k, v in feeds.items()}
+                errs = {k: relative_error(ours[k][n], ref[k][n]) for k in checked}
+                if ours[contract.TARGET_USED][n] != ref[contract.TARGET_USED][n]:
+                    top2 = np.sort(ref[contract.SCORES][n].reshape(classes, -1).sum(1))[-2:]
+                    if top2[1] - top2[0] <= 1e-6 * np.abs(top2).max():  # a top-1 tie: the same kink, in the argmax
+                        redrawn += 1
+                        continue
+                    errs[contract.TARGET_USED] = 1.0
+                wrong = [k for k, e in errs.items() if e > tolerance]
+                standard = [k for k in wrong if (s := _source_of(k)) and s[1] == "standard"]
+                gradients_only = all(_source_of(k) for k in wrong)
+                if (
+                    standard
+                    and gradients_only
+                    and all(at_a_kink(explainer, k, ours[k][n], ref[k][n], one, objective) for k in standard)
+                ):
                     redrawn += 1
                     continue
-                errs[contract.TARGET_USED] = 1.0
-            wrong = [k for k, e in errs.items() if e > tolerance]
-            standard = [k for k in wrong if (s := _source_of(k)) and s[1] == "standard"]
-            gradients_only = all(_source_of(k) for k in wrong)
-            if (
-                standard
-                and gradients_only
-                and all(at_a_kink(explainer, k, ours[k][n], ref[k][n], feeds) for k in standard)
-            ):
-                redrawn += 1
-                continue
-            kept += 1
-            for k, e in errs.items():
-                errors.setdefault(k, []).append(e)
-            failed += [(k, feeds) for k in wrong]
-        if kept == batch:
-            break
-    if not errors:
-        raise CouldNotVerify(f"all {redrawn} verification images lie at a kink of the network")
+                kept += 1
+                for k, e in errs.items():
+                    errors.setdefault(k + objective.suffix, []).append(e)
+                for k in wrong:
+                    failed.setdefault(k + objective.suffix, (one, objective))
+            if kept == batch:
+                break
+        if not kept:
+            raise CouldNotVerify(f"all {redrawn} verification images lie at a kink of the network")
 
     def where(name: str) -> str:
-        feeds = next((f for k, f in failed if k == name), None)
-        source = _source_of(name)
-        if feeds is None or source is None:
+        source = _source_of(name.removesuffix(UNIT_PATH))
+        if name not in failed or source is None:
             return ""
-        return first_wrong_node(explainer, source[0], feeds, OPS, overrides(source[1]))
+        feeds, objective = failed[name]
+        return first_wrong_node(explainer, source[0], feeds, OPS, overrides(source[1]), objective.end)
 
     return check(Report({k: tuple(v) for k, v in errors.items()}, redrawn), tolerance, where)

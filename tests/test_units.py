@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from onnxcam_export.api import export_model
 from pytorch_grad_cam import GradCAM
-from small_models import export_gapnet
+from small_models import UnitNet, export_gapnet
 from torch import nn
 
 from onnxcam.cli import main
@@ -21,26 +21,6 @@ from onnxcam.targets import TargetError
 from onnxcam.units import parse_unit
 
 TOLERANCE = 1e-4  # relative: max |ours − autograd| / max |autograd|
-
-
-class UnitNet(nn.Module):
-    """Three conv blocks, global average pooling, an 8-unit embedding, 10 classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(16, 16, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.embed = nn.Linear(16, 8)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.embed(self.body(x).mean((2, 3)))))
 
 
 def _export(path: Path, layers: list[str], unit_layer: str) -> tuple[Explainer, UnitNet, Path]:
