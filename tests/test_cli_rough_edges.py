@@ -1,0 +1,124 @@
+"""What a new user ran into with today's features, each now one line and an exit status: per-input pointing-game
+boxes across batches, a unit target's per-image line, non-finite option values (a NaN map before), picture outputs
+the commands cannot write (a traceback after the work before), onnxruntime's warnings during an --in-graph export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from skimage import data as skdata
+from small_models import export_gapnet
+
+from onnxcam.cli import main
+from onnxcam.cli.evaluate_cmd import image_line
+from onnxcam.methods.options import check_options
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_gapnet(tmp_path_factory.mktemp("edges") / "gapnet.onnx", input_gradients=("standard",))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name in ("chelsea", "coffee", "rocket"):
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(getattr(skdata, name)(), (48, 40)), cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def pointing(model: Path, photos: list[Path], out: Path, *extra: object) -> Result:
+    return run("evaluate", model, *photos, "-o", out, "--metric", "pointing_game", "-q", *extra)
+
+
+def test_per_input_boxes_follow_the_inputs_across_batches(model: Path, photos: list[Path], tmp_path: Path) -> None:
+    # the whole input (always a hit), a 1-pixel corner and the opposite corner at tolerance 0 (hits only there)
+    boxes = "0,0,31,31,0,0,0,0,31,31,31,31"
+    values = {}
+    for size in (3, 1, 2):
+        out = tmp_path / f"b{size}"
+        result = pointing(model, photos, out, "--option", f"pointing_box={boxes}", "--option", "pointing_tolerance=0",
+                          "--batch-size", size)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        values[size] = [line["metrics"]["gradcam"]["pointing_game"] for line in lines]
+    assert values[1] == values[2] == values[3]  # batch 1 and 2 failed every batch before (4·N counted per batch)
+    assert values[3][0] == 1.0
+
+
+@pytest.mark.parametrize("box", [None, "0,0,31", "0,0,31,31,0,0,31,31"])
+def test_a_missing_or_misshapen_box_is_refused_before_any_image(
+    model: Path, photos: list[Path], tmp_path: Path, box: str | None
+) -> None:
+    extra = ["--option", f"pointing_box={box}"] if box else []
+    result = pointing(model, photos, tmp_path / "out", *extra)
+    assert result.exit_code == 2, result.output
+    assert "--option" in result.output and "4·3 = 12 numbers" in result.output
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_a_unit_target_line_shows_no_probability() -> None:
+    record = {"input": "cat.png", "label": "channel:3 of layer4", "class_index": -1, "probability": float("nan"),
+              "metrics": {"gradcam": {"sparseness": 0.5}}}  # fmt: skip
+    assert image_line(record) == "cat.png: channel:3 of layer4: gradcam sparseness=0.5000"
+    assert image_line({**record, "probability": None}) == image_line(record)
+    assert "(25.0%)" in image_line({**record, "probability": 0.25})
+
+
+NON_FINITE = [
+    ("occlusion", "baseline"),
+    ("lime", "baseline"),
+    ("integratedgradients", "baseline"),
+    ("smoothgrad", "noise"),
+]
+
+
+@pytest.mark.parametrize(("method", "option"), NON_FINITE)
+def test_non_finite_option_values_are_refused(method: str, option: str) -> None:
+    with pytest.raises(ValueError, match=f"option '{option}' must be finite numbers"):
+        check_options([method], [], {option: float("nan")})
+    with pytest.raises(ValueError, match="an array of shape \\(2, 3\\) with non-finite"):
+        check_options([method], [], {option: np.array([[0, 1, 2], [3, np.inf, 5]])})
+
+
+def test_cli_nan_baseline_exits_2_before_any_map(model: Path, photos: list[Path], tmp_path: Path) -> None:
+    result = run("explain", model, photos[0], "--method", "occlusion", "--option", "baseline=nan", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "option 'baseline' must be finite numbers" in result.output
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [("vis.xyz", "cannot write an image with .xyz"), ("noext", "with no extension"),
+     ("nodir/vis.png", "the folder")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", [["visualize", "--target", "1", "--steps", "1"], ["maps", "--filters"]])
+def test_picture_outputs_checked_before_the_work(model: Path, tmp_path: Path, command, name: str, says: str) -> None:
+    result = run(command[0], model, *command[1:], "-o", tmp_path / name)
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "'--out'" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--blur", "-1"), ("--lr", "0"), ("--l2", "1")])
+def test_visualize_ranges_name_the_option(model: Path, tmp_path: Path, option: str, value: str) -> None:
+    result = run("visualize", model, "--target", "1", option, value, "-o", tmp_path / "v.png")
+    assert result.exit_code == 2 and f"'{option}'" in result.output
+    assert not (tmp_path / "v.png").exists()
+
+
+def test_in_graph_export_prints_no_onnxruntime_warnings(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    export_gapnet(tmp_path / "cam.onnx", in_graph=["gradcam"], verify=False)
+    assert "W:onnxruntime" not in capfd.readouterr().err
