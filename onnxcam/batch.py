@@ -265,6 +265,10 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
     for name in methods:
         check_graph_supports(get_method(name), explainer, layers)
     metrics = resolve_metric_names(options.metrics)
+    if metrics:
+        from .metrics.job import check_metric_scores
+
+        check_metric_scores(metrics, explainer, target)
     try:
         method_options = check_options(methods, metrics, options.method_options, explainer.preprocess.input_size)
     except ValueError as exc:

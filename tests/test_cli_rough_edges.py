@@ -122,3 +122,25 @@ def test_visualize_ranges_name_the_option(model: Path, tmp_path: Path, option: s
 def test_in_graph_export_prints_no_onnxruntime_warnings(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     export_gapnet(tmp_path / "cam.onnx", in_graph=["gradcam"], verify=False)
     assert "W:onnxruntime" not in capfd.readouterr().err
+
+
+def test_probability_metrics_of_raw_scores_are_refused_before_any_image(tmp_path: Path) -> None:
+    """A regression head's raw scores (and a unit target's values) have no probabilities: deletion, insertion and
+    average_drop were tried per image and failed each with advice (metric_score=logit) that does not apply."""
+    from onnxcam_export.api import export_model
+    from small_models import GapNet
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = tmp_path / "raw.onnx"
+    export_model(GapNet().eval(), model, ["body.3"], (32, 32), exporter="torchscript", log=lambda _: None,
+                 scores_kind="raw", verify=False)  # fmt: skip
+    image = tmp_path / "grey.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 128, np.uint8))
+    for command in ("evaluate", "explain"):
+        result = run(command, model, image, "-o", tmp_path / command, "--metric", "sparseness,insertion,average_drop")
+        assert result.exit_code == 2, result.output
+        assert "insertion, average_drop score the target's probability" in result.output
+        assert "raw.onnx (raw scores)" in result.output and "sparseness" in result.output
+    good = run("evaluate", model, image, "-o", tmp_path / "ok", "--metric", "sparseness,confidence_change")
+    assert good.exit_code == 0, good.output

@@ -50,8 +50,8 @@ from ..methods import get_method
 from ..methods.options import check_options
 from ..outputs import JsonLinesLog
 from ..targets import ClassSet, Target
-from ..units import metric_access
-from .base import get_metric, metric_options
+from ..units import UnitTarget, metric_access
+from .base import check_probabilities, get_metric, metric_options
 from .evaluate import evaluate_maps
 from .localisation import BOX
 
@@ -108,6 +108,7 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
         raise BatchUsageError("no metric given", "--metric")
     metrics = resolve_metric_names(options.metrics)
     target = resolve_class(options.target, explainer)
+    check_metric_scores(metrics, explainer, target)
     methods = resolve_methods(options.methods)
     for name in methods:
         check_graph_supports(get_method(name), explainer, layers)
@@ -116,6 +117,16 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
     except ValueError as exc:
         raise BatchUsageError(str(exc), "--option") from None
     return Plan(methods, metrics, target, layers, options.batch_size, checked)
+
+
+def check_metric_scores(metrics: Sequence[str], explainer: Explainer, target: Any) -> None:
+    """:func:`~onnxcam.metrics.base.check_probabilities` for ``target`` on ``explainer`` as
+    :class:`BatchUsageError` (``--metric``)."""
+    what = f"the unit target {target.name}" if isinstance(target, UnitTarget) else f"{explainer.path.name} (raw scores)"
+    try:
+        check_probabilities(metrics, metric_access(explainer, target)[1], what)
+    except ValueError as exc:
+        raise BatchUsageError(str(exc), "--metric") from None
 
 
 def base_record(path: Path, error: str | None, timings: dict[str, float]) -> dict[str, Any]:
