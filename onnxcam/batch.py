@@ -273,6 +273,13 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         method_options = check_options(methods, metrics, options.method_options, explainer.preprocess.input_size)
     except ValueError as exc:
         raise BatchUsageError(str(exc), "--option") from None
+    boxes = len(method_options.get("pointing_box", ())) if "pointing_game" in metrics else 4
+    if boxes != 4:  # batches, shards and resumed runs hold other images than the run's N: one box for all
+        raise BatchUsageError(
+            f"pointing_game needs pointing_box=x0,y0,x1,y1 (input pixels; one box for every image), got {boxes} "
+            "numbers; for one box per image use onnxcam evaluate",
+            "--option",
+        )
     if options.max_side is not None and options.max_side < 1:
         raise BatchUsageError(f"must be at least 1, got {options.max_side}", "--max-side")
     return Settings(

@@ -144,3 +144,20 @@ def test_probability_metrics_of_raw_scores_are_refused_before_any_image(tmp_path
         assert "raw.onnx (raw scores)" in result.output and "sparseness" in result.output
     good = run("evaluate", model, image, "-o", tmp_path / "ok", "--metric", "sparseness,confidence_change")
     assert good.exit_code == 0, good.output
+
+
+@pytest.mark.parametrize("box", [None, "0,0,31,31,0,0,31,31"])
+def test_explain_pointing_game_takes_one_box_checked_first(
+    model: Path, photos: list[Path], tmp_path: Path, box: str | None
+) -> None:
+    """explain failed every image ("inference failed") without a box, and counted 4·N per batch, not per run."""
+    extra = ["--option", f"pointing_box={box}"] if box else []
+    args = ["explain", model, *photos[:2], "--metric", "pointing_game", "-q", "--batch-size", "1"]
+    result = run(*args, *extra, "-o", tmp_path / "bad")
+    assert result.exit_code == 2, result.output
+    assert "one box for every image" in result.output and "onnxcam evaluate" in result.output
+    assert not (tmp_path / "bad" / "results.jsonl").exists()
+    good = run(*args, "--option", "pointing_box=0,0,31,31", "-o", tmp_path / "good")
+    assert good.exit_code == 0, good.output
+    lines = [json.loads(line) for line in (tmp_path / "good" / "results.jsonl").read_text().splitlines()]
+    assert [line["methods"]["gradcam"]["metrics"]["pointing_game"] for line in lines] == [1.0, 1.0]
