@@ -71,6 +71,7 @@ from .preprocess import preprocess
 from .providers import ProviderError
 from .scores import ScoresError
 from .targets import ClassSet, Target, TargetError
+from .units import UnitTarget
 from .visual import method_grid, overlay, with_caption
 
 RESULTS_FILE = "results.jsonl"
@@ -263,7 +264,7 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
             raise BatchUsageError(str(exc).partition(": ")[2], "--keep-size") from None
     methods = resolve_methods(options.methods)
     for name in methods:
-        check_graph_supports(get_method(name), explainer, layers)
+        check_graph_supports(get_method(name), explainer, layers, target)
     metrics = resolve_metric_names(options.metrics)
     if metrics:
         from .metrics.job import check_metric_scores
@@ -317,9 +318,12 @@ def check_takes_image_files(explainer: Explainer) -> None:
         raise BatchUsageError(refusal, "MODEL")
 
 
-def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str]) -> None:
-    """Refuse a method whose input gradients or head graphs the graph was exported without, and CAM on a layer not
-    followed by global average pooling and a linear layer (``--method``)."""
+def check_graph_supports(
+    method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str], target: object = None
+) -> None:
+    """Refuse a method whose input gradients or head graphs the graph was exported without, CAM on a layer not
+    followed by global average pooling and a linear layer, and a head-graph method for a unit ``target``
+    (``--method``)."""
     if isinstance(method, CamMethod) and method.needs_head_weights:
         check_linear_head(method.name, explainer, layers)
     if not isinstance(method, ModelMethod):
@@ -329,6 +333,12 @@ def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, 
         raise BatchUsageError(
             f"{method.name} needs the '{missing[0]}' input gradient, which this graph lacks; "
             f"re-export it with --input-gradient {missing[0]}",
+            "--method",
+        )
+    if method.needs_head and isinstance(target, UnitTarget):
+        raise BatchUsageError(
+            f"{method.name} runs head graphs, which end at the class scores, not at the unit {target.name}; "
+            "use scorecam, gradcam or another method",
             "--method",
         )
     headless = [layer for layer in layers if method.needs_head and layer not in explainer.metadata.heads]

@@ -258,6 +258,17 @@ def test_probability_metrics_of_a_unit_are_refused_before_any_image(conv_unit, t
     assert good.exit_code == 0, good.output
 
 
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_ablation_cam_of_a_unit_is_refused_before_any_image(conv_unit, tmp_path: Path, command: str) -> None:
+    """Was a per-image failure after the other methods had run (README: checked before the first image)."""
+    out = tmp_path / "out"
+    args = [command, str(conv_unit[2]), str(tmp_path / "none.png"), "--target", "channel:5", "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--method", "gradcam,ablationcam", "--metric", "sparseness"])
+    assert result.exit_code == 2, result.output
+    assert "ablationcam runs head graphs, which end at the class scores, not at the unit channel:5" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_float16_graph_unit_gradients_agree_with_float32(tmp_path: Path, batch: np.ndarray) -> None:
     import onnx
     from onnxcam_export.api import export_onnx_file

@@ -111,7 +111,7 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
     check_metric_scores(metrics, explainer, target)
     methods = resolve_methods(options.methods)
     for name in methods:
-        check_graph_supports(get_method(name), explainer, layers)
+        check_graph_supports(get_method(name), explainer, layers, target)
     try:
         checked = check_options(methods, metrics, options.options, explainer.preprocess.input_size)
     except ValueError as exc:
