@@ -161,3 +161,11 @@ def test_explain_pointing_game_takes_one_box_checked_first(
     assert good.exit_code == 0, good.output
     lines = [json.loads(line) for line in (tmp_path / "good" / "results.jsonl").read_text().splitlines()]
     assert [line["methods"]["gradcam"]["metrics"]["pointing_game"] for line in lines] == [1.0, 1.0]
+
+
+def test_no_probabilities_message_fits_a_unit_target() -> None:
+    """A unit target explains raw values on a graph whose scores are logits: "this graph's scores are raw" misled."""
+    from onnxcam.scores import RAW, ScoresError, probabilities
+
+    with pytest.raises(ScoresError, match=r"^raw values \(a regression or embedding head, or a unit target\) have no"):
+        probabilities(np.zeros((1, 3)), RAW)
