@@ -169,3 +169,10 @@ def test_no_probabilities_message_fits_a_unit_target() -> None:
 
     with pytest.raises(ScoresError, match=r"^raw values \(a regression or embedding head, or a unit target\) have no"):
         probabilities(np.zeros((1, 3)), RAW)
+
+
+@pytest.mark.parametrize(("methods", "says"), [("foo", "not an in-graph method"), ("eigencam", "needs an SVD")])
+def test_in_graph_method_refused_before_the_model_is_loaded(tmp_path: Path, methods: str, says: str) -> None:
+    """Was refused only after loading and tracing the model (a source that does not exist shows the order)."""
+    result = run("export", tmp_path / "absent.py:build", "--in-graph", methods, "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 1 and f"--in-graph {methods}: {says}" in result.output, result.output
