@@ -254,6 +254,8 @@ def test_probability_metrics_of_a_unit_are_refused_before_any_image(conv_unit, t
     assert result.exit_code == 2, result.output
     assert "deletion scores the target's probability, and the unit target channel:5 of body.3" in result.output
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+    mprt = CliRunner().invoke(main, [*args, "--metric", "sparseness,mprt_ssim"])  # was a per-image failure
+    assert mprt.exit_code == 2 and "mprt_ssim cannot score the unit target channel:5 of body.3" in mprt.output
     good = CliRunner().invoke(main, [*args, "--metric", "sparseness", "-q"])
     assert good.exit_code == 0, good.output
 

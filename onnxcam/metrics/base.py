@@ -30,13 +30,15 @@ class Metric:
 
     ``in_all``: ``--metric all`` includes it (not so for metrics needing what only the caller gives, e.g. the pointing
     game's object, or re-explaining with other weights, MPRT). ``probabilities``: it scores the target's probability
-    whatever the options, so raw values (a regression head, a unit target) cannot have it."""
+    whatever the options, so raw values (a regression head, a unit target) cannot have it. ``units``: it can score a
+    unit target (MPRT explains again with class seeds only)."""
 
     name: str
     family: Family
     higher_is_better: bool
     in_all: bool = True
     probabilities: bool = False
+    units: bool = True
 
 
 @dataclass(frozen=True)

@@ -120,9 +120,12 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
 
 
 def check_metric_scores(metrics: Sequence[str], explainer: Explainer, target: Any) -> None:
-    """:func:`~onnxcam.metrics.base.check_probabilities` for ``target`` on ``explainer`` as
-    :class:`BatchUsageError` (``--metric``)."""
+    """:func:`~onnxcam.metrics.base.check_probabilities` for ``target`` on ``explainer``, and no metric that cannot
+    score a unit (``Metric.units``) for a unit target, as :class:`BatchUsageError` (``--metric``)."""
     what = f"the unit target {target.name}" if isinstance(target, UnitTarget) else f"{explainer.path.name} (raw scores)"
+    refused = [m for m in metrics if isinstance(target, UnitTarget) and not get_metric(m).units]
+    if refused:
+        raise BatchUsageError(f"{', '.join(refused)} cannot score {what} yet: explain a class target", "--metric")
     try:
         check_probabilities(metrics, metric_access(explainer, target)[1], what)
     except ValueError as exc:

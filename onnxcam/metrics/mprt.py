@@ -192,5 +192,5 @@ def mprt_family(request: MetricRequest, names: frozenset[str]) -> dict[str, np.n
     return {name: {"mprt": last.spearman, "mprt_ssim": last.ssim}[name] for name in names}
 
 
-register(Metric("mprt", mprt_family, False, in_all=False))
-register(Metric("mprt_ssim", mprt_family, False, in_all=False))
+register(Metric("mprt", mprt_family, False, in_all=False, units=False))
+register(Metric("mprt_ssim", mprt_family, False, in_all=False, units=False))
