@@ -176,3 +176,8 @@ def test_in_graph_method_refused_before_the_model_is_loaded(tmp_path: Path, meth
     """Was refused only after loading and tracing the model (a source that does not exist shows the order)."""
     result = run("export", tmp_path / "absent.py:build", "--in-graph", methods, "-o", tmp_path / "m.onnx")
     assert result.exit_code == 1 and f"--in-graph {methods}: {says}" in result.output, result.output
+
+
+def test_maps_unknown_layer_names_the_option(model: Path, photos: list[Path], tmp_path: Path) -> None:
+    result = run("maps", model, photos[0], "--layer", "nope", "-o", tmp_path / "m.png")
+    assert result.exit_code == 2 and "Invalid value for --layer: 'nope' is not in this graph" in result.output

@@ -54,7 +54,9 @@ def maps(
                 raise click.UsageError("give an IMAGE (or --filters)")
             layer = layer or explainer.layers[0]
             if layer not in explainer.layers:
-                raise click.BadParameter(f"'{layer}' is not in this graph; it has: {', '.join(explainer.layers)}")
+                raise click.BadParameter(
+                    f"'{layer}' is not in this graph; it has: {', '.join(explainer.layers)}", param_hint="--layer"
+                )
             x = preprocess_batch([read_image(image)], explainer.preprocess)
             activations, gradients = layer_outputs(explainer, x, layer, target)
             grid, channels = feature_map_grid(activations, gradients, top, by)
