@@ -37,15 +37,18 @@ async function main() {
   });
   if (positionals.length !== 2) throw new Error("usage: explain.mjs MODEL.onnx IMAGE [--method M] [--out PREFIX]");
   const [modelPath, imagePath] = positionals;
+  const named = (path) => (error) => {
+    throw new Error(`${path}: ${error.message}`); // one line naming the input at fault
+  };
   const bytes = readFileSync(modelPath);
-  const session = await ort.InferenceSession.create(bytes, { logSeverityLevel: 3 }); // errors only
+  const session = await ort.InferenceSession.create(bytes, { logSeverityLevel: 3 }).catch(named(modelPath));
   const info = explainerInfo(readMetadata(bytes), session.outputNames);
   const method = values.method || info.methods[0];
   if (!info.methods.includes(method)) {
     throw new Error(`${modelPath} has no in-graph ${method}: it has ${info.methods.join(", ")}`);
   }
   const decoded = await sharp(imagePath).rotate().removeAlpha().toColourspace("srgb").raw();
-  const { data, info: size } = await decoded.toBuffer({ resolveWithObject: true });
+  const { data, info: size } = await decoded.toBuffer({ resolveWithObject: true }).catch(named(imagePath));
   const result = await explain(ort, session, info, data, size.width, size.height, method);
   if (values.out) {
     mkdirSync(dirname(values.out) || ".", { recursive: true });

@@ -482,6 +482,7 @@ def export_source(
     :func:`export_model`. A recipe's ``onnxcam_export_info`` may set ``channels``, ``channel_order``, ``value_scale``
     and ``input_layout`` too (the options win).
     """
+    in_graph = resolve_in_graph(in_graph)  # a method it cannot build is refused before the model is loaded
     preprocess = contract.Preprocess()
     value_scale = None if scale is None else inputs.parse_scale(scale)
     if sources.is_onnx(source):

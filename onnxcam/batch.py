@@ -71,6 +71,7 @@ from .preprocess import preprocess
 from .providers import ProviderError
 from .scores import ScoresError
 from .targets import ClassSet, Target, TargetError
+from .units import UnitTarget
 from .visual import method_grid, overlay, with_caption
 
 RESULTS_FILE = "results.jsonl"
@@ -266,12 +267,23 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
             raise BatchUsageError(str(exc).partition(": ")[2], "--keep-size") from None
     methods = resolve_methods(options.methods)
     for name in methods:
-        check_graph_supports(get_method(name), explainer, layers)
+        check_graph_supports(get_method(name), explainer, layers, target)
     metrics = resolve_metric_names(options.metrics)
+    if metrics:
+        from .metrics.job import check_metric_scores
+
+        check_metric_scores(metrics, explainer, target)
     try:
         method_options = check_options(methods, metrics, options.method_options, explainer.preprocess.input_size)
     except ValueError as exc:
         raise BatchUsageError(str(exc), "--option") from None
+    boxes = len(method_options.get("pointing_box", ())) if "pointing_game" in metrics else 4
+    if boxes != 4:  # batches, shards and resumed runs hold other images than the run's N: one box for all
+        raise BatchUsageError(
+            f"pointing_game needs pointing_box=x0,y0,x1,y1 (input pixels; one box for every image), got {boxes} "
+            "numbers; for one box per image use onnxcam evaluate",
+            "--option",
+        )
     if options.max_side is not None and options.max_side < 1:
         raise BatchUsageError(f"must be at least 1, got {options.max_side}", "--max-side")
     return Settings(
@@ -310,9 +322,12 @@ def check_takes_image_files(explainer: Explainer) -> None:
         raise BatchUsageError(refusal, "MODEL")
 
 
-def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str]) -> None:
-    """Refuse a method whose input gradients or head graphs the graph was exported without, and CAM on a layer not
-    followed by global average pooling and a linear layer (``--method``)."""
+def check_graph_supports(
+    method: CamMethod | ModelMethod, explainer: Explainer, layers: Sequence[str], target: object = None
+) -> None:
+    """Refuse a method whose input gradients or head graphs the graph was exported without, CAM on a layer not
+    followed by global average pooling and a linear layer, and a head-graph method for a unit ``target``
+    (``--method``)."""
     if isinstance(method, CamMethod) and method.needs_head_weights:
         check_linear_head(method.name, explainer, layers)
     if not isinstance(method, ModelMethod):
@@ -327,6 +342,12 @@ def check_graph_supports(method: CamMethod | ModelMethod, explainer: Explainer, 
     refusal = method.refusal(explainer, layers) if method.refusal is not None else None
     if refusal is not None:
         raise BatchUsageError(refusal, "--method")
+    if method.needs_head and isinstance(target, UnitTarget):
+        raise BatchUsageError(
+            f"{method.name} runs head graphs, which end at the class scores, not at the unit {target.name}; "
+            "use scorecam, gradcam or another method",
+            "--method",
+        )
     headless = [layer for layer in layers if method.needs_head and layer not in explainer.metadata.heads]
     if headless:
         raise BatchUsageError(

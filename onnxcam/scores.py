@@ -110,8 +110,8 @@ def probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
     if kind == PROBABILITIES:
         return np.asarray(scores, np.float64)
     raise ScoresError(
-        f"this graph's scores are {kind} (regression or embedding): they have no probabilities; "
-        "use the score itself (e.g. --option score=logit, --option metric_score=logit)"
+        f"{kind} values (a regression or embedding head, or a unit target) have no probabilities; "
+        "use the value itself (e.g. --option score=logit, --option metric_score=logit)"
     )
 
 

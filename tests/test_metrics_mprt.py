@@ -104,3 +104,18 @@ def test_pretrained_model_fails_no_sanity_check(demo: Explainer) -> None:  # noq
     curve = mprt_curve(demo, x, seed, "gradcam", steps=6, random_seed=0)
     assert curve[0].spearman[0] == 1.0 and curve[0].ssim[0] == pytest.approx(1.0, abs=1e-12)
     assert curve[-1].spearman[0] < 0.5 and curve[-1].ssim[0] < curve[0].ssim[0]
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_last_step_alone_equals_the_cascades_last(gapnet, steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metric explains twice, not once per layer (22× on ResNet-18), and gets the cascade's last step."""
+    explainer, x, seed = gapnet
+    whole = mprt_curve(explainer, x, seed, "gradcam", steps=steps, random_seed=1)
+    calls = []
+    explain = Explainer.explain_arrays
+    monkeypatch.setattr(Explainer, "explain_arrays", lambda *a, **k: calls.append(1) or explain(*a, **k))
+    last = mprt_curve(explainer, x, seed, "gradcam", steps=steps, random_seed=1, last_only=True)
+    assert len(calls) == 2 and len(whole) > 2  # the original maps and the randomised model's
+    assert len(last) == 1 and last[0].layer == whole[-1].layer
+    np.testing.assert_array_equal(last[0].spearman, whole[-1].spearman)
+    np.testing.assert_array_equal(last[0].ssim, whole[-1].ssim)

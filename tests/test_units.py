@@ -223,6 +223,34 @@ def test_metrics_score_the_unit(conv_unit: tuple[Explainer, UnitNet, Path], batc
     assert result.metrics["gradcam"]["confidence_change"] == pytest.approx(change.item(), abs=1e-5)
 
 
+def test_probability_metrics_of_a_unit_are_refused_before_any_image(conv_unit, tmp_path: Path) -> None:
+    """A unit's value has no probability: deletion was tried per image, failing with advice that did not apply."""
+    import cv2
+
+    image = tmp_path / "noise.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
+    args = ["evaluate", str(conv_unit[2]), str(image), "--target", "channel:5", "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--metric", "deletion,sparseness"])
+    assert result.exit_code == 2, result.output
+    assert "deletion scores the target's probability, and the unit target channel:5 of body.3" in result.output
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+    mprt = CliRunner().invoke(main, [*args, "--metric", "sparseness,mprt_ssim"])  # was a per-image failure
+    assert mprt.exit_code == 2 and "mprt_ssim cannot score the unit target channel:5 of body.3" in mprt.output
+    good = CliRunner().invoke(main, [*args, "--metric", "sparseness", "-q"])
+    assert good.exit_code == 0, good.output
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_ablation_cam_of_a_unit_is_refused_before_any_image(conv_unit, tmp_path: Path, command: str) -> None:
+    """Was a per-image failure after the other methods had run (README: checked before the first image)."""
+    out = tmp_path / "out"
+    args = [command, str(conv_unit[2]), str(tmp_path / "none.png"), "--target", "channel:5", "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--method", "gradcam,ablationcam", "--metric", "sparseness"])
+    assert result.exit_code == 2, result.output
+    assert "ablationcam runs head graphs, which end at the class scores, not at the unit channel:5" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_float16_graph_unit_gradients_agree_with_float32(tmp_path: Path, batch: np.ndarray) -> None:
     import onnx
     from onnxcam_export.api import export_onnx_file

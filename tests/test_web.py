@@ -223,6 +223,18 @@ def test_node_example_refuses_a_graph_without_maps(tmp_path: Path) -> None:
     )
 
 
+@requires("onnxruntime-node", "sharp")
+def test_node_example_errors_name_the_input(tmp_path: Path) -> None:
+    """onnxruntime's and sharp's messages ('protobuf parsing failed', 'unsupported image format') named no file."""
+    model = export_gapnet(tmp_path / "cam.onnx", in_graph=["gradcam"])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture\n")
+    for args, path in (([str(text), str(text)], text), ([str(model), str(text)], text)):
+        done = subprocess.run([NODE, "examples/explain.mjs", *args], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith(f"explain.mjs: {path}: ") and done.stderr.count("\n") == 1, done.stderr
+
+
 @requires("onnxruntime-web", "puppeteer-core", browser=True)
 def test_page_matches_python(small: Path, photos: dict[str, Path], server: str, tmp_path: Path) -> None:
     """The web page in headless Chromium (onnxruntime-web, WebAssembly) on a real photo, small net."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -114,7 +115,9 @@ def image_line(record: dict[str, Any]) -> str:
         )
         for method, scores in record["metrics"].items()
     )
-    return f"{record['input']}: {name} ({record['probability']:.1%}): {values}"
+    p = record["probability"]
+    shown = f" ({p:.1%})" if p is not None and math.isfinite(p) else ""  # a unit or raw score has none
+    return f"{record['input']}: {name}{shown}: {values}"
 
 
 class _Reporter:

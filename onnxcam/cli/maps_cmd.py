@@ -7,6 +7,7 @@ import click
 import cv2
 
 from .common import target_option
+from .image_out import check_image_out
 
 
 @click.command()
@@ -23,7 +24,15 @@ from .common import target_option
 )
 @target_option
 @click.option("--filters", is_flag=True, help="Show the first convolution's filters instead (needs the onnx package).")
-@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the PNG.")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    callback=check_image_out,
+    help="Where to write the PNG.",
+)
 def maps(
     model: str, image: str | None, layer: str | None, top: int, by: str, target: str, filters: bool, out: str
 ) -> None:
@@ -45,7 +54,9 @@ def maps(
                 raise click.UsageError("give an IMAGE (or --filters)")
             layer = layer or explainer.layers[0]
             if layer not in explainer.layers:
-                raise click.BadParameter(f"'{layer}' is not in this graph; it has: {', '.join(explainer.layers)}")
+                raise click.BadParameter(
+                    f"'{layer}' is not in this graph; it has: {', '.join(explainer.layers)}", param_hint="--layer"
+                )
             x = preprocess_batch([read_image(image)], explainer.preprocess)
             activations, gradients = layer_outputs(explainer, x, layer, target)
             grid, channels = feature_map_grid(activations, gradients, top, by)

@@ -7,6 +7,7 @@ import cv2
 
 from .. import progress
 from ..feature_vis import Settings
+from .image_out import check_image_out
 
 _DEFAULTS = Settings()
 
@@ -20,13 +21,35 @@ _DEFAULTS = Settings()
     "with --unit-layer a unit: channel:C, neuron:C,Y,X, unit:K.",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=_DEFAULTS.steps, show_default=True, help="Ascent steps.")
-@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Step size (per mean |gradient|).")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.lr,
+    show_default=True,
+    help="Step size (per mean |gradient|).",
+)
 @click.option("--jitter", type=click.IntRange(min=0), default=_DEFAULTS.jitter, show_default=True, help="Pixels.")
-@click.option("--l2", type=float, default=_DEFAULTS.l2, show_default=True, help="Decay towards grey per step.")
-@click.option("--blur", type=float, default=_DEFAULTS.blur_sigma, show_default=True, help="Gaussian blur sigma.")
+@click.option(
+    "--l2",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_DEFAULTS.l2,
+    show_default=True,
+    help="Decay towards grey per step.",
+)
+@click.option(
+    "--blur", type=click.FloatRange(min=0), default=_DEFAULTS.blur_sigma, show_default=True, help="Gaussian blur sigma."
+)
 @click.option("--blur-every", type=click.IntRange(min=0), default=_DEFAULTS.blur_every, show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Random seed (start image, jitter).")
-@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the PNG.")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    callback=check_image_out,
+    help="Where to write the PNG.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def visualize(
     model: str,

@@ -67,9 +67,12 @@ class MethodOption:
                 raise ValueError(f"option '{self.name}' must be an integer (a random seed), got {value!r}")
             return int(value)
         try:
-            return np.asarray(value, dtype=np.float32)
+            array = np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError):
             raise ValueError(f"option '{self.name}' must be a number or an array of numbers, got {value!r}") from None
+        if not np.isfinite(array).all():  # a NaN baseline or noise would give a NaN map
+            raise ValueError(f"option '{self.name}' must be finite numbers, got {_shown(value)}")
+        return array
 
     def read(self, request: MethodRequest) -> Any:
         """This option's value in ``request`` (an ``array`` comes broadcast to the input ``[N, C, H, W]``)."""
@@ -176,6 +179,11 @@ def _is_int(value: object, minimum: int) -> bool:
         return not isinstance(value, bool) and float(value).is_integer() and int(value) >= minimum  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return False
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message: itself when short, else its array's shape."""
+    return repr(value) if np.size(value) <= 4 else f"an array of shape {np.shape(value)} with non-finite values"
 
 
 def _float(value: object) -> float:

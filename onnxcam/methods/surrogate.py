@@ -35,7 +35,9 @@ KERNEL_WIDTH = MethodOption("kernel_width", "number", 0.25, "LIME: width of the 
 SEGMENTATION = MethodOption("segmentation", "choice", "slic", "superpixel algorithm", choices=SEGMENTATIONS)
 SEGMENTS = MethodOption("n_segments", "int", 50, "slic: approximate number of superpixels")
 COMPACTNESS = MethodOption("compactness", "number", 10.0, "slic: colour vs space balance", low=1e-6)
-SUPERPIXELS = MethodOption("superpixels", "tensor", None, "given labels [H, W] or [N, H, W] instead of segmenting")
+SUPERPIXELS = MethodOption(
+    "superpixels", "tensor", None, "given labels [H, W] or [N, H, W] instead of segmenting (Python only)"
+)
 BASELINE = MethodOption("baseline", "array", 0.0, "value of a hidden superpixel, in the preprocessed input's units")
 RANDOM_SEED = MethodOption("random_seed", "seed", 0, "seed of the coalitions (the same for every image)")
 SCORE = MethodOption("score", "choice", "probability", "explained score (logit for raw scores)", choices=SCORE_KINDS)

@@ -29,12 +29,16 @@ class Metric:
     """A registered metric: its ``name``, the ``family`` function computing it, and which direction is better.
 
     ``in_all``: ``--metric all`` includes it (not so for metrics needing what only the caller gives, e.g. the pointing
-    game's object, or re-explaining with other weights, MPRT)."""
+    game's object, or re-explaining with other weights, MPRT). ``probabilities``: it scores the target's probability
+    whatever the options, so raw values (a regression head, a unit target) cannot have it. ``units``: it can score a
+    unit target (MPRT explains again with class seeds only)."""
 
     name: str
     family: Family
     higher_is_better: bool
     in_all: bool = True
+    probabilities: bool = False
+    units: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,20 @@ def target_value(scores: np.ndarray, seed: np.ndarray, kind: str, scores_kind: s
 
 
 _REGISTRY: dict[str, Metric] = {}
+
+
+def check_probabilities(metrics: Sequence[str], scores_kind: str, what: str) -> None:
+    """ValueError naming the metrics that score probabilities when ``what`` (e.g. ``target 'channel:3'``) explains
+    ``raw`` values, which have none; checked before any image."""
+    from ..scores import RAW
+
+    wanting = [m for m in metrics if get_metric(m).probabilities]
+    if scores_kind == RAW and wanting:
+        others = ", ".join(m.name for m in _REGISTRY.values() if m.in_all and not m.probabilities)
+        raise ValueError(
+            f"{', '.join(wanting)} score{'s' if len(wanting) == 1 else ''} the target's probability, and {what} "
+            f"explains raw values, which have none; use {others}"
+        )
 
 
 def _key(name: str) -> str:

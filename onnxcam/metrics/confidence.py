@@ -42,4 +42,4 @@ for _name, _higher in (
     ("increase_in_confidence", True),
     ("average_drop", False),
 ):
-    register(Metric(_name, confidence_family, _higher))
+    register(Metric(_name, confidence_family, _higher, probabilities=_name == "average_drop"))

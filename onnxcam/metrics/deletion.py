@@ -76,5 +76,5 @@ def curve_family(request: MetricRequest, names: frozenset[str]) -> dict[str, np.
     return out
 
 
-register(Metric("deletion", curve_family, higher_is_better=False))
-register(Metric("insertion", curve_family, higher_is_better=True))
+register(Metric("deletion", curve_family, higher_is_better=False, probabilities=True))
+register(Metric("insertion", curve_family, higher_is_better=True, probabilities=True))

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,10 @@ from ..methods import get_method
 from ..methods.options import check_options
 from ..outputs import JsonLinesLog
 from ..targets import ClassSet, Target
-from ..units import metric_access
-from .base import get_metric, metric_options
+from ..units import UnitTarget, metric_access
+from .base import check_probabilities, get_metric, metric_options
 from .evaluate import evaluate_maps
+from .localisation import BOX
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -107,14 +108,28 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
         raise BatchUsageError("no metric given", "--metric")
     metrics = resolve_metric_names(options.metrics)
     target = resolve_class(options.target, explainer)
+    check_metric_scores(metrics, explainer, target)
     methods = resolve_methods(options.methods)
     for name in methods:
-        check_graph_supports(get_method(name), explainer, layers)
+        check_graph_supports(get_method(name), explainer, layers, target)
     try:
         checked = check_options(methods, metrics, options.options, explainer.preprocess.input_size)
     except ValueError as exc:
         raise BatchUsageError(str(exc), "--option") from None
     return Plan(methods, metrics, target, layers, options.batch_size, checked)
+
+
+def check_metric_scores(metrics: Sequence[str], explainer: Explainer, target: Any) -> None:
+    """:func:`~onnxcam.metrics.base.check_probabilities` for ``target`` on ``explainer``, and no metric that cannot
+    score a unit (``Metric.units``) for a unit target, as :class:`BatchUsageError` (``--metric``)."""
+    what = f"the unit target {target.name}" if isinstance(target, UnitTarget) else f"{explainer.path.name} (raw scores)"
+    refused = [m for m in metrics if isinstance(target, UnitTarget) and not get_metric(m).units]
+    if refused:
+        raise BatchUsageError(f"{', '.join(refused)} cannot score {what} yet: explain a class target", "--metric")
+    try:
+        check_probabilities(metrics, metric_access(explainer, target)[1], what)
+    except ValueError as exc:
+        raise BatchUsageError(str(exc), "--metric") from None
 
 
 def base_record(path: Path, error: str | None, timings: dict[str, float]) -> dict[str, Any]:
@@ -132,7 +147,9 @@ def base_record(path: Path, error: str | None, timings: dict[str, float]) -> dic
 
 
 def score_batch(explainer: Explainer, good: Sequence[Decoded], settings: Plan) -> tuple[list[dict[str, Any]], str]:
-    """Explain and score decoded images: ``(records, "")``, or ``([], cause)`` when the batch failed."""
+    """Explain and score decoded images: ``(records, "")``, or ``([], cause)`` when the batch failed.
+
+    ``settings.options`` are this batch's (:func:`batch_settings`)."""
     x = np.stack([d.x for d in good])
     started = time.perf_counter()
     metric_keys = {o.name for o in metric_options()}
@@ -166,9 +183,39 @@ def score_batch(explainer: Explainer, good: Sequence[Decoded], settings: Plan) -
     return records, ""
 
 
-def batch_records(explainer: Explainer, batch: Sequence[Decoded], settings: Plan) -> list[dict[str, Any]]:
-    """The records of one decoded batch, in input order: decode errors, a batch failure, or scored images."""
+def check_boxes(settings: Plan, total: int) -> None:
+    """``pointing_box`` holds one box for every image or one per input of the run (``4·total`` numbers); else
+    :class:`BatchUsageError` (``--option``), before any image is read."""
+    if "pointing_game" not in settings.metrics:
+        return
+    count = len(settings.options.get(BOX.name, ()))
+    if count not in (4, 4 * total):
+        raise BatchUsageError(
+            f"pointing_box needs x0,y0,x1,y1 (input pixels; one box for every image) or one box per input, "
+            f"4·{total} = {4 * total} numbers in input order; got {count}",
+            "--option",
+        )
+
+
+def batch_settings(settings: Plan, positions: Sequence[int], total: int) -> Plan:
+    """``settings`` for the inputs at ``positions`` (0-based, in the run's input order) of ``total``: per-input
+    ``pointing_box`` values cut to those inputs' boxes."""
+    box = settings.options.get(BOX.name, ())
+    if len(box) == 4 or len(box) != 4 * total:
+        return settings
+    mine = tuple(v for p in positions for v in box[4 * p : 4 * p + 4])
+    return replace(settings, options={**settings.options, BOX.name: mine})
+
+
+def batch_records(
+    explainer: Explainer, batch: Sequence[Decoded], settings: Plan, first: int = 0, total: int = 0
+) -> list[dict[str, Any]]:
+    """The records of one decoded batch, in input order: decode errors, a batch failure, or scored images.
+
+    ``first``: the position of the batch's first input in the run, of ``total`` inputs (per-input options)."""
     good = [d for d in batch if d.error is None]
+    positions = [first + i for i, d in enumerate(batch) if d.error is None]
+    settings = batch_settings(settings, positions, total)
     scored, cause = score_batch(explainer, good, settings) if good else ([], "")
     ok = iter(scored)
     records = []
@@ -223,6 +270,7 @@ def run_evaluation(
     out = prepare_out_dir(out_dir)
     started = time.perf_counter()
     jobs = [Job(item, str(item.path), {}) for item in expand_inputs(inputs, exclude=[out])]
+    check_boxes(settings, len(jobs))
     if on_start is not None:
         on_start(len(jobs))
     try:
@@ -231,12 +279,14 @@ def run_evaluation(
         raise BatchUsageError(f"cannot write {out / METRICS_FILE} ({exc.strerror or exc})", "--out") from None
     records: list[dict[str, Any]] = []
     with log, ThreadPoolExecutor(default_workers(), thread_name_prefix="onnxcam-decode") as pool:
+        first = 0
         for batch in decoded_batches(pool, jobs, settings.batch_size, explainer.preprocess):
-            for record in batch_records(explainer, batch, settings):
+            for record in batch_records(explainer, batch, settings, first, len(jobs)):
                 log.append(record)
                 records.append(record)
                 if on_result is not None:
                     on_result(record)
+            first += len(batch)
     ok = sum(r["status"] == "ok" for r in records)
     means = mean_table(records, settings.methods, settings.metrics)
     return EvaluationSummary(len(records), ok, len(records) - ok, time.perf_counter() - started, log.path, means)

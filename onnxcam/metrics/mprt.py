@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import progress
 from .base import Metric, MetricOption, MetricRequest, declare_option, register
 
 PARAMETRISED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -118,9 +119,11 @@ def mprt_curve(
     options: Mapping[str, Any] | None = None,
     steps: int = 0,
     random_seed: int = 0,
+    last_only: bool = False,
 ) -> list[CascadeStep]:
     """The cascade: step 0 (nothing randomised: ρ = SSIM = 1 for a deterministic method), then one step per layer
-    randomised from the top, ``steps`` of them (0: all). Explains the batch ``steps + 2`` times.
+    randomised from the top, ``steps`` of them (0: all). Explains the batch ``steps + 2`` times; with ``last_only``,
+    twice, returning only the last step (the same weights: one generator draws the whole cascade).
 
     ``explainer``: an :class:`onnxcam.Explainer`; ``x`` ``[N, C, H, W]`` preprocessed; ``seed`` ``[N, *S]`` the
     explained quantity's weights (one-hot of the class for class targets); ``method``, ``layers`` and ``options`` as
@@ -148,8 +151,12 @@ def mprt_curve(
     found = found[: steps or len(found)]
     # step 0 loads the file's own weights through the same override path: ρ = SSIM = 1 checks the machinery
     replaced = {n: w for layer in found for n, w in layer.weights.items()}
+    cascade = list(zip([None, *found], [{}, *randomised(found, random_seed)], strict=True))
+    if last_only:
+        cascade = [(found[-1], {n: w for _, weights in cascade for n, w in weights.items()})]
     curve = []
-    for layer, weights in zip([None, *found], [{}, *randomised(found, random_seed)], strict=True):
+    bar = progress.bar(len(cascade), f"mprt {name}", unit="step", leave=False)
+    for layer, weights in cascade:
         replaced.update(weights)
         model = Explainer(
             explainer.path, explainer.provider_choice, explainer.threads, explainer.preprocess, initializers=replaced
@@ -162,6 +169,8 @@ def mprt_curve(
                 np.array([ssim(a, b) for a, b in zip(original, maps, strict=True)]),
             )
         )
+        bar.update(1)
+    bar.close()
     return curve
 
 
@@ -178,9 +187,10 @@ def mprt_family(request: MetricRequest, names: frozenset[str]) -> dict[str, np.n
         request.options,
         request.option(LAYERS),
         request.option(RANDOM_SEED),
+        last_only=True,
     )[-1]
     return {name: {"mprt": last.spearman, "mprt_ssim": last.ssim}[name] for name in names}
 
 
-register(Metric("mprt", mprt_family, False, in_all=False))
-register(Metric("mprt_ssim", mprt_family, False, in_all=False))
+register(Metric("mprt", mprt_family, False, in_all=False, units=False))
+register(Metric("mprt_ssim", mprt_family, False, in_all=False, units=False))
