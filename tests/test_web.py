@@ -261,3 +261,14 @@ def test_node_example_explains_the_demo_model(demo: Path, photos: dict[str, Path
     assert json.loads(line.stdout)["class"] in CATS
     (python,) = Explainer(demo, provider="cpu").explain([read_image(photos["chelsea"])], methods=["gradcam"])
     np.testing.assert_allclose(np.load(tmp_path / "cat.npy"), python.maps["gradcam"], atol=1e-5)
+
+
+@requires("onnxruntime-web", "puppeteer-core", browser=True)
+def test_page_error_names_a_file_that_is_not_onnx(photos: dict[str, Path], server: str, tmp_path: Path) -> None:
+    """A file onnxruntime-web cannot parse is one line on the page naming that file, not onnxruntime's raw error."""
+    bogus = tmp_path / "notes.onnx"
+    bogus.write_bytes(b"not a protobuf at all")
+    node("web/drive.mjs", "--url", server, "--model", str(bogus), "--image", str(photos["chelsea"]),
+         "--out", str(tmp_path / "page.json"), "--chromium", CHROMIUM)  # fmt: skip
+    error = json.loads((tmp_path / "page.json").read_text())["error"]
+    assert error.startswith("notes.onnx: not an ONNX model") and "\n" not in error, error

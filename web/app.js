@@ -19,7 +19,12 @@ function status(text, error = false) {
 
 async function loadModel(bytes, name) {
   status(`loading ${name} …`);
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], logSeverityLevel: 3 });
+  let session;
+  try {
+    session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], logSeverityLevel: 3 });
+  } catch (error) {
+    throw new Error(`${name}: not an ONNX model onnxruntime-web can load (${String(error.message ?? error).split("\n")[0]})`);
+  }
   state.info = explainerInfo(readMetadata(bytes), session.outputNames);
   state.session = session;
   $("method").replaceChildren(...state.info.methods.map((m) => new Option(m, m)));
