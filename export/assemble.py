@@ -133,7 +133,7 @@ def build_explainer(
             )
             with_head.append(layer)
     if metadata.detection is not None:  # a detector: per-box seeds, one forward pass (:mod:`.box_gradients`)
-        parts.append(add_box_gradients(model, layers, shape))
+        parts.extend(add_box_gradients(model, layers, shape))
     for part in parts:
         gate(graph, part)
     _prune(graph)

@@ -29,6 +29,7 @@ from onnxcam.explainer import Explainer
 
 CLASSES = 3
 SIZE = 64
+BINS = 16  # DFL bins per box side
 TOLERANCE = 1e-4
 
 
@@ -36,16 +37,20 @@ class TinyYolo(nn.Module):
     """Anchor-free two-scale YOLO-style detector: output ``[N, 4 + K, A]`` (cx, cy, w, h in pixels; class σ).
 
     ``objectness``: a σ objectness row per anchor too, output transposed to ``[N, A, 5 + K]`` (YOLOv5/v7 layout).
+    ``dfl``: YOLOv8's box head instead: per anchor 4 × 16 bin logits, Softmax over the bins, a 1×1 conv with weights
+    ``0…15`` (:class:`Dfl`) giving the distances left, top, right, bottom in strides from the anchor point (cell
+    centre); box = ``(centre + (r − l)/2, (b − t)/2 …, l + r, t + b) × stride`` (Ultralytics ``dist2bbox``).
     """
 
-    def __init__(self, classes: int = CLASSES, objectness: bool = False) -> None:
+    def __init__(self, classes: int = CLASSES, objectness: bool = False, dfl: bool = False) -> None:
         super().__init__()
         self.objectness = objectness
         self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.SiLU())
         self.p3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 8×8, stride 8
         self.p4 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 4×4, stride 16
-        self.box = nn.ModuleList(nn.Conv2d(16, 4, 1) for _ in range(2))
+        self.box = nn.ModuleList(nn.Conv2d(16, 4 * BINS if dfl else 4, 1) for _ in range(2))
         self.cls = nn.ModuleList(nn.Conv2d(16, classes + objectness, 1) for _ in range(2))
+        self.dfl = Dfl() if dfl else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p3 = self.p3(self.backbone(x))
@@ -56,16 +61,39 @@ class TinyYolo(nn.Module):
             ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
             grid = torch.stack([xs, ys]).to(feature.dtype)[None]
             t = self.box[i](feature)
-            centre = (grid + t[:, :2].sigmoid()) * stride
-            size = t[:, 2:].clamp(-4, 4).exp() * stride * 2
+            if self.dfl is not None:
+                ltrb = self.dfl(t.flatten(2)).view(-1, 4, h, w)
+                centre = (grid + 0.5 + (ltrb[:, 2:] - ltrb[:, :2]) / 2) * stride
+                size = (ltrb[:, :2] + ltrb[:, 2:]) * stride
+            else:
+                centre = (grid + t[:, :2].sigmoid()) * stride
+                size = t[:, 2:].clamp(-4, 4).exp() * stride * 2
             out = torch.cat([centre, size, self.cls[i](feature).sigmoid()], 1)
             outs.append(out.flatten(2))
         out = torch.cat(outs, 2)
         return out.transpose(1, 2) if self.objectness else out
 
 
+class Dfl(nn.Module):
+    """Ultralytics' ``DFL``: ``[N, 4·16, A]`` bin logits → ``[N, 4, A]`` expected distances (Softmax over the 16
+    bins, then a frozen 1×1 conv with weights ``0…15``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(BINS, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(BINS, dtype=torch.float32).view(1, BINS, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape
+        return self.conv(x.view(b, 4, BINS, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
 def yolov5_model() -> TinyYolo:
     return TinyYolo(objectness=True)
+
+
+def dfl_model() -> TinyYolo:
+    return TinyYolo(dfl=True)
 
 
 def build(make: Callable[[], nn.Module]) -> nn.Module:
@@ -97,6 +125,11 @@ def _export(model: nn.Module, path: Path, layout: str | None, layers: list[str])
 @pytest.fixture(scope="module")
 def yolov8(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
     return _export(build(TinyYolo), tmp_path_factory.mktemp("det") / "v8.onnx", None, ["p3", "p4"])
+
+
+@pytest.fixture(scope="module")
+def dfl(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
+    return _export(build(dfl_model), tmp_path_factory.mktemp("det") / "dfl.onnx", "yolov8", ["p3", "p4"])
 
 
 @pytest.fixture(scope="module")
@@ -275,22 +308,22 @@ def test_explain_without_seed_on_a_detector_is_refused(yolov8, images) -> None:
 
 @pytest.mark.parametrize("fixture", ["yolov8", "yolov5"])
 def test_box_axis_backward_equals_autograd(fixture, images, request) -> None:
-    """One run, boxes of both images on the box axis (``box_rows``): each row's gradient = autograd of its box."""
-    from onnxcam import contract
+    """Boxes of both images on the box axis (``box_rows``), differentiated from the state saved by the forward pass
+    that found them (the box run's ``input`` is empty): each row's gradient = autograd of its box."""
+    from onnxcam.detection import box_gradients, forward_pass
 
     model, explainer, _ = request.getfixturevalue(fixture)
     layer = "p3"
     x = _x(explainer, images)
     detection = explainer.metadata.detection
-    scores = explainer.scores(x)
+    scores, _, state = forward_pass(explainer, x, [layer])
+    assert state, "the graph saves the box-axis backward's state"
     rows, seeds, boxes = [], [], []
     for n in range(len(x)):
         for box in detect(scores[n], detection, confidence=0.3, nms_iou=0.5)[:3]:
             rows.append(n), seeds.append(box_seed(scores[n], detection, box)), boxes.append(box)
     assert len(set(rows)) == 2
-    feeds = explainer._feeds(x, compute=(contract.BOX_SWITCH,))
-    feeds |= {contract.BOX_SEED: np.stack(seeds), contract.BOX_ROWS: np.array(rows, np.int64)}
-    (ours,) = explainer.graph.session.run([contract.box_gradient_name(layer)], feeds)
+    ours = box_gradients(explainer, x, state, np.stack(seeds), np.array(rows), [layer])[layer]
     for m, (n, box) in enumerate(zip(rows, boxes, strict=True)):
         if fixture == "yolov8":
             objective = lambda out, b=box: out[4 + b.class_index, b.anchor]  # noqa: E731
@@ -360,3 +393,59 @@ def test_output_after_nms_is_refused(tmp_path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     with pytest.raises(DetectionLayoutError, match=r"after NonMaxSuppression.*without NMS"):
         export_onnx_file(path, None, ["features"], log=lambda _: None)
+
+
+def test_graph_without_state_repeats_the_forward(yolov8, images, tmp_path) -> None:
+    """Without the saved state (graphs exported before it, or the fallback when the empty-input box run fails the
+    export check) the box run repeats the forward: still checked, same maps."""
+    import onnx
+    from onnxcam_export.box_gradients import box_state, check_box_gradients, drop_state
+
+    model = onnx.load(str(yolov8[2]))
+    assert box_state(model)
+    drop_state(model)
+    assert not box_state(model)
+    assert check_box_gradients(model, ["p3", "p4"]) is None
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "stateless.onnx"))
+    (found,) = Explainer(tmp_path / "stateless.onnx", provider="cpu").explain_detections(
+        list(images[:1]), confidence=0.3, nms_iou=0.5, one_forward=True
+    )
+    (reference,) = yolov8[1].explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5, one_forward=False)
+    assert np.abs(found.maps["gradcam"] - reference.maps["gradcam"]).max() <= TOLERANCE
+
+
+def test_dfl_box_head_gradients_equal_autograd(dfl, images) -> None:
+    """YOLOv8's DFL box head (Softmax over 4 × 16 bins, 1×1 conv with weights 0…15): exported and verified; for kept
+    boxes the gradient of the class score and of the decoded box (``Σ cx, cy, w, h`` of its anchor: through the DFL)
+    equals autograd, per seeded row and on the box axis from the saved state."""
+    from onnxcam.detection import box_gradients, forward_pass
+
+    model, explainer, _ = dfl
+    x = _x(explainer, images)
+    with torch.no_grad():
+        assert np.abs(explainer.scores(x) - model(torch.from_numpy(x)).flatten(1).numpy()).max() <= 1e-3
+    scores, _, state = forward_pass(explainer, x[:1], ["p3", "p4"])
+    assert state
+    detection = explainer.metadata.detection
+    boxes = detect(scores[0], detection, confidence=0.3, nms_iou=0.5)[:3]
+    assert boxes
+    seeds, objectives = [], []
+    for box in boxes:
+        coordinates = np.zeros(detection.shape, np.float32)
+        coordinates[:4, box.anchor] = 1.0
+        seeds += [box_seed(scores[0], detection, box), coordinates.reshape(-1)]
+        objectives += [
+            lambda out, b=box: out[4 + b.class_index, b.anchor],
+            lambda out, b=box: out[:4, b.anchor].sum(),
+        ]
+    rows = np.zeros(len(seeds), np.int64)
+    on_axis = box_gradients(explainer, x[:1], state, np.stack(seeds), rows, ["p3", "p4"])
+    per_row = explainer.run(x[rows], np.full(len(rows), -1), np.stack(seeds)).gradients
+    worst = 0.0
+    for m, objective in enumerate(objectives):
+        ref = _torch_grads(model, ["p3", "p4"], x[:1], objective)
+        for layer in ("p3", "p4"):
+            worst = max(worst, _relative(on_axis[layer][m], ref[layer]), _relative(per_row[layer][m], ref[layer]))
+    assert worst <= TOLERANCE
+    assert any(np.abs(ref[layer]).max() > 0 for layer in ("p3", "p4"))
