@@ -279,25 +279,30 @@ def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_pat
     assert f"detector: layout yolov8, raw output [N, {4 + CLASSES}, 80]" in info.output
 
 
-def test_default_layer_is_the_neck_map_feeding_the_head(yolov8, images, tmp_path) -> None:
-    """No layer given: the map read by both the box and the class branch (``p4``), not a head-internal tensor —
-    from PyTorch (module name) and from a plain ONNX file (its tensor, compared with PyTorch's ``p4`` output)."""
+def test_default_layers_are_the_neck_scales(yolov8, images, tmp_path) -> None:
+    """No layer given: the maps read by both the box and the class branch of each scale (``p3``, also read by the
+    conv making ``p4``, and ``p4``), not a head-internal tensor nor a backbone map — from PyTorch (module names) and
+    from a plain ONNX file (its tensors, compared with PyTorch's ``p3`` and ``p4`` outputs)."""
     from onnxcam_export.api import export_onnx_file
-    from onnxcam_export.detection_layers import torch_detector_layer
+    from onnxcam_export.detection_layers import torch_detector_layers
 
     model = build(TinyYolo)
-    assert torch_detector_layer(model, (3, SIZE, SIZE), None, None, None) == "p4"
-    assert torch_detector_layer(model, (3, SIZE, SIZE), None, "classify", None) is None
+    assert torch_detector_layers(model, (3, SIZE, SIZE), None, None, None) == ["p3", "p4"]
+    assert torch_detector_layers(model, (3, SIZE, SIZE), None, "classify", None) == []
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), opset_version=17, dynamo=False)
-    export_onnx_file(path, tmp_path / "e.onnx", log=lambda _: None)
+    lines: list[str] = []
+    export_onnx_file(path, tmp_path / "e.onnx", log=lines.append)
+    assert any("the neck's scales" in line for line in lines)
     explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
-    (layer,) = explainer.layers
+    assert len(explainer.layers) == 2
     x = _x(explainer, images[:1])
-    ours = explainer.run(x, np.array([-1])).activations[layer]
+    ours = explainer.run(x, np.array([-1]), np.ones((1, *explainer.score_shape), np.float32)).activations
     with torch.no_grad():
-        p4 = model.p4(model.p3(model.backbone(torch.from_numpy(x))))
-    assert np.abs(ours - p4.numpy()).max() <= 1e-5
+        p3 = model.p3(model.backbone(torch.from_numpy(x)))
+        p4 = model.p4(p3)
+    for layer, reference in zip(explainer.layers, (p3, p4), strict=True):
+        assert np.abs(ours[layer] - reference.numpy()).max() <= 1e-5
 
 
 def test_explain_without_seed_on_a_detector_is_refused(yolov8, images) -> None:
