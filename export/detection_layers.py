@@ -12,9 +12,10 @@ branches that all lead to the output:
   downstream of another (a SiLU's ``x · σ(x)``, a residual add and a split-and-concat rejoin their own branch).
 
 A multi-scale head reads several such maps, one per scale (YOLOv8's P3, P4, P5; an FPN's levels): the defaults are
-all the forks with at least two *head branches* — readers from which no other fork can be reached (a neck map is also
-read by the next scale's downsampling conv, which leads to the next fork: that reader is not a head branch; a
-backbone map is read only by readers leading to later forks). Their maps are fused.
+all the forks with at least two *head branches* — readers from which only forks of the same spatial size are reached
+(a neck map is also read by the next scale's downsampling conv, which leads to a fork of another size: no head
+branch; a backbone map's readers lead to later scales) — less the forks inside a head branch of another one (a head's
+own tower). Their maps are fused.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ _PARTS = ("Shape", "Slice", "Split", "Gather")
 
 
 def onnx_forks(model: onnx.ModelProto) -> list[str]:
-    """The neck's scales of ``model``: 4-D tensors on the way to ``scores`` read by ≥ 2 mutually independent nodes,
-    at least two of which are head branches (no other such tensor downstream of them); graph order."""
+    """The neck's scales of ``model`` (:func:`_scales`) among the 4-D tensors on the way to ``scores`` read by ≥ 2
+    mutually independent nodes; graph order."""
     graph = model.graph
     needed = {contract.SCORES}
     for node in reversed(graph.node):
@@ -62,11 +63,23 @@ def onnx_forks(model: onnx.ModelProto) -> list[str]:
         for name in node.output
         if len(readers.get(name, ())) >= 2 and len(info.shape(name) or ()) == 4 and _independent(graph, readers[name])
     ]
-    return [
-        name
-        for name in forks
-        if sum(not (downstream(graph, list(r.output)) & (set(forks) - {name})) for r in readers[name]) >= 2
-    ]
+    size = {name: tuple(info.shape(name)[2:]) for name in forks}
+    reached = {(name, id(r)): downstream(graph, list(r.output)) & set(forks) for name in forks for r in readers[name]}
+    return _scales(
+        forks,
+        lambda f: [reached[f, id(r)] - {f} for r in readers[f]],
+        lambda f, g: size[f] == size[g],
+    )
+
+
+def _scales(forks: list, branches: Callable[[object], list[set]], same_size: Callable[[object, object], bool]) -> list:
+    """The forks with ≥ 2 head branches — readers from which only forks of the same size are reached (a neck map's
+    downsampling conv leads to the next scale: no head branch) — less those reached through a head branch of another
+    such fork (a head's own tower, e.g. FCOS's regression tower read by its box and centerness convs)."""
+    heads = {f: [b for b in branches(f) if all(same_size(f, g) for g in b)] for f in forks}
+    scales = [f for f in forks if len(heads[f]) >= 2]
+    inside = {g for f in scales for b in heads[f] for g in b}
+    return [f for f in scales if f not in inside]
 
 
 def _independent(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> bool:
@@ -80,8 +93,8 @@ def _independent(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> bool:
 
 def torch_forks(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
     """The neck's scales of ``model`` (``nn.Module``), for one blank input ``[1, *input_shape]``: the outermost names
-    of the 4-D module outputs read by ≥ 2 leaf modules, at least two of whose calls are head branches (no other such
-    output computed from theirs, by the autograd graph); call order."""
+    of the 4-D module outputs read by ≥ 2 leaf modules (:func:`_scales`; what is reached from a reader's output: the
+    autograd graph); call order."""
     import torch
 
     produced: list[tuple[str, torch.Tensor]] = []
@@ -113,12 +126,13 @@ def torch_forks(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> li
             handle.remove()
     forks = list({id(t): t for _, t in produced if len(reads.get(id(t), ())) >= 2}.values())
     history = {id(f): _history(f) for f in forks}
-
-    def branch(fork: torch.Tensor, out: torch.Tensor) -> bool:
-        return all(out.grad_fn not in history[id(g)] for g in forks if g is not fork)
-
-    scales = [f for f in forks if sum(branch(f, out) for out in calls.get(id(f), [])) >= 2]
-    return [min((n for n, t in produced if t is f), key=lambda n: (n.count("."), len(n))) for f in scales]
+    sizes = {id(f): tuple(f.shape[2:]) for f in forks}
+    scales = _scales(
+        [id(f) for f in forks],
+        lambda f: [{id(g) for g in forks if id(g) != f and out.grad_fn in history[id(g)]} for out in calls.get(f, [])],
+        lambda f, g: sizes[f] == sizes[g],
+    )
+    return [min((n for n, t in produced if id(t) == f), key=lambda n: (n.count("."), len(n))) for f in scales]
 
 
 def _history(tensor: torch.Tensor) -> set:

@@ -173,6 +173,7 @@ def explain_detections(
     layers: Sequence[str] | None = None,
     eigen_smooth: bool = False,
     one_forward: bool | None = None,
+    drise_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> list[Detections]:
     """Detect boxes in each image, then one map per box and method and, with ``eigencam``, one EigenCAM map per image.
@@ -181,11 +182,13 @@ def explain_detections(
     ``box_gradient:<layer>``; gradient CAMs only); ``False``: one seeded row per box, the image's forward repeated per
     box (any method, ``kwargs`` as :meth:`~onnxcam.explainer.Explainer.explain_arrays`); ``None``: the first when the
     graph has it and the methods allow it. Boxes per run: at most ``explainer.max_batch`` (one image at least).
+    The method ``drise`` (:mod:`onnxcam.detection_rise`, masked forwards only) takes ``drise_options`` (``masks``,
+    ``cells``, ``keep``, ``random_seed``, ``batch_size``); its maps are min-max normalised per box.
     """
     detection = explainer.metadata.detection
     if detection is None:
         raise ValueError("this explainer graph is not a detector's; export it with --task detect")
-    chosen = [get_method(m) for m in methods]
+    chosen = [get_method(m) for m in methods if m != "drise"]
     layers = list(layers or explainer.layers)
     usable = contract.BOX_SEED in explainer._optional and not kwargs
     usable = usable and all(isinstance(m, CamMethod) and not m.needs_head_weights for m in chosen)
@@ -201,6 +204,13 @@ def explain_detections(
         maps, eigen = _one_forward(explainer, x, seeds, chosen, layers, eigen_smooth, eigencam, *forward)
     else:
         maps, eigen = _per_box(explainer, x, seeds, chosen, layers, eigen_smooth, eigencam, **kwargs)
+    if "drise" in methods:
+        from .detection_rise import drise
+
+        for n, boxes in enumerate(found):
+            raw = drise(explainer.scores, x[n], scores[n], detection, boxes, **(drise_options or {}))
+            low, high = raw.min((1, 2), keepdims=True), raw.max((1, 2), keepdims=True)
+            maps[n]["drise"] = ((raw - low) / np.maximum(high - low, 1e-12)).astype(np.float32)
     return [
         Detections(boxes, maps[n], eigen[n] if eigencam else None, image.shape[:2])
         for n, (boxes, image) in enumerate(zip(found, decoded, strict=True))
@@ -301,7 +311,7 @@ def _one_forward(
     for group in _groups([len(s) for s in seeds], explainer.max_batch):
         rows = np.repeat(np.arange(len(group)), [len(seeds[n]) for n in group]).astype(np.int64)
         mine = {t: v[group] for t, v in state.items()}
-        if len(rows):
+        if len(rows) and methods:
             grads = box_gradients(explainer, x[group], mine, np.concatenate([seeds[n] for n in group]), rows, layers)
         acts = {la: activations[la][group] for la in layers}
         per_method = {

@@ -454,3 +454,83 @@ def test_dfl_box_head_gradients_equal_autograd(dfl, images) -> None:
             worst = max(worst, _relative(on_axis[layer][m], ref[layer]), _relative(per_row[layer][m], ref[layer]))
     assert worst <= TOLERANCE
     assert any(np.abs(ref[layer]).max() > 0 for layer in ("p3", "p4"))
+
+
+def test_drise_formula_on_a_tiny_detector() -> None:
+    """D-RISE weights recomputed here with loops: w_i = max_j IoU · cos(class vectors) · objectness (yolov5 layout:
+    the objectness row; yolov8: the best class score), S = Σ_i w_i M_i / (N p), on a toy numpy 'detector' whose two
+    anchors' boxes and scores depend on the masked image."""
+    from onnxcam.contract import Detection
+    from onnxcam.detection_rise import drise
+    from onnxcam.methods.rise import rise_masks
+
+    image = np.random.default_rng(1).random((1, 6, 6))
+
+    def forward(batch: np.ndarray) -> np.ndarray:  # [n, 1, 6, 6] → yolov5 [n, 2 anchors, 5 + 2 classes]
+        left, right = batch[:, 0, :, :3].mean((1, 2)), batch[:, 0, :, 3:].mean((1, 2))
+        rows = [
+            np.stack([1 + left, 2 + 0 * left, 2 + left, 3 + 0 * left, left, left, 1 - left], 1),
+            np.stack([4 + 0 * right, 3 + right, 2 + 0 * right, 2 + right, right, 1 - right, right], 1),
+        ]
+        return np.stack(rows, 1).reshape(len(batch), -1)
+
+    for layout in ("yolov5", "yolov8"):
+        detection = Detection("yolov5", (2, 7)) if layout == "yolov5" else Detection("yolov8", (6, 2))
+        fwd = forward if layout == "yolov5" else lambda b: _as_yolov8(forward(b))
+        scores = fwd(image[None])[0]
+        boxes = [Box((0.5, 1.0, 2.5, 3.0), 0, None, 0.5, 0), Box((3.0, 1.5, 5.0, 4.5), 1, None, 0.5, 1)]
+        ours = drise(fwd, image, scores, detection, boxes, masks=10, cells=2, keep=0.5, random_seed=3, batch_size=4)
+        grids, shifts = (np.random.default_rng(s) for s in np.random.SeedSequence(3).spawn(2))
+        masks = np.concatenate([rise_masks(n, (6, 6), 2, 0.5, grids, shifts) for n in (4, 4, 2)])
+        out = forward(image[None] * masks[:, None]).reshape(10, 2, 7)
+        own = forward(image[None]).reshape(2, 7)
+        for b, box in enumerate(boxes):
+            target = own[box.anchor, 5:]
+            expected = np.zeros((6, 6))
+            for i in range(10):
+                best = 0.0
+                for j in range(2):
+                    cx, cy, w, h = out[i, j, :4]
+                    corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                    iw = max(0.0, min(box.xyxy[2], corners[2]) - max(box.xyxy[0], corners[0]))
+                    ih = max(0.0, min(box.xyxy[3], corners[3]) - max(box.xyxy[1], corners[1]))
+                    inter = iw * ih
+                    union = (box.xyxy[2] - box.xyxy[0]) * (box.xyxy[3] - box.xyxy[1]) + w * h - inter
+                    vector = out[i, j, 5:] if layout == "yolov5" else out[i, j, 5:] * out[i, j, 4]
+                    reference = target if layout == "yolov5" else target * own[box.anchor, 4]
+                    cosine = vector @ reference / (np.linalg.norm(vector) * np.linalg.norm(reference))
+                    objectness = out[i, j, 4] if layout == "yolov5" else vector.max()
+                    best = max(best, inter / union * cosine * objectness)
+                expected += best * masks[i]
+            np.testing.assert_allclose(ours[b], expected / (10 * 0.5), rtol=1e-6, atol=1e-9)
+
+
+def _as_yolov8(flat: np.ndarray) -> np.ndarray:
+    """The toy yolov5 output ``[n, 2·7]`` as yolov8 ``[n, (4 + 2)·2]``: box, then objectness × class scores."""
+    per_anchor = flat.reshape(len(flat), 2, 7)
+    rows = np.concatenate([per_anchor[..., :4], per_anchor[..., 5:] * per_anchor[..., 4:5]], -1)
+    return rows.transpose(0, 2, 1).reshape(len(flat), -1)
+
+
+def test_drise_maps_are_reproducible(yolov8, images) -> None:
+    """explain_detections(methods=[…, "drise"]): one [0, 1] map per box; the same random_seed gives the same maps
+    (whatever the batch size), another seed other maps."""
+    explainer = yolov8[1]
+
+    def run(seed: int, batch: int):
+        (found,) = explainer.explain_detections(
+            list(images[:1]),
+            methods=["gradcam", "drise"],
+            confidence=0.3,
+            nms_iou=0.5,
+            eigencam=False,
+            drise_options={"masks": 48, "cells": 4, "random_seed": seed, "batch_size": batch},
+        )
+        return found
+
+    first = run(0, 16)
+    maps = first.maps["drise"]
+    assert maps.shape == (len(first.boxes), SIZE, SIZE) and len(first.boxes) > 0
+    assert maps.min() >= 0 and maps.max() <= 1 and first.maps["gradcam"].shape == maps.shape
+    np.testing.assert_array_equal(run(0, 48).maps["drise"], maps)
+    assert np.abs(run(1, 16).maps["drise"] - maps).max() > 1e-3
