@@ -534,3 +534,16 @@ def test_drise_maps_are_reproducible(yolov8, images) -> None:
     assert maps.min() >= 0 and maps.max() <= 1 and first.maps["gradcam"].shape == maps.shape
     np.testing.assert_array_equal(run(0, 48).maps["drise"], maps)
     assert np.abs(run(1, 16).maps["drise"] - maps).max() > 1e-3
+
+
+def test_cli_detect_drise(yolov8, images, tmp_path) -> None:
+    """`onnxcam detect --method gradcam,drise`: one map per box for each, D-RISE beside Grad-CAM."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), images[0][..., ::-1])
+    out = tmp_path / "out"
+    args = ["detect", str(yolov8[2]), str(tmp_path / "a.png"), "-o", str(out), "--method", "gradcam,drise"]
+    result = CliRunner().invoke(main, [*args, "--confidence", "0.3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    drise, gradcam = np.load(out / "a.boxes.drise.npy"), np.load(out / "a.boxes.gradcam.npy")
+    assert drise.shape == gradcam.shape and len(drise) > 0 and (out / "a.detect.drise.png").is_file()
