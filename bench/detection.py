@@ -87,7 +87,12 @@ def peer_rows(model: nn.Module, x: np.ndarray, counts: list[int], runs: int) -> 
 
             rows.append((f"pytorch-grad-cam GradCAM, {count} boxes (one call per box)", best_seconds(boxes, runs)))
     with EigenCAM(model=model, target_layers=[model.layer4]) as eigen:
-        rows.append(("pytorch-grad-cam EigenCAM, per image", best_seconds(lambda: eigen(input_tensor=tensor), runs)))
+        rows.append(
+            (
+                "pytorch-grad-cam EigenCAM, per image",
+                best_seconds(lambda: eigen(input_tensor=tensor, targets=None), runs),
+            )
+        )
     return rows
 
 
