@@ -19,7 +19,7 @@ from .assemble import build_explainer, score_shape
 from .autodiff.context import GradientError
 from .autodiff.graph_info import GraphInfo
 from .box_gradients import keep_if_exact
-from .detection_layers import detector_forward, torch_detector_layer
+from .detection_layers import SCALES_REASON, detector_forward, torch_detector_layers
 from .detection_output import as_detection
 from .errors import ExportError
 from .in_graph import add_cams, check_cams
@@ -135,13 +135,11 @@ def export_model(
         log(f"explaining the model's output '{chosen}'")
     calls = module_calls(model, input_shape)
     if not layers:
-        fork = torch_detector_layer(model, input_shape, chosen, task, detect_layout)
-        if fork:
-            layers, why = [fork], "the detector's last map read by several head branches"
-        else:
+        layers, why = torch_detector_layers(model, input_shape, chosen, task, detect_layout), SCALES_REASON
+        if not layers:
             name, _, why = choose_default(model, calls, input_size)
             layers = [name]
-        log(f"no --layer given: explaining '{layers[0]}' ({why})")
+        log(f"no --layer given: explaining {', '.join(map(repr, layers))} ({why})")
     layouts = resolve_layouts(model, calls, layers, input_size, layer_layout, layer_grid, prefix_tokens)
     del calls
     for layer, layout in layouts.items():

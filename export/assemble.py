@@ -151,7 +151,7 @@ def build_explainer(
             )
             with_head.append(layer)
     if metadata.detection is not None:  # a detector: per-box seeds, one forward pass (:mod:`.box_gradients`)
-        parts.append(add_box_gradients(model, layers, shape))
+        parts.extend(add_box_gradients(model, layers, shape))
     if metadata.detection is not None and (hvp or bias_gradients):
         raise ExportError("--hvp and --bias-gradients are for classifiers and dense outputs, not detectors")
     hvp_layers = [layer for layer in layers if raw[layer] == contract.activation_name(layer)] if hvp else []

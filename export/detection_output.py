@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 from onnxcam import contract
 
 from .assemble import OutputError
+from .box_gradients import freeze_reshapes
 
 TASKS = ("classify", "detect")
 
@@ -135,4 +136,5 @@ def as_detection(
     for out in graph.output:
         if out.name == contract.SCORES:
             out.type.tensor_type.ClearField("shape")
+    freeze_reshapes(model)  # the box run's empty batch (:mod:`.box_gradients`)
     return model, detection

@@ -32,7 +32,11 @@ Graph outputs
 
 Detectors (metadata ``onnxcam.detection``) also have a backward with a box axis, computed from one forward pass:
 inputs ``box_seed`` ``[M, *S]`` (one seed per box) and ``box_rows`` int64 ``[M]`` (the image of each box), output
-``box_gradient:<layer>`` ``[M, C, h, w]``, switched by ``compute:box_gradients`` (default false).
+``box_gradient:<layer>`` ``[M, C, h, w]``, switched by ``compute:box_gradients`` (default false). Optional (absent:
+that backward reads the forward of ``input`` run in the same call): outputs ``box_state:<t>`` (switched by
+``compute:box_state``) hold the forward tensors that backward reads, per image; fed back as inputs
+``box_state_in:<t>`` with an empty ``input`` ``[0, C, H, W]``, the boxes are differentiated without running the
+network again.
 
 Switches: the gradients, input gradients and heads are computed only when their boolean input says so (onnxruntime
 runs every node of a graph whatever outputs are requested, so each optional part sits in an ``If``):
@@ -83,6 +87,9 @@ BIAS_GRADIENT_PREFIX = "bias_gradient:"
 BIAS_SWITCH = SWITCH_PREFIX + "bias_gradients"
 HVP_PREFIX = "hvp:"
 HVP_SWITCH = SWITCH_PREFIX + "hvp"
+BOX_STATE_PREFIX = "box_state:"
+BOX_STATE_INPUT_PREFIX = "box_state_in:"
+BOX_STATE_SWITCH = SWITCH_PREFIX + "box_state"
 TOP1 = -1  # value of ``target`` that asks for the top-1 class; also ``target_used`` where a seed row was used
 
 #: ReLU backward rules of the input gradient: ``standard`` (the true gradient), ``guided`` (guided backpropagation,
@@ -149,6 +156,16 @@ def hvp_name(layer: str) -> str:
     """Graph output (``--hvp``, ShapleyCAM) ``hvp:<layer>``: ``H·A = ∂⟨∂y/∂A, v⟩/∂A`` at ``v = A`` (``v`` held
     constant), switched by ``compute:hvp``."""
     return HVP_PREFIX + layer
+
+
+def box_state_name(tensor: str) -> str:
+    """Graph output (detectors) holding the forward ``tensor`` the box-axis backward reads."""
+    return BOX_STATE_PREFIX + tensor
+
+
+def box_state_input_name(tensor: str) -> str:
+    """Graph input (detectors) taking :func:`box_state_name` ``(tensor)`` back, rows per image."""
+    return BOX_STATE_INPUT_PREFIX + tensor
 
 
 def switch_name(output: str) -> str:

@@ -173,6 +173,7 @@ def explain_detections(
     layers: Sequence[str] | None = None,
     eigen_smooth: bool = False,
     one_forward: bool | None = None,
+    drise_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> list[Detections]:
     """Detect boxes in each image, then one map per box and method and, with ``eigencam``, one EigenCAM map per image.
@@ -181,22 +182,35 @@ def explain_detections(
     ``box_gradient:<layer>``; gradient CAMs only); ``False``: one seeded row per box, the image's forward repeated per
     box (any method, ``kwargs`` as :meth:`~onnxcam.explainer.Explainer.explain_arrays`); ``None``: the first when the
     graph has it and the methods allow it. Boxes per run: at most ``explainer.max_batch`` (one image at least).
+    The method ``drise`` (:mod:`onnxcam.detection_rise`, masked forwards only) takes ``drise_options`` (``masks``,
+    ``cells``, ``keep``, ``random_seed``, ``batch_size``); its maps are min-max normalised per box.
     """
     detection = explainer.metadata.detection
     if detection is None:
         raise ValueError("this explainer graph is not a detector's; export it with --task detect")
-    chosen = [get_method(m) for m in methods]
-    decoded, x = explainer._decode(images)
-    scores = explainer.scores(x)
-    found = [detect(s, detection, confidence, nms_iou, max_boxes, explainer.labels) for s in scores]
-    seeds = [np.stack([box_seed(scores[n], detection, b, match_iou) for b in boxes]) for n, boxes in enumerate(found)]
-    seeds = [s if len(b) else np.zeros((0, scores.shape[1]), np.float32) for s, b in zip(seeds, found, strict=True)]
+    chosen = [get_method(m) for m in methods if m != "drise"]
+    layers = list(layers or explainer.layers)
     usable = contract.BOX_SEED in explainer._optional and not kwargs
     usable = usable and all(isinstance(m, CamMethod) and not m.needs_head_weights for m in chosen)
     if one_forward and not usable:
         raise ValueError("one_forward needs a graph exported with this onnxcam and gradient CAM methods only")
-    run = _one_forward if (usable if one_forward is None else one_forward) else _per_box
-    maps, eigen = run(explainer, x, seeds, chosen, list(layers or explainer.layers), eigen_smooth, eigencam, **kwargs)
+    one = usable if one_forward is None else one_forward
+    decoded, x = explainer._decode(images)
+    scores, *forward = forward_pass(explainer, x, layers) if one else (explainer.scores(x),)
+    found = [detect(s, detection, confidence, nms_iou, max_boxes, explainer.labels) for s in scores]
+    seeds = [np.stack([box_seed(scores[n], detection, b, match_iou) for b in boxes]) for n, boxes in enumerate(found)]
+    seeds = [s if len(b) else np.zeros((0, scores.shape[1]), np.float32) for s, b in zip(seeds, found, strict=True)]
+    if forward:
+        maps, eigen = _one_forward(explainer, x, seeds, chosen, layers, eigen_smooth, eigencam, *forward)
+    else:
+        maps, eigen = _per_box(explainer, x, seeds, chosen, layers, eigen_smooth, eigencam, **kwargs)
+    if "drise" in methods:
+        from .detection_rise import drise
+
+        for n, boxes in enumerate(found):
+            raw = drise(explainer.scores, x[n], scores[n], detection, boxes, **(drise_options or {}))
+            low, high = raw.min((1, 2), keepdims=True), raw.max((1, 2), keepdims=True)
+            maps[n]["drise"] = ((raw - low) / np.maximum(high - low, 1e-12)).astype(np.float32)
     return [
         Detections(boxes, maps[n], eigen[n] if eigencam else None, image.shape[:2])
         for n, (boxes, image) in enumerate(zip(found, decoded, strict=True))
@@ -231,6 +245,50 @@ def _per_box(
     return maps, [e.maps["eigencam"] for e in eigen] or [None] * len(x)
 
 
+def forward_pass(
+    explainer: Explainer, x: np.ndarray, layers: Sequence[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The forward pass that finds the boxes, in chunks of ``max_batch`` images: ``scores`` ``[N, D·A]``, the
+    activations of ``layers`` and the box-axis backward's state (``box_state:<t>`` by ``t``; empty for a graph
+    without it)."""
+    state = [o.name for o in explainer.graph.session.get_outputs() if o.name.startswith(contract.BOX_STATE_PREFIX)]
+    names = [contract.SCORES, *map(contract.activation_name, layers), *state]
+    on = (contract.BOX_STATE_SWITCH,)
+    parts = [
+        explainer.graph.session.run(names, explainer._feeds(x[i : i + explainer.max_batch], compute=on))
+        for i in range(0, len(x), explainer.max_batch)
+    ]
+    values = [np.concatenate(v) for v in zip(*parts, strict=True)]
+    acts = dict(zip(layers, values[1 : 1 + len(layers)], strict=True))
+    saved = dict(
+        zip((s.removeprefix(contract.BOX_STATE_PREFIX) for s in state), values[1 + len(layers) :], strict=True)
+    )
+    return values[0], acts, saved
+
+
+def box_gradients(
+    explainer: Explainer,
+    x: np.ndarray,
+    state: dict[str, np.ndarray],
+    seeds: np.ndarray,
+    rows: np.ndarray,
+    layers: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """``∂ Σ(seeds_m ⊙ scores_{rows[m]}) / ∂A`` ``[M, C, h, w]`` per layer, in one run of the box-axis backward.
+
+    ``x`` ``[N, C, H, W]`` and ``state`` (:func:`forward_pass`, the same images' rows): with a state the run feeds it
+    and an empty ``input``, so the network before the layers does not run again; without (older graphs) the run
+    repeats the forward of ``x``. ``seeds`` ``[M, D·A]``, ``rows`` int ``[M]`` (``M ≥ 1``) index ``x``.
+    """
+    images = np.zeros((0, *x.shape[1:]), np.float32) if state else x
+    feeds = explainer._feeds(images, compute=(contract.BOX_SWITCH,))
+    feeds |= {contract.box_state_input_name(t): v for t, v in state.items()}
+    feeds[contract.BOX_SEED] = np.ascontiguousarray(seeds, np.float32)
+    feeds[contract.BOX_ROWS] = np.asarray(rows, np.int64)
+    names = [contract.box_gradient_name(la) for la in layers]
+    return dict(zip(layers, explainer.graph.session.run(names, feeds), strict=True))
+
+
 def _one_forward(
     explainer: Explainer,
     x: np.ndarray,
@@ -239,26 +297,23 @@ def _one_forward(
     layers: list[str],
     eigen_smooth: bool,
     eigencam: bool,
+    activations: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
 ) -> tuple[Maps, list[np.ndarray | None]]:
-    """All boxes of a group of images from one forward pass: ``box_gradient:<layer>`` for the box rows, the CAMs
-    from the activations of each box's image; EigenCAM from the same activations. Groups hold at most
-    ``max_batch`` boxes (one image at least)."""
+    """All boxes of a group of images from the forward pass that found them: ``box_gradient:<layer>`` for the box
+    rows (the graph's state fed back, ``input`` empty: the network before the layers does not run again; a graph
+    without state reruns the group's forward), the CAMs from the activations of each box's image; EigenCAM from the
+    same activations. Groups hold at most ``max_batch`` boxes (one image at least)."""
     size = (x.shape[3], x.shape[2])
     eigen_method = get_method("eigencam")
-    names = [contract.activation_name(layer) for layer in layers] + [contract.box_gradient_name(la) for la in layers]
     maps: Maps = []
     eigen: list[np.ndarray | None] = []
     for group in _groups([len(s) for s in seeds], explainer.max_batch):
         rows = np.repeat(np.arange(len(group)), [len(seeds[n]) for n in group]).astype(np.int64)
-        feeds = explainer._feeds(x[group], compute=(contract.BOX_SWITCH,))
-        feeds[contract.BOX_SEED] = np.concatenate([seeds[n] for n in group]).astype(np.float32)
-        feeds[contract.BOX_ROWS] = rows
-        if not len(rows):  # no box: one all-zero seed row keeps every shape valid
-            feeds[contract.BOX_SEED] = np.zeros((1, seeds[0].shape[1]), np.float32)
-            feeds[contract.BOX_ROWS] = np.zeros(1, np.int64)
-        values = explainer.graph.session.run(names, feeds)
-        acts = dict(zip(layers, values[: len(layers)], strict=True))
-        grads = dict(zip(layers, values[len(layers) :], strict=True))
+        mine = {t: v[group] for t, v in state.items()}
+        if len(rows) and methods:
+            grads = box_gradients(explainer, x[group], mine, np.concatenate([seeds[n] for n in group]), rows, layers)
+        acts = {la: activations[la][group] for la in layers}
         per_method = {
             m.name: fuse([layer_map(m(acts[la][rows], grads[la], eigen_smooth=eigen_smooth), size) for la in layers])
             if len(rows)

@@ -29,6 +29,7 @@ from onnxcam.explainer import Explainer
 
 CLASSES = 3
 SIZE = 64
+BINS = 16  # DFL bins per box side
 TOLERANCE = 1e-4
 
 
@@ -36,16 +37,20 @@ class TinyYolo(nn.Module):
     """Anchor-free two-scale YOLO-style detector: output ``[N, 4 + K, A]`` (cx, cy, w, h in pixels; class σ).
 
     ``objectness``: a σ objectness row per anchor too, output transposed to ``[N, A, 5 + K]`` (YOLOv5/v7 layout).
+    ``dfl``: YOLOv8's box head instead: per anchor 4 × 16 bin logits, Softmax over the bins, a 1×1 conv with weights
+    ``0…15`` (:class:`Dfl`) giving the distances left, top, right, bottom in strides from the anchor point (cell
+    centre); box = ``(centre + (r − l)/2, (b − t)/2 …, l + r, t + b) × stride`` (Ultralytics ``dist2bbox``).
     """
 
-    def __init__(self, classes: int = CLASSES, objectness: bool = False) -> None:
+    def __init__(self, classes: int = CLASSES, objectness: bool = False, dfl: bool = False) -> None:
         super().__init__()
         self.objectness = objectness
         self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.SiLU())
         self.p3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 8×8, stride 8
         self.p4 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())  # 4×4, stride 16
-        self.box = nn.ModuleList(nn.Conv2d(16, 4, 1) for _ in range(2))
+        self.box = nn.ModuleList(nn.Conv2d(16, 4 * BINS if dfl else 4, 1) for _ in range(2))
         self.cls = nn.ModuleList(nn.Conv2d(16, classes + objectness, 1) for _ in range(2))
+        self.dfl = Dfl() if dfl else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p3 = self.p3(self.backbone(x))
@@ -56,16 +61,39 @@ class TinyYolo(nn.Module):
             ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
             grid = torch.stack([xs, ys]).to(feature.dtype)[None]
             t = self.box[i](feature)
-            centre = (grid + t[:, :2].sigmoid()) * stride
-            size = t[:, 2:].clamp(-4, 4).exp() * stride * 2
+            if self.dfl is not None:
+                ltrb = self.dfl(t.flatten(2)).view(-1, 4, h, w)
+                centre = (grid + 0.5 + (ltrb[:, 2:] - ltrb[:, :2]) / 2) * stride
+                size = (ltrb[:, :2] + ltrb[:, 2:]) * stride
+            else:
+                centre = (grid + t[:, :2].sigmoid()) * stride
+                size = t[:, 2:].clamp(-4, 4).exp() * stride * 2
             out = torch.cat([centre, size, self.cls[i](feature).sigmoid()], 1)
             outs.append(out.flatten(2))
         out = torch.cat(outs, 2)
         return out.transpose(1, 2) if self.objectness else out
 
 
+class Dfl(nn.Module):
+    """Ultralytics' ``DFL``: ``[N, 4·16, A]`` bin logits → ``[N, 4, A]`` expected distances (Softmax over the 16
+    bins, then a frozen 1×1 conv with weights ``0…15``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(BINS, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(BINS, dtype=torch.float32).view(1, BINS, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape
+        return self.conv(x.view(b, 4, BINS, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
 def yolov5_model() -> TinyYolo:
     return TinyYolo(objectness=True)
+
+
+def dfl_model() -> TinyYolo:
+    return TinyYolo(dfl=True)
 
 
 def build(make: Callable[[], nn.Module]) -> nn.Module:
@@ -97,6 +125,11 @@ def _export(model: nn.Module, path: Path, layout: str | None, layers: list[str])
 @pytest.fixture(scope="module")
 def yolov8(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
     return _export(build(TinyYolo), tmp_path_factory.mktemp("det") / "v8.onnx", None, ["p3", "p4"])
+
+
+@pytest.fixture(scope="module")
+def dfl(tmp_path_factory) -> tuple[nn.Module, Explainer, Path]:
+    return _export(build(dfl_model), tmp_path_factory.mktemp("det") / "dfl.onnx", "yolov8", ["p3", "p4"])
 
 
 @pytest.fixture(scope="module")
@@ -246,25 +279,30 @@ def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_pat
     assert f"detector: layout yolov8, raw output [N, {4 + CLASSES}, 80]" in info.output
 
 
-def test_default_layer_is_the_neck_map_feeding_the_head(yolov8, images, tmp_path) -> None:
-    """No layer given: the map read by both the box and the class branch (``p4``), not a head-internal tensor —
-    from PyTorch (module name) and from a plain ONNX file (its tensor, compared with PyTorch's ``p4`` output)."""
+def test_default_layers_are_the_neck_scales(yolov8, images, tmp_path) -> None:
+    """No layer given: the maps read by both the box and the class branch of each scale (``p3``, also read by the
+    conv making ``p4``, and ``p4``), not a head-internal tensor nor a backbone map — from PyTorch (module names) and
+    from a plain ONNX file (its tensors, compared with PyTorch's ``p3`` and ``p4`` outputs)."""
     from onnxcam_export.api import export_onnx_file
-    from onnxcam_export.detection_layers import torch_detector_layer
+    from onnxcam_export.detection_layers import torch_detector_layers
 
     model = build(TinyYolo)
-    assert torch_detector_layer(model, (3, SIZE, SIZE), None, None, None) == "p4"
-    assert torch_detector_layer(model, (3, SIZE, SIZE), None, "classify", None) is None
+    assert torch_detector_layers(model, (3, SIZE, SIZE), None, None, None) == ["p3", "p4"]
+    assert torch_detector_layers(model, (3, SIZE, SIZE), None, "classify", None) == []
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), opset_version=17, dynamo=False)
-    export_onnx_file(path, tmp_path / "e.onnx", log=lambda _: None)
+    lines: list[str] = []
+    export_onnx_file(path, tmp_path / "e.onnx", log=lines.append)
+    assert any("the neck's scales" in line for line in lines)
     explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
-    (layer,) = explainer.layers
+    assert len(explainer.layers) == 2
     x = _x(explainer, images[:1])
-    ours = explainer.run(x, np.array([-1])).activations[layer]
+    ours = explainer.run(x, np.array([-1]), np.ones((1, *explainer.score_shape), np.float32)).activations
     with torch.no_grad():
-        p4 = model.p4(model.p3(model.backbone(torch.from_numpy(x))))
-    assert np.abs(ours - p4.numpy()).max() <= 1e-5
+        p3 = model.p3(model.backbone(torch.from_numpy(x)))
+        p4 = model.p4(p3)
+    for layer, reference in zip(explainer.layers, (p3, p4), strict=True):
+        assert np.abs(ours[layer] - reference.numpy()).max() <= 1e-5
 
 
 def test_explain_without_seed_on_a_detector_is_refused(yolov8, images) -> None:
@@ -275,22 +313,22 @@ def test_explain_without_seed_on_a_detector_is_refused(yolov8, images) -> None:
 
 @pytest.mark.parametrize("fixture", ["yolov8", "yolov5"])
 def test_box_axis_backward_equals_autograd(fixture, images, request) -> None:
-    """One run, boxes of both images on the box axis (``box_rows``): each row's gradient = autograd of its box."""
-    from onnxcam import contract
+    """Boxes of both images on the box axis (``box_rows``), differentiated from the state saved by the forward pass
+    that found them (the box run's ``input`` is empty): each row's gradient = autograd of its box."""
+    from onnxcam.detection import box_gradients, forward_pass
 
     model, explainer, _ = request.getfixturevalue(fixture)
     layer = "p3"
     x = _x(explainer, images)
     detection = explainer.metadata.detection
-    scores = explainer.scores(x)
+    scores, _, state = forward_pass(explainer, x, [layer])
+    assert state, "the graph saves the box-axis backward's state"
     rows, seeds, boxes = [], [], []
     for n in range(len(x)):
         for box in detect(scores[n], detection, confidence=0.3, nms_iou=0.5)[:3]:
             rows.append(n), seeds.append(box_seed(scores[n], detection, box)), boxes.append(box)
     assert len(set(rows)) == 2
-    feeds = explainer._feeds(x, compute=(contract.BOX_SWITCH,))
-    feeds |= {contract.BOX_SEED: np.stack(seeds), contract.BOX_ROWS: np.array(rows, np.int64)}
-    (ours,) = explainer.graph.session.run([contract.box_gradient_name(layer)], feeds)
+    ours = box_gradients(explainer, x, state, np.stack(seeds), np.array(rows), [layer])[layer]
     for m, (n, box) in enumerate(zip(rows, boxes, strict=True)):
         if fixture == "yolov8":
             objective = lambda out, b=box: out[4 + b.class_index, b.anchor]  # noqa: E731
@@ -360,3 +398,152 @@ def test_output_after_nms_is_refused(tmp_path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     with pytest.raises(DetectionLayoutError, match=r"after NonMaxSuppression.*without NMS"):
         export_onnx_file(path, None, ["features"], log=lambda _: None)
+
+
+def test_graph_without_state_repeats_the_forward(yolov8, images, tmp_path) -> None:
+    """Without the saved state (graphs exported before it, or the fallback when the empty-input box run fails the
+    export check) the box run repeats the forward: still checked, same maps."""
+    import onnx
+    from onnxcam_export.box_gradients import box_state, check_box_gradients, drop_state
+
+    model = onnx.load(str(yolov8[2]))
+    assert box_state(model)
+    drop_state(model)
+    assert not box_state(model)
+    assert check_box_gradients(model, ["p3", "p4"]) is None
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "stateless.onnx"))
+    (found,) = Explainer(tmp_path / "stateless.onnx", provider="cpu").explain_detections(
+        list(images[:1]), confidence=0.3, nms_iou=0.5, one_forward=True
+    )
+    (reference,) = yolov8[1].explain_detections(list(images[:1]), confidence=0.3, nms_iou=0.5, one_forward=False)
+    assert np.abs(found.maps["gradcam"] - reference.maps["gradcam"]).max() <= TOLERANCE
+
+
+def test_dfl_box_head_gradients_equal_autograd(dfl, images) -> None:
+    """YOLOv8's DFL box head (Softmax over 4 × 16 bins, 1×1 conv with weights 0…15): exported and verified; for kept
+    boxes the gradient of the class score and of the decoded box (``Σ cx, cy, w, h`` of its anchor: through the DFL)
+    equals autograd, per seeded row and on the box axis from the saved state."""
+    from onnxcam.detection import box_gradients, forward_pass
+
+    model, explainer, _ = dfl
+    x = _x(explainer, images)
+    with torch.no_grad():
+        assert np.abs(explainer.scores(x) - model(torch.from_numpy(x)).flatten(1).numpy()).max() <= 1e-3
+    scores, _, state = forward_pass(explainer, x[:1], ["p3", "p4"])
+    assert state
+    detection = explainer.metadata.detection
+    boxes = detect(scores[0], detection, confidence=0.3, nms_iou=0.5)[:3]
+    assert boxes
+    seeds, objectives = [], []
+    for box in boxes:
+        coordinates = np.zeros(detection.shape, np.float32)
+        coordinates[:4, box.anchor] = 1.0
+        seeds += [box_seed(scores[0], detection, box), coordinates.reshape(-1)]
+        objectives += [
+            lambda out, b=box: out[4 + b.class_index, b.anchor],
+            lambda out, b=box: out[:4, b.anchor].sum(),
+        ]
+    rows = np.zeros(len(seeds), np.int64)
+    on_axis = box_gradients(explainer, x[:1], state, np.stack(seeds), rows, ["p3", "p4"])
+    per_row = explainer.run(x[rows], np.full(len(rows), -1), np.stack(seeds)).gradients
+    worst = 0.0
+    for m, objective in enumerate(objectives):
+        ref = _torch_grads(model, ["p3", "p4"], x[:1], objective)
+        for layer in ("p3", "p4"):
+            worst = max(worst, _relative(on_axis[layer][m], ref[layer]), _relative(per_row[layer][m], ref[layer]))
+    assert worst <= TOLERANCE
+    assert any(np.abs(ref[layer]).max() > 0 for layer in ("p3", "p4"))
+
+
+def test_drise_formula_on_a_tiny_detector() -> None:
+    """D-RISE weights recomputed here with loops: w_i = max_j IoU · cos(class vectors) · objectness (yolov5 layout:
+    the objectness row; yolov8: the best class score), S = Σ_i w_i M_i / (N p), on a toy numpy 'detector' whose two
+    anchors' boxes and scores depend on the masked image."""
+    from onnxcam.contract import Detection
+    from onnxcam.detection_rise import drise
+    from onnxcam.methods.rise import rise_masks
+
+    image = np.random.default_rng(1).random((1, 6, 6))
+
+    def forward(batch: np.ndarray) -> np.ndarray:  # [n, 1, 6, 6] → yolov5 [n, 2 anchors, 5 + 2 classes]
+        left, right = batch[:, 0, :, :3].mean((1, 2)), batch[:, 0, :, 3:].mean((1, 2))
+        rows = [
+            np.stack([1 + left, 2 + 0 * left, 2 + left, 3 + 0 * left, left, left, 1 - left], 1),
+            np.stack([4 + 0 * right, 3 + right, 2 + 0 * right, 2 + right, right, 1 - right, right], 1),
+        ]
+        return np.stack(rows, 1).reshape(len(batch), -1)
+
+    for layout in ("yolov5", "yolov8"):
+        detection = Detection("yolov5", (2, 7)) if layout == "yolov5" else Detection("yolov8", (6, 2))
+        fwd = forward if layout == "yolov5" else lambda b: _as_yolov8(forward(b))
+        scores = fwd(image[None])[0]
+        boxes = [Box((0.5, 1.0, 2.5, 3.0), 0, None, 0.5, 0), Box((3.0, 1.5, 5.0, 4.5), 1, None, 0.5, 1)]
+        ours = drise(fwd, image, scores, detection, boxes, masks=10, cells=2, keep=0.5, random_seed=3, batch_size=4)
+        grids, shifts = (np.random.default_rng(s) for s in np.random.SeedSequence(3).spawn(2))
+        masks = np.concatenate([rise_masks(n, (6, 6), 2, 0.5, grids, shifts) for n in (4, 4, 2)])
+        out = forward(image[None] * masks[:, None]).reshape(10, 2, 7)
+        own = forward(image[None]).reshape(2, 7)
+        for b, box in enumerate(boxes):
+            target = own[box.anchor, 5:]
+            expected = np.zeros((6, 6))
+            for i in range(10):
+                best = 0.0
+                for j in range(2):
+                    cx, cy, w, h = out[i, j, :4]
+                    corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                    iw = max(0.0, min(box.xyxy[2], corners[2]) - max(box.xyxy[0], corners[0]))
+                    ih = max(0.0, min(box.xyxy[3], corners[3]) - max(box.xyxy[1], corners[1]))
+                    inter = iw * ih
+                    union = (box.xyxy[2] - box.xyxy[0]) * (box.xyxy[3] - box.xyxy[1]) + w * h - inter
+                    vector = out[i, j, 5:] if layout == "yolov5" else out[i, j, 5:] * out[i, j, 4]
+                    reference = target if layout == "yolov5" else target * own[box.anchor, 4]
+                    cosine = vector @ reference / (np.linalg.norm(vector) * np.linalg.norm(reference))
+                    objectness = out[i, j, 4] if layout == "yolov5" else vector.max()
+                    best = max(best, inter / union * cosine * objectness)
+                expected += best * masks[i]
+            np.testing.assert_allclose(ours[b], expected / (10 * 0.5), rtol=1e-6, atol=1e-9)
+
+
+def _as_yolov8(flat: np.ndarray) -> np.ndarray:
+    """The toy yolov5 output ``[n, 2·7]`` as yolov8 ``[n, (4 + 2)·2]``: box, then objectness × class scores."""
+    per_anchor = flat.reshape(len(flat), 2, 7)
+    rows = np.concatenate([per_anchor[..., :4], per_anchor[..., 5:] * per_anchor[..., 4:5]], -1)
+    return rows.transpose(0, 2, 1).reshape(len(flat), -1)
+
+
+def test_drise_maps_are_reproducible(yolov8, images) -> None:
+    """explain_detections(methods=[…, "drise"]): one [0, 1] map per box; the same random_seed gives the same maps
+    (whatever the batch size), another seed other maps."""
+    explainer = yolov8[1]
+
+    def run(seed: int, batch: int):
+        (found,) = explainer.explain_detections(
+            list(images[:1]),
+            methods=["gradcam", "drise"],
+            confidence=0.3,
+            nms_iou=0.5,
+            eigencam=False,
+            drise_options={"masks": 48, "cells": 4, "random_seed": seed, "batch_size": batch},
+        )
+        return found
+
+    first = run(0, 16)
+    maps = first.maps["drise"]
+    assert maps.shape == (len(first.boxes), SIZE, SIZE) and len(first.boxes) > 0
+    assert maps.min() >= 0 and maps.max() <= 1 and first.maps["gradcam"].shape == maps.shape
+    np.testing.assert_array_equal(run(0, 48).maps["drise"], maps)
+    assert np.abs(run(1, 16).maps["drise"] - maps).max() > 1e-3
+
+
+def test_cli_detect_drise(yolov8, images, tmp_path) -> None:
+    """`onnxcam detect --method gradcam,drise`: one map per box for each, D-RISE beside Grad-CAM."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), images[0][..., ::-1])
+    out = tmp_path / "out"
+    args = ["detect", str(yolov8[2]), str(tmp_path / "a.png"), "-o", str(out), "--method", "gradcam,drise"]
+    result = CliRunner().invoke(main, [*args, "--confidence", "0.3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    drise, gradcam = np.load(out / "a.boxes.drise.npy"), np.load(out / "a.boxes.gradcam.npy")
+    assert drise.shape == gradcam.shape and len(drise) > 0 and (out / "a.detect.drise.png").is_file()

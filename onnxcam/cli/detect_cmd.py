@@ -102,14 +102,17 @@ def detect_images(
 def detect(model: str, inputs: tuple[str, ...], method: str, layers: tuple[str, ...], provider: str, **kw) -> None:
     """Explain a detector (an explainer graph exported with --task detect): each kept box gets its own map.
 
-    Boxes: the graph's raw output decoded, --confidence, then class-aware NMS (OpenCV). Writes per image
-    NAME.detect.METHOD.png, NAME.boxes.METHOD.npy, NAME.eigencam.png and a line in results.jsonl.
+    Boxes: the graph's raw output decoded, --confidence, then class-aware NMS (OpenCV). --method drise: D-RISE per
+    box (1000 masked forwards per image). Writes per image NAME.detect.METHOD.png, NAME.boxes.METHOD.npy,
+    NAME.eigencam.png and a line in results.jsonl.
     """
     try:
         explainer = open_explainer(model, provider)
         if explainer.metadata.detection is None:
             raise BatchUsageError("not a detector's explainer graph; export it with --task detect", "MODEL")
-        methods = resolve_methods(parse_list(method))
+        names = parse_list(method)
+        others = [n for n in names if n != "drise"]  # drise: per-box D-RISE (onnxcam.detection_rise), detectors only
+        methods = (*(resolve_methods(others) if others else ()), *(("drise",) if "drise" in names else ()))
     except BatchUsageError as exc:
         raise usage_error(exc) from None
     sys.exit(0 if detect_images(explainer, inputs, methods=methods, layers=layers or None, **kw) else 1)
