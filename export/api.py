@@ -30,6 +30,7 @@ from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
 from .switched_check import check_switched_parts
+from .unit_check import refuse_dead_unit_layer
 from .verify import Report, verify_finite_differences
 
 __all__ = ["ExportError", "export_model", "export_onnx_file", "export_source"]
@@ -288,6 +289,8 @@ def _build_check_save(
     report = check(explainer) if check else None
     if report is not None:
         log(f"verified against {reference}: {report.summary()}")
+    if extras.unit_layer:
+        refuse_dead_unit_layer(explainer, metadata, log)
     if extras.in_graph:
         add_cams(explainer, extras.in_graph, metadata)
         error = check_cams(explainer, replace(metadata, in_graph=extras.in_graph))

@@ -268,3 +268,20 @@ def test_float16_graph_unit_gradients_agree_with_float32(tmp_path: Path, batch: 
         seed = np.stack([parse_unit("channel:3", explainer.metadata.unit).seed] * 2)
         grads.append(explainer.run(batch, np.full(2, -1, np.int64), unit_seed=seed).gradients[relus[0]])
     assert _rel(grads[1], grads[0]) < 1e-2  # float16 rounding (measured 4.5e-4), the unit tensor cast to float32
+
+
+def test_unit_layer_before_every_explained_layer_is_refused_at_export(tmp_path: Path) -> None:
+    """Every explained layer after the unit layer: no unit depends on them, so export refuses in one line (nothing
+    written); with one layer before the unit layer the file is written and the later layer is named in a note."""
+    from onnxcam_export.api import ExportError
+
+    torch.manual_seed(0)
+    model = UnitNet().eval()
+    common = {"input_size": (32, 32), "exporter": "torchscript", "unit_layer": "body.1"}
+    with pytest.raises(ExportError, match=r"^--unit-layer body\.1: the explained layer\(s\) body\.5 lie after it") as e:
+        export_model(model, tmp_path / "dead.onnx", ["body.5"], log=lambda _: None, **common)
+    assert "\n" not in str(e.value) and not (tmp_path / "dead.onnx").exists()
+    log: list[str] = []
+    export_model(model, tmp_path / "mixed.onnx", ["body.0", "body.5"], log=log.append, **common)
+    assert (tmp_path / "mixed.onnx").exists()
+    assert any(line.startswith("note: body.5 lie(s) after the unit layer body.1") for line in log), log
