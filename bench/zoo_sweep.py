@@ -40,15 +40,15 @@ FIRST = (
     "densenet121",
     "efficientnet_v2_s",
     "inception_v3",
-    "resnext50_32x4d",
-    "wide_resnet50_2",
     "convnext_tiny",
     "swin_t",
-    "swin_v2_t",
-    "maxvit_t",
     "vit_b_32",
+    "swin_v2_t",
     "alexnet",
     "vgg11_bn",
+    "maxvit_t",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
 )
 #: Peak resident bytes per parameter of one export + float64 verification (float32 and float64 copies of the weights
 #: in PyTorch, the ONNX file, the explainer graph and two onnxruntime sessions): VGG-16, 138 M parameters, peaked at
