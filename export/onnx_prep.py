@@ -112,7 +112,8 @@ def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto 
 def default_tensor(model: onnx.ModelProto) -> str:
     """The last 4-D float tensor with more than one spatial position on the way to ``scores`` (in an int8 QDQ graph
     a dequantized one; integer tensors never); for a dense output ``[N, K, H, W]``, the last one before the class
-    maps (never the output, nor a map with its ``K`` channels)."""
+    maps (never the output, nor a map with its ``K`` channels). A pooled vector is skipped in either layout:
+    ``[N, C, 1, 1]`` and channels-last ``[N, 1, 1, C]`` (ConvNeXt's head LayerNorm)."""
     info = GraphInfo(model)
     out = info.shape(contract.SCORES) or ()
     dense = len(out) == 4 and not (isinstance(out[2], int) and isinstance(out[3], int) and out[2] * out[3] <= 1)
@@ -129,12 +130,18 @@ def default_tensor(model: onnx.ModelProto) -> str:
         and info.dtype(o).kind == "f"
         and (s := info.shape(o)) is not None
         and len(s) == 4
-        and not (isinstance(s[2], int) and isinstance(s[3], int) and s[2] * s[3] <= 1)
+        and not _single_position(s[2], s[3])
+        and not _single_position(s[1], s[2])
         and not (dense and (o == contract.SCORES or s[1] == classes))
     ]
     if not candidates:
         raise LayerError("<default>", [], "no 4-D feature map found on the way to the output; name one with --layer")
     return candidates[-1]
+
+
+def _single_position(h: int | str | None, w: int | str | None) -> bool:
+    """Whether static dims ``h × w`` hold at most one position."""
+    return isinstance(h, int) and isinstance(w, int) and h * w <= 1
 
 
 def _declared_shape(output: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:

@@ -107,6 +107,42 @@ def test_dense_output_onnx_verifies_with_a_default_layer_before_the_class_maps(t
     assert np.abs(g - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+class LayerNormHead(nn.Module):
+    """ConvNeXt's classifier: pooled maps permuted channels-last ``[N, 1, 1, C]`` for a LayerNorm, then back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.GELU())
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.body(x).mean((2, 3), keepdim=True)
+        return self.fc(self.norm(pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).flatten(1))
+
+
+def test_default_layer_of_an_onnx_source_skips_a_channels_last_pooled_vector(tmp_path: Path) -> None:
+    """The default layer is the last map before pooling, not the [N, 1, 1, C] LayerNorm output (which would be
+    refused as channels-last); its gradient is float64 autograd's."""
+    torch.manual_seed(0)
+    model = LayerNormHead().eval()
+    explainer, report = export_onnx_file(onnx_source(model, tmp_path / "ln.onnx"), None, None, **QUIET)
+    layer = next(o.name for o in explainer.graph.output if o.name.startswith(contract.ACTIVATION_PREFIX))
+    assert layer == "activation:/body/body.3/Mul_1_output_0"  # GELU's last node: the body's output [N, 16, 8, 8]
+    assert report is not None and report.worst < 1e-6
+    x = torch.randn(2, 3, 32, 32)
+    session = ort.InferenceSession(explainer.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"input": x.numpy(), "target": np.full(2, contract.TOP1)}
+    (g,) = session.run([contract.gradient_name(layer[len(contract.ACTIVATION_PREFIX) :])], feeds)
+    double = model.double()
+    a = double.body(x.double())
+    pooled = a.mean((2, 3), keepdim=True)
+    out = double.fc(double.norm(pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).flatten(1))
+    top = out.argmax(1)
+    ref = torch.autograd.grad(out[0, top[0]] + out[1, top[1]], a)[0].numpy()
+    assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def _gap_twice(ctx):  # a wrong GlobalAveragePool rule: forgets to divide by half of H·W
     grad = ctx.emit("Expand", ctx.grad(), ctx.shape_of(ctx.input(0)))
     return [ctx.emit("Div", grad, ctx.const(2.0, like=ctx.input(0)))]
