@@ -201,6 +201,7 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
     counts = parameter_counts()
     skipped = too_large(memory_gb)
     reached = {m for m, _ in done}
+    waiting = [m for m in models(memory_gb) if m not in reached]
     lines = [
         "# Model zoo sweep",
         "",
@@ -216,6 +217,8 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
         + _load_note(list(done.values()))
         + ". Timeouts there are contention, not hangs. Rows in run order: segmentation, one model per family, then "
         "classifiers by size. Rerun to fill in the rest (finished rows are skipped).",
+        "",
+        f"Not reached yet ({len(waiting)}): {', '.join(waiting) or 'none'}.",
         "",
         "| model | path | verdict | error / reason | seconds | peak GB |",
         "|---|---|---|---|---:|---:|",

@@ -113,7 +113,8 @@ def default_tensor(model: onnx.ModelProto) -> str:
     """The last 4-D float tensor with more than one spatial position on the way to ``scores`` (in an int8 QDQ graph
     a dequantized one; integer tensors never); for a dense output ``[N, K, H, W]``, the last one before the class
     maps (never the output, nor a map with its ``K`` channels). A pooled vector is skipped in either layout:
-    ``[N, C, 1, 1]`` and channels-last ``[N, 1, 1, C]`` (ConvNeXt's head LayerNorm)."""
+    ``[N, C, 1, 1]`` and channels-last ``[N, 1, 1, C]`` (ConvNeXt's head LayerNorm), and so is a tensor whose first
+    dim is static or whose batch ``N`` is not first (attention's ``[L, N, heads, d]`` in TorchScript exports of ViT)."""
     info = GraphInfo(model)
     out = info.shape(contract.SCORES) or ()
     dense = len(out) == 4 and not (isinstance(out[2], int) and isinstance(out[3], int) and out[2] * out[3] <= 1)
@@ -130,6 +131,8 @@ def default_tensor(model: onnx.ModelProto) -> str:
         and info.dtype(o).kind == "f"
         and (s := info.shape(o)) is not None
         and len(s) == 4
+        and not isinstance(s[0], int)
+        and "N" not in s[1:]
         and not _single_position(s[2], s[3])
         and not _single_position(s[1], s[2])
         and not (dense and (o == contract.SCORES or s[1] == classes))

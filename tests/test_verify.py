@@ -143,6 +143,49 @@ def test_default_layer_of_an_onnx_source_skips_a_channels_last_pooled_vector(tmp
     assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+class TinyViT(nn.Module):
+    """Patches by a strided conv, one two-head self-attention over the 4×4 tokens whose output ``[N, heads, L, d]``
+    is laid out ``[L, N, heads, d]`` before the mean over tokens (as torchvision's attention), a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 8, 8)
+        self.qkv = nn.Linear(16, 48)
+        self.fc = nn.Linear(16, 5)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, heads, L, d]`` attention output."""
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(tokens).reshape(-1, 16, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        return torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v
+
+    def head(self, heads: torch.Tensor) -> torch.Tensor:
+        return self.fc(heads.permute(2, 0, 1, 3).reshape(16, -1, 16).mean(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attend(x))
+
+
+def test_default_layer_of_an_onnx_source_has_the_batch_first(tmp_path: Path) -> None:
+    """The ``[L, N, heads, d]`` tensor (batch second; it crashed the finite differences) is never the default: the
+    default is the attention output ``[N, heads, L, d]`` before it, verified, its gradient float64 autograd's."""
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    explainer, report = export_onnx_file(onnx_source(model, tmp_path / "vit.onnx"), None, None, **QUIET)
+    assert report is not None and report.worst < 1e-4  # the export's tolerance (seen: 2e-6)
+    layer = next(o.name for o in explainer.graph.output if o.name.startswith(contract.ACTIVATION_PREFIX))
+    x = torch.randn(3, 3, 32, 32)
+    session = ort.InferenceSession(explainer.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"input": x.numpy(), "target": np.array([1, 4, 0])}
+    a, g = session.run([layer, contract.gradient_name(layer[len(contract.ACTIVATION_PREFIX) :])], feeds)
+    double = model.double()
+    heads = double.attend(x.double())
+    assert a.shape == heads.shape == (3, 2, 16, 8), (layer, a.shape)
+    out = double.head(heads)
+    ref = torch.autograd.grad(out[0, 1] + out[1, 4] + out[2, 0], heads)[0].numpy()
+    assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def _gap_twice(ctx):  # a wrong GlobalAveragePool rule: forgets to divide by half of H·W
     grad = ctx.emit("Expand", ctx.grad(), ctx.shape_of(ctx.input(0)))
     return [ctx.emit("Div", grad, ctx.const(2.0, like=ctx.input(0)))]
