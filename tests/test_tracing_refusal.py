@@ -1,0 +1,37 @@
+"""An exporter that refuses the model (TorchScript: adaptive average pooling to a size that does not divide the map,
+AlexNet below 224 px) is a one-line export error naming the exporter, the size and the way out, not a traceback; the
+other exporter gives the exact graph (verified against float64 autograd by the export itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from onnxcam_export.api import export_model
+from onnxcam_export.torch_capture import TracingError
+from torch import nn
+
+
+class UpPool(nn.Module):
+    """A 1×1 map pooled *up* to 3×3 (AlexNet's ``avgpool`` on a small input), then a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc = nn.Linear(36, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+def test_exporter_refusal_is_one_line(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    with pytest.raises(TracingError) as refused:
+        export_model(UpPool().eval(), tmp_path / "t.onnx", ["body.1"], (16, 16), exporter="torchscript", log=print)
+    message = str(refused.value)
+    assert "\n" not in message and "torchscript exporter cannot export this model at 16x16" in message, message
+    assert message.endswith("try --exporter dynamo or another --input-size"), message
+    _, report = export_model(UpPool().eval(), tmp_path / "d.onnx", ["body.1"], (16, 16), exporter="dynamo", log=print)
+    assert report is not None and report.worst < 1e-6
