@@ -1,6 +1,7 @@
-"""An exporter that refuses the model (TorchScript: adaptive average pooling to a size that does not divide the map,
-AlexNet below 224 px) is a one-line export error naming the exporter, the size and the way out, not a traceback; the
-other exporter gives the exact graph (verified against float64 autograd by the export itself)."""
+"""Export refusals in one line. An exporter that refuses the model (TorchScript: adaptive average pooling to a size
+that does not divide the map, AlexNet below 224 px) names the exporter, the size and the way out, not a traceback; the
+other exporter gives the exact graph (verified against float64 autograd by the export itself). A zero head (every
+gradient 0) is said to be one when the default layer is asked for."""
 
 from __future__ import annotations
 
@@ -35,3 +36,17 @@ def test_exporter_refusal_is_one_line(tmp_path: Path) -> None:
     assert message.endswith("try --exporter dynamo or another --input-size"), message
     _, report = export_model(UpPool().eval(), tmp_path / "d.onnx", ["body.1"], (16, 16), exporter="dynamo", log=print)
     assert report is not None and report.worst < 1e-6
+
+
+def test_zero_initialised_head_refuses_the_default_layer_in_one_line(tmp_path: Path) -> None:
+    """torchvision's untrained ViT has a zero head: every gradient is 0, so no layer is reached by it; the refusal
+    says so (it used to say that no module produces a feature map)."""
+    from onnxcam_export.layers import LayerError
+    from small_models import GapNet
+
+    model = GapNet().eval()
+    nn.init.zeros_(model.fc.weight)
+    nn.init.zeros_(model.fc.bias)
+    with pytest.raises(LayerError, match="the scores' gradient is 0 at every layer") as refused:
+        export_model(model, tmp_path / "z.onnx", None, (32, 32), exporter="torchscript", log=print)
+    assert "\n" not in str(refused.value)
