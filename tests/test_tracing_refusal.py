@@ -50,3 +50,27 @@ def test_zero_initialised_head_refuses_the_default_layer_in_one_line(tmp_path: P
     with pytest.raises(LayerError, match="the scores' gradient is 0 at every layer") as refused:
         export_model(model, tmp_path / "z.onnx", None, (32, 32), exporter="torchscript", log=print)
     assert "\n" not in str(refused.value)
+
+
+class FoldsBatch(nn.Module):
+    """A batch-1 model that folds the batch into a reshape (``[1, 4, 4, 4] → [4, 16]``), as Swin's window partition
+    does in a fixed-batch export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 2, 1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).reshape(4, 16).sum(1)).reshape(1, 5)
+
+
+def test_fixed_batch_file_that_folds_its_batch_is_refused_in_one_line(tmp_path: Path) -> None:
+    from onnxcam_export.api import export_onnx_file
+    from onnxcam_export.onnx_prep import OnnxSourceError
+
+    source = tmp_path / "fixed.onnx"
+    torch.onnx.export(FoldsBatch().eval(), (torch.randn(1, 3, 8, 8),), str(source), opset_version=17, dynamo=False)
+    with pytest.raises(OnnxSourceError, match="exported with a fixed batch of 1 that its graph folds") as refused:
+        export_onnx_file(source, None, None, (8, 8), log=print)
+    assert "\n" not in str(refused.value) and "re-export it with a dynamic batch" in str(refused.value)
