@@ -211,7 +211,10 @@ def _export(
 ) -> onnx.ModelProto:
     """``torch.onnx.export`` of ``wrapper`` with a dynamic batch ``N`` (see :func:`to_onnx`)."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    # TorchScript traces with gradients on: under no_grad, eval-mode MultiheadAttention takes its fused fast path
+    # (aten::_native_multi_head_attention), which that exporter cannot write (torchvision's ViT)
+    grad = torch.no_grad() if exporter == "dynamo" else contextlib.nullcontext()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), grad:
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             program = torch.onnx.export(

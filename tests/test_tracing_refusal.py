@@ -74,3 +74,37 @@ def test_fixed_batch_file_that_folds_its_batch_is_refused_in_one_line(tmp_path: 
     with pytest.raises(OnnxSourceError, match="exported with a fixed batch of 1 that its graph folds") as refused:
         export_onnx_file(source, None, None, (8, 8), log=print)
     assert "\n" not in str(refused.value) and "re-export it with a dynamic batch" in str(refused.value)
+
+
+class Attends(nn.Module):
+    """Conv patches, eval-mode ``MultiheadAttention(batch_first=True)`` without weights (torchvision's ViT block: its
+    fused fast path under ``no_grad`` is an op the TorchScript exporter cannot write), mean, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 8, 8)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return self.fc(self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(1))
+
+
+def test_torchscript_traces_eval_mode_attention() -> None:
+    """The TorchScript trace of eval-mode attention is written (it raised on the fused op) and computes the model's
+    scores and tapped map (onnxruntime vs PyTorch, float32)."""
+    import onnxruntime as ort
+    from onnxcam_export.torch_capture import to_onnx
+
+    from onnxcam import contract
+
+    torch.manual_seed(0)
+    model = Attends().eval()
+    graph = to_onnx(model, ["patch"], (32, 32), exporter="torchscript")
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    scores, patch = session.run([contract.SCORES, contract.activation_name("patch")], {contract.INPUT: x.numpy()})
+    with torch.no_grad():
+        assert abs(scores - model(x).numpy()).max() < 1e-5
+        assert abs(patch - model.patch(x).numpy()).max() < 1e-5
