@@ -109,6 +109,17 @@ def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[in
         reached = call.grad is not None and bool(to_nchw_torch(call.grad, layout).abs().max() > 0)
         if grid[0] * grid[1] > 1 and (reached or not with_grads):
             maps.append((call, layout))
+    if (
+        not maps
+        and with_grads
+        and not any(c.grad is not None and c.grad.abs().max() > 0 for c in calls if c.output.dim() > 2)
+    ):
+        raise LayerError(
+            "<default>",
+            [],
+            "the scores' gradient is 0 at every layer (a zero-initialised head, as torchvision's untrained ViT?): "
+            "no layer can be chosen by it; load trained weights or name a layer with --layer",
+        )
     if not maps:
         raise LayerError("<default>", [], "no module produces a feature map; name a layer with --layer")
     if maps[-1][1].prefix:  # a class token is what the head reads

@@ -49,8 +49,9 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
             vi.name = new
 
 
-def _dynamic_batch(model: onnx.ModelProto) -> None:
-    """Make dim 0 of the input symbolic; constant Reshape targets that hard-code the batch copy it instead (0)."""
+def _dynamic_batch(model: onnx.ModelProto) -> int | None:
+    """Make dim 0 of the input symbolic; constant Reshape targets that hard-code the batch copy it instead (0).
+    Returns the batch the file had fixed (``None``: it was symbolic)."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
     fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
     if dims:
@@ -60,7 +61,7 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
     if fixed is None:
-        return
+        return None
     constants = {t.name: t for t in model.graph.initializer}
     reshapes = [n for n in model.graph.node if n.op_type == "Reshape" and n.input[1] in constants]
     literal_zeros = {n.input[1] for n in reshapes if any(a.name == "allowzero" and a.i for a in n.attribute)}
@@ -78,6 +79,32 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
                     attr.i = 0  # allowzero=1 (dynamo exports) would read the copied batch 0 as a literal 0
         if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] in constants:
             _resize_spatial_only(model.graph, node, constants[node.input[3]], fixed)
+    return fixed
+
+
+def _check_dynamic_batch(model: onnx.ModelProto, fixed: int) -> None:
+    """Raise :class:`OnnxSourceError` (one line) unless the graph of a file exported with a fixed batch, made
+    batch-dynamic by :func:`_dynamic_batch`, runs on a batch of 2 (zeros): some exports fold the batch into other
+    shapes (Swin's windows ``[B·nW, 49, C]``, attention's ``[B·heads, L, d]``), which no rewrite can undo."""
+    import onnxruntime as ort
+
+    tensor = model.graph.input[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    if any(d is None for d in dims[1:]):
+        return  # symbolic H/W: checked by the verification instead
+    x = np.zeros((2, *dims[1:]), onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session.run(None, {model.graph.input[0].name: x})
+    except Exception as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise OnnxSourceError(
+            f"this ONNX file was exported with a fixed batch of {fixed} that its graph folds into other shapes, so "
+            f"it cannot run on a batch of 2 ({first[:160]}); re-export it with a dynamic batch (torch.onnx.export: "
+            "dynamic_shapes=… with dynamo=True, dynamic_axes=… with the TorchScript exporter)"
+        ) from None
 
 
 def _resize_spatial_only(graph: onnx.GraphProto, node: onnx.NodeProto, sizes: onnx.TensorProto, batch: int) -> None:
@@ -112,7 +139,9 @@ def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto 
 def default_tensor(model: onnx.ModelProto) -> str:
     """The last 4-D float tensor with more than one spatial position on the way to ``scores`` (in an int8 QDQ graph
     a dequantized one; integer tensors never); for a dense output ``[N, K, H, W]``, the last one before the class
-    maps (never the output, nor a map with its ``K`` channels)."""
+    maps (never the output, nor a map with its ``K`` channels). A pooled vector is skipped in either layout:
+    ``[N, C, 1, 1]`` and channels-last ``[N, 1, 1, C]`` (ConvNeXt's head LayerNorm), and so is a tensor whose first
+    dim is static or whose batch ``N`` is not first (attention's ``[L, N, heads, d]`` in TorchScript exports of ViT)."""
     info = GraphInfo(model)
     out = info.shape(contract.SCORES) or ()
     dense = len(out) == 4 and not (isinstance(out[2], int) and isinstance(out[3], int) and out[2] * out[3] <= 1)
@@ -129,12 +158,20 @@ def default_tensor(model: onnx.ModelProto) -> str:
         and info.dtype(o).kind == "f"
         and (s := info.shape(o)) is not None
         and len(s) == 4
-        and not (isinstance(s[2], int) and isinstance(s[3], int) and s[2] * s[3] <= 1)
+        and not isinstance(s[0], int)
+        and "N" not in s[1:]
+        and not _single_position(s[2], s[3])
+        and not _single_position(s[1], s[2])
         and not (dense and (o == contract.SCORES or s[1] == classes))
     ]
     if not candidates:
         raise LayerError("<default>", [], "no 4-D feature map found on the way to the output; name one with --layer")
     return candidates[-1]
+
+
+def _single_position(h: int | str | None, w: int | str | None) -> bool:
+    """Whether static dims ``h × w`` hold at most one position."""
+    return isinstance(h, int) and isinstance(w, int) and h * w <= 1
 
 
 def _declared_shape(output: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
@@ -173,7 +210,9 @@ def prepare(
     _rename(graph, graph.input[0].name, contract.INPUT)
     _rename(graph, graph.output[0].name, contract.SCORES)
     float32_io(model)
-    _dynamic_batch(model)
+    fixed = _dynamic_batch(model)
+    if fixed is not None:
+        _check_dynamic_batch(model, fixed)
 
     layers = list(layers) or [default_tensor(model)]
     return tap_tensors(model, layers), layers

@@ -14,6 +14,7 @@ from torch import nn
 
 from onnxcam import contract
 
+from .errors import ExportError
 from .layers import LayerError, nearest_names
 from .torch_outputs import pick
 
@@ -188,8 +189,32 @@ def to_onnx(
     wrapper = _TappedForward(model.eval(), layers, scores_from).eval()
     example = torch.randn(2, channels, *input_size)
     output_names = [contract.SCORES, *(contract.activation_name(layer) for layer in layers)]
+    try:
+        return _export(wrapper, example, output_names, opset, exporter, optimize)
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter's own refusals (unsupported op or size) are a one-line verdict
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        other = next(e for e in EXPORTERS if e != exporter)
+        raise TracingError(
+            f"the {exporter} exporter cannot export this model at {input_size[0]}x{input_size[1]}: {first[:300]}; "
+            f"try --exporter {other} or another --input-size"
+        ) from None
+
+
+class TracingError(ExportError):
+    """``torch.onnx.export`` refused the model."""
+
+
+def _export(
+    wrapper: nn.Module, example: torch.Tensor, output_names: list[str], opset: int, exporter: str, optimize: bool
+) -> onnx.ModelProto:
+    """``torch.onnx.export`` of ``wrapper`` with a dynamic batch ``N`` (see :func:`to_onnx`)."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    # TorchScript traces with gradients on: under no_grad, eval-mode MultiheadAttention takes its fused fast path
+    # (aten::_native_multi_head_attention), which that exporter cannot write (torchvision's ViT)
+    grad = torch.no_grad() if exporter == "dynamo" else contextlib.nullcontext()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), grad:
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             program = torch.onnx.export(

@@ -593,11 +593,10 @@ class Explainer:
         types, other shapes) raises :class:`onnxcam.pixels.PixelFormatError` naming the expected format.
         ``seed``, ``options`` and ``metrics`` as in :meth:`explain_arrays`.
         ``keep_size``: feed each image at its own size, unresized (one run per image; the graph must take any H×W,
-        see :meth:`check_keep_size`; ``target`` per image, ``seed`` one row for all). ``aug_smooth`` as in
+        see :meth:`check_keep_size`; ``target`` and ``seed`` one for all or one per image). ``aug_smooth`` as in
         :meth:`explain_arrays`.
         """
         decoded = self._read(images)
-        args = (methods, layers, topk, eigen_smooth, seed, options, metrics)
         if keep_size:
             self.check_keep_size()
             per_image = list(target) if isinstance(target, (list, tuple)) else [target] * len(decoded)
@@ -605,17 +604,40 @@ class Explainer:
                 raise ValueError(f"{len(per_image)} targets for {len(decoded)} images")
             results = [
                 self.explain_arrays(
-                    preprocess(image, self.preprocess, keep_size=True)[None], t, *args, aug_smooth=aug_smooth
+                    preprocess(image, self.preprocess, keep_size=True)[None],
+                    t,
+                    methods,
+                    layers,
+                    topk,
+                    eigen_smooth,
+                    s,
+                    options,
+                    metrics,
+                    aug_smooth=aug_smooth,
                 )[0]
-                for image, t in zip(decoded, per_image, strict=True)
+                for image, t, s in zip(decoded, per_image, self._seed_rows(seed, len(decoded)), strict=True)
             ]
         else:
+            args = (methods, layers, topk, eigen_smooth, seed, options, metrics)
             results = self.explain_arrays(
                 preprocess_batch(decoded, self.preprocess), target, *args, aug_smooth=aug_smooth
             )
         for result, image in zip(results, decoded, strict=True):
             result.image_size = image.shape[:2]
         return results
+
+    def _seed_rows(self, seed: np.ndarray | None, n: int) -> list[np.ndarray | None]:
+        """``seed`` ``[*S]`` (one for all) or ``[n, *S]`` (one per image) as ``n`` rows ``[*S]`` (or ``None``s);
+        raises ``ValueError`` (one line) for any other shape."""
+        if seed is None:
+            return [None] * n
+        rows = np.asarray(seed, np.float32)
+        if rows.shape == self.score_shape:
+            return [rows] * n
+        if rows.shape == (n, *self.score_shape):
+            return list(rows)
+        shape = "×".join(map(str, self.score_shape))
+        raise ValueError(f"seed of shape {rows.shape} for {n} images: give [{shape}] (all) or [{n}×{shape}] (each)")
 
     def _decode(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray], np.ndarray]:
         """The decoded images and their preprocessed batch ``[N, C, H, W]``."""

@@ -75,6 +75,29 @@ def test_keep_size_maps_match_pytorch_grad_cam_at_two_sizes(files: dict) -> None
         assert np.abs(result.maps["gradcam"] - reference).max() < TOLERANCE
 
 
+def test_keep_size_with_a_seed_per_image_matches_pytorch_grad_cam(files: dict) -> None:
+    """keep_size with ``seed`` ``[N, K]``: image n explains ``Σ seed[n] ⊙ logits`` (signed weights), map and score as
+    pytorch-grad-cam's Grad-CAM of that objective and the model's own logits (float32 tolerances)."""
+    explainer = Explainer(files["dynamic"], provider="cpu")
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for size in SIZES]
+    seeds = rng.normal(size=(len(images), *explainer.score_shape)).astype(np.float32)
+    ours = explainer.explain(images, seed=seeds, keep_size=True)
+    spec, model = explainer.preprocess, files["model"]
+    for image, seed, result in zip(images, seeds, ours, strict=True):
+        x = (image / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+        x = torch.tensor(x.transpose(2, 0, 1)[None], dtype=torch.float32)
+        weights = torch.tensor(seed)
+        with GradCAM(model=model, target_layers=[model.body[3]]) as cam:
+            reference = cam(input_tensor=x, targets=[lambda out, w=weights: (out * w).sum()])[0]
+        assert result.maps["gradcam"].shape == image.shape[:2]
+        assert np.abs(result.maps["gradcam"] - reference).max() < TOLERANCE
+        expected = float((model(x)[0] * weights).sum().detach())
+        assert abs(result.score - expected) <= 1e-5 * max(1.0, abs(expected))
+    with pytest.raises(ValueError, match="seed of shape"):
+        explainer.explain(images, seed=seeds[:1], keep_size=True)
+
+
 def test_keep_size_cli_writes_maps_at_the_image_size_and_refuses_fixed_graphs(files: dict, tmp_path: Path) -> None:
     image = np.random.default_rng(1).integers(0, 256, (44, 60, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), image)

@@ -107,6 +107,85 @@ def test_dense_output_onnx_verifies_with_a_default_layer_before_the_class_maps(t
     assert np.abs(g - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+class LayerNormHead(nn.Module):
+    """ConvNeXt's classifier: pooled maps permuted channels-last ``[N, 1, 1, C]`` for a LayerNorm, then back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.GELU())
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.body(x).mean((2, 3), keepdim=True)
+        return self.fc(self.norm(pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).flatten(1))
+
+
+def test_default_layer_of_an_onnx_source_skips_a_channels_last_pooled_vector(tmp_path: Path) -> None:
+    """The default layer is the last map before pooling, not the [N, 1, 1, C] LayerNorm output (which would be
+    refused as channels-last); its gradient is float64 autograd's."""
+    torch.manual_seed(0)
+    model = LayerNormHead().eval()
+    explainer, report = export_onnx_file(onnx_source(model, tmp_path / "ln.onnx"), None, None, **QUIET)
+    layer = next(o.name for o in explainer.graph.output if o.name.startswith(contract.ACTIVATION_PREFIX))
+    assert layer == "activation:/body/body.3/Mul_1_output_0"  # GELU's last node: the body's output [N, 16, 8, 8]
+    assert report is not None and report.worst < 1e-6
+    x = torch.randn(2, 3, 32, 32)
+    session = ort.InferenceSession(explainer.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"input": x.numpy(), "target": np.full(2, contract.TOP1)}
+    (g,) = session.run([contract.gradient_name(layer[len(contract.ACTIVATION_PREFIX) :])], feeds)
+    double = model.double()
+    a = double.body(x.double())
+    pooled = a.mean((2, 3), keepdim=True)
+    out = double.fc(double.norm(pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).flatten(1))
+    top = out.argmax(1)
+    ref = torch.autograd.grad(out[0, top[0]] + out[1, top[1]], a)[0].numpy()
+    assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+class TinyViT(nn.Module):
+    """Patches by a strided conv, one two-head self-attention over the 4×4 tokens whose output ``[N, heads, L, d]``
+    is laid out ``[L, N, heads, d]`` before the mean over tokens (as torchvision's attention), a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 8, 8)
+        self.qkv = nn.Linear(16, 48)
+        self.fc = nn.Linear(16, 5)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, heads, L, d]`` attention output."""
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(tokens).reshape(-1, 16, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        return torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v
+
+    def head(self, heads: torch.Tensor) -> torch.Tensor:
+        return self.fc(heads.permute(2, 0, 1, 3).reshape(16, -1, 16).mean(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attend(x))
+
+
+def test_default_layer_of_an_onnx_source_has_the_batch_first(tmp_path: Path) -> None:
+    """The ``[L, N, heads, d]`` tensor (batch second; it crashed the finite differences) is never the default: the
+    default is the attention output ``[N, heads, L, d]`` before it, verified, its gradient float64 autograd's."""
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    explainer, report = export_onnx_file(onnx_source(model, tmp_path / "vit.onnx"), None, None, **QUIET)
+    assert report is not None and report.worst < 1e-4  # the export's tolerance (seen: 2e-6)
+    layer = next(o.name for o in explainer.graph.output if o.name.startswith(contract.ACTIVATION_PREFIX))
+    x = torch.randn(3, 3, 32, 32)
+    session = ort.InferenceSession(explainer.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"input": x.numpy(), "target": np.array([1, 4, 0])}
+    a, g = session.run([layer, contract.gradient_name(layer[len(contract.ACTIVATION_PREFIX) :])], feeds)
+    double = model.double()
+    heads = double.attend(x.double())
+    assert a.shape == heads.shape == (3, 2, 16, 8), (layer, a.shape)
+    out = double.head(heads)
+    ref = torch.autograd.grad(out[0, 1] + out[1, 4] + out[2, 0], heads)[0].numpy()
+    assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def _gap_twice(ctx):  # a wrong GlobalAveragePool rule: forgets to divide by half of H·W
     grad = ctx.emit("Expand", ctx.grad(), ctx.shape_of(ctx.input(0)))
     return [ctx.emit("Div", grad, ctx.const(2.0, like=ctx.input(0)))]
