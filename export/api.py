@@ -29,8 +29,9 @@ from .layouts import refuse_non_nchw
 from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
-from .switched_check import check_switched_parts
+from .switched_check import OPTIONS, check_switched_parts
 from .verify import Report, verify_finite_differences
+from .verify_switched import verify_switched
 
 __all__ = ["ExportError", "export_model", "export_onnx_file", "export_source"]
 
@@ -290,6 +291,10 @@ def _build_check_save(
     report = check(explainer) if check else None
     if report is not None:
         log(f"verified against {reference}: {report.summary()}")
+    if report is not None and switched and not quantization.is_qdq(explainer):
+        extra = verify_switched(explainer, switched)
+        log(f"verified {', '.join(OPTIONS[s] for s in switched)} against float64 finite differences: {extra.summary()}")
+        report = Report({**report.errors, **extra.errors}, report.redrawn)
     if extras.in_graph:
         add_cams(explainer, extras.in_graph, metadata)
         error = check_cams(explainer, replace(metadata, in_graph=extras.in_graph))

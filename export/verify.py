@@ -171,6 +171,28 @@ def directional_errors(
     return worst, int(unsettled.sum())
 
 
+def after_tap(
+    explainer: onnx.ModelProto, tap: str, feeds: dict[str, np.ndarray], keep: Sequence[str]
+) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], np.ndarray]:
+    """The part of ``explainer`` after tensor ``tap`` as a float64 function ``a → {output in keep: value}``, the
+    tensors it reads from elsewhere frozen at their onnxruntime values at ``feeds``; and ``tap``'s value there
+    (float32 computed, as float64)."""
+    after, frozen = cut_after(explainer, tap, keep)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(explainer)
+    info = GraphInfo(explainer)
+    outputs = {o.name for o in explainer.graph.output}
+    probe.graph.output.extend(
+        onnx.helper.make_tensor_value_info(f, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
+        for f in dict.fromkeys([*frozen, tap])
+        if f not in feeds and f not in outputs
+    )
+    out = {**run(probe, feeds), **feeds}
+    fixed = {f: out[f] for f in frozen}
+    run_after = float64_evaluator(after, fast_kernels())
+    return (lambda a: run_after({tap: a, **fixed})), out[tap].astype(np.float64)
+
+
 def verify_finite_differences(
     explainer: onnx.ModelProto,
     layers: Sequence[str],
@@ -201,24 +223,8 @@ def verify_finite_differences(
     if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
         pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
     for tap, grad in pairs:
-        after, frozen = cut_after(explainer, tap, [contract.SCORES, contract.TARGET_USED, grad])
-        probe = onnx.ModelProto()
-        probe.CopyFrom(explainer)
-        info = GraphInfo(explainer)
-        probe.graph.output.extend(
-            onnx.helper.make_tensor_value_info(f, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
-            for f in frozen
-            if f != contract.TARGET
-        )
-        out = {**run(probe, {contract.INPUT: x, contract.TARGET: target}), contract.INPUT: x}
-        fixed = {f: target if f == contract.TARGET else out[f] for f in frozen}
-        activation = out[tap].astype(np.float64)
-
-        run_after = float64_evaluator(after, fast_kernels())
-
-        def evaluate(a: np.ndarray) -> dict[str, np.ndarray]:
-            return run_after({tap: a, **fixed})  # noqa: B023 - used within this iteration
-
+        feeds = {contract.INPUT: x, contract.TARGET: target}
+        evaluate, activation = after_tap(explainer, tap, feeds, [contract.SCORES, contract.TARGET_USED, grad])
         at = evaluate(activation)
         worst, unsettled = directional_errors(
             evaluate, activation, at[grad], at[contract.TARGET_USED], rng, tolerance, directions
@@ -226,7 +232,7 @@ def verify_finite_differences(
         if unsettled == batch:
             raise CouldNotVerify(f"finite differences for {grad} settle at no step (kinks at every scale)")
         errors[grad] = tuple(worst.tolist())
-        sources[grad] = (tap, {contract.INPUT: x, contract.TARGET: target})
+        sources[grad] = (tap, feeds)
 
     def where(name: str) -> str:
         tap, feeds = sources[name]
