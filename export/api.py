@@ -29,9 +29,10 @@ from .layouts import refuse_non_nchw
 from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .sources import SourceError
-from .switched_check import check_switched_parts
+from .switched_check import OPTIONS, check_switched_parts
 from .unit_check import refuse_dead_unit_layer
 from .verify import Report, verify_finite_differences
+from .verify_switched import verify_switched
 
 __all__ = ["ExportError", "export_model", "export_onnx_file", "export_source"]
 
@@ -289,6 +290,10 @@ def _build_check_save(
     report = check(explainer) if check else None
     if report is not None:
         log(f"verified against {reference}: {report.summary()}")
+    if report is not None and switched and not quantization.is_qdq(explainer):
+        extra = verify_switched(explainer, switched)
+        log(f"verified {', '.join(OPTIONS[s] for s in switched)} against float64 finite differences: {extra.summary()}")
+        report = Report({**report.errors, **extra.errors}, report.redrawn)
     if extras.unit_layer:
         refuse_dead_unit_layer(explainer, metadata, log)
     if extras.in_graph:

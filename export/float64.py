@@ -183,13 +183,15 @@ def cut_after(
     return cut, frozen
 
 
-def switched_on(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` whose gradient switches (``compute:gradients``, ``compute:gradient:input…``) default to
-    true. Head graphs stay off: they compute scores, not gradients, and are checked against the forward instead."""
+def switched_on(model: onnx.ModelProto, also: Sequence[str] = ()) -> onnx.ModelProto:
+    """Copy of ``model`` whose gradient switches (``compute:gradients``, ``compute:gradient:input…``) and the
+    switches ``also`` default to true. Head graphs stay off: they compute scores, not gradients, and are checked
+    against the forward instead."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for t in m.graph.initializer:
-        if t.name.startswith(contract.switch_name(contract.GRADIENT_PREFIX)) or t.name == contract.GRADIENTS_SWITCH:
+        gradient = t.name.startswith(contract.switch_name(contract.GRADIENT_PREFIX))
+        if gradient or t.name == contract.GRADIENTS_SWITCH or t.name in also:
             t.CopyFrom(numpy_helper.from_array(np.array(True), t.name))
     return m
 

@@ -1,6 +1,7 @@
-"""A smoke run of the optional parts the export adds on request (``--bias-gradients``, ``--hvp``): the verification
-checks the default outputs only, so these run once on onnxruntime before the file is written, and a part that
-cannot be computed for this model is refused in one line instead of failing at explain time."""
+"""A smoke run of the optional parts the export adds on request (``--bias-gradients``, ``--hvp``): these run once on
+onnxruntime before the file is written (also under ``--no-verify``), and a part that cannot be computed for this model
+is refused in one line instead of failing at explain time. Their values are verified next, by
+:mod:`.verify_switched`."""
 
 from __future__ import annotations
 

@@ -239,6 +239,33 @@ def directional_errors(
     return worst, int(unsettled.sum())
 
 
+def after_tap(
+    explainer: onnx.ModelProto,
+    tap: str,
+    feeds: dict[str, np.ndarray],
+    keep: Sequence[str],
+    fed: Sequence[str] = (),
+) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], np.ndarray, dict[str, np.ndarray]]:
+    """The part of ``explainer`` after tensor ``tap`` as a float64 function ``a → {output in keep: value}``, the
+    tensors it reads from elsewhere frozen at their onnxruntime values at ``feeds`` (``fed``: inputs with a default
+    that ``feeds`` gives, kept as inputs); ``tap``'s value there (float32 computed, as float64); and the whole graph's
+    values there (its outputs, the frozen tensors and ``feeds``)."""
+    after, frozen = cut_after(explainer, tap, keep, fed)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(explainer)
+    info = GraphInfo(explainer)
+    outputs = {o.name for o in explainer.graph.output}
+    probe.graph.output.extend(
+        onnx.helper.make_tensor_value_info(f, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
+        for f in dict.fromkeys([*frozen, tap])
+        if f not in feeds and f not in outputs
+    )
+    out = {**run(probe, feeds), **feeds}
+    fixed = {f: out[f] for f in frozen}
+    run_after = float64_evaluator(after, fast_kernels())
+    return (lambda a: run_after({tap: a, **fixed})), out[tap].astype(np.float64), out
+
+
 def verify_finite_differences(
     explainer: onnx.ModelProto,
     layers: Sequence[str],
@@ -270,31 +297,13 @@ def verify_finite_differences(
     pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
     if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
         pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
-    info = GraphInfo(explainer)
     for objective in objectives(explainer):
         feeds = {contract.INPUT: x, contract.TARGET: target}
         if objective.unit is not None:
             feeds[contract.UNIT_SEED] = unit_seeds(explainer, batch, rng).astype(np.float32)
         for tap, grad in pairs:
-            after, frozen = cut_after(explainer, tap, [*objective.reads, grad], objective.fed)
-            probe = onnx.ModelProto()
-            probe.CopyFrom(explainer)
-            probe.graph.output.extend(
-                onnx.helper.make_tensor_value_info(
-                    f, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f)
-                )
-                for f in frozen
-                if f not in feeds
-            )
-            at = {**run(probe, feeds), **feeds}
-            fixed = {f: at[f] for f in frozen}
-            activation = at[tap].astype(np.float64)
-
-            run_after = float64_evaluator(after, fast_kernels())
-
-            def evaluate(a: np.ndarray) -> dict[str, np.ndarray]:
-                return run_after({tap: a, **fixed})  # noqa: B023 - used within this iteration
-
+            keep = [*objective.reads, grad]
+            evaluate, activation, at = after_tap(explainer, tap, feeds, keep, objective.fed)
             base = evaluate(activation)
             worst, unsettled = directional_errors(
                 evaluate,
