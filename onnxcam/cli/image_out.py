@@ -18,3 +18,15 @@ def check_image_out(ctx: click.Context, param: click.Parameter, value: str) -> s
     if not folder.is_dir():
         raise click.BadParameter(f"{value}: the folder {folder} does not exist; create it first", ctx, param)
     return value
+
+
+#: The ``--out/-o FILE`` option of a command that writes one picture, checked by :func:`check_image_out`.
+image_out_option = click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    callback=check_image_out,
+    help="Where to write the PNG.",
+)

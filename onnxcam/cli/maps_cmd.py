@@ -7,7 +7,7 @@ import click
 import cv2
 
 from .common import target_option
-from .image_out import check_image_out
+from .image_out import image_out_option
 
 
 @click.command()
@@ -24,15 +24,7 @@ from .image_out import check_image_out
 )
 @target_option
 @click.option("--filters", is_flag=True, help="Show the first convolution's filters instead (needs the onnx package).")
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    callback=check_image_out,
-    help="Where to write the PNG.",
-)
+@image_out_option
 def maps(
     model: str, image: str | None, layer: str | None, top: int, by: str, target: str, filters: bool, out: str
 ) -> None:

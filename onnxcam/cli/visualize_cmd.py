@@ -7,7 +7,7 @@ import cv2
 
 from .. import progress
 from ..feature_vis import Settings
-from .image_out import check_image_out
+from .image_out import image_out_option
 
 _DEFAULTS = Settings()
 
@@ -41,15 +41,7 @@ _DEFAULTS = Settings()
 )
 @click.option("--blur-every", type=click.IntRange(min=0), default=_DEFAULTS.blur_every, show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Random seed (start image, jitter).")
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    callback=check_image_out,
-    help="Where to write the PNG.",
-)
+@image_out_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def visualize(
     model: str,

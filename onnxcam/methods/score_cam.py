@@ -10,22 +10,24 @@ from .perturbation import perturbed_objective
 from .request import MethodRequest, ModelMethod
 
 
-def align_corners_matrix(size: int, source: int) -> np.ndarray:
-    """``[size, source]`` weights of 1-D linear interpolation with ``align_corners=True``.
-
-    Output ``i`` samples the source at ``s = i·(source − 1)/(size − 1)`` (``s = 0`` when ``size = 1``), mixing
-    ``⌊s⌋`` and ``⌊s⌋ + 1`` (clamped) with weights ``1 − (s − ⌊s⌋)`` and ``s − ⌊s⌋``
-    (``torch.nn.UpsamplingBilinear2d``).
-    """
-    step = (source - 1) / (size - 1) if size > 1 else 0.0
-    s = np.arange(size) * step
+def linear_weights(s: np.ndarray, source: int) -> np.ndarray:
+    """``[len(s), source]`` weights of 1-D linear interpolation at source positions ``s ≥ 0``: each output mixes
+    ``⌊s⌋`` and ``⌊s⌋ + 1`` (clamped to the source) with weights ``1 − (s − ⌊s⌋)`` and ``s − ⌊s⌋``."""
     low = np.minimum(np.floor(s).astype(np.int64), source - 1)
     high = np.minimum(low + 1, source - 1)
     frac = s - low
-    weights = np.zeros((size, source))
-    np.add.at(weights, (np.arange(size), low), 1.0 - frac)
-    np.add.at(weights, (np.arange(size), high), frac)
+    weights = np.zeros((len(s), source))
+    np.add.at(weights, (np.arange(len(s)), low), 1.0 - frac)
+    np.add.at(weights, (np.arange(len(s)), high), frac)
     return weights
+
+
+def align_corners_matrix(size: int, source: int) -> np.ndarray:
+    """``[size, source]`` weights of 1-D linear interpolation with ``align_corners=True``
+    (``torch.nn.UpsamplingBilinear2d``): output ``i`` samples ``s = i·(source − 1)/(size − 1)`` (``s = 0`` when
+    ``size = 1``), :func:`linear_weights`."""
+    step = (source - 1) / (size - 1) if size > 1 else 0.0
+    return linear_weights(np.arange(size) * step, source)
 
 
 def channel_masks(activations: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -15,6 +15,7 @@ from .base import channel_weighted_map, register
 from .options import BATCH_SIZE, MethodOption, declare_options
 from .perturbation import perturbed_objective
 from .request import MethodRequest, ModelMethod
+from .score_cam import linear_weights
 
 SS_SAMPLES = MethodOption("n", "int", 35, "noisy masks per channel")
 IS_SAMPLES = MethodOption("n", "int", 10, "points on the mask path")
@@ -25,16 +26,9 @@ MASK_NOISE = MethodOption("noise", "tensor", None, "explicit mask noise [N, n, K
 
 def half_pixel_matrix(size: int, source: int) -> np.ndarray:
     """``[size, source]`` weights of 1-D linear interpolation with ``align_corners=False`` (torch's bilinear
-    ``F.interpolate``): output ``i`` samples ``s = max((i + ½)·source/size − ½, 0)``, mixing ``⌊s⌋`` and
-    ``⌊s⌋ + 1`` (clamped) with weights ``1 − (s − ⌊s⌋)`` and ``s − ⌊s⌋``."""
-    s = np.maximum((np.arange(size) + 0.5) * source / size - 0.5, 0.0)
-    low = np.minimum(np.floor(s).astype(np.int64), source - 1)
-    high = np.minimum(low + 1, source - 1)
-    frac = s - low
-    weights = np.zeros((size, source))
-    np.add.at(weights, (np.arange(size), low), 1.0 - frac)
-    np.add.at(weights, (np.arange(size), high), frac)
-    return weights
+    ``F.interpolate``): output ``i`` samples ``s = max((i + ½)·source/size − ½, 0)``
+    (:func:`.score_cam.linear_weights`)."""
+    return linear_weights(np.maximum((np.arange(size) + 0.5) * source / size - 0.5, 0.0), source)
 
 
 def upsampled_masks(activations: np.ndarray, size: tuple[int, int]) -> np.ndarray:
