@@ -217,6 +217,10 @@ def throughput(lab: Lab, arch: str, layers: tuple[str, ...], batch: int, provide
     cfg = lab.cfg
     device = "cuda" if provider == "cuda" else "cpu"
     x = inputs(batch)
+    session = lab.ort_session(arch, provider)  # exports from the CPU model first
+    name = session.get_inputs()[0].name
+    explainer = Explainer(lab.explainer(arch, layers), provider=provider, threads=cfg.threads)
+    targets = explainer.targets(None, batch)
     model = lab.model(arch).to(device)
     xt = torch.from_numpy(x).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -236,10 +240,6 @@ def throughput(lab: Lab, arch: str, layers: tuple[str, ...], batch: int, provide
         with GradCAM(model=model, target_layers=[model.get_submodule(name) for name in layers]) as cam:
             return timed(lambda: cam(input_tensor=xt, targets=None))
 
-    session = lab.ort_session(arch, provider)
-    name = session.get_inputs()[0].name
-    explainer = Explainer(lab.explainer(arch, layers), provider=provider, threads=cfg.threads)
-    targets = explainer.targets(None, batch)
     torch_ok = device == "cpu" or torch.cuda.is_available()
     speed = {
         "ort": attempt("ORT forward", lambda: timed(lambda: session.run(None, {name: x}))),
@@ -733,9 +733,12 @@ def cuda_section(lab: Lab, host: list[str]) -> Table:
     pytorch-grad-cam and torch eager on the same GPU; titled ``CUDA`` so it replaces that section."""
     import torch
 
+    torch.backends.cudnn.allow_tf32 = False  # float32 on both sides: onnxcam runs CUDA with TF32 off
+    torch.backends.cuda.matmul.allow_tf32 = False
     table = throughput_table(lab, "CUDA", lab.cfg.models, "cuda")[0]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible to torch"
-    table.note += f" GPU: {gpu}. Host of this run: " + "; ".join(line.lstrip("- ") for line in host)
+    hosted = "; ".join(line.lstrip("- ") for line in host)
+    table.note += f" GPU: {gpu}; float32 everywhere (TF32 off in onnxruntime and torch). Host of this run: {hosted}"
     return table
 
 

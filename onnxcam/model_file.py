@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from . import contract
 from .onnx_scan import ProtobufError, external_locations
+from .providers import Provider
 from .scores import describe as describe_scores
 
 #: Bytes 4–8 of a model in onnxruntime's own (flatbuffer) format, which holds no external data.
@@ -102,7 +103,7 @@ def check_input_size(graph: ExplainerGraph, preprocess: contract.Preprocess | No
 
 
 def open_graph(
-    path: str | Path, providers: list[str] | None = None, options: ort.SessionOptions | None = None
+    path: str | Path, providers: list[Provider] | None = None, options: ort.SessionOptions | None = None
 ) -> ExplainerGraph:
     """Load ``path`` with onnxruntime and check it follows :mod:`onnxcam.contract`."""
     path = Path(path)
