@@ -43,7 +43,7 @@ for line in open(f"{out}/results.jsonl"):
         mx, my = 0.6 * (x1 - x0), 0.6 * (y1 - y0)
         crop = picture[max(0, int(y0 - my)) : int(y1 + my), max(0, int(x0 - mx)) : int(x1 + mx)]
         crop = cv2.resize(crop, (width, round(crop.shape[0] * width / crop.shape[1])), interpolation=cv2.INTER_CUBIC)
-        zooms.append(with_caption(crop, f"{box['label']} {box['score']:.4f}, zoomed"))
+        zooms.append(with_caption(crop, f"{stem}: {box['label']} {box['score']:.4f} (zoomed)"))
 
 
 def row(tiles):
