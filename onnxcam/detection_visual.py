@@ -15,7 +15,8 @@ import numpy as np
 from .detection import Box
 from .visual import overlay
 
-_COLOUR = (255, 255, 255)
+_COLOUR, _OUTLINE = (255, 255, 255), (0, 0, 0)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def image_boxes(boxes: Sequence[Box], image_size: tuple[int, int], input_size: tuple[int, int]) -> list[np.ndarray]:
@@ -48,11 +49,30 @@ def detection_overlay(
     input_size: tuple[int, int],
     alpha: float = 0.5,
 ) -> np.ndarray:
-    """uint8 RGB ``[H, W, 3]``: :func:`renormalized_in_boxes` over ``image`` with each box and ``label score``."""
+    """uint8 RGB ``[H, W, 3]``: :func:`renormalized_in_boxes` over ``image`` with each box and ``label score``.
+
+    Lines and labels scale with the image (:func:`_draw_box`): legible at the image's own size."""
     corners = image_boxes(boxes, image.shape[:2], input_size)
     picture = overlay(image, renormalized_in_boxes(maps, corners, image.shape[:2]), alpha=alpha)
-    for box, (x0, y0, x1, y1) in zip(boxes, corners, strict=True):
-        cv2.rectangle(picture, (int(x0), int(y0)), (int(x1), int(y1)), _COLOUR, 1)
-        name = box.label or f"class {box.class_index}"
-        cv2.putText(picture, f"{name} {box.score:.2f}", (int(x0), max(int(y0) - 3, 9)), 0, 0.35, _COLOUR, 1)
+    for box, xyxy in zip(boxes, corners, strict=True):
+        _draw_box(picture, xyxy, f"{box.label or f'class {box.class_index}'} {box.score:.2f}")
     return picture
+
+
+def _draw_box(picture: np.ndarray, xyxy: np.ndarray, text: str) -> None:
+    """Draw a white box (black outline, so it shows on light and dark parts) and ``text`` in white on a black tab
+    above it (inside it at the image's top edge), in place; text height ``clip(min(H, W) / 40, 9, 48)`` pixels."""
+    x0, y0, x1, y1 = (int(v) for v in xyxy)
+    side = min(picture.shape[:2])
+    line = max(1, round(side / 400))
+    cv2.rectangle(picture, (x0, y0), (x1, y1), _OUTLINE, line + 2)
+    cv2.rectangle(picture, (x0, y0), (x1, y1), _COLOUR, line)
+    (_, unit_h), _ = cv2.getTextSize(text, _FONT, 1.0, 1)
+    scale = float(np.clip(side / 40, 9, 48)) / unit_h
+    thickness = max(1, round(scale * 1.5))
+    (text_w, text_h), base = cv2.getTextSize(text, _FONT, scale, thickness)
+    pad = max(2, text_h // 4)
+    tab_h = text_h + base + pad
+    top = y0 - tab_h if y0 - tab_h >= 0 else y0
+    cv2.rectangle(picture, (x0, top), (x0 + text_w + 2 * pad, top + tab_h), _OUTLINE, cv2.FILLED)
+    cv2.putText(picture, text, (x0 + pad, top + text_h + pad // 2), _FONT, scale, _COLOUR, thickness, cv2.LINE_AA)

@@ -167,7 +167,7 @@ def describe_detection(d: contract.Detection) -> str:
     """One line on a detector's output (``onnxcam info``)."""
     return (
         f"detector: layout {d.layout}, raw output [N, {d.shape[0]}, {d.shape[1]}] ({d.classes} classes × {d.anchors} "
-        "anchors, before NMS; scores = it flattened); explain per box: onnxcam explain MODEL IMAGES --task detect"
+        "anchors, before NMS; scores = it flattened); explain per box: onnxcam detect MODEL IMAGES"
     )
 
 
