@@ -16,7 +16,6 @@ if [ ! -f "$MODEL" ]; then
 fi
 onnxcam info "$MODEL" | grep -E "^(layers|detector)"
 python models/photos.py "$OUT/photos" faces
-rm -f "$OUT/results.jsonl"  # onnxcam detect appends to it
 onnxcam detect "$MODEL" "$OUT/photos" -o "$OUT" --confidence 0.995 --nms-iou 0.3
 python - "$OUT" <<'PY'
 # Top row: each photo's overlay as `onnxcam detect` wrote it; bottom row: each box zoomed (box + 60 % margin).

@@ -268,8 +268,10 @@ def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_pat
     cv2.imwrite(str(tmp_path / "a.png"), images[0][..., ::-1])
     out = tmp_path / "out"
     args = ["explain", str(model), str(tmp_path / "a.png"), "-o", str(out)]
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    for _ in range(2):  # a second run starts results.jsonl over
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
     expected = detect(explainer.scores(_x(explainer, images[:1]))[0], explainer.metadata.detection)
     assert f"a.png: {len(expected)} box" in result.output
     maps = np.load(out / "a.boxes.gradcam.npy")

@@ -44,11 +44,12 @@ def detect_images(
 ) -> bool:
     """Per image: ``NAME.detect.METHOD.png`` (boxes, each map renormalised in its box), ``NAME.boxes.METHOD.npy``
     (``[B, h, w]`` maps at network resolution, boxes' order), ``NAME.eigencam.png`` and a ``results.jsonl`` line.
-    Returns whether every input was explained."""
+    ``results.jsonl`` is written anew each run (one line per input of this run). Returns whether every input was
+    explained."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ok = True
-    with (out / "results.jsonl").open("a", encoding="utf-8") as log:
+    with (out / "results.jsonl").open("w", encoding="utf-8") as log:
         for item in expand_inputs(inputs):
             record: dict = {"input": str(item.path)}
             try:
