@@ -62,8 +62,8 @@ from .outputs import (
     inside,
     read_json_lines,
     remove_stale_temps,
+    write_image,
     write_npy,
-    write_png,
 )
 from .pixels import files_refusal
 from .postprocess import map_stats
@@ -630,14 +630,14 @@ def write_artefacts(
         cam_map = original_size_map(explanation.maps[method], image.shape[:2])
         if f"overlay:{method}" in job.artefacts:
             picture = with_caption(overlay(image, cam_map, alpha), f"{method}: {text}")
-            write_png(inside(out_dir, job.artefacts[f"overlay:{method}"]), picture)
+            write_image(inside(out_dir, job.artefacts[f"overlay:{method}"]), picture)
         if f"npy:{method}" in job.artefacts:
             write_npy(inside(out_dir, job.artefacts[f"npy:{method}"]), cam_map)
         stats[method] = stats_of(cam_map)
         del cam_map
     if "grid" in job.artefacts:
         maps = {m: explanation.maps[m] for m in methods}
-        write_png(inside(out_dir, job.artefacts["grid"]), method_grid(image, maps, alpha=alpha, caption=text))
+        write_image(inside(out_dir, job.artefacts["grid"]), method_grid(image, maps, alpha=alpha, caption=text))
     return stats
 
 

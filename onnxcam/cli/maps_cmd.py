@@ -4,10 +4,9 @@ convolution's filters (:mod:`onnxcam.feature_maps`)."""
 from __future__ import annotations
 
 import click
-import cv2
 
 from .common import target_option
-from .image_out import image_out_option
+from .image_out import image_out_option, write_out
 
 
 @click.command()
@@ -55,6 +54,5 @@ def maps(
             summary = f"{layer}: channels {', '.join(map(str, channels.tolist()))} (by {by})"
     except (ValueError, TargetError, OSError) as exc:
         raise click.ClickException(str(exc).strip().splitlines()[0]) from None
-    if not cv2.imwrite(out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise click.ClickException(f"cannot write {out}")
+    write_out(out, grid)
     click.echo(f"wrote {out}: {summary}")
