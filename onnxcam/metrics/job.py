@@ -114,7 +114,10 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
         check_graph_supports(get_method(name), explainer, layers, target)
     try:
         checked = check_options(methods, metrics, options.options, explainer.preprocess.input_size)
-    except ValueError as exc:
+        for check_graph in dict.fromkeys(get_metric(m).check for m in metrics):
+            if check_graph is not None:
+                check_graph(explainer, checked)
+    except (ValueError, ImportError) as exc:
         raise BatchUsageError(str(exc), "--option") from None
     return Plan(methods, metrics, target, layers, options.batch_size, checked)
 
