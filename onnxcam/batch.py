@@ -275,7 +275,11 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         check_metric_scores(metrics, explainer, target)
     try:
         method_options = check_options(methods, metrics, options.method_options, explainer.preprocess.input_size)
-    except ValueError as exc:
+        if metrics:
+            from .metrics import check_on_graph
+
+            check_on_graph(metrics, explainer, method_options)
+    except (ValueError, ImportError) as exc:
         raise BatchUsageError(str(exc), "--option") from None
     boxes = len(method_options.get("pointing_box", ())) if "pointing_game" in metrics else 4
     if boxes != 4:  # batches, shards and resumed runs hold other images than the run's N: one box for all

@@ -123,22 +123,27 @@ def test_last_step_alone_equals_the_cascades_last(gapnet, steps: int, monkeypatc
 
 def test_more_layers_than_the_graph_has_are_refused_before_any_work(gapnet, tmp_path, monkeypatch) -> None:
     """GapNet has 3 randomisable layers (two convolutions, the linear head): 3 is the whole cascade, 4 is refused in
-    one line by the API and by ``onnxcam evaluate`` (usage error, no image explained), never clamped."""
+    one line by the API (``mprt_curve``, ``explain_arrays(metrics=...)``) and by ``onnxcam evaluate`` and
+    ``onnxcam explain`` (usage error), before any inference; never clamped."""
     explainer, x, seed = gapnet
     assert mprt_curve(explainer, x, seed, "gradcam", steps=3, last_only=True)[0].layer == "/model/body/body.0/Conv"
     calls = []
-    explain = Explainer.explain_arrays
-    monkeypatch.setattr(Explainer, "explain_arrays", lambda *a, **k: calls.append(1) or explain(*a, **k))
+    run = Explainer.run
+    monkeypatch.setattr(Explainer, "run", lambda *a, **k: calls.append(1) or run(*a, **k))
     message = (
-        "mprt: cannot randomise 4 top layers (mprt_layers): gapnet.onnx has 3 randomisable layers (float "
+        "mprt: cannot randomise {} top layers (mprt_layers): gapnet.onnx has 3 randomisable layers (float "
         "Conv/ConvTranspose/Gemm/MatMul weights); give 1 to 3, or 0 for all"
     )
     with pytest.raises(ValueError) as refused:
         mprt_curve(explainer, x, seed, "gradcam", steps=4)
-    assert str(refused.value) == message and not calls
+    assert str(refused.value) == message.format(4)
+    with pytest.raises(ValueError) as refused:
+        explainer.explain_arrays(x, TARGET, ["gradcam"], metrics=["mprt"], options={"mprt_layers": 5})
+    assert str(refused.value) == message.format(5) and not calls
     image = tmp_path / "cat.png"
     cv2.imwrite(str(image), cv2.resize(data.chelsea(), (32, 32)))
-    args = [str(explainer.path), str(image), "--out", str(tmp_path / "out"), "--metric", "mprt"]
-    result = CliRunner().invoke(main, ["evaluate", *args, "--option", "mprt_layers=999", "-q"])
-    assert result.exit_code == 2 and not calls, result.output
-    assert result.output.splitlines()[-1] == f"Error: Invalid value for --option: {message.replace('4', '999', 1)}"
+    for command in ("evaluate", "explain"):
+        args = [command, str(explainer.path), str(image), "--out", str(tmp_path / command), "--metric", "mprt"]
+        result = CliRunner().invoke(main, [*args, "--option", "mprt_layers=999", "-q"])
+        assert result.exit_code == 2 and not calls, result.output
+        assert result.output.splitlines()[-1] == f"Error: Invalid value for --option: {message.format(999)}"

@@ -212,6 +212,14 @@ def available_metrics() -> tuple[str, ...]:
     return tuple(metric.name for metric in _REGISTRY.values())
 
 
+def check_on_graph(metrics: Sequence[str], explainer: Any, options: Mapping[str, Any]) -> None:
+    """Each of ``metrics``' :attr:`Metric.check` (once each) on ``explainer``'s graph with the checked ``options``,
+    before any image; ValueError (ImportError for a missing extra) in one line."""
+    for check in dict.fromkeys(get_metric(m).check for m in metrics):
+        if check is not None:
+            check(explainer, options)
+
+
 def resolve_metrics(names: Sequence[str]) -> tuple[str, ...]:
     """Canonical names of ``names``, duplicates dropped (``all`` = every metric whose ``in_all`` is set, plus the others
     named); unknown names raise ValueError."""
