@@ -22,8 +22,12 @@ from onnxcam import contract
 from .autodiff.engine import active_nodes, differentiate
 from .autodiff.graph_info import GraphInfo
 from .autodiff.registry import VJPRule
+from .autodiff.rules.quantize import straight_through
 from .float64 import Pad, Resize, evaluate_float64, to_float64
 from .gating import reads
+
+#: The int8 QDQ ops whose backward is the straight-through estimator, not a VJP: never checked locally.
+STE_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 #: Local relative error above which a node's VJP is called wrong (float64 on both sides: right rules give ~1e-9).
 LOCAL_TOLERANCE = 1e-3
@@ -144,9 +148,11 @@ def first_wrong_node(
 ) -> str:
     """A sentence naming the first node (backward order) between ``source`` and ``end`` (the scores, or the unit
     tensor of the unit path) whose local VJP disagrees, to append to a verification error; nodes whose op a modified
-    ReLU rule overrides (not VJPs) are skipped."""
+    ReLU rule overrides, and an int8 QDQ graph's ``QuantizeLinear``/``DequantizeLinear`` (the straight-through
+    estimator), are not VJPs and are skipped (``new_ops``: kernels for ops ``onnx.reference`` lacks in float64)."""
     info = GraphInfo(explainer)
-    path, on_path = active_nodes(explainer.graph, [source], end, lambda n: info.dtype(n).kind == "f")
+    ste = straight_through(explainer.graph)  # int8 QDQ: the gradient crosses QuantizeLinear's integer output
+    path, on_path = active_nodes(explainer.graph, [source], end, lambda n: info.dtype(n).kind == "f" or n in ste)
     try:
         forward = _forward_values(explainer, feeds, new_ops, end)
         values = {**forward, **{k: v for k, v in feeds.items() if k == source}}
@@ -154,7 +160,7 @@ def first_wrong_node(
     except Exception as exc:  # localisation is a hint: it never replaces the verdict
         return f"; the faulty node could not be located ({type(exc).__name__})"
     rng = np.random.default_rng(0)
-    skipped = set(overrides or {})
+    skipped = set(overrides or {}) | (STE_OPS if ste else set())
     opset = list(explainer.opset_import)
     for node in reversed(path):
         if node.op_type in skipped:
@@ -171,6 +177,11 @@ def first_wrong_node(
                 f"'{node.name or node.output[0]}' ({node.op_type}, local relative error {error:.1e}; its rule is "
                 f"@rule('{node.op_type}') in export/autodiff/rules/)"
             )
-    if skipped:
-        return f"; every node's VJP agrees locally: look at the modified rule of {', '.join(sorted(skipped))}"
+    if skipped - STE_OPS:
+        return f"; every node's VJP agrees locally: look at the modified rule of {', '.join(sorted(skipped - STE_OPS))}"
+    if ste:
+        return (
+            "; every float node's VJP agrees locally: look at the straight-through rules of QuantizeLinear and "
+            "DequantizeLinear (export/autodiff/rules/quantize.py)"
+        )
     return "; every node's VJP agrees locally with finite differences (a tie at the verification point?)"

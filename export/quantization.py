@@ -34,7 +34,7 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import cut_after, evaluate_float64
 from .gating import reads
-from .verify import Report, VerificationError, check, fast_kernels, objectives, run, unit_seeds
+from .verify import Objective, Report, VerificationError, check, fast_kernels, objectives, run, unit_seeds
 
 #: Ops of onnxruntime's QOperator format (and of dynamic quantization): integer kernels with no float tensor between.
 _QOPERATOR = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "MatMulIntegerToFloat", "QAttention"}
@@ -212,15 +212,19 @@ def verify_ste(
     same point (the layer's map ``A`` from
     onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε`` = 1e-10 of the map's scale.
     Error of image ``n``: ``|fd_n − dot_n| / max_m |dot_m|``,
-    worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image).
+    worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image), naming the
+    first float node whose local VJP disagrees as the float verifier does (:func:`~.localize.first_wrong_node`).
     Ties in max pools after the layer are broken by the first-maximum convention (:func:`break_ties`). A graph with a
     unit layer is checked again with a random unit seed per image (:class:`~.verify.Objective`).
     """
+    from .localize import first_wrong_node
+
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
     target = np.array([contract.TOP1, 0, 1][:batch], np.int64)
     kernels = [QuantizeLinear, DequantizeLinear, *fast_kernels()]
     errors: dict[str, tuple[float, ...]] = {}
+    sources: dict[str, tuple[str, dict[str, np.ndarray], Objective]] = {}
     pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
     if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
         pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
@@ -271,8 +275,14 @@ def verify_ste(
                 worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
             name = grad + objective.suffix
             errors[name] = tuple(worst.tolist())
+            sources[name] = (tap, feeds, objective)
             _refuse_ties(Report({name: errors[name]}), tolerance, tap, forward)
-    return check(Report(errors), tolerance)
+
+    def where(name: str) -> str:
+        tap, feeds, objective = sources[name]
+        return first_wrong_node(explainer, tap, feeds, kernels, end=objective.end)
+
+    return check(Report(errors), tolerance, where)
 
 
 #: Ops whose gradient at tied inputs is a convention (the first maximum); quantized values tie often.

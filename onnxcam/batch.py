@@ -62,8 +62,8 @@ from .outputs import (
     inside,
     read_json_lines,
     remove_stale_temps,
+    write_image,
     write_npy,
-    write_png,
 )
 from .pixels import files_refusal
 from .postprocess import map_stats
@@ -275,7 +275,11 @@ def prepare(options: BatchOptions, explainer: Explainer) -> Settings:
         check_metric_scores(metrics, explainer, target)
     try:
         method_options = check_options(methods, metrics, options.method_options, explainer.preprocess.input_size)
-    except ValueError as exc:
+        if metrics:
+            from .metrics import check_on_graph
+
+            check_on_graph(metrics, explainer, method_options)
+    except (ValueError, ImportError) as exc:
         raise BatchUsageError(str(exc), "--option") from None
     boxes = len(method_options.get("pointing_box", ())) if "pointing_game" in metrics else 4
     if boxes != 4:  # batches, shards and resumed runs hold other images than the run's N: one box for all
@@ -630,14 +634,14 @@ def write_artefacts(
         cam_map = original_size_map(explanation.maps[method], image.shape[:2])
         if f"overlay:{method}" in job.artefacts:
             picture = with_caption(overlay(image, cam_map, alpha), f"{method}: {text}")
-            write_png(inside(out_dir, job.artefacts[f"overlay:{method}"]), picture)
+            write_image(inside(out_dir, job.artefacts[f"overlay:{method}"]), picture)
         if f"npy:{method}" in job.artefacts:
             write_npy(inside(out_dir, job.artefacts[f"npy:{method}"]), cam_map)
         stats[method] = stats_of(cam_map)
         del cam_map
     if "grid" in job.artefacts:
         maps = {m: explanation.maps[m] for m in methods}
-        write_png(inside(out_dir, job.artefacts["grid"]), method_grid(image, maps, alpha=alpha, caption=text))
+        write_image(inside(out_dir, job.artefacts["grid"]), method_grid(image, maps, alpha=alpha, caption=text))
     return stats
 
 

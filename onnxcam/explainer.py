@@ -412,6 +412,10 @@ class Explainer:
             )
         methods = [methods] if isinstance(methods, str) else list(methods)
         options = check_options(methods, metrics, options, x.shape[2:4])
+        if metrics:
+            from .metrics import check_on_graph  # e.g. MPRT's layer count, before any work
+
+            check_on_graph(metrics, self, options)
         layers = list(layers or self.layers)
         unknown = [layer for layer in layers if layer not in self.layers]
         if unknown:

@@ -1,4 +1,4 @@
-"""Safe artefact names and atomic writes for the batch job (PNG, ``.npy``, JSON lines).
+"""Safe artefact names and atomic writes for the batch job and the picture commands (images, ``.npy``, JSON lines).
 
 Names: an input's stem folded to ``[A-Za-z0-9._-]`` plus a short hash of its full resolved path, so files called
 alike in different folders never collide and no input name (``../x``, absolute paths, unicode, 300 characters) can
@@ -95,11 +95,12 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """Encode a uint8 RGB ``[H, W, 3]`` image as PNG."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+def image_bytes(pixels: np.ndarray, suffix: str = ".png") -> bytes:
+    """Encode a uint8 RGB ``[H, W, 3]`` or grey ``[H, W]`` image in the format ``suffix`` names (``.png``, ``.jpg``,
+    any OpenCV writes)."""
+    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(pixels if pixels.ndim == 2 else pixels[..., ::-1]))
     if not ok:
-        raise OSError(f"PNG encoding failed for an image of shape {rgb.shape}")
+        raise OSError(f"{suffix} encoding failed for an image of shape {pixels.shape}")
     return buf.tobytes()
 
 
@@ -110,9 +111,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Atomically write a uint8 RGB image as PNG."""
-    atomic_write(path, png_bytes(rgb))
+def write_image(path: Path, pixels: np.ndarray) -> None:
+    """Atomically write a uint8 RGB or grey image in the format of ``path``'s suffix (:func:`image_bytes`)."""
+    atomic_write(path, image_bytes(pixels, path.suffix))
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

@@ -91,6 +91,17 @@ def test_refusals(model: Path, image: Path, tmp_path: Path, monkeypatch: pytest.
     assert bad.exit_code == 2 and "'nope' is not in this graph; it has: body.3" in bad.output
     no_image = CliRunner().invoke(main, ["maps", str(model), "-o", str(tmp_path / "g.png")])
     assert no_image.exit_code == 2 and "give an IMAGE (or --filters)" in no_image.output
+    out = tmp_path / "f.png"
+    with_image = CliRunner().invoke(main, ["maps", str(model), str(image), "--filters", "-o", str(out)])
+    assert with_image.exit_code == 2 and not out.exists(), with_image.output
+    assert with_image.output.splitlines()[-1] == (
+        "Error: --filters shows the first convolution's weights, the same for every image, so IMAGE would be "
+        "ignored: drop it, or drop --filters for the image's feature maps"
+    )
+    with_options = CliRunner().invoke(
+        main, ["maps", str(model), "--filters", "--top", "3", "--by", "gradient", "-o", str(out)]
+    )
+    assert with_options.exit_code == 2 and "so --top, --by would be ignored: drop them" in with_options.output
     monkeypatch.setitem(sys.modules, "onnx", None)  # the runtime without the export extra
     with pytest.raises(ValueError, match=r"onnx package: pip install 'onnxcam\[export\]'"):
         first_conv_weights(str(model))

@@ -4,6 +4,8 @@ picture, and one-line refusals."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import cv2
@@ -115,3 +117,37 @@ def test_refusals(explainer: Explainer, tmp_path: Path) -> None:
         visualize(explainer, "top1")
     with pytest.raises(ValueError, match="steps must be at least 1"):
         visualize(explainer, 1, Settings(steps=0))
+
+
+class _DiskFull:
+    """A file object that writes half of what it is given, then fails as a full disk does."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def __enter__(self) -> _DiskFull:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("command", [["visualize", "--target", "4", "--steps", "2"], ["maps", "--filters"]])
+def test_picture_commands_write_atomically(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """A write cut short (disk full) leaves the previous picture whole and no partial file, with a one-line error."""
+    out = tmp_path / "picture.png"
+    before = cv2.imencode(".png", np.full((8, 8, 3), 7, np.uint8))[1].tobytes()
+    out.write_bytes(before)
+    fdopen = os.fdopen
+    monkeypatch.setattr("onnxcam.outputs.os.fdopen", lambda fd, mode: _DiskFull(fdopen(fd, mode)))
+    result = CliRunner().invoke(main, [command[0], str(model), *command[1:], "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: cannot write {out}: No space left on device\n"
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["picture.png"]

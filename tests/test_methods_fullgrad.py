@@ -1,7 +1,8 @@
 """FullGrad through an explainer graph exported with ``bias_gradients=True`` against pytorch-grad-cam 1.5.x
-``FullGrad`` on the same module: a small CNN with a convolution with its own bias, convolutions whose batch norm the
-export folds into them, and a batch norm after a ReLU that stays a ``BatchNormalization`` node (random statistics).
-Tolerance: 1e-4 absolute on the final [0, 1] maps.
+``FullGrad`` on the same module, and its raw terms against ``torch.autograd``: a small CNN with a convolution with its
+own bias, convolutions whose batch norm the export folds into them, and a batch norm after a ReLU that stays a
+``BatchNormalization`` node (random statistics). Tolerances: 1e-4 absolute on the final [0, 1] maps; each
+``bias_gradient:*`` output 1e-5 relative to its peak (float32 graph vs float64 autograd).
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from method_cases import explain, randomize_batch_norm
+from method_cases import explain, randomize_batch_norm, relative_error
 from onnxcam_export.api import export_model
 from pytorch_grad_cam import FullGrad
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+from torch_reference import fullgrad_terms
 
 from onnxcam import contract
 from onnxcam.explainer import Explainer
 
 MAP_TOL = 1e-4
+TERM_TOL = 1e-5
 TARGETS = [3, 5]
 
 
@@ -66,6 +69,20 @@ def test_fullgrad_matches_pytorch_grad_cam(biasnet) -> None:
         reference = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(t) for t in TARGETS])
     ours, _, _ = explain(explainer, x, TARGETS, "fullgrad")
     assert np.abs(ours - reference).max() <= MAP_TOL
+
+
+def test_bias_gradients_are_torch_autograd(biasnet) -> None:
+    """``bias_gradient:input`` is ``x ⊙ ∂y/∂x`` and ``bias_gradient:<i>`` is ``b ⊙ ∂y/∂z`` at the outputs ``z`` of
+    body.1 and body.6 (batch norms folded into the bias-free convolutions before them: ``b = β − γ·μ/√(σ² + ε)``),
+    body.3 (a convolution's own bias) and body.8 (a batch norm left as a node), in graph order."""
+    model, path, x = biasnet
+    seed = np.eye(10, dtype=np.float32)[TARGETS]
+    ours = Explainer(path, provider="cpu", threads=2).bias_gradients(x, seed)
+    reference = fullgrad_terms(model, x, seed, ["body.1", "body.3", "body.6", "body.8"])
+    assert len(ours) == len(reference) == 5
+    for term, (got, want) in enumerate(zip(ours, reference, strict=True)):
+        assert got.shape == want.shape and np.abs(want).max() > 0, term
+        assert relative_error(got, want) <= TERM_TOL, (term, relative_error(got, want))
 
 
 def test_fullgrad_outputs_are_optional(tmp_path) -> None:

@@ -1,7 +1,8 @@
 """ShapleyCAM through an explainer graph exported with ``hvp=True`` (the backward graph differentiated again by our
 engine) against pytorch-grad-cam 1.5.x ``ShapleyCAM`` and ``torch.autograd`` double backward, on a small CNN whose part
-after the layer is smooth (SiLU, softmax-free logits), so that ``H·A`` is not zero.
-Tolerances: ``H·A`` 1e-4 relative to its peak; final [0, 1] maps 1e-4 absolute.
+after the layer is smooth (SiLU, softmax-free logits), so that ``H·A`` is not zero; from an ONNX file too, with
+``--bias-gradients`` (terms against ``torch.autograd``). Tolerances: ``H·A`` 1e-4 relative to its peak; bias terms
+1e-5 relative to their peak; final [0, 1] maps 1e-4 absolute.
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import pytest
 import torch
 from method_cases import explain, relative_error
 from onnx import TensorProto, helper, numpy_helper
-from onnxcam_export.api import export_model
+from onnxcam_export.api import export_model, export_onnx_file
 from onnxcam_export.errors import ExportError
 from onnxcam_export.switched_check import check_switched_parts
 from pytorch_grad_cam import ShapleyCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from small_models import GapNet, export_gapnet
+from test_verify import onnx_source
 from torch import nn
+from torch_reference import fullgrad_terms, hessian_vector_products
 
 from onnxcam import contract
 from onnxcam.explainer import Explainer
 
 MAP_TOL = 1e-4
 HVP_TOL = 1e-4
+TERM_TOL = 1e-5
 TARGETS = [3, 5]
 
 
@@ -65,6 +69,32 @@ def test_hvp_is_torch_double_backward(smooth) -> None:
     (reference,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
     assert np.abs(reference.numpy()).max() > 0.1 * np.abs(g.detach().numpy()).max()  # H·A matters here
     assert relative_error(ours, reference.numpy()) <= HVP_TOL
+
+
+def test_onnx_file_hvp_and_bias_gradients_are_torch_autograd(tmp_path) -> None:
+    """Exported from a foreign ONNX file with both optional parts at two layers: ``hvp:<layer>`` is torch's double
+    backward at the ReLU (body.1) and the SiLU (body.3, ``Sigmoid·x`` in ONNX) outputs, and ``bias_gradient:*`` is
+    torch autograd's ``x ⊙ ∂y/∂x`` and ``b ⊙ ∂y/∂z`` of the three convolutions, in graph order."""
+    torch.manual_seed(0)
+    model = SmoothHead().eval()
+    layers = {"/body/body.1/Relu_output_0": "body.1", "/body/body.3/Mul_output_0": "body.3"}
+    out = tmp_path / "smooth.explainer.onnx"
+    source = onnx_source(model, tmp_path / "smooth.onnx")
+    export_onnx_file(source, out, list(layers), input_gradients=(), bias_gradients=True, hvp=True, log=lambda _: None)
+    explainer = Explainer(out, provider="cpu", threads=2)
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    seed = np.eye(10, dtype=np.float32)[TARGETS]
+    ours = explainer.hvp(x, seed)
+    reference = hessian_vector_products(model, x, seed, list(layers.values()))
+    for name, module in layers.items():
+        assert np.abs(reference[module]).max() > 0, module
+        assert relative_error(ours[name], reference[module]) <= HVP_TOL, name
+    terms = explainer.bias_gradients(x, seed)
+    expected = fullgrad_terms(model, x, seed, ["body.0", "body.2", "body.4"])
+    assert len(terms) == len(expected) == 4
+    for term, (got, want) in enumerate(zip(terms, expected, strict=True)):
+        assert got.shape == want.shape and np.abs(want).max() > 0, term
+        assert relative_error(got, want) <= TERM_TOL, (term, relative_error(got, want))
 
 
 def test_shapley_cam_matches_pytorch_grad_cam(smooth) -> None:

@@ -119,3 +119,31 @@ def test_last_step_alone_equals_the_cascades_last(gapnet, steps: int, monkeypatc
     assert len(last) == 1 and last[0].layer == whole[-1].layer
     np.testing.assert_array_equal(last[0].spearman, whole[-1].spearman)
     np.testing.assert_array_equal(last[0].ssim, whole[-1].ssim)
+
+
+def test_more_layers_than_the_graph_has_are_refused_before_any_work(gapnet, tmp_path, monkeypatch) -> None:
+    """GapNet has 3 randomisable layers (two convolutions, the linear head): 3 is the whole cascade, 4 is refused in
+    one line by the API (``mprt_curve``, ``explain_arrays(metrics=...)``) and by ``onnxcam evaluate`` and
+    ``onnxcam explain`` (usage error), before any inference; never clamped."""
+    explainer, x, seed = gapnet
+    assert mprt_curve(explainer, x, seed, "gradcam", steps=3, last_only=True)[0].layer == "/model/body/body.0/Conv"
+    calls = []
+    run = Explainer.run
+    monkeypatch.setattr(Explainer, "run", lambda *a, **k: calls.append(1) or run(*a, **k))
+    message = (
+        "mprt: cannot randomise {} top layers (mprt_layers): gapnet.onnx has 3 randomisable layers (float "
+        "Conv/ConvTranspose/Gemm/MatMul weights); give 1 to 3, or 0 for all"
+    )
+    with pytest.raises(ValueError) as refused:
+        mprt_curve(explainer, x, seed, "gradcam", steps=4)
+    assert str(refused.value) == message.format(4)
+    with pytest.raises(ValueError) as refused:
+        explainer.explain_arrays(x, TARGET, ["gradcam"], metrics=["mprt"], options={"mprt_layers": 5})
+    assert str(refused.value) == message.format(5) and not calls
+    image = tmp_path / "cat.png"
+    cv2.imwrite(str(image), cv2.resize(data.chelsea(), (32, 32)))
+    for command in ("evaluate", "explain"):
+        args = [command, str(explainer.path), str(image), "--out", str(tmp_path / command), "--metric", "mprt"]
+        result = CliRunner().invoke(main, [*args, "--option", "mprt_layers=999", "-q"])
+        assert result.exit_code == 2 and not calls, result.output
+        assert result.output.splitlines()[-1] == f"Error: Invalid value for --option: {message.format(999)}"

@@ -19,8 +19,10 @@ import pytest
 import torch
 import torchvision
 from onnxcam_export.api import export_model, export_onnx_file
+from onnxcam_export.autodiff.registry import RULES
 from onnxcam_export.quantization import QuantizedFormatError
 from onnxcam_export.sources import load_module
+from onnxcam_export.verify import VerificationError
 from scipy.stats import spearmanr
 from small_models import GapNet
 
@@ -450,3 +452,34 @@ def test_precision_of_an_already_deployed_file_refused_in_one_line(models: dict[
         with pytest.raises(PrecisionError) as error:
             export_onnx_file(models[name], None, precision="int8", calibration=np.zeros((1, 3, 8, 8), np.float32))
         assert str(error.value) == f"--precision int8: the model is {kind} already; export it without --precision"
+
+
+def _halved(rule):
+    """``rule`` made wrong on purpose: the gradient of its first input halved."""
+
+    def wrong(ctx):
+        grads = rule(ctx)
+        return [ctx.emit("Mul", grads[0], ctx.const(0.5, like=ctx.output())), *grads[1:]]
+
+    return wrong
+
+
+@pytest.mark.parametrize(
+    ("op", "named"),
+    [
+        ("Gemm", "first node on the backward path whose VJP disagrees with finite differences: '/fc/Gemm' (Gemm,"),
+        ("DequantizeLinear", "every float node's VJP agrees locally: look at the straight-through rules of"),
+    ],
+)
+def test_int8_verifier_names_where_it_goes_wrong(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, op: str, named: str
+) -> None:
+    """A wrong rule in a QDQ graph is refused by the STE reference naming the node (a float op's VJP, located as the
+    float verifier does) or the straight-through rules (every float node agreeing), in one line."""
+    if not models["qdq"].parent.name.startswith("gapnet"):
+        pytest.skip("one small network is enough")
+    monkeypatch.setitem(RULES, op, _halved(RULES[op]))
+    with pytest.raises(VerificationError) as refused:
+        export_onnx_file(models["qdq"], None, log=lambda _: None)
+    message = str(refused.value)
+    assert message.startswith("explainer graph is wrong: ") and named in message and "\n" not in message, message

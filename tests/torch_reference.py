@@ -44,3 +44,54 @@ def reference(model: nn.Module, layers: Sequence[str], x: torch.Tensor, target: 
         out[f"activation:{name}"] = seen[name].detach().numpy()
         out[f"gradient:{name}"] = g.numpy()
     return out
+
+
+def _outputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(logits, [output of module name for name in names])`` of one forward pass."""
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda m, _i, out, n=n: seen.setdefault(n, out)) for n in names]
+    try:
+        scores = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return scores, [seen[n] for n in names]
+
+
+def bias_of(module: nn.Module) -> torch.Tensor:
+    """The per-channel bias a module adds at its output (FullGrad, Srinivas & Fleuret 2019): a convolution's ``bias``,
+    an eval-mode batch norm's ``β − γ·μ / √(σ² + ε)``."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.bias - module.weight * module.running_mean / torch.sqrt(module.running_var + module.eps)
+    return module.bias
+
+
+def fullgrad_terms(model: nn.Module, x: np.ndarray, seed: np.ndarray, biased: Sequence[str]) -> list[np.ndarray]:
+    """``[x ⊙ ∂y/∂x, b_1 ⊙ ∂y/∂z_1, …]`` by ``torch.autograd.grad`` in float64, ``y = Σ seed ⊙ logits``, ``z_k`` the
+    output of module ``biased[k]`` and ``b_k`` its :func:`bias_of` (per channel, broadcast over ``[N, K, h, w]``)."""
+    model = copy.deepcopy(model).double().eval()
+    modules = dict(model.named_modules())
+    inputs = torch.from_numpy(x).double().requires_grad_(True)
+    scores, z = _outputs(model, biased, inputs)
+    grads = torch.autograd.grad((scores * torch.from_numpy(seed).double()).sum(), [inputs, *z])
+    terms = [inputs * grads[0]] + [
+        bias_of(modules[n])[:, None, None] * g for n, g in zip(biased, grads[1:], strict=True)
+    ]
+    return [t.detach().numpy() for t in terms]
+
+
+def hessian_vector_products(
+    model: nn.Module, x: np.ndarray, seed: np.ndarray, layers: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """``H·A = ∂/∂A ⟨∂y/∂A, v⟩|_{v=A}`` per layer output ``A`` (``H = ∂²y/∂A²``) by torch double backward in float64,
+    ``y = Σ seed ⊙ logits``."""
+    model = copy.deepcopy(model).double().eval()
+    scores, acts = _outputs(model, layers, torch.from_numpy(x).double())
+    y = (scores * torch.from_numpy(seed).double()).sum()
+    out = {}
+    for name, a in zip(layers, acts, strict=True):
+        (g,) = torch.autograd.grad(y, a, create_graph=True, retain_graph=True)
+        (hv,) = torch.autograd.grad(g, a, grad_outputs=a.detach(), retain_graph=True)
+        out[name] = hv.numpy()
+    return out

@@ -15,7 +15,7 @@ from ..detection_visual import detection_overlay
 from ..explainer import Explainer
 from ..images import read_image
 from ..inputs import expand_inputs
-from ..outputs import json_line, write_npy, write_png
+from ..outputs import json_line, write_image, write_npy
 from ..providers import CHOICES
 from ..visual import overlay
 from .common import method_option, usage_error
@@ -68,10 +68,10 @@ def detect_images(
             stem = out / item.path.stem
             for name, maps in found.maps.items():
                 picture = detection_overlay(image, found.boxes, maps, explainer.preprocess.input_size, alpha)
-                write_png(stem.with_name(f"{stem.name}.detect.{name}.png"), picture)
+                write_image(stem.with_name(f"{stem.name}.detect.{name}.png"), picture)
                 write_npy(stem.with_name(f"{stem.name}.boxes.{name}.npy"), maps.astype(np.float32))
             if found.eigencam is not None:
-                write_png(stem.with_name(f"{stem.name}.eigencam.png"), overlay(image, found.eigencam, alpha))
+                write_image(stem.with_name(f"{stem.name}.eigencam.png"), overlay(image, found.eigencam, alpha))
             boxes = [
                 {"xyxy": list(b.xyxy), "class_index": b.class_index, "label": b.label, "score": b.score}
                 for b in found.boxes

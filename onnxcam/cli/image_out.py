@@ -1,4 +1,5 @@
-"""``--out FILE`` of the commands that write one picture (``visualize``, ``maps``): checked before any work."""
+"""``--out FILE`` of the commands that write one picture (``visualize``, ``maps``): checked before any work, written
+atomically (:func:`onnxcam.outputs.write_image`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from pathlib import Path
 
 import click
 import cv2
+import numpy as np
+
+from ..outputs import write_image
 
 
 def check_image_out(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -30,3 +34,12 @@ image_out_option = click.option(
     callback=check_image_out,
     help="Where to write the PNG.",
 )
+
+
+def write_out(out: str, pixels: np.ndarray) -> None:
+    """Write the uint8 RGB or grey picture to ``out`` atomically (a crash leaves the previous file or none, never half
+    a picture); a failure is a one-line :class:`click.ClickException` naming the file and the cause."""
+    try:
+        write_image(Path(out), pixels)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None

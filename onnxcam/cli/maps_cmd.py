@@ -4,10 +4,9 @@ convolution's filters (:mod:`onnxcam.feature_maps`)."""
 from __future__ import annotations
 
 import click
-import cv2
 
 from .common import target_option
-from .image_out import image_out_option
+from .image_out import image_out_option, write_out
 
 
 @click.command()
@@ -23,7 +22,9 @@ from .image_out import image_out_option
     help="Rank channels by mean activation or by Grad-CAM weight (mean gradient of the target).",
 )
 @target_option
-@click.option("--filters", is_flag=True, help="Show the first convolution's filters instead (needs the onnx package).")
+@click.option(
+    "--filters", is_flag=True, help="Show the first convolution's filters (no IMAGE; needs the onnx package)."
+)
 @image_out_option
 def maps(
     model: str, image: str | None, layer: str | None, top: int, by: str, target: str, filters: bool, out: str
@@ -36,6 +37,8 @@ def maps(
     from ..preprocess import preprocess_batch
     from ..targets import TargetError
 
+    if filters:
+        _refuse_image_options(click.get_current_context())
     try:
         explainer = Explainer(model, provider="cpu")
         if filters:
@@ -55,6 +58,21 @@ def maps(
             summary = f"{layer}: channels {', '.join(map(str, channels.tolist()))} (by {by})"
     except (ValueError, TargetError, OSError) as exc:
         raise click.ClickException(str(exc).strip().splitlines()[0]) from None
-    if not cv2.imwrite(out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise click.ClickException(f"cannot write {out}")
+    write_out(out, grid)
     click.echo(f"wrote {out}: {summary}")
+
+
+def _refuse_image_options(ctx: click.Context) -> None:
+    """With ``--filters``, a usage error naming IMAGE and the feature-map options given: the filters are the same
+    for every image, so they would be ignored."""
+    given = [
+        p.human_readable_name if isinstance(p, click.Argument) else p.opts[0]
+        for p in ctx.command.params
+        if p.name in ("image", "layer", "top", "by", "target")
+        and ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if given:
+        raise click.UsageError(
+            f"--filters shows the first convolution's weights, the same for every image, so {', '.join(given)} would "
+            f"be ignored: drop {'it' if len(given) == 1 else 'them'}, or drop --filters for the image's feature maps"
+        )

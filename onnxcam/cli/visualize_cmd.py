@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import click
-import cv2
 
 from .. import progress
 from ..feature_vis import Settings
-from .image_out import image_out_option
+from .image_out import image_out_option, write_out
 
 _DEFAULTS = Settings()
 
@@ -73,7 +72,5 @@ def visualize(
         raise click.BadParameter(str(exc), param_hint="--target") from None
     except ValueError as exc:
         raise click.ClickException(str(exc).strip().splitlines()[0]) from None
-    image = result.image if result.image.ndim == 2 else cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(out, image):
-        raise click.ClickException(f"cannot write {out}")
+    write_out(out, result.image)
     click.echo(f"wrote {out}: {name}, score {result.start:.4g} → {result.final:.4g} in {steps} steps")

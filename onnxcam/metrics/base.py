@@ -31,7 +31,8 @@ class Metric:
     ``in_all``: ``--metric all`` includes it (not so for metrics needing what only the caller gives, e.g. the pointing
     game's object, or re-explaining with other weights, MPRT). ``probabilities``: it scores the target's probability
     whatever the options, so raw values (a regression head, a unit target) cannot have it. ``units``: it can score a
-    unit target (MPRT explains again with class seeds only)."""
+    unit target (MPRT explains again with class seeds only). ``check``: ``(explainer, checked options) -> None``, run
+    before any image, raises ValueError in one line when the options cannot work on this graph (MPRT's layer count)."""
 
     name: str
     family: Family
@@ -39,6 +40,7 @@ class Metric:
     in_all: bool = True
     probabilities: bool = False
     units: bool = True
+    check: Callable[[Any, Mapping[str, Any]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,14 @@ def get_metric(name: str) -> Metric:
 def available_metrics() -> tuple[str, ...]:
     """Names of all registered metrics, in registration order (families together)."""
     return tuple(metric.name for metric in _REGISTRY.values())
+
+
+def check_on_graph(metrics: Sequence[str], explainer: Any, options: Mapping[str, Any]) -> None:
+    """Each of ``metrics``' :attr:`Metric.check` (once each) on ``explainer``'s graph with the checked ``options``,
+    before any image; ValueError (ImportError for a missing extra) in one line."""
+    for check in dict.fromkeys(get_metric(m).check for m in metrics):
+        if check is not None:
+            check(explainer, options)
 
 
 def resolve_metrics(names: Sequence[str]) -> tuple[str, ...]:

@@ -51,7 +51,7 @@ from ..methods.options import check_options
 from ..outputs import JsonLinesLog
 from ..targets import ClassSet, Target
 from ..units import UnitTarget, metric_access
-from .base import check_probabilities, get_metric, metric_options
+from .base import check_on_graph, check_probabilities, get_metric, metric_options
 from .evaluate import evaluate_maps
 from .localisation import BOX
 
@@ -114,7 +114,8 @@ def plan(options: EvaluationOptions, explainer: Explainer) -> Plan:
         check_graph_supports(get_method(name), explainer, layers, target)
     try:
         checked = check_options(methods, metrics, options.options, explainer.preprocess.input_size)
-    except ValueError as exc:
+        check_on_graph(metrics, explainer, checked)
+    except (ValueError, ImportError) as exc:
         raise BatchUsageError(str(exc), "--option") from None
     return Plan(methods, metrics, target, layers, options.batch_size, checked)
 

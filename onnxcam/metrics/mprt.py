@@ -16,9 +16,9 @@ target, layers and options, and the map is compared with the original one:
 
 A method that passes the check gives maps that decorrelate as layers are randomised. :func:`mprt_curve` gives the
 whole cascade; the metrics ``mprt`` (Spearman) and ``mprt_ssim`` score the map of the model with its
-``mprt_layers`` top layers randomised (default 0: all of them). Lower means the explanation depends on the
-weights, as it should. Cost: one explanation per image and cascade step. Reading the graph's layers needs ``onnx``,
-scipy and scikit-image: ``pip install 'onnxcam[metrics]'``.
+``mprt_layers`` top layers randomised (default 0: all of them; more than the graph has is refused, never clamped).
+Lower means the explanation depends on the weights, as it should. Cost: one explanation per image and cascade step.
+Reading the graph's layers needs ``onnx``, scipy and scikit-image: ``pip install 'onnxcam[metrics]'``.
 """
 
 from __future__ import annotations
@@ -76,6 +76,29 @@ def parametrised_layers(path: str | Path) -> list[Layer]:
     return layers
 
 
+def randomisable(path: str | Path, count: int = 0) -> list[Layer]:
+    """The ``count`` top parametrised layers of the graph at ``path`` (0: all), top first. ValueError in one line when
+    the graph has none, or fewer than ``count`` (``mprt_layers`` is never clamped silently)."""
+    found = parametrised_layers(path)[::-1]
+    name = Path(path).name
+    if not found:
+        raise ValueError(
+            f"mprt: {name} has no float Conv/ConvTranspose/Gemm/MatMul weights to randomise (a quantized graph keeps "
+            "integer weights); run the check on the float model"
+        )
+    if count > len(found):
+        raise ValueError(
+            f"mprt: cannot randomise {count} top layers (mprt_layers): {name} has {len(found)} randomisable layers "
+            f"(float Conv/ConvTranspose/Gemm/MatMul weights); give 1 to {len(found)}, or 0 for all"
+        )
+    return found[: count or len(found)]
+
+
+def check_layers(explainer: Any, options: Mapping[str, Any]) -> None:
+    """Before any image: :func:`randomisable` for ``options``' ``mprt_layers`` on ``explainer``'s graph."""
+    randomisable(explainer.path, int(options.get(LAYERS.name, LAYERS.default)))
+
+
 def randomised(layers: Sequence[Layer], seed: int) -> list[dict[str, np.ndarray]]:
     """Per layer, its weights redrawn from ``N(0, std(w)²)`` in their dtype (one generator for the whole cascade)."""
     rng = np.random.default_rng(seed)
@@ -122,8 +145,9 @@ def mprt_curve(
     last_only: bool = False,
 ) -> list[CascadeStep]:
     """The cascade: step 0 (nothing randomised: ρ = SSIM = 1 for a deterministic method), then one step per layer
-    randomised from the top, ``steps`` of them (0: all). Explains the batch ``steps + 2`` times; with ``last_only``,
-    twice, returning only the last step (the same weights: one generator draws the whole cascade).
+    randomised from the top, ``steps`` of them (0: all; more than the graph has: ValueError, before any work).
+    Explains the batch ``steps + 2`` times; with ``last_only``, twice, returning only the last step (the same weights:
+    one generator draws the whole cascade).
 
     ``explainer``: an :class:`onnxcam.Explainer`; ``x`` ``[N, C, H, W]`` preprocessed; ``seed`` ``[N, *S]`` the
     explained quantity's weights (one-hot of the class for class targets); ``method``, ``layers`` and ``options`` as
@@ -133,6 +157,7 @@ def mprt_curve(
     from ..methods import get_method
     from ..methods.options import method_options
 
+    found = randomisable(explainer.path, steps)
     name = get_method(method).name
     own = {o.name for o in method_options(name)}
     kwargs = {
@@ -142,13 +167,6 @@ def mprt_curve(
         "options": {k: v for k, v in (options or {}).items() if k in own},
     }
     original = np.stack([r.maps[name] for r in explainer.explain_arrays(x, **kwargs)])
-    found = parametrised_layers(explainer.path)[::-1]  # top first
-    if not found:
-        raise ValueError(
-            f"mprt: {explainer.path.name} has no float Conv/ConvTranspose/Gemm/MatMul weights to randomise (a quantized"
-            " graph keeps integer weights); run the check on the float model"
-        )
-    found = found[: steps or len(found)]
     # step 0 loads the file's own weights through the same override path: ρ = SSIM = 1 checks the machinery
     replaced = {n: w for layer in found for n, w in layer.weights.items()}
     cascade = list(zip([None, *found], [{}, *randomised(found, random_seed)], strict=True))
@@ -192,5 +210,5 @@ def mprt_family(request: MetricRequest, names: frozenset[str]) -> dict[str, np.n
     return {name: {"mprt": last.spearman, "mprt_ssim": last.ssim}[name] for name in names}
 
 
-register(Metric("mprt", mprt_family, False, in_all=False, units=False))
-register(Metric("mprt_ssim", mprt_family, False, in_all=False, units=False))
+register(Metric("mprt", mprt_family, False, in_all=False, units=False, check=check_layers))
+register(Metric("mprt_ssim", mprt_family, False, in_all=False, units=False, check=check_layers))
