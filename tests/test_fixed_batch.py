@@ -114,26 +114,38 @@ def test_gradcam_matches_pytorch_grad_cam(folded) -> None:
 
 
 def test_cli_explains_a_folder_with_a_batch_1_graph(folded, tmp_path: Path) -> None:
+    """``onnxcam explain`` on a folder of three images: each image's class and probability are the PyTorch model's on
+    that image alone, and each map is saved at the image's size."""
+    import json
+
     import cv2
 
-    _, path, _ = folded
+    from onnxcam.preprocess import preprocess
+
+    model, path, _ = folded
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(2)
     for n in range(3):
         cv2.imwrite(str(folder / f"im{n}.png"), rng.integers(0, 256, (24, 20, 3), np.uint8))
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        main, ["explain", str(path), str(folder), "--out", str(out), "--save", "npy", "--quiet"], catch_exceptions=False
-    )
+    args = ["explain", str(path), str(folder), "--out", str(out), "--save", "npy", "--quiet"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["input"]).name for r in records) == ["im0.png", "im1.png", "im2.png"]
     explainer = Explainer(path, provider="cpu")
-    for n in range(3):
-        alone = explainer.explain(str(folder / f"im{n}.png"))[0].maps["gradcam"]
-        saved = np.load(out / f"im{n}.gradcam.npy")
-        assert saved.shape == (24, 20) or saved.shape == alone.shape
-        if saved.shape == alone.shape:
-            assert np.abs(saved - alone).max() <= 1e-6
+    for record in records:
+        assert record["status"] == "ok", record
+        image = explainer.explain(record["input"])[0]
+        x = preprocess(cv2.imread(record["input"])[..., ::-1], explainer.preprocess)[None]
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.from_numpy(x)), 1)[0].numpy()
+        assert record["class_index"] == int(probs.argmax())
+        assert abs(record["probability"] - float(probs.max())) <= 1e-5
+        saved = np.load(out / f"{record['name']}.gradcam.npy")
+        assert saved.shape == (24, 20) and image.maps["gradcam"].shape == (SIZE, SIZE)
+        assert np.isfinite(saved).all() and 0 <= saved.min() <= saved.max() <= 1
 
 
 def _graph(batch: int, mixes: bool) -> onnx.ModelProto:
