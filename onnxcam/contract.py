@@ -7,7 +7,8 @@ The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (METHO
 the one-hot of the target class, so ``y_n`` is that class's logit.
 
 Graph inputs
-    ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic), whatever the model itself takes: a uint8
+    ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic, or fixed: metadata ``onnxcam.fixed_batch``,
+                :mod:`onnxcam.fixed_batch`), whatever the model itself takes: a uint8
                 or NHWC model input is cast/transposed inside the graph (see :class:`Preprocess`).
     ``target``  int64 ``[N]``: class to explain per image, ``-1`` = that image's top-1 prediction.
     ``seed``    optional float32 ``[N, *S]`` shaped like ``scores`` (default: one all-zero row). A non-zero row

@@ -84,16 +84,16 @@ def test_gradients_match_autograd_one_image_at_a_time(folded) -> None:
     x = images(3)
     out = explainer.run(x, np.full(3, contract.TOP1, np.int64))
     assert out.scores.shape == (3, 5) and out.gradients[layer].shape[0] == 3
+    captured: dict[str, torch.Tensor] = {}
+    hook = model.act.register_forward_hook(lambda _m, _i, o: captured.update(a=o))
     for n in range(3):
-        captured = {}
-        hook = model.act.register_forward_hook(lambda _m, _i, o: captured.update(a=o))
         scores = model(torch.from_numpy(x[n : n + 1]))
-        hook.remove()
         (grad,) = torch.autograd.grad(scores[0, scores[0].argmax()], captured["a"])
         act, ref = captured["a"].detach().numpy(), grad.numpy()
         assert np.abs(out.activations[layer][n] - act[0]).max() <= 1e-5 * np.abs(act).max()
         assert np.abs(out.gradients[layer][n] - ref[0]).max() <= 1e-4 * np.abs(ref).max()
         assert np.abs(out.scores[n] - scores.detach().numpy()[0]).max() <= 1e-5 * np.abs(out.scores[n]).max()
+    hook.remove()
 
 
 def test_gradcam_matches_pytorch_grad_cam(folded) -> None:
