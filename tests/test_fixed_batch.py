@@ -222,3 +222,13 @@ def test_batch_safe_fixed_file_becomes_dynamic(tmp_path: Path) -> None:
     export_onnx_file(source, tmp_path / "e.onnx", None, (8, 8), log=logs.append)
     assert not any("fixed batch" in line for line in logs), logs
     assert Explainer(tmp_path / "e.onnx", provider="cpu").metadata.fixed_batch is None
+
+
+def test_metadata_key_is_optional() -> None:
+    """``onnxcam.fixed_batch`` is written only for a fixed batch; a file without it (older, or batch-dynamic) reads
+    as any batch."""
+    props = contract.Metadata(layers=("a",), fixed_batch=2).to_props()
+    assert props[contract.META_FIXED_BATCH] == "2"
+    assert contract.Metadata.from_props(props).fixed_batch == 2
+    older = contract.Metadata(layers=("a",)).to_props()
+    assert contract.META_FIXED_BATCH not in older and contract.Metadata.from_props(older).fixed_batch is None
