@@ -4,8 +4,7 @@ Real-world files are messy; this module normalises them: weights listed as graph
 than 18 (upgraded without changing the model, :mod:`.onnx_upgrade`; ``Upsample`` becomes ``Resize``), a fixed batch
 size (made dynamic when that is exact, else kept: :mod:`.source_batch`), any input/output names (renamed to the
 contract's), several outputs (the scores chosen by ``scores_from`` or by shape, :mod:`.scores_from`; the others
-dropped). The tapped tensors are renamed
-``activation:<tensor>`` so they become graph outputs in place.
+dropped). The tapped tensors are renamed ``activation:<tensor>`` so they become graph outputs in place.
 """
 
 from __future__ import annotations
