@@ -22,12 +22,14 @@ from .box_gradients import keep_if_exact
 from .detection_layers import SCALES_REASON, detector_forward, torch_detector_layers
 from .detection_output import as_detection
 from .errors import ExportError
+from .fixed_batch_verify import verify_in_chunks
 from .in_graph import add_cams, check_cams
 from .in_graph import resolve as resolve_in_graph
 from .inside_normalisation import inside_normalisation
 from .layouts import refuse_non_nchw
 from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
+from .source_batch import declared_batch
 from .sources import SourceError
 from .switched_check import OPTIONS, check_switched_parts
 from .unit_check import refuse_dead_unit_layer
@@ -215,7 +217,9 @@ def _deployed_check(
     agreement logged first (:func:`.precision.with_agreement`)."""
     qdq = quantization.is_qdq(forward)
     reference = quantization.verify_ste if qdq else verify_finite_differences
-    check = with_agreement(lambda e: reference(e, layers, shape, tolerance=tolerance), forward, layers, shape, log)
+    check = with_agreement(
+        lambda e: verify_in_chunks(reference, e, layers, shape, tolerance), forward, layers, shape, log
+    )
     return (
         check,
         "the straight-through estimator by float64 finite differences" if qdq else "float64 finite differences",
@@ -387,7 +391,7 @@ def export_onnx_file(
     """
     started = time.perf_counter()
     user_layers = list(layers or [])
-    forward, layers = onnx_prep.prepare(onnx_prep.load(path), user_layers, opset, scores_from)
+    forward, layers = onnx_prep.prepare(onnx_prep.load(path), user_layers, opset, scores_from, log)
     found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
     size = tuple(input_size or found.size or (224, 224))
     forward = inputs.to_float_nchw(forward, found, size)
@@ -415,6 +419,7 @@ def export_onnx_file(
         exporter=f"onnxcam {__version__}; onnx {onnx.__version__}",
         scores_kind=head.kind,
         detection=detection,
+        fixed_batch=declared_batch(forward),
     )
     deployed, reference_name = _deployed_check(forward, layers, shape, tolerance, log)
     check = deployed if verify else None

@@ -150,8 +150,8 @@ def build_explainer(
                 )
             )
             with_head.append(layer)
-    if metadata.detection is not None:  # a detector: per-box seeds, one forward pass (:mod:`.box_gradients`)
-        parts.extend(add_box_gradients(model, layers, shape))
+    if metadata.detection is not None and metadata.fixed_batch is None:  # per-box seeds (:mod:`.box_gradients`);
+        parts.extend(add_box_gradients(model, layers, shape))  # at a fixed batch each box repeats the forward
     if metadata.detection is not None and (hvp or bias_gradients):
         raise ExportError("--hvp and --bias-gradients are for classifiers and dense outputs, not detectors")
     hvp_layers = [layer for layer in layers if raw[layer] == contract.activation_name(layer)] if hvp else []

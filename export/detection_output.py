@@ -21,6 +21,7 @@ from onnxcam import contract
 
 from .assemble import OutputError
 from .box_gradients import freeze_reshapes
+from .source_batch import declared_batch
 
 TASKS = ("classify", "detect")
 
@@ -37,7 +38,8 @@ def sample_output(forward: onnx.ModelProto, input_shape: tuple[int, int, int]) -
     del model.graph.output[:]
     model.graph.output.append(helper.make_empty_tensor_value_info(contract.SCORES))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+    rows = declared_batch(forward) or 1  # a source kept at its fixed batch runs that many
+    x = np.random.default_rng(0).standard_normal((rows, *input_shape)).astype(np.float32)
     return session.run([contract.SCORES], {contract.INPUT: x})[0]
 
 

@@ -28,6 +28,7 @@ from onnxcam.scores import is_binary
 
 from .errors import ExportError
 from .gating import Part, gate
+from .source_batch import check_batch
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -229,6 +230,7 @@ def check_cams(model: onnx.ModelProto, metadata: contract.Metadata, batch: int =
     import onnxruntime as ort
 
     size = metadata.preprocess.input_size
+    batch = check_batch(model, batch)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, metadata.preprocess.channels, *size)).astype(np.float32)
     options = ort.SessionOptions()

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from onnxcam import contract
 
 from .inputs import consumers
+from .source_batch import declared_batch
 
 #: Ops a normalisation at the start of a graph is made of (with constant operands), and ops passing it through.
 _AFFINE_OPS = frozenset({"Sub", "Div", "Mul", "Add"})
@@ -64,6 +65,7 @@ def inside_normalisation(model: onnx.ModelProto, shape: tuple[int, int, int]) ->
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    zero, one = (session.run([name], {contract.INPUT: np.full((1, *shape), v, np.float32)})[0] for v in (0, 1))
+    rows = declared_batch(model) or 1  # a source kept at its fixed batch runs that many
+    zero, one = (session.run([name], {contract.INPUT: np.full((rows, *shape), v, np.float32)})[0] for v in (0, 1))
     b = zero.mean(axis=(0, 2, 3))
     return InsideNormalisation(tuple(chain), tuple((one.mean(axis=(0, 2, 3)) - b).tolist()), tuple(b.tolist()))

@@ -2,19 +2,17 @@
 
 Real-world files are messy; this module normalises them: weights listed as graph inputs (legacy IR 3), opsets older
 than 18 (upgraded without changing the model, :mod:`.onnx_upgrade`; ``Upsample`` becomes ``Resize``), a fixed batch
-size (made dynamic), any input/output names (renamed to the contract's), several outputs (the scores chosen by
-``scores_from`` or by shape, :mod:`.scores_from`; the others dropped). The tapped tensors are renamed
-``activation:<tensor>`` so they become graph outputs in place.
+size (made dynamic when that is exact, else kept: :mod:`.source_batch`), any input/output names (renamed to the
+contract's), several outputs (the scores chosen by ``scores_from`` or by shape, :mod:`.scores_from`; the others
+dropped). The tapped tensors are renamed ``activation:<tensor>`` so they become graph outputs in place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxcam import contract
 
@@ -25,6 +23,7 @@ from .onnx_upgrade import upgrade
 from .precision import float32_io
 from .quantization import refuse_qoperator
 from .scores_from import choose_output
+from .source_batch import choose_batch, declared_batch
 
 MIN_OPSET = 18
 
@@ -49,83 +48,6 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
             vi.name = new
 
 
-def _dynamic_batch(model: onnx.ModelProto) -> int | None:
-    """Make dim 0 of the input symbolic; constant Reshape targets that hard-code the batch copy it instead (0).
-    Returns the batch the file had fixed (``None``: it was symbolic)."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
-    if dims:
-        dims[0].ClearField("dim_value")
-        dims[0].dim_param = "N"
-    del model.graph.value_info[:]
-    for out in model.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    if fixed is None:
-        return None
-    constants = {t.name: t for t in model.graph.initializer}
-    reshapes = [n for n in model.graph.node if n.op_type == "Reshape" and n.input[1] in constants]
-    literal_zeros = {n.input[1] for n in reshapes if any(a.name == "allowzero" and a.i for a in n.attribute)}
-    rewritten = set()
-    for name in dict.fromkeys(n.input[1] for n in reshapes):
-        shape = numpy_helper.to_array(constants[name]).copy()
-        if shape.size and shape[0] == fixed and not (name in literal_zeros and (shape[1:] == 0).any()):
-            shape[0] = 0  # copy the batch
-            constants[name].CopyFrom(numpy_helper.from_array(shape.astype(np.int64), name))
-            rewritten.add(name)
-    for node in model.graph.node:
-        if node.op_type == "Reshape" and node.input[1] in rewritten:
-            for attr in node.attribute:
-                if attr.name == "allowzero":
-                    attr.i = 0  # allowzero=1 (dynamo exports) would read the copied batch 0 as a literal 0
-        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] in constants:
-            _resize_spatial_only(model.graph, node, constants[node.input[3]], fixed)
-    return fixed
-
-
-def _check_dynamic_batch(model: onnx.ModelProto, fixed: int) -> None:
-    """Raise :class:`OnnxSourceError` (one line) when the graph of a file exported with a fixed batch, made
-    batch-dynamic by :func:`_dynamic_batch`, runs on its own batch but not on another (zeros): some exports fold the
-    batch into other shapes (Swin's windows ``[B·nW, 49, C]``, attention's ``[B·heads, L, d]``), which no rewrite
-    can undo."""
-    import onnxruntime as ort
-
-    tensor = model.graph.input[0].type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    if any(d is None for d in dims[1:]):
-        return  # symbolic H/W: checked by the verification instead
-    other = 2 if fixed != 2 else 3
-    x = np.zeros((max(other, fixed), *dims[1:]), onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        session.run(None, {model.graph.input[0].name: x[:fixed]})
-    except Exception:
-        return  # fails at its own batch too: not a folded batch; the later stages say what is wrong
-    try:
-        session.run(None, {model.graph.input[0].name: x[:other]})
-    except Exception as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise OnnxSourceError(
-            f"this ONNX file was exported with a fixed batch of {fixed} that its graph folds into other shapes, so "
-            f"it cannot run on a batch of {other} ({first[:160]}); re-export it with a dynamic batch "
-            "(torch.onnx.export: dynamic_shapes=… with dynamo=True, dynamic_axes=… with the TorchScript exporter)"
-        ) from None
-
-
-def _resize_spatial_only(graph: onnx.GraphProto, node: onnx.NodeProto, sizes: onnx.TensorProto, batch: int) -> None:
-    """A ``Resize`` to constant ``sizes`` ``[batch, C, H, W]`` (dynamo exports) resizes ``axes=[2, 3]`` to ``[H, W]``
-    instead, so any batch passes (opset ≥ 18)."""
-    values = numpy_helper.to_array(sizes)
-    if values.size != 4 or values[0] != batch or any(a.name == "axes" for a in node.attribute):
-        return
-    name = sizes.name + "/spatial"
-    if name not in {t.name for t in graph.initializer}:
-        graph.initializer.append(numpy_helper.from_array(values[2:].astype(np.int64), name))
-    node.input[3] = name
-    node.attribute.append(onnx.helper.make_attribute("axes", [2, 3]))
-
-
 def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto | None:
     """Copy of ``model`` with the input's symbolic H and W fixed to ``size`` (shapes re-inferred from there); ``None``
     when they are already static. For rules that build matrices at export (``Resize``): the runtime resizes every
@@ -147,8 +69,10 @@ def default_tensor(model: onnx.ModelProto) -> str:
     a dequantized one; integer tensors never); for a dense output ``[N, K, H, W]``, the last one before the class
     maps (never the output, nor a map with its ``K`` channels). A pooled vector is skipped in either layout:
     ``[N, C, 1, 1]`` and channels-last ``[N, 1, 1, C]`` (ConvNeXt's head LayerNorm), and so is a tensor whose first
-    dim is static or whose batch ``N`` is not first (attention's ``[L, N, heads, d]`` in TorchScript exports of ViT)."""
+    dim is static or whose batch ``N`` is not first (attention's ``[L, N, heads, d]`` in TorchScript exports of ViT);
+    in a graph kept at a fixed batch ``B`` (:mod:`.source_batch`), a tensor whose first dim is not ``B``."""
     info = GraphInfo(model)
+    batch = declared_batch(model)
     out = info.shape(contract.SCORES) or ()
     dense = len(out) == 4 and not (isinstance(out[2], int) and isinstance(out[3], int) and out[2] * out[3] <= 1)
     classes = out[1] if dense else None
@@ -164,7 +88,7 @@ def default_tensor(model: onnx.ModelProto) -> str:
         and info.dtype(o).kind == "f"
         and (s := info.shape(o)) is not None
         and len(s) == 4
-        and not isinstance(s[0], int)
+        and (s[0] == batch if batch is not None else not isinstance(s[0], int))
         and "N" not in s[1:]
         and not _single_position(s[2], s[3])
         and not _single_position(s[1], s[2])
@@ -188,7 +112,11 @@ def _declared_shape(output: onnx.ValueInfoProto) -> tuple[int | str | None, ...]
 
 
 def prepare(
-    model: onnx.ModelProto, layers: Sequence[str], opset: int = MIN_OPSET, scores_from: str | int | None = None
+    model: onnx.ModelProto,
+    layers: Sequence[str],
+    opset: int = MIN_OPSET,
+    scores_from: str | int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Normalised forward graph (input ``input``, outputs ``scores`` + ``activation:<layer>``) and the layers used.
 
@@ -216,9 +144,7 @@ def prepare(
     _rename(graph, graph.input[0].name, contract.INPUT)
     _rename(graph, graph.output[0].name, contract.SCORES)
     float32_io(model)
-    fixed = _dynamic_batch(model)
-    if fixed is not None:
-        _check_dynamic_batch(model, fixed)
+    model = choose_batch(model, log)
 
     layers = list(layers) or [default_tensor(model)]
     return tap_tensors(model, layers), layers

@@ -19,6 +19,7 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .float64 import evaluate_float64
 from .scores_head import _ACTIVATIONS, _PASS_THROUGH
+from .source_batch import check_batch
 from .verify import Report, fast_kernels, relative_error, run
 
 FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
@@ -97,6 +98,7 @@ def float64_agreement(
     This measures rounding of the deployed type (≈1e-3 for float16: 11-bit mantissa; 1 where values underflow to 0),
     not correctness of the rules, which the finite-difference check covers.
     """
+    batch = check_batch(explainer, batch)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
     target = np.full(batch, contract.TOP1, np.int64)

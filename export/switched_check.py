@@ -11,6 +11,7 @@ import onnx
 from onnxcam import contract
 
 from .errors import ExportError
+from .source_batch import check_batch
 from .verify import session_for
 
 #: The export option that adds each switch, for the message.
@@ -23,12 +24,13 @@ def check_switched_parts(model: onnx.ModelProto, metadata: contract.Metadata, sw
     if not switches:
         return
     session = session_for(model)
-    shape = (2, metadata.preprocess.channels, *metadata.preprocess.input_size)
+    batch = check_batch(model)
+    shape = (batch, metadata.preprocess.channels, *metadata.preprocess.input_size)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     optional = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
     for switch in switches:
         names = [o.name for o in session.get_outputs() if _under(o.name, switch)]
-        feeds = {contract.INPUT: x, contract.TARGET: np.full(2, contract.TOP1, np.int64)}
+        feeds = {contract.INPUT: x, contract.TARGET: np.full(batch, contract.TOP1, np.int64)}
         feeds.update({name: np.array(name == switch) for name in optional if name.startswith(contract.SWITCH_PREFIX)})
         try:
             values = session.run(names, feeds)

@@ -11,6 +11,7 @@ import onnx
 from onnxcam import contract
 
 from .errors import ExportError
+from .source_batch import check_batch
 
 
 def dead_layers(explainer: onnx.ModelProto, metadata: contract.Metadata, unit: contract.Unit) -> list[str]:
@@ -20,10 +21,11 @@ def dead_layers(explainer: onnx.ModelProto, metadata: contract.Metadata, unit: c
 
     rng = np.random.default_rng(0)
     size = metadata.preprocess.input_size
+    batch = check_batch(explainer)
     feeds = {
-        contract.INPUT: rng.standard_normal((2, metadata.preprocess.channels, *size)).astype(np.float32),
-        contract.TARGET: np.full(2, contract.TOP1),
-        contract.UNIT_SEED: rng.standard_normal((2, *unit.shape)).astype(np.float32),
+        contract.INPUT: rng.standard_normal((batch, metadata.preprocess.channels, *size)).astype(np.float32),
+        contract.TARGET: np.full(batch, contract.TOP1),
+        contract.UNIT_SEED: rng.standard_normal((batch, *unit.shape)).astype(np.float32),
     }
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the optional inputs' defaults are initializers, by design

@@ -28,6 +28,7 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .bias_gradients import node_bias
 from .float64 import CouldNotVerify, switched_on
+from .source_batch import check_batch
 from .verify import Report, after_tap, check, directional_errors, picked_scores, settled_slopes
 
 #: The export option behind each switch, for the verdict.
@@ -49,6 +50,7 @@ def verify_switched(
     image."""
     metadata = contract.Metadata.from_props({p.key: p.value for p in explainer.metadata_props})
     model = switched_on(explainer, also=switches)
+    batch = check_batch(explainer, batch)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, metadata.preprocess.channels, *metadata.preprocess.input_size)).astype(np.float32)
     feeds = {contract.INPUT: x, contract.TARGET: np.array([contract.TOP1, 0, 1][:batch], np.int64)}

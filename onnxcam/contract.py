@@ -7,7 +7,8 @@ The explained quantity of image ``n`` is ``y_n = Σ seed_n ⊙ scores_n`` (METHO
 the one-hot of the target class, so ``y_n`` is that class's logit.
 
 Graph inputs
-    ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic), whatever the model itself takes: a uint8
+    ``input``   float32 ``[N, C, H, W]`` preprocessed images (N dynamic, or fixed: metadata ``onnxcam.fixed_batch``,
+                :mod:`onnxcam.fixed_batch`), whatever the model itself takes: a uint8
                 or NHWC model input is cast/transposed inside the graph (see :class:`Preprocess`).
     ``target``  int64 ``[N]``: class to explain per image, ``-1`` = that image's top-1 prediction.
     ``seed``    optional float32 ``[N, *S]`` shaped like ``scores`` (default: one all-zero row). A non-zero row
@@ -112,6 +113,9 @@ META_IN_GRAPH = META_PREFIX + "in_graph"  # optional JSON list of methods with a
 META_UNIT = META_PREFIX + "unit"  # optional; absent = no unit targets
 META_BIAS_GRADIENTS = META_PREFIX + "bias_gradients"  # optional; absent = no FullGrad outputs
 META_HVP = META_PREFIX + "hvp"  # optional; absent = no Hessian-vector products
+#: Optional: the graph runs on exactly this many images per run (a source file exported with a fixed batch whose
+#: graph folds it into other shapes); the runtime feeds chunks of that size. Absent = any batch.
+META_FIXED_BATCH = META_PREFIX + "fixed_batch"
 
 #: How a tapped layer's tensor was laid out in the model (``activation:``/``gradient:``/``head:`` are NCHW for all):
 #: ``nchw``; ``channels-last`` ``[N, h, w, C]`` (Swin); ``tokens`` ``[N, prefix + h·w, C]`` (ViT: class,
@@ -353,6 +357,7 @@ class Metadata:
     unit: Unit | None = None
     bias_gradients: tuple[str, ...] = ()  # FullGrad: the biased nodes of ``bias_gradient:<i>``, in order
     hvp: tuple[str, ...] = ()  # ShapleyCAM: the layers with an ``hvp:<layer>`` output
+    fixed_batch: int | None = None  # images per run when the graph takes exactly that many; ``None``: any batch
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -380,6 +385,8 @@ class Metadata:
             props[META_BIAS_GRADIENTS] = json.dumps(list(self.bias_gradients))
         if self.hvp:
             props[META_HVP] = json.dumps(list(self.hvp))
+        if self.fixed_batch is not None:
+            props[META_FIXED_BATCH] = str(self.fixed_batch)
         return props
 
     @classmethod
@@ -409,6 +416,7 @@ class Metadata:
             unit=Unit.from_json(props[META_UNIT]) if META_UNIT in props else None,
             bias_gradients=tuple(json.loads(props.get(META_BIAS_GRADIENTS, "[]"))),
             hvp=tuple(json.loads(props.get(META_HVP, "[]"))),
+            fixed_batch=int(props[META_FIXED_BATCH]) if META_FIXED_BATCH in props else None,
         )
 
     def layout(self, layer: str) -> Layout:

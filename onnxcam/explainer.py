@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import contract
+from .fixed_batch import FixedBatchSession
 from .images import read_image
 from .methods import CamMethod, get_method
 from .methods.options import check_options
@@ -152,6 +153,8 @@ class Explainer:
         self.graph: ExplainerGraph = open_graph(model, providers, options)
         check_used(provider, self.graph.providers)
         self.metadata = self.graph.metadata
+        if self.metadata.fixed_batch is not None:  # runs chunks of exactly that many images (:mod:`.fixed_batch`)
+            self.graph = replace(self.graph, session=FixedBatchSession(self.graph.session, self.metadata.fixed_batch))
         self.preprocess = preprocess or self.metadata.preprocess
         mismatch = check_input_size(self.graph, preprocess) if preprocess is not None else None
         if mismatch is not None:

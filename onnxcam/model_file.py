@@ -13,6 +13,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from . import contract
+from .fixed_batch import describe as describe_batch
 from .onnx_scan import ProtobufError, external_locations
 from .providers import Provider
 from .scores import describe as describe_scores
@@ -204,6 +205,7 @@ def describe(path: str | Path) -> str:
         ),
         *([f"bias gradients (FullGrad): {len(m.bias_gradients)} biased layers"] if m.bias_gradients else []),
         *([f"Hessian-vector products (ShapleyCAM): {', '.join(m.hvp)}"] if m.hvp else []),
+        *([describe_batch(m.fixed_batch)] if m.fixed_batch is not None else []),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",

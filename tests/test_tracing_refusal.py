@@ -65,15 +65,20 @@ class FoldsBatch(nn.Module):
         return self.fc(self.conv(x).reshape(4, 16).sum(1)).reshape(1, 5)
 
 
-def test_fixed_batch_file_that_folds_its_batch_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_fixed_batch_file_that_folds_its_batch_keeps_it(tmp_path: Path) -> None:
+    """No longer refused: the explainer graph keeps the file's batch of 1 (``tests/test_fixed_batch.py`` checks the
+    gradients and maps)."""
     from onnxcam_export.api import export_onnx_file
-    from onnxcam_export.onnx_prep import OnnxSourceError
+
+    from onnxcam.explainer import Explainer
 
     source = tmp_path / "fixed.onnx"
     torch.onnx.export(FoldsBatch().eval(), (torch.randn(1, 3, 8, 8),), str(source), opset_version=17, dynamo=False)
-    with pytest.raises(OnnxSourceError, match="exported with a fixed batch of 1 that its graph folds") as refused:
-        export_onnx_file(source, None, None, (8, 8), log=print)
-    assert "\n" not in str(refused.value) and "re-export it with a dynamic batch" in str(refused.value)
+    logs: list[str] = []
+    _, report = export_onnx_file(source, tmp_path / "e.onnx", None, (8, 8), log=logs.append)
+    assert report is not None and report.worst < 1e-4
+    assert any("fixed batch of 1 that its graph folds" in line for line in logs), logs
+    assert Explainer(tmp_path / "e.onnx", provider="cpu").metadata.fixed_batch == 1
 
 
 class Attends(nn.Module):

@@ -56,6 +56,8 @@ export function explainerInfo(props, outputNames) {
     throw new Error(`this explainer graph has no in-graph maps: ${how}`);
   }
   if (props[`${META}detection`]) throw new Error("detectors are not supported here: use the Python runtime");
+  const batch = Number(props[`${META}fixed_batch`] ?? 1);
+  if (batch !== 1) throw new Error(`this graph runs ${batch} images at a time (fixed batch): use the Python runtime`);
   const spec = { input_size: [224, 224], mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
   Object.assign(spec, { channel_order: "RGB", value_scale: 1 / 255, resize: "bilinear", channels: 3 });
   Object.assign(spec, JSON.parse(props[`${META}preprocess`] ?? "{}"));
