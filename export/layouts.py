@@ -112,6 +112,28 @@ def to_nchw_torch(t, layout: Layout):
     return t
 
 
+def to_nchw_array(a: np.ndarray, layout: Layout) -> np.ndarray:
+    """The array ``a`` (``layout``) as ``[N, C, h, w]`` (prefix tokens dropped), as :func:`to_nchw_nodes` computes."""
+    if layout.kind == "channels-last":
+        return a.transpose(0, 3, 1, 2)
+    if layout.kind == "tokens":
+        h, w = layout.grid
+        return a[:, layout.prefix :].transpose(0, 2, 1).reshape(len(a), a.shape[2], h, w)
+    return a
+
+
+def from_nchw_array(a: np.ndarray, raw: np.ndarray, layout: Layout) -> np.ndarray:
+    """The tensor ``raw`` (``layout``) with its map replaced by the ``[N, C, h, w]`` array ``a`` (the prefix tokens
+    kept as in ``raw``): the inverse of :func:`to_nchw_array` on the positions the map holds."""
+    if layout.kind == "channels-last":
+        return a.transpose(0, 2, 3, 1)
+    if layout.kind == "tokens":
+        out = raw.copy()
+        out[:, layout.prefix :] = a.reshape(len(a), a.shape[1], -1).transpose(0, 2, 1)
+        return out
+    return a
+
+
 def _const(graph: onnx.GraphProto, name: str, values: Sequence[int]) -> str:
     graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
     return name
@@ -156,6 +178,16 @@ def nchw_shape(layout: Layout, shape: Sequence[int | str | None]) -> list[int | 
     if layout.kind == "tokens":
         return [shape[0], shape[2], *layout.grid]
     return list(shape)
+
+
+def onnx_layout(layer: str, shape: Sequence[int | str | None], input_size: tuple[int, int]) -> Layout:
+    """The layout of an ONNX file's tensor ``layer`` of ``shape``: tokens ``[N, T, C]`` (:func:`classify`, the token
+    layout of ViT layers), NCHW otherwise; channels-last and other tensors raise :func:`refuse_non_nchw`'s one-line
+    :class:`LayoutError`."""
+    if shape and len(shape) == 3 and all(isinstance(d, int) for d in shape[1:]):
+        return classify(layer, [1, *shape[1:]], input_size, layout="tokens")  # type: ignore[list-item]
+    refuse_non_nchw(layer, shape, input_size)
+    return NCHW
 
 
 def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: tuple[int, int]) -> None:
