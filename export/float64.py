@@ -134,7 +134,26 @@ class Erf(OpRun):
     op_domain = ""
 
     def _run(self, x):  # type: ignore[override]
-        return (np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype),)
+        return (_erf(x),)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+class Gelu(OpRun):
+    """``Gelu`` (opset 20) in the input's precision: ``x·(1 + erf(x/√2))/2``, or with ``approximate='tanh'``
+    ``x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))/2`` (the spec's formulas); the reference runs the op's function body,
+    whose ``Erf`` rounds to float32 (see :class:`Erf`)."""
+
+    op_domain = ""
+
+    def _run(self, x, approximate=None):  # type: ignore[override]
+        if (approximate or "none") == "tanh":
+            inner = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
+        else:
+            inner = _erf(x / np.sqrt(2.0))
+        return ((0.5 * x * (1 + inner)).astype(x.dtype),)
 
 
 class GatherElements(OpRun):
@@ -228,7 +247,7 @@ def float64_evaluator(
         feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
         try:
             if evaluator is None:
-                ops = [Pad, GatherElements, GlobalLpPool, Resize, Erf, *(new_ops or [])]
+                ops = [Pad, GatherElements, GlobalLpPool, Resize, Erf, Gelu, *(new_ops or [])]
                 evaluator = ReferenceEvaluator(m, new_ops=ops)
             return dict(zip(names, evaluator.run(names, feeds), strict=True))
         except Exception as exc:  # any failure of the reference evaluator is a verdict, never a traceback

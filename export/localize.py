@@ -22,7 +22,7 @@ from onnxcam import contract
 from .autodiff.engine import active_nodes, differentiate
 from .autodiff.graph_info import GraphInfo
 from .autodiff.registry import VJPRule
-from .float64 import Erf, Pad, Resize, evaluate_float64, to_float64
+from .float64 import Erf, Gelu, Pad, Resize, evaluate_float64, to_float64
 from .gating import reads
 
 #: Local relative error above which a node's VJP is called wrong (float64 on both sides: right rules give ~1e-9).
@@ -46,7 +46,7 @@ def _forward_values(
     m.graph.output.append(helper.make_tensor_value_info(end, TensorProto.DOUBLE, None))
     m = to_float64(m)
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
-    return ReferenceEvaluator(m, new_ops=[Pad, Resize, Erf, *new_ops]).run(None, feeds, intermediate=True)  # type: ignore[return-value]
+    return ReferenceEvaluator(m, new_ops=[Pad, Resize, Erf, Gelu, *new_ops]).run(None, feeds, intermediate=True)  # type: ignore[return-value]
 
 
 def _one_node(

@@ -9,6 +9,7 @@ on the final [0, 1] maps, 1e-4 relative on gradients.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from onnxcam_export.api import export_model, export_onnx_file
@@ -312,13 +313,11 @@ def onnx_file(model: nn.Module, path) -> str:
     return str(path)
 
 
-def test_onnx_vit_default_is_the_last_norm1_and_equals_pytorch_grad_cam(tmp_path) -> None:
-    """No NCHW map after the patch embedding: the default is ``encoder_layer_1.ln_1``'s output, laid out as tokens
-    (the class token dropped), verified by finite differences; the map equals pytorch-grad-cam's on that module."""
-    model = torchvision_vit()
+def explains_like_pytorch_grad_cam(model: nn.Module, source: str, layer: str, tmp_path) -> None:
+    """Exporting ``source`` without ``--layer`` explains ``layer`` (tokens ``1 + 4×4``), verified by finite
+    differences, and its Grad-CAM equals pytorch-grad-cam's on ``encoder_layer_1.ln_1`` (1e-4)."""
     logs: list[str] = []
-    export_onnx_file(onnx_file(model, tmp_path / "vit.onnx"), tmp_path / "e.onnx", None, (32, 32), log=logs.append)
-    layer = "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0"
+    export_onnx_file(source, tmp_path / "e.onnx", None, (32, 32), log=logs.append)
     assert f"explaining tensor(s) {layer}" in logs
     assert any(line.startswith("verified against float64 finite differences") for line in logs)
     explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
@@ -327,6 +326,28 @@ def test_onnx_vit_default_is_the_last_norm1_and_equals_pytorch_grad_cam(tmp_path
     ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(3)] * 2)
     ref = pgc_gradcam(model, "encoder.layers.encoder_layer_1.ln_1", x, [3, 3], tokens_to_map(1))
     assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+
+
+def test_onnx_vit_default_is_the_last_norm1_and_equals_pytorch_grad_cam(tmp_path) -> None:
+    """No NCHW map after the patch embedding: the default is ``encoder_layer_1.ln_1``'s output, laid out as tokens
+    (the class token dropped)."""
+    model = torchvision_vit()
+    source = onnx_file(model, tmp_path / "vit.onnx")
+    explains_like_pytorch_grad_cam(
+        model, source, "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0", tmp_path
+    )
+
+
+@pytest.mark.slow
+def test_onnx_vit_from_the_dynamo_exporter_gets_the_same_default(tmp_path) -> None:
+    """The dynamo exporter's file (dynamic batch) names the same tensor ``layer_norm_k``: the third LayerNorm."""
+    model = torchvision_vit()
+    source = tmp_path / "vit.onnx"
+    batch_dim = {"x": {0: torch.export.Dim("batch")}}
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(source), dynamo=True, dynamic_shapes=batch_dim)
+    norms = [n.output[0] for n in onnx.load(source).graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 5  # ln_1, ln_2 of two layers, the final ln
+    explains_like_pytorch_grad_cam(model, str(source), norms[2], tmp_path)
 
 
 def test_onnx_token_model_without_a_reached_layer_is_refused_naming_candidates(tmp_path) -> None:
