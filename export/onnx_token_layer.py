@@ -8,7 +8,8 @@ and the class-token select act per token, so the patch tokens get no gradient). 
 (:func:`export.layer_choice.choose_default`), reaching is measured: one backward pass of the graph (our own VJP rules,
 onnxruntime, one random image) from the scores to every candidate, a candidate reached when its patch-token gradient
 is not exactly 0. Without prefix tokens (a token mean feeds the head), the tensor the last reached LayerNorm reads
-(the last block's output) is the map, as the PyTorch path skips a trailing LayerNorm.
+(the last block's output) is the map, as the PyTorch path skips a trailing LayerNorm, provided that LayerNorm is its
+only reader (a final norm, not one inside a block beside a residual).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def _token_norms(model: onnx.ModelProto, info: GraphInfo, needed: set[str]) -> l
             shape is not None
             and len(shape) == 3
             and not isinstance(shape[0], int)
+            and all(isinstance(d, int) for d in shape[1:])
             and info.dtype(node.output[0]).kind == "f"
         ):
             found.append((index, node.output[0]))
@@ -80,10 +82,10 @@ def token_default(
     last = reached[-1]
     if layouts[last].prefix:
         return last, layouts[last], "the last LayerNorm whose patch tokens reach the scores: ViT's blocks[-1].norm1"
-    node = next(n for n in model.graph.node if n.output[0] == last)
-    block = node.input[0]
-    if info.shape(block) != info.shape(last):
-        _refuse(reached, f"the tensor the LayerNorm '{last}' reads is not a token map like its output")
+    block = next(n for n in model.graph.node if n.output[0] == last).input[0]
+    readers = [n for n in model.graph.node if block in n.input]
+    if info.shape(block) != info.shape(last) or len(readers) != 1:  # not a final norm: inside a block (residual)
+        _refuse(reached, f"no class token, and the last LayerNorm '{last}' is not a final norm after the blocks")
     return block, layouts[last], "the last block's tokens, before the final LayerNorm"
 
 

@@ -350,6 +350,24 @@ def test_onnx_vit_from_the_dynamo_exporter_gets_the_same_default(tmp_path) -> No
     explains_like_pytorch_grad_cam(model, str(source), norms[2], tmp_path)
 
 
+def test_onnx_token_mean_model_default_is_the_last_block_before_the_final_norm(tmp_path) -> None:
+    """No class token (a token mean feeds the head): the tensor the final LayerNorm reads, the blocks' output, as
+    the PyTorch path's default ``blocks``; its Grad-CAM equals pytorch-grad-cam's there."""
+    model = seeded(TinyViT, prefix=0)
+    source = onnx_file(model, tmp_path / "tiny.onnx")
+    final_norm = [n for n in onnx.load(source).graph.node if n.op_type == "LayerNormalization"][-1]
+    logs: list[str] = []
+    export_onnx_file(source, tmp_path / "e.onnx", None, (32, 32), log=logs.append)
+    layer = final_norm.input[0]
+    assert f"explaining tensor(s) {layer}" in logs
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    assert explainer.metadata.layout(layer) == contract.Layout("tokens", (4, 4), 0)
+    x = batch()
+    ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(2)] * 2)
+    ref = pgc_gradcam(model, "blocks", x, [2, 2], tokens_to_map(0))
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+
+
 def test_onnx_token_model_without_a_reached_layer_is_refused_naming_candidates(tmp_path) -> None:
     """torchvision's zero head: no LayerNorm's patch tokens get a gradient, so no default is certain."""
     source = onnx_file(torchvision_vit(head=False), tmp_path / "vit.onnx")
