@@ -192,8 +192,8 @@ def onnx_layout(layer: str, shape: Sequence[int | str | None], input_size: tuple
 
 def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: tuple[int, int]) -> None:
     """For a tensor of an ONNX file (no module to read a hint from): raise :class:`LayoutError` in one line when its
-    shape says channels-last or tokens, which only a PyTorch source can be explained at yet; shapes that could be
-    either stay NCHW, as before."""
+    shape says channels-last or tokens with unknown sizes, which only a PyTorch source can be explained at yet
+    (:func:`onnx_layout` takes token tensors first); shapes that could be either stay NCHW, as before."""
     if not shape:  # unknown: nothing to tell
         return None
     dims = [d if isinstance(d, int) else 1 for d in shape]
@@ -208,6 +208,6 @@ def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: t
 
 def _refuse(layer: str, shape: Sequence[int | str | None], why: str) -> None:
     raise LayoutError(
-        f"tensor '{layer}' {['N', *shape[1:]]} {why}: ONNX sources are explained at NCHW tensors only; pick the "
-        "tensor after its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
+        f"tensor '{layer}' {['N', *shape[1:]]} {why}: ONNX sources are explained at NCHW and token [N, T, C] "
+        "tensors only; pick the tensor after its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
     )

@@ -279,7 +279,9 @@ def test_onnx_sources_take_tokens_and_refuse_channels_last_in_one_line() -> None
     assert onnx_layout("t", ["N", 16, 8, 8], (32, 32)) == contract.Layout()  # NCHW passes
     assert onnx_layout("t", ["N", 8, 8, 8], (32, 32)) == contract.Layout()  # could be either: NCHW, as before
     assert onnx_layout("t", ["N", 17, 32], (32, 32)) == contract.Layout("tokens", (4, 4), 1)
-    with pytest.raises(LayoutError, match=r"tensor 't' .* ONNX sources are explained at NCHW tensors only") as e:
+    with pytest.raises(
+        LayoutError, match=r"tensor 't' .* ONNX sources are explained at NCHW and token \[N, T, C\] tensors only"
+    ) as e:
         onnx_layout("t", ["N", 8, 8, 96], (32, 32))
     assert "\n" not in str(e.value)
     with pytest.raises(LayoutError, match=r"cannot split 199 tokens"):
