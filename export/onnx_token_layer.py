@@ -15,6 +15,7 @@ only reader (a final norm, not one inside a block beside a residual).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import numpy as np
 import onnx
@@ -112,8 +113,12 @@ def _reached(model: onnx.ModelProto, names: Sequence[str], layouts: dict[str, La
     graph.initializer.extend(backward.initializers)
     del graph.output[:]
     graph.output.extend(helper.make_empty_tensor_value_info(backward.grads[n]) for n in names)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    grads = session.run(None, {contract.INPUT: _random_input(model, size)})
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        grads = session.run(None, {contract.INPUT: _random_input(model, size)})
+    except Exception as exc:  # a verdict in one line, never a traceback
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        _refuse(list(names), f"its backward pass did not run ({first[:160]})")
     return [n for n, g in zip(names, grads, strict=True) if np.abs(g[:, layouts[n].prefix :]).max() > 0]
 
 
@@ -127,6 +132,6 @@ def _random_input(model: onnx.ModelProto, size: tuple[int, int]) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def _refuse(candidates: Sequence[str], why: str) -> None:
+def _refuse(candidates: Sequence[str], why: str) -> NoReturn:
     shown = " ".join(f"--layer {name}" for name in candidates[-SHOWN:])
     raise LayerError("<default>", [], f"no default layer for this token model: {why}; name one, e.g. {shown}")
