@@ -34,8 +34,8 @@ def _foldable(node: onnx.NodeProto, known: set[str]) -> bool:
 
 def fold(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Values of the tensors computed from small ``constants`` only (at most :data:`MAX_FOLDED` elements each), by
-    evaluating those nodes with ``onnx.reference``; ``{}`` when there are none or
-    the evaluation fails (then nothing is folded: the shapes stay as inferred)."""
+    evaluating those nodes with ``onnx.reference``; ``{}`` when there are none or the evaluation fails (then nothing
+    is folded: the shapes stay as inferred)."""
     small = {name: value for name, value in constants.items() if value.size <= MAX_FOLDED}
     known = set(small)
     nodes = []
