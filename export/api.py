@@ -26,7 +26,7 @@ from .fixed_batch_verify import verify_in_chunks
 from .in_graph import add_cams, check_cams
 from .in_graph import resolve as resolve_in_graph
 from .inside_normalisation import inside_normalisation
-from .layouts import refuse_non_nchw
+from .layouts import onnx_layout
 from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .source_batch import declared_batch
@@ -391,7 +391,9 @@ def export_onnx_file(
     """
     started = time.perf_counter()
     user_layers = list(layers or [])
-    forward, layers = onnx_prep.prepare(onnx_prep.load(path), user_layers, opset, scores_from, log)
+    forward, layers = onnx_prep.prepare(
+        onnx_prep.load(path), user_layers, opset, scores_from, log, input_size=input_size
+    )
     found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
     size = tuple(input_size or found.size or (224, 224))
     forward = inputs.to_float_nchw(forward, found, size)
@@ -409,8 +411,11 @@ def export_onnx_file(
     if (found.dtype, found.layout) != ("float32", "NCHW"):
         log(f"model input: {found.dtype} {found.layout}; the explainer's input is float32 NCHW")
     forward = deploy.to_precision(forward, precision, deploy.calibration_batch(calibration, preprocess))
-    for layer in layers:
-        refuse_non_nchw(layer, GraphInfo(forward).shape(contract.activation_name(layer)) or [], tuple(size))
+    info = GraphInfo(forward)
+    layouts = {layer: onnx_layout(layer, info.shape(contract.activation_name(layer)) or [], size) for layer in layers}
+    for layer, layout in layouts.items():
+        if layout.kind != "nchw":
+            log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")
     metadata = contract.Metadata(
         layers=tuple(layers),
         preprocess=preprocess,
@@ -420,6 +425,7 @@ def export_onnx_file(
         scores_kind=head.kind,
         detection=detection,
         fixed_batch=declared_batch(forward),
+        layouts={layer: layout for layer, layout in layouts.items() if layout.kind != "nchw"},
     )
     deployed, reference_name = _deployed_check(forward, layers, shape, tolerance, log)
     check = deployed if verify else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -125,6 +126,36 @@ class Pad(OpRun):
         return (np.pad(data[crop], widths, constant_values=value).astype(data.dtype),)
 
 
+class Erf(OpRun):
+    """``Erf`` in the input's precision (``math.erf``, double): the reference's own rounds every value to float32
+    (``numpy.vectorize(erf, otypes=["f"])``), which makes a GELU network's float64 function step at 1e-8 and its finite
+    differences settle at no step (ViT)."""
+
+    op_domain = ""
+
+    def _run(self, x):  # type: ignore[override]
+        return (_erf(x),)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+class Gelu(OpRun):
+    """``Gelu`` (opset 20) in the input's precision: ``x·(1 + erf(x/√2))/2``, or with ``approximate='tanh'``
+    ``x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))/2`` (the spec's formulas); the reference runs the op's function body,
+    whose ``Erf`` rounds to float32 (see :class:`Erf`)."""
+
+    op_domain = ""
+
+    def _run(self, x, approximate=None):  # type: ignore[override]
+        if (approximate or "none") == "tanh":
+            inner = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
+        else:
+            inner = _erf(x / np.sqrt(2.0))
+        return ((0.5 * x * (1 + inner)).astype(x.dtype),)
+
+
 class GatherElements(OpRun):
     """``GatherElements`` by ``numpy.take_along_axis``: the reference's own uses ``numpy.choose``, which refuses axes
     longer than 64 (the GatherElements, GridSample and ScatterElements rules gather along whole feature maps)."""
@@ -216,7 +247,8 @@ def float64_evaluator(
         feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
         try:
             if evaluator is None:
-                evaluator = ReferenceEvaluator(m, new_ops=[Pad, GatherElements, GlobalLpPool, Resize, *(new_ops or [])])
+                ops = [Pad, GatherElements, GlobalLpPool, Resize, Erf, Gelu, *(new_ops or [])]
+                evaluator = ReferenceEvaluator(m, new_ops=ops)
             return dict(zip(names, evaluator.run(names, feeds), strict=True))
         except Exception as exc:  # any failure of the reference evaluator is a verdict, never a traceback
             lines = str(exc).strip().splitlines()

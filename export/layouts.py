@@ -112,6 +112,28 @@ def to_nchw_torch(t, layout: Layout):
     return t
 
 
+def to_nchw_array(a: np.ndarray, layout: Layout) -> np.ndarray:
+    """The array ``a`` (``layout``) as ``[N, C, h, w]`` (prefix tokens dropped), as :func:`to_nchw_nodes` computes."""
+    if layout.kind == "channels-last":
+        return a.transpose(0, 3, 1, 2)
+    if layout.kind == "tokens":
+        h, w = layout.grid
+        return a[:, layout.prefix :].transpose(0, 2, 1).reshape(len(a), a.shape[2], h, w)
+    return a
+
+
+def from_nchw_array(a: np.ndarray, raw: np.ndarray, layout: Layout) -> np.ndarray:
+    """The tensor ``raw`` (``layout``) with its map replaced by the ``[N, C, h, w]`` array ``a`` (the prefix tokens
+    kept as in ``raw``): the inverse of :func:`to_nchw_array` on the positions the map holds."""
+    if layout.kind == "channels-last":
+        return a.transpose(0, 2, 3, 1)
+    if layout.kind == "tokens":
+        out = raw.copy()
+        out[:, layout.prefix :] = a.reshape(len(a), a.shape[1], -1).transpose(0, 2, 1)
+        return out
+    return a
+
+
 def _const(graph: onnx.GraphProto, name: str, values: Sequence[int]) -> str:
     graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
     return name
@@ -158,10 +180,20 @@ def nchw_shape(layout: Layout, shape: Sequence[int | str | None]) -> list[int | 
     return list(shape)
 
 
+def onnx_layout(layer: str, shape: Sequence[int | str | None], input_size: tuple[int, int]) -> Layout:
+    """The layout of an ONNX file's tensor ``layer`` of ``shape``: tokens ``[N, T, C]`` (:func:`classify`, the token
+    layout of ViT layers), NCHW otherwise; channels-last and other tensors raise :func:`refuse_non_nchw`'s one-line
+    :class:`LayoutError`."""
+    if shape and len(shape) == 3 and all(isinstance(d, int) for d in shape[1:]):
+        return classify(layer, [1, *shape[1:]], input_size, layout="tokens")  # type: ignore[list-item]
+    refuse_non_nchw(layer, shape, input_size)
+    return NCHW
+
+
 def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: tuple[int, int]) -> None:
     """For a tensor of an ONNX file (no module to read a hint from): raise :class:`LayoutError` in one line when its
-    shape says channels-last or tokens, which only a PyTorch source can be explained at yet; shapes that could be
-    either stay NCHW, as before."""
+    shape says channels-last or tokens with unknown sizes, which only a PyTorch source can be explained at yet
+    (:func:`onnx_layout` takes token tensors first); shapes that could be either stay NCHW, as before."""
     if not shape:  # unknown: nothing to tell
         return None
     dims = [d if isinstance(d, int) else 1 for d in shape]
@@ -176,6 +208,6 @@ def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: t
 
 def _refuse(layer: str, shape: Sequence[int | str | None], why: str) -> None:
     raise LayoutError(
-        f"tensor '{layer}' {['N', *shape[1:]]} {why}: ONNX sources are explained at NCHW tensors only; pick the "
-        "tensor after its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
+        f"tensor '{layer}' {['N', *shape[1:]]} {why}: ONNX sources are explained at NCHW and token [N, T, C] "
+        "tensors only; pick the tensor after its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
     )

@@ -23,7 +23,7 @@ from .autodiff.engine import active_nodes, differentiate
 from .autodiff.graph_info import GraphInfo
 from .autodiff.registry import VJPRule
 from .autodiff.rules.quantize import straight_through
-from .float64 import Pad, Resize, evaluate_float64, to_float64
+from .float64 import Erf, Gelu, Pad, Resize, evaluate_float64, to_float64
 from .gating import reads
 
 #: The int8 QDQ ops whose backward is the straight-through estimator, not a VJP: never checked locally.
@@ -50,7 +50,7 @@ def _forward_values(
     m.graph.output.append(helper.make_tensor_value_info(end, TensorProto.DOUBLE, None))
     m = to_float64(m)
     feeds = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
-    return ReferenceEvaluator(m, new_ops=[Pad, Resize, *new_ops]).run(None, feeds, intermediate=True)  # type: ignore[return-value]
+    return ReferenceEvaluator(m, new_ops=[Pad, Resize, Erf, Gelu, *new_ops]).run(None, feeds, intermediate=True)  # type: ignore[return-value]
 
 
 def _one_node(

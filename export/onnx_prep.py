@@ -19,6 +19,7 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .layers import LayerError, nearest_names
+from .onnx_token_layer import token_default
 from .onnx_upgrade import upgrade
 from .precision import float32_io
 from .quantization import refuse_qoperator
@@ -64,13 +65,15 @@ def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto 
     return pinned
 
 
-def default_tensor(model: onnx.ModelProto) -> str:
+def default_tensor(model: onnx.ModelProto, input_size: tuple[int, int] | None = None) -> str:
     """The last 4-D float tensor with more than one spatial position on the way to ``scores`` (in an int8 QDQ graph
     a dequantized one; integer tensors never); for a dense output ``[N, K, H, W]``, the last one before the class
     maps (never the output, nor a map with its ``K`` channels). A pooled vector is skipped in either layout:
     ``[N, C, 1, 1]`` and channels-last ``[N, 1, 1, C]`` (ConvNeXt's head LayerNorm), and so is a tensor whose first
     dim is static or whose batch ``N`` is not first (attention's ``[L, N, heads, d]`` in TorchScript exports of ViT);
-    in a graph kept at a fixed batch ``B`` (:mod:`.source_batch`), a tensor whose first dim is not ``B``."""
+    in a graph kept at a fixed batch ``B`` (:mod:`.source_batch`), a tensor whose first dim is not ``B``.
+    Where LayerNorms over tokens ``[N, T, C]`` follow the last such map (a ViT), the token tensor of the last block
+    (:func:`.onnx_token_layer.token_default`; ``input_size`` splits its tokens into a grid)."""
     info = GraphInfo(model)
     batch = declared_batch(model)
     out = info.shape(contract.SCORES) or ()
@@ -81,8 +84,8 @@ def default_tensor(model: onnx.ModelProto) -> str:
         if any(o in needed for o in node.output):
             needed.update(node.input)
     candidates = [
-        o
-        for node in model.graph.node
+        (index, o)
+        for index, node in enumerate(model.graph.node)
         for o in node.output
         if o in needed
         and info.dtype(o).kind == "f"
@@ -94,9 +97,12 @@ def default_tensor(model: onnx.ModelProto) -> str:
         and not _single_position(s[1], s[2])
         and not (dense and (o == contract.SCORES or s[1] == classes))
     ]
+    tokens = token_default(model, info, needed, candidates[-1][0] if candidates else -1, input_size)
+    if tokens is not None:
+        return tokens[0]
     if not candidates:
         raise LayerError("<default>", [], "no 4-D feature map found on the way to the output; name one with --layer")
-    return candidates[-1]
+    return candidates[-1][1]
 
 
 def _single_position(h: int | str | None, w: int | str | None) -> bool:
@@ -117,11 +123,13 @@ def prepare(
     opset: int = MIN_OPSET,
     scores_from: str | int | None = None,
     log: Callable[[str], None] | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Normalised forward graph (input ``input``, outputs ``scores`` + ``activation:<layer>``) and the layers used.
 
-    ``layers`` are tensor names; empty → :func:`default_tensor`. ``scores_from``: the graph output holding the
-    scores (name or index); ``None`` → the only one, or the only one shaped like scores.
+    ``layers`` are tensor names; empty → :func:`default_tensor` (``input_size``: the size asked for, if any).
+    ``scores_from``: the graph output holding the scores (name or index); ``None`` → the only one, or the only one
+    shaped like scores.
     """
     refuse_qoperator(model)
     graph = model.graph
@@ -146,7 +154,7 @@ def prepare(
     float32_io(model)
     model = choose_batch(model, log)
 
-    layers = list(layers) or [default_tensor(model)]
+    layers = list(layers) or [default_tensor(model, input_size)]
     return tap_tensors(model, layers), layers
 
 

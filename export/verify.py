@@ -14,6 +14,7 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import CouldNotVerify, cut_after, float64_evaluator
+from .layouts import from_nchw_array, to_nchw_array
 
 
 class VerificationError(ExportError):
@@ -266,6 +267,25 @@ def after_tap(
     return (lambda a: run_after({tap: a, **fixed})), out[tap].astype(np.float64), out
 
 
+def _after_map(
+    explainer: onnx.ModelProto,
+    tap: str,
+    layout: contract.Layout | None,
+    feeds: dict[str, np.ndarray],
+    keep: Sequence[str],
+    fed: Sequence[str],
+) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], np.ndarray, dict[str, np.ndarray], str]:
+    """:func:`after_tap` for the map ``tap`` in NCHW, whatever ``layout`` the model's tensor has: a token or
+    channels-last layer is cut at the model's own tensor (``<tap>/raw``), and the map is laid back into it (prefix
+    tokens held at their values), so the differences are taken along the map the ``gradient:`` output describes.
+    Also returns the tensor cut at."""
+    if layout is None or layout.kind == "nchw":
+        return (*after_tap(explainer, tap, feeds, keep, fed), tap)
+    raw = tap + "/raw"
+    evaluate, tensor, at = after_tap(explainer, raw, feeds, keep, fed)
+    return (lambda a: evaluate(from_nchw_array(a, tensor, layout))), to_nchw_array(tensor, layout), at, raw
+
+
 def verify_finite_differences(
     explainer: onnx.ModelProto,
     layers: Sequence[str],
@@ -294,6 +314,8 @@ def verify_finite_differences(
     target = np.array([contract.TOP1, 0, 1][:batch], np.int64)
     errors: dict[str, tuple[float, ...]] = {}
     sources: dict[str, tuple[str, dict[str, np.ndarray], Objective]] = {}
+    metadata = contract.Metadata.from_props({p.key: p.value for p in explainer.metadata_props})
+    layouts = {contract.activation_name(layer): metadata.layout(layer) for layer in layers}
     pairs = [(contract.activation_name(layer), contract.gradient_name(layer)) for layer in layers]
     if contract.INPUT_GRADIENT in {o.name for o in explainer.graph.output}:
         pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
@@ -303,7 +325,7 @@ def verify_finite_differences(
             feeds[contract.UNIT_SEED] = unit_seeds(explainer, batch, rng).astype(np.float32)
         for tap, grad in pairs:
             keep = [*objective.reads, grad]
-            evaluate, activation, at = after_tap(explainer, tap, feeds, keep, objective.fed)
+            evaluate, activation, at, cut = _after_map(explainer, tap, layouts.get(tap), feeds, keep, objective.fed)
             base = evaluate(activation)
             worst, unsettled = directional_errors(
                 evaluate,
@@ -318,7 +340,7 @@ def verify_finite_differences(
             if unsettled == batch:
                 raise CouldNotVerify(f"finite differences for {name} settle at no step (kinks at every scale)")
             errors[name] = tuple(worst.tolist())
-            sources[name] = (tap, feeds, objective)
+            sources[name] = (cut, feeds, objective)
 
     def where(name: str) -> str:
         tap, feeds, objective = sources[name]

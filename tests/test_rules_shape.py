@@ -290,6 +290,48 @@ def test_gather_runtime_indices() -> None:
     )
 
 
+def _attention_split(indices: np.ndarray) -> list[onnx.NodeProto]:
+    """torchvision attention's ``q, k, v`` split as the TorchScript exporter writes it: a ``Reshape`` to
+    ``Shape(x)[:Mod(2, 3)] + [3, 2]`` (ONNX data propagation does not evaluate ``Mod``, so the target's length and every
+    rank after it are unknown to shape inference), ``Unsqueeze``, ``Transpose``, ``Squeeze``, then ``Gather``."""
+    return [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Mod", ["two", "three"], ["split"]),
+        helper.make_node("Slice", ["shape", "zero", "split"], ["lead"]),
+        helper.make_node("Concat", ["lead", "heads"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Unsqueeze", ["r", "zero"], ["u"]),
+        helper.make_node("Transpose", ["u"], ["t"], perm=[3, 1, 2, 0, 4]),
+        helper.make_node("Squeeze", ["t", "three_axis"], ["s"]),
+        node("Gather", ["s", "i"], axis=0),
+    ]
+
+
+@pytest.mark.parametrize("indices", [np.array(2), ints(2, 0, 2)], ids=["scalar", "repeated"])
+def test_gather_after_a_squeeze_of_unknown_rank(indices: np.ndarray) -> None:
+    """The Gather rule needs its input's rank: derived by folding the constant ``Mod`` (vit_b_32, TorchScript)."""
+    constants = {"two": ints(2), "three": ints(3), "zero": ints(0), "heads": ints(3, 2), "three_axis": ints(3)}
+    constants["i"] = indices
+    nodes = _attention_split(indices)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (2, 5, 6))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    inferred = onnx.shape_inference.infer_shapes(helper.make_model(graph), data_prop=True).graph
+    squeezed = next((v for v in inferred.value_info if v.name == "s"), None)
+    assert squeezed is None or not squeezed.type.tensor_type.HasField("shape")  # the rank is not inferred
+    check_vjp(
+        nodes,
+        {"x": x(2, 5, 6)},
+        ["x"],
+        lambda t: t.reshape(2, 5, 3, 2).permute(2, 0, 1, 3)[torch.tensor(indices)],
+        constants=constants,
+    )
+
+
 # -- expand / pad / tile ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("shape", "target"),

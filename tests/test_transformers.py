@@ -9,12 +9,13 @@ on the final [0, 1] maps, 1e-4 relative on gradients.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
-from onnxcam_export.api import export_model
+from onnxcam_export.api import export_model, export_onnx_file
 from onnxcam_export.layer_choice import choose_default
 from onnxcam_export.layers import LayerError
-from onnxcam_export.layouts import LayoutError, classify, refuse_non_nchw
+from onnxcam_export.layouts import LayoutError, classify, onnx_layout
 from onnxcam_export.torch_capture import module_calls
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -274,10 +275,104 @@ def test_layouts_are_inferred_from_the_shape_or_refused_in_one_line() -> None:
         assert "\n" not in str(info.value) and "layer 'a' gives" in str(info.value)
 
 
-def test_onnx_sources_refuse_channels_last_and_token_tensors_in_one_line() -> None:
-    refuse_non_nchw("t", ["N", 16, 8, 8], (32, 32))  # NCHW passes
-    refuse_non_nchw("t", ["N", 8, 8, 8], (32, 32))  # could be either: NCHW, as before
-    for shape in (["N", 8, 8, 96], ["N", 17, 32]):
-        with pytest.raises(LayoutError, match=r"tensor 't' .* ONNX sources are explained at NCHW tensors only") as e:
-            refuse_non_nchw("t", shape, (32, 32))
-        assert "\n" not in str(e.value)
+def test_onnx_sources_take_tokens_and_refuse_channels_last_in_one_line() -> None:
+    assert onnx_layout("t", ["N", 16, 8, 8], (32, 32)) == contract.Layout()  # NCHW passes
+    assert onnx_layout("t", ["N", 8, 8, 8], (32, 32)) == contract.Layout()  # could be either: NCHW, as before
+    assert onnx_layout("t", ["N", 17, 32], (32, 32)) == contract.Layout("tokens", (4, 4), 1)
+    with pytest.raises(
+        LayoutError, match=r"tensor 't' .* ONNX sources are explained at NCHW and token \[N, T, C\] tensors only"
+    ) as e:
+        onnx_layout("t", ["N", 8, 8, 96], (32, 32))
+    assert "\n" not in str(e.value)
+    with pytest.raises(LayoutError, match=r"cannot split 199 tokens"):
+        onnx_layout("t", ["N", 199, 32], (64, 64))
+
+
+def torchvision_vit(head: bool = True) -> nn.Module:
+    """torchvision's ViT, small: 32 px, 8-px patches (1 + 4×4 tokens), 2 layers, 2 heads, width 32; its head is
+    zero-initialised (no gradient anywhere) unless ``head``."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5).eval()
+    if head:
+        nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+def onnx_file(model: nn.Module, path) -> str:
+    """``torch.onnx.export`` of ``model`` as a foreign ONNX file (TorchScript exporter, dynamic batch)."""
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 32, 32),),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=18,
+        dynamo=False,
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return str(path)
+
+
+def explains_like_pytorch_grad_cam(model: nn.Module, source: str, layer: str, tmp_path) -> None:
+    """Exporting ``source`` without ``--layer`` explains ``layer`` (tokens ``1 + 4×4``), verified by finite
+    differences, and its Grad-CAM equals pytorch-grad-cam's on ``encoder_layer_1.ln_1`` (1e-4)."""
+    logs: list[str] = []
+    export_onnx_file(source, tmp_path / "e.onnx", None, (32, 32), log=logs.append)
+    assert f"explaining tensor(s) {layer}" in logs
+    assert any(line.startswith("verified against float64 finite differences") for line in logs)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    assert explainer.metadata.layout(layer) == contract.Layout("tokens", (4, 4), 1)
+    x = batch()
+    ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(3)] * 2)
+    ref = pgc_gradcam(model, "encoder.layers.encoder_layer_1.ln_1", x, [3, 3], tokens_to_map(1))
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+
+
+def test_onnx_vit_default_is_the_last_norm1_and_equals_pytorch_grad_cam(tmp_path) -> None:
+    """No NCHW map after the patch embedding: the default is ``encoder_layer_1.ln_1``'s output, laid out as tokens
+    (the class token dropped)."""
+    model = torchvision_vit()
+    source = onnx_file(model, tmp_path / "vit.onnx")
+    explains_like_pytorch_grad_cam(
+        model, source, "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0", tmp_path
+    )
+
+
+@pytest.mark.slow
+def test_onnx_vit_from_the_dynamo_exporter_gets_the_same_default(tmp_path) -> None:
+    """The dynamo exporter's file (dynamic batch) names the same tensor ``layer_norm_k``: the third LayerNorm."""
+    model = torchvision_vit()
+    source = tmp_path / "vit.onnx"
+    batch_dim = {"x": {0: torch.export.Dim("batch")}}
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(source), dynamo=True, dynamic_shapes=batch_dim)
+    norms = [n.output[0] for n in onnx.load(source).graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 5  # ln_1, ln_2 of two layers, the final ln
+    explains_like_pytorch_grad_cam(model, str(source), norms[2], tmp_path)
+
+
+def test_onnx_token_mean_model_default_is_the_last_block_before_the_final_norm(tmp_path) -> None:
+    """No class token (a token mean feeds the head): the tensor the final LayerNorm reads, the blocks' output, as
+    the PyTorch path's default ``blocks``; its Grad-CAM equals pytorch-grad-cam's there."""
+    model = seeded(TinyViT, prefix=0)
+    source = onnx_file(model, tmp_path / "tiny.onnx")
+    final_norm = [n for n in onnx.load(source).graph.node if n.op_type == "LayerNormalization"][-1]
+    logs: list[str] = []
+    export_onnx_file(source, tmp_path / "e.onnx", None, (32, 32), log=logs.append)
+    layer = final_norm.input[0]
+    assert f"explaining tensor(s) {layer}" in logs
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    assert explainer.metadata.layout(layer) == contract.Layout("tokens", (4, 4), 0)
+    x = batch()
+    ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(2)] * 2)
+    ref = pgc_gradcam(model, "blocks", x, [2, 2], tokens_to_map(0))
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+
+
+def test_onnx_token_model_without_a_reached_layer_is_refused_naming_candidates(tmp_path) -> None:
+    """torchvision's zero head: no LayerNorm's patch tokens get a gradient, so no default is certain."""
+    source = onnx_file(torchvision_vit(head=False), tmp_path / "vit.onnx")
+    with pytest.raises(LayerError, match=r"no default layer for this token model: .* --layer /encoder/ln/") as e:
+        export_onnx_file(source, None, None, (32, 32), **QUIET)
+    assert "\n" not in str(e.value) and "--layer /encoder/layers/encoder_layer_1/ln_1/" in str(e.value)

@@ -363,3 +363,28 @@ def test_float64_evaluator_knows_every_op_with_a_rule() -> None:
             if not (schema.has_function or schema.has_context_dependent_function):
                 missing.append(op)
     assert not missing
+
+
+@pytest.mark.parametrize("op", ["Erf", "Gelu", "Gelu-tanh"])
+def test_float64_erf_and_gelu_are_double_precision(op: str) -> None:
+    """onnx.reference's Erf rounds to float32, and so does opset 20's Gelu through its function body (a GELU
+    network's float64 function then steps at 1e-8 and its finite differences settle at no step); the float64
+    evaluation's follow ``math.erf`` / ``math.tanh`` to 1e-15."""
+    import math
+
+    attrs = {"approximate": "tanh"} if op == "Gelu-tanh" else {}
+    graph = helper.make_graph(
+        [helper.make_node(op.partition("-")[0], ["x"], ["y"], **attrs)],
+        "erf",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [101])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [101])],
+    )
+    x = np.linspace(-3.0, 3.0, 101) + 1e-9
+    y = evaluate_float64(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), {"x": x})["y"]
+    if op == "Erf":
+        ref = [math.erf(v) for v in x]
+    elif op == "Gelu":
+        ref = [v * (1 + math.erf(v / math.sqrt(2))) / 2 for v in x]
+    else:
+        ref = [v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) / 2 for v in x]
+    assert y.dtype == np.float64 and np.abs(y - np.array(ref)).max() <= 1e-15

@@ -6,12 +6,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from .shape_folding import fold, infer_folded
+
 Dim = int | str | None
 
 
 class GraphInfo:
     """Shapes and element types from ONNX shape inference, and the values of constant tensors.
 
+    Where inference leaves a node's output without a shape, the nodes computed from constants alone are folded and
+    inference runs again (:mod:`.shape_folding`); their values count as constants.
     Shapes are tuples whose entries are ``int`` (static), ``str`` (symbolic, e.g. the batch ``N``) or ``None``.
     """
 
@@ -29,6 +33,25 @@ class GraphInfo:
                 value = _constant_node_value(node)
                 if value is not None:
                     self._constants[node.output[0]] = value
+        if any(self.shape(o) is None for node in graph.node for o in node.output if o):
+            self._refine(model)
+
+    def _refine(self, model: onnx.ModelProto) -> None:
+        folded = fold(model, self._constants)
+        if not folded:
+            return
+        self._constants.update(folded)
+        graph = infer_folded(model, folded)
+        for vi in [*graph.value_info, *graph.output]:
+            if self.shape(vi.name) is None:
+                self._types[vi.name] = vi.type
+        for name, value in folded.items():
+            self._types.setdefault(
+                name,
+                onnx.helper.make_tensor_type_proto(
+                    onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)
+                ),
+            )
 
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         """Inferred shape of ``name``, or ``None`` when even the rank is unknown."""

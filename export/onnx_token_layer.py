@@ -1,0 +1,137 @@
+"""The default layer of an ONNX transformer (ViT and other token models): the token tensor of the last block.
+
+An ONNX ViT has no NCHW map after its patch embedding; the last 4-D tensor is inside the last attention
+(``[N, heads, T, d]``), not a feature map. The layer a practitioner explains is pytorch-grad-cam's
+``blocks[-1].norm1`` with a token ``reshape_transform`` (jacobgil/pytorch-grad-cam, ``usage_examples/vit_example.py``):
+the output of the last LayerNorm whose patch tokens reach the scores (after it, the block's MLP, the final LayerNorm
+and the class-token select act per token, so the patch tokens get no gradient). As in the PyTorch path
+(:func:`export.layer_choice.choose_default`), reaching is measured: one backward pass of the graph (our own VJP rules,
+onnxruntime, one random image) from the scores to every candidate, a candidate reached when its patch-token gradient
+is not exactly 0. Without prefix tokens (a token mean feeds the head), the tensor the last reached LayerNorm reads
+(the last block's output) is the map, as the PyTorch path skips a trailing LayerNorm, provided that LayerNorm is its
+only reader (a final norm, not one inside a block beside a residual).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from onnxcam import contract
+from onnxcam.contract import Layout
+
+from .autodiff.context import GradientError
+from .autodiff.engine import differentiate
+from .autodiff.graph_info import GraphInfo
+from .inputs import read_onnx_input
+from .layers import LayerError
+from .layouts import LayoutError, classify
+
+#: How many ``--layer`` candidates a refusal names.
+SHOWN = 3
+
+
+def _token_norms(model: onnx.ModelProto, info: GraphInfo, needed: set[str]) -> list[tuple[int, str]]:
+    """Outputs ``[N, T, C]`` of ``LayerNormalization`` nodes on the way to the scores, with the nodes' indices."""
+    found = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "LayerNormalization" or node.output[0] not in needed:
+            continue
+        shape = info.shape(node.output[0])
+        if (
+            shape is not None
+            and len(shape) == 3
+            and not isinstance(shape[0], int)
+            and all(isinstance(d, int) for d in shape[1:])
+            and info.dtype(node.output[0]).kind == "f"
+        ):
+            found.append((index, node.output[0]))
+    return found
+
+
+def token_default(
+    model: onnx.ModelProto, info: GraphInfo, needed: set[str], after: int, input_size: tuple[int, int] | None
+) -> tuple[str, Layout, str] | None:
+    """The default token layer of the prepared forward ``model`` (input ``input``, output ``scores``) when
+    LayerNorms over tokens follow its last 4-D candidate (node index ``after``, -1 when none), with its layout and
+    why; ``None`` for other models. ``needed``: the tensors the scores depend on. Raises a one-line
+    :class:`LayerError` naming ``--layer`` candidates when the choice is not certain (tokens that split into no grid
+    of the input, a backward pass that cannot be built, no candidate reached)."""
+    found = _token_norms(model, info, needed)
+    if not found or found[-1][0] < after:
+        return None
+    norms = [name for _, name in found]
+    size = tuple(input_size or read_onnx_input(model).size or (224, 224))
+    layouts: dict[str, Layout] = {}
+    for name in norms:
+        try:
+            layouts[name] = classify(name, [1, *info.shape(name)[1:]], size)  # type: ignore[index]
+        except LayoutError:
+            continue
+    if not layouts:
+        _refuse(
+            norms, f"its token tensors ({info.shape(norms[-1])}) split into no grid of the {size[0]}x{size[1]} input"
+        )
+    reached = _reached(model, list(layouts), layouts, size)
+    if not reached:
+        _refuse(list(layouts), "the scores' gradient is 0 at the patch tokens of every LayerNorm output")
+    last = reached[-1]
+    if layouts[last].prefix:
+        return last, layouts[last], "the last LayerNorm whose patch tokens reach the scores: ViT's blocks[-1].norm1"
+    block = next(n for n in model.graph.node if n.output[0] == last).input[0]
+    readers = [n for n in model.graph.node if block in n.input]
+    if info.shape(block) != info.shape(last) or len(readers) != 1:  # not a final norm: inside a block (residual)
+        _refuse(reached, f"no class token, and the last LayerNorm '{last}' is not a final norm after the blocks")
+    return block, layouts[last], "the last block's tokens, before the final LayerNorm"
+
+
+def _reached(model: onnx.ModelProto, names: Sequence[str], layouts: dict[str, Layout], size: tuple) -> list[str]:
+    """The ``names`` whose patch tokens get a non-zero gradient of ``Σ scores`` on one random image."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    graph = probe.graph
+    seed = "token_default/seed"
+    graph.node.append(helper.make_node("Shape", [contract.SCORES], [seed + "/shape"]))
+    graph.node.append(
+        helper.make_node(
+            "ConstantOfShape",
+            [seed + "/shape"],
+            [seed],
+            value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1]),
+        )
+    )
+    try:
+        backward = differentiate(probe, list(names), contract.SCORES, seed, prefix="token_default")
+    except GradientError as exc:
+        _refuse(list(names), f"no backward pass to choose by ({exc})")
+    graph.node.extend(backward.nodes)
+    graph.initializer.extend(backward.initializers)
+    del graph.output[:]
+    graph.output.extend(helper.make_empty_tensor_value_info(backward.grads[n]) for n in names)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        grads = session.run(None, {contract.INPUT: _random_input(model, size)})
+    except Exception as exc:  # a verdict in one line, never a traceback
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        _refuse(list(names), f"its backward pass did not run ({first[:160]})")
+    return [n for n, g in zip(names, grads, strict=True) if np.abs(g[:, layouts[n].prefix :]).max() > 0]
+
+
+def _random_input(model: onnx.ModelProto, size: tuple[int, int]) -> np.ndarray:
+    """One random image in the model input's own layout and type (float: N(0, 1); uint8: 0–255)."""
+    found = read_onnx_input(model, input_size=None)
+    shape = (1, found.channels, *size) if found.layout == "NCHW" else (1, *size, found.channels)
+    rng = np.random.default_rng(0)
+    if found.dtype == "uint8":
+        return rng.integers(0, 256, shape).astype(np.uint8)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _refuse(candidates: Sequence[str], why: str) -> NoReturn:
+    shown = " ".join(f"--layer {name}" for name in candidates[-SHOWN:])
+    raise LayerError("<default>", [], f"no default layer for this token model: {why}; name one, e.g. {shown}")
