@@ -31,13 +31,16 @@ from .autodiff.graph_info import GraphInfo
 from .inputs import read_onnx_input
 from .layers import LayerError
 from .layouts import LayoutError, classify
+from .source_batch import declared_batch
 
 #: How many ``--layer`` candidates a refusal names.
 SHOWN = 3
 
 
 def _token_norms(model: onnx.ModelProto, info: GraphInfo, needed: set[str]) -> list[tuple[int, str]]:
-    """Outputs ``[N, T, C]`` of ``LayerNormalization`` nodes on the way to the scores, with the nodes' indices."""
+    """Outputs ``[N, T, C]`` of ``LayerNormalization`` nodes on the way to the scores, with the nodes' indices
+    (``N`` symbolic, or the file's batch where it is kept fixed: :mod:`.source_batch`)."""
+    batch = declared_batch(model)
     found = []
     for index, node in enumerate(model.graph.node):
         if node.op_type != "LayerNormalization" or node.output[0] not in needed:
@@ -46,7 +49,7 @@ def _token_norms(model: onnx.ModelProto, info: GraphInfo, needed: set[str]) -> l
         if (
             shape is not None
             and len(shape) == 3
-            and not isinstance(shape[0], int)
+            and (shape[0] == batch if batch is not None else not isinstance(shape[0], int))
             and all(isinstance(d, int) for d in shape[1:])
             and info.dtype(node.output[0]).kind == "f"
         ):
@@ -125,7 +128,8 @@ def _reached(model: onnx.ModelProto, names: Sequence[str], layouts: dict[str, La
 def _random_input(model: onnx.ModelProto, size: tuple[int, int]) -> np.ndarray:
     """One random image in the model input's own layout and type (float: N(0, 1); uint8: 0–255)."""
     found = read_onnx_input(model, input_size=None)
-    shape = (1, found.channels, *size) if found.layout == "NCHW" else (1, *size, found.channels)
+    batch = declared_batch(model) or 1
+    shape = (batch, found.channels, *size) if found.layout == "NCHW" else (batch, *size, found.channels)
     rng = np.random.default_rng(0)
     if found.dtype == "uint8":
         return rng.integers(0, 256, shape).astype(np.uint8)
