@@ -1,7 +1,8 @@
 """Convert an exported float32 forward graph to the precision it is deployed in (``--precision``), as deployments do.
 
-- ``float16``: onnxconverter-common's ``convert_float_to_float16`` (every float tensor, weights included), then float32
-  ``input``/``scores`` at the contract's edges (:func:`.precision.float32_io`); the taps stay float16.
+- ``float16``: onnxconverter-common's ``convert_float_to_float16`` (every float tensor, weights included; its
+  ``Cast(to=FLOAT)`` nodes blocked, :mod:`.float16_casts`), then float32 ``input``/``scores`` at the contract's edges
+  (:func:`.precision.float32_io`); the taps stay float16.
 - ``int8``: onnxruntime's static quantization in QDQ format (``quant_pre_process`` then ``quantize_static``: uint8
   activations, int8 weights per output channel, MinMax ranges over the calibration images, as onnxruntime recommends
   for CPUs). A tap that is a graph output keeps its name on the dequantized value, the one the next layer reads.
@@ -24,6 +25,7 @@ from onnxcam.inputs import is_image_name
 from onnxcam.preprocess import preprocess_batch
 
 from .errors import ExportError
+from .float16_casts import float32_casts
 from .precision import float32_io
 from .quantization import is_qdq
 
@@ -85,7 +87,7 @@ def _float16(forward: onnx.ModelProto) -> onnx.ModelProto:
         raise PrecisionError(
             "--precision float16 needs onnxconverter-common: pip install onnxconverter-common"
         ) from None
-    model = float16.convert_float_to_float16(forward)
+    model = float16.convert_float_to_float16(forward, node_block_list=float32_casts(forward))
     float32_io(model)
     return model
 

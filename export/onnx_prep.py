@@ -20,6 +20,7 @@ from onnxcam import contract
 
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
+from .float16_casts import refuse_mistyped_casts
 from .layers import LayerError, nearest_names
 from .onnx_upgrade import upgrade
 from .precision import float32_io
@@ -196,6 +197,7 @@ def prepare(
     scores (name or index); ``None`` → the only one, or the only one shaped like scores.
     """
     refuse_qoperator(model)
+    refuse_mistyped_casts(model)
     graph = model.graph
     weights = {t.name for t in graph.initializer}
     data_inputs = [i for i in graph.input if i.name not in weights]
