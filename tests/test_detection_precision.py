@@ -2,15 +2,15 @@
 as ONNX files converted by onnxconverter-common / onnxruntime.quantization, explained box by box from the forward
 pass that finds the boxes (the saved ``box_state``).
 
-The model is ``test_detection.TinyYolo`` (random init, seed 0, 64×64, two neck scales ``p3``/``p4``). Each deployed
-export is verified at export time as a deployed classifier is (float16: float64 finite differences of the same graph;
-int8: the straight-through-estimator reference). Against the float32 export the deployed detector is compared on the
-boxes the user sees: each float32 box is matched to the deployed box of the same class with the highest IoU
-(``torchvision.ops.box_iou``, independent of the code under test), a match needs IoU ≥ 0.5; per matched box the
-Grad-CAM maps ([0, 1]) are compared by their largest absolute difference. Tolerances: float16 — ≥ 95 % of the boxes
-matched, maps ≤ 0.05 apart (measured: all boxes, ≤ 0.004); int8 — calibrated on images like the explained ones,
-≥ 80 % matched, the per-box maps' Pearson correlation ≥ 0.5 on average (random weights: int8 rounding is a large part
-of the class scores' spread, as for classifiers, ``test_precision.py``).
+The model is ``test_detection.TinyYolo`` (seed 0, 64×64, two neck scales ``p3``/``p4``) with its class logits spread
+as a trained head's (:func:`sharpened`). Each deployed export is verified at export time as a deployed classifier is
+(float16: float64 finite differences of the same graph; int8: the straight-through-estimator reference, ≤ 1e-4).
+Against the float32 export the deployed detector is compared on the boxes the user sees, on 8 random images: each
+float32 box is matched to the deployed box of the same class with the highest IoU (``torchvision.ops.box_iou``,
+independent of the code under test; a match needs IoU ≥ 0.5), and per matched box the Grad-CAM maps ([0, 1]) are
+compared. Tolerances (measured in brackets): float16 — every box matched [517/517], maps ≤ 0.05 apart [≤ 0.001];
+int8 (``--precision int8``, decode kept float, calibrated on 16 other images) — ≥ 90 % matched [96 %], Pearson ρ of
+each matched box's maps ≥ 0.95 [min 0.979, median 0.990].
 """
 
 from __future__ import annotations
@@ -62,11 +62,22 @@ def calibration(work: Path) -> Path:
     return work / "calibration"
 
 
+def sharpened() -> TinyYolo:
+    """``TinyYolo`` (seed 0) with its class logits spread as a trained head's (weights × 30, bias −1): a few confident
+    classes per anchor, instead of every score ≈ 0.5 where any rounding flips the class."""
+    model = build(TinyYolo)
+    with torch.no_grad():
+        for conv in model.cls:
+            conv.weight.mul_(30.0)
+            conv.bias.fill_(-1.0)
+    return model
+
+
 def _export(work: Path, precision: str, calibration: Path | None = None) -> tuple[Path, list[str]]:
     log: list[str] = []
     path = work / f"{precision}.onnx"
     export_model(
-        build(TinyYolo),
+        sharpened(),
         path,
         ["p3", "p4"],
         (SIZE, SIZE),
@@ -142,9 +153,9 @@ def test_int8_detector_verified_and_close_to_float32(float32, int8, photos) -> N
     assert _has_box_state(path)
     reference, deployed = _explain(float32, photos), _explain(path, photos)
     pairs = matched(reference, deployed)
-    assert len(pairs) >= 0.8 * sum(len(r.boxes) for r in reference) > 0
+    assert len(pairs) >= 0.9 * sum(len(r.boxes) for r in reference) > 0
     correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in pairs if a.std() > 0 and b.std() > 0]
-    assert np.mean(correlations) >= 0.5, np.mean(correlations)
+    assert len(correlations) >= 0.9 * len(pairs) and min(correlations) >= 0.95, min(correlations)
 
 
 @pytest.mark.parametrize("precision", ["float16", pytest.param("int8", marks=pytest.mark.slow)])
@@ -162,10 +173,11 @@ def test_box_axis_equals_per_box_rows_on_deployed(precision, photos, request) ->
 def test_cli_explain_on_float16_detector(float16, photos, work) -> None:
     path, _ = float16
     out = work / "cli"
-    args = ["explain", str(path), str(work / "photos" / "0.png"), "-o", str(out), "--confidence", "0.3"]
+    args = ["explain", str(path), str(work / "photos" / "0.png"), "-o", str(out)]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    (found,) = _explain(path, photos[:1])
+    (found,) = Explainer(path, provider="cpu").explain_detections(photos[:1], eigencam=False)
+    assert f"0.png: {len(found.boxes)} box" in result.output
     maps = np.load(out / "0.boxes.gradcam.npy")
     assert maps.shape == (len(found.boxes), SIZE, SIZE) and np.isfinite(maps).all()
 
@@ -185,7 +197,7 @@ def sources(work: Path, calibration: Path) -> dict[str, Path]:
 
     paths = {k: work / f"source_{k}.onnx" for k in ["fp32", "fp16", "fp16_blocked", "qdq"]}
     torch.onnx.export(
-        build(TinyYolo),
+        sharpened(),
         (torch.zeros(1, 3, SIZE, SIZE),),
         str(paths["fp32"]),
         input_names=["images"],
@@ -231,22 +243,32 @@ def test_converter_float16_file_with_float_casts_refused_in_one_line(sources) ->
     with pytest.raises(Float16CastError) as error:
         export_onnx_file(sources["fp16"], None, task="detect", log=lambda _: None)
     message = str(error.value)
-    assert "\n" not in message and "'/Cast'" in message
+    assert "\n" not in message and "Cast node(s) ('/Cast" in message
     assert "node_block_list" in message and "--precision float16" in message
 
 
-@pytest.mark.parametrize("name", ["fp16_blocked", "qdq"])
+@pytest.mark.parametrize("name", [pytest.param("fp16_blocked", marks=pytest.mark.slow), "qdq"])
 def test_deployed_source_files_export_verified_with_box_state(sources, photos, work, name) -> None:
     """The float16 file (Casts blocked, float16 I/O) and the QDQ file: exported with --task detect, verified (finite
-    differences / STE reference ≤ 1e-4), the box-axis backward kept on the saved state; the boxes match the float32
-    file's (float16: all within IoU ≥ 0.5; int8: ≥ 80 %)."""
-    explained = {}
+    differences / STE reference ≤ 1e-4), the box-axis backward kept on the saved state. float16: every float32 box
+    matched, maps ≤ 0.05 apart. QDQ with the output Concat quantized too (one scale for pixels and scores, step
+    0.24): the log warns, boxes differ (measured 60 % matched), the matched boxes' maps still correlate (ρ ≥ 0.95)."""
+    explained, logs = {}, {}
     for kind in ("fp32", name):
         path = work / f"source_{kind}.explainer.onnx"
+        logs[kind] = []
         if not path.exists():
-            _, report = export_onnx_file(sources[kind], path, task="detect", heads=False, log=lambda _: None)
+            _, report = export_onnx_file(sources[kind], path, task="detect", heads=False, log=logs[kind].append)
             assert report is not None and report.worst <= 1e-4, report
         assert _has_box_state(path)
         explained[kind] = _explain(path, photos)
     pairs = matched(explained["fp32"], explained[name])
-    assert len(pairs) >= (0.95 if name == "fp16_blocked" else 0.8) * sum(len(r.boxes) for r in explained["fp32"])
+    boxes = sum(len(r.boxes) for r in explained["fp32"])
+    if name == "fp16_blocked":
+        assert len(pairs) == boxes > 0
+        assert max(float(np.abs(a - b).max()) for a, b in pairs) <= 0.05
+    else:
+        assert any(line.startswith("warning: the output is int8 with one scale") for line in logs[name]), logs[name]
+        assert len(pairs) >= 0.5 * boxes > 0
+        correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in pairs if a.std() > 0 and b.std() > 0]
+        assert len(correlations) >= 0.9 * len(pairs) and min(correlations) >= 0.95, min(correlations)
