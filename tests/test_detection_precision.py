@@ -272,3 +272,28 @@ def test_deployed_source_files_export_verified_with_box_state(sources, photos, w
         assert len(pairs) >= 0.5 * boxes > 0
         correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in pairs if a.std() > 0 and b.std() > 0]
         assert len(correlations) >= 0.9 * len(pairs) and min(correlations) >= 0.95, min(correlations)
+
+
+class StridedHead(torch.nn.Module):
+    """A strided ``Slice`` (every other row, as SSD heads' box/class split) and a ``LeakyRelu`` before the output:
+    their backward rules build constants shaped like the incoming gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.leaky_relu(self.head(torch.relu(self.conv(x))), 0.1)
+        return y[:, ::2].mean((2, 3))
+
+
+def test_float16_backward_constants_take_the_gradient_type(tmp_path: Path) -> None:
+    """A rule's constant typed like a gradient (``like=ḡ``: not in the forward graph's inferred types) is float16 in
+    a float16 graph (was float32: the checker refused the graph, e.g. SSDlite's strided Slice). Exported, verified
+    by float64 finite differences."""
+    torch.manual_seed(0)
+    _, report = export_model(
+        StridedHead().eval(), None, ["conv"], (16, 16), exporter="torchscript", log=lambda _: None, precision="float16"
+    )
+    assert report is not None and report.worst <= 1e-4, report
