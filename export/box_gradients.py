@@ -25,6 +25,7 @@ from onnxcam import contract
 
 from .autodiff.engine import differentiate, downstream
 from .autodiff.graph_info import GraphInfo
+from .autodiff.rules.quantize import straight_through
 from .gating import Part, optional_input
 
 
@@ -73,7 +74,8 @@ def add_box_gradients(model: onnx.ModelProto, layers: Sequence[str], score_shape
     (outputs ``box_gradient:<layer>``, reading inputs ``box_state_in:<t>``)."""
     graph = model.graph
     info = GraphInfo(model)
-    batched = downstream(graph, [contract.INPUT], lambda name: info.dtype(name).kind == "f")
+    quantized = straight_through(graph)  # int8 QDQ: the integer tensors between Q and DQ carry the image's values
+    batched = downstream(graph, [contract.INPUT], lambda name: info.dtype(name).kind == "f" or name in quantized)
     for name, rank, default in (
         (contract.BOX_SEED, len(score_shape) + 1, np.zeros((1, *score_shape), np.float32)),
         (contract.BOX_ROWS, 1, np.zeros(1, np.int64)),

@@ -1,7 +1,8 @@
 """Convert an exported float32 forward graph to the precision it is deployed in (``--precision``), as deployments do.
 
-- ``float16``: onnxconverter-common's ``convert_float_to_float16`` (every float tensor, weights included), then float32
-  ``input``/``scores`` at the contract's edges (:func:`.precision.float32_io`); the taps stay float16.
+- ``float16``: onnxconverter-common's ``convert_float_to_float16`` (every float tensor, weights included; its
+  ``Cast(to=FLOAT)`` nodes blocked, :mod:`.float16_casts`), then float32 ``input``/``scores`` at the contract's edges
+  (:func:`.precision.float32_io`); the taps stay float16.
 - ``int8``: onnxruntime's static quantization in QDQ format (``quant_pre_process`` then ``quantize_static``: uint8
   activations, int8 weights per output channel, MinMax ranges over the calibration images, as onnxruntime recommends
   for CPUs). A tap that is a graph output keeps its name on the dequantized value, the one the next layer reads.
@@ -23,7 +24,9 @@ from onnxcam.images import ImageError, read_image
 from onnxcam.inputs import is_image_name
 from onnxcam.preprocess import preprocess_batch
 
+from .autodiff.engine import downstream
 from .errors import ExportError
+from .float16_casts import float32_casts
 from .precision import float32_io
 from .quantization import is_qdq
 
@@ -85,7 +88,7 @@ def _float16(forward: onnx.ModelProto) -> onnx.ModelProto:
         raise PrecisionError(
             "--precision float16 needs onnxconverter-common: pip install onnxconverter-common"
         ) from None
-    model = float16.convert_float_to_float16(forward)
+    model = float16.convert_float_to_float16(forward, node_block_list=float32_casts(forward))
     float32_io(model)
     return model
 
@@ -118,5 +121,30 @@ def _int8_qdq(forward: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelPr
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            nodes_to_exclude=decode_tail(onnx.load(str(prepared))),
         )
         return onnx.load(str(quantized))
+
+
+#: Ops with weights: a detector's decode (box arithmetic, the output Concat) is what comes after the last of them.
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def decode_tail(forward: onnx.ModelProto) -> list[str]:
+    """Names of a detector's decode nodes (after its last weighted layers: ``Sigmoid``, anchor-grid ``Add``,
+    stride ``Mul``, ``Exp``, the output ``Concat`` …), to keep in float; ``[]`` for a graph that is not a detector's
+    (:func:`.detection_output.as_detection` names its output ``onnxcam/detection``).
+
+    Quantized, the output ``Concat`` shares one scale between box coordinates (hundreds of pixels) and class scores
+    in [0, 1], whose step then exceeds 0.2: deployments keep the decode in float (Ultralytics' int8 exports ignore it).
+    """
+    graph = forward.graph
+    if not any(n.name == "onnxcam/detection" for n in graph.node):
+        return []
+    feeds: set[str] = set()  # tensors from which a weighted layer is reached
+    for node in reversed(graph.node):
+        if node.op_type in _WEIGHTED or any(o in feeds for o in node.output):
+            feeds.update(node.input)
+    weighted = downstream(graph, [o for n in graph.node if n.op_type in _WEIGHTED for o in n.output])
+    tail = [n for n in graph.node if not any(o in feeds for o in n.output) and any(i in weighted for i in n.input)]
+    return [n.name for n in tail if n.name]  # an unnamed node cannot be excluded (exporters name them all)

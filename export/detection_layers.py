@@ -199,9 +199,9 @@ def detector_forward(
     info = GraphInfo(forward)
     graph.output.extend(
         onnx.helper.make_tensor_value_info(
-            contract.activation_name(fork), onnx.TensorProto.FLOAT, info.shape(contract.activation_name(fork))
-        )
-        for fork in forks
+            name, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(name)), info.shape(name)
+        )  # a float16 graph's taps are float16
+        for name in map(contract.activation_name, forks)
     )
     log(f"detector: explaining {', '.join(map(repr, forks))} by default ({SCALES_REASON}; --layer to choose)")
     return forward, forks, detection

@@ -123,6 +123,14 @@ def as_detection(
         f"{' (declared)' if layout else ' (detected; declare --detect-layout to override)'}, "
         f"{detection.classes} classes × {detection.anchors} anchors, explained before any NMS"
     )
+    step = quantized_output_step(forward)
+    if step is not None and step > 2 / 255:
+        log(
+            f"warning: the output is int8 with one scale for box coordinates and class scores: scores are rounded to "
+            f"multiples of {step:.3g}, so boxes and classes differ from float32's (explained as they are); quantize "
+            "with the decode after the last Conv kept float (quantize_static(..., nodes_to_exclude=[...]), as "
+            "--precision int8 does)"
+        )
     model = onnx.ModelProto()
     model.CopyFrom(forward)
     graph = model.graph
@@ -140,3 +148,17 @@ def as_detection(
             out.type.tensor_type.ClearField("shape")
     freeze_reshapes(model)  # the box run's empty batch (:mod:`.box_gradients`)
     return model, detection
+
+
+def quantized_output_step(forward: onnx.ModelProto) -> float | None:
+    """The quantization step of ``scores`` when a per-tensor ``DequantizeLinear`` writes them (through shape-only ops),
+    else ``None``: a QDQ detector whose output ``Concat`` was quantized rounds its class scores to that step."""
+    producers = {o: n for n in forward.graph.node for o in n.output}
+    constants = {t.name: t for t in forward.graph.initializer}
+    node = producers.get(contract.SCORES)
+    while node is not None and node.op_type in ("Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in constants:
+        return None
+    scale = numpy_helper.to_array(constants[node.input[1]])
+    return float(scale) if scale.size == 1 else None

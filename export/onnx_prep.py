@@ -18,6 +18,7 @@ from onnxcam import contract
 
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
+from .float16_casts import refuse_mistyped_casts
 from .layers import LayerError, nearest_names
 from .onnx_token_layer import token_default
 from .onnx_upgrade import upgrade
@@ -132,6 +133,7 @@ def prepare(
     shaped like scores.
     """
     refuse_qoperator(model)
+    refuse_mistyped_casts(model)
     graph = model.graph
     weights = {t.name for t in graph.initializer}
     data_inputs = [i for i in graph.input if i.name not in weights]

@@ -210,7 +210,7 @@ def verify_ste(
     """Directional central differences of ``scores[n, t_n]`` through :func:`ste_surrogate` (float64) vs
     ``⟨gradient:<layer>, v⟩`` (and ``gradient:input`` when exported) of the explainer evaluated in float64 at the
     same point (the layer's map ``A`` from
-    onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε`` = 1e-10 of the map's scale.
+    onnxruntime; the rest of the graph's inputs frozen at their onnxruntime values). ``ε``: :func:`_step`.
     Error of image ``n``: ``|fd_n − dot_n| / max_m |dot_m|``,
     worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image), naming the
     first float node whose local VJP disagrees as the float verifier does (:func:`~.localize.first_wrong_node`).
@@ -259,9 +259,12 @@ def verify_ste(
             anchored = {a: base[v] for a, v in anchors.items()}
             values = {**out, **at}
             worst = np.zeros(batch)
+            size = max(float(np.abs(activation).max()), 1e-6)
+            level = float(np.abs(objective(values, values, feeds)).max())
             for _ in range(directions):
                 v = rng.standard_normal(activation.shape)
-                eps = 1e-10 * max(float(np.abs(activation).max()), 1e-6)
+                dot = (at[grad] * v).reshape(batch, -1).sum(1)
+                eps = _step(size, level, float(np.abs(dot).max()), tolerance)
                 f_plus, f_minus = (
                     objective(
                         evaluate_float64(surrogate, {tap: activation + sign * eps * v, **fixed, **anchored}, kernels),
@@ -271,7 +274,6 @@ def verify_ste(
                     for sign in (1, -1)
                 )
                 fd = (f_plus - f_minus) / (2 * eps)
-                dot = (at[grad] * v).reshape(batch, -1).sum(1)
                 worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
             name = grad + objective.suffix
             errors[name] = tuple(worst.tolist())
@@ -283,6 +285,15 @@ def verify_ste(
         return first_wrong_node(explainer, tap, feeds, kernels, end=objective.end)
 
     return check(Report(errors), tolerance, where)
+
+
+def _step(size: float, level: float, slope: float, tolerance: float) -> float:
+    """Central-difference step along a standard-normal direction: 1e-10 of the map's scale ``size`` (far from every
+    clip boundary), raised where the float64 rounding of an objective of magnitude ``level`` (≈ ``10·u·level/ε``,
+    ``u`` = float64 epsilon) would exceed ``tolerance/8`` of the slope's scale (a detector's box coordinates are
+    hundreds of pixels), at most 1e-6 of ``size``."""
+    floor = 80 * np.finfo(np.float64).eps * level / (tolerance * max(slope, 1e-30))
+    return min(max(1e-10 * size, floor), 1e-6 * size)
 
 
 #: Ops whose gradient at tied inputs is a convention (the first maximum); quantized values tie often.

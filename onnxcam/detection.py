@@ -198,8 +198,12 @@ def explain_detections(
     decoded, x = explainer._decode(images)
     scores, *forward = forward_pass(explainer, x, layers) if one else (explainer.scores(x),)
     found = [detect(s, detection, confidence, nms_iou, max_boxes, explainer.labels) for s in scores]
-    seeds = [np.stack([box_seed(scores[n], detection, b, match_iou) for b in boxes]) for n, boxes in enumerate(found)]
-    seeds = [s if len(b) else np.zeros((0, scores.shape[1]), np.float32) for s, b in zip(seeds, found, strict=True)]
+    seeds = [
+        np.stack([box_seed(scores[n], detection, b, match_iou) for b in boxes])
+        if boxes
+        else np.zeros((0, scores.shape[1]), np.float32)  # an image without boxes
+        for n, boxes in enumerate(found)
+    ]
     if forward:
         maps, eigen = _one_forward(explainer, x, seeds, chosen, layers, eigen_smooth, eigencam, *forward)
     else:

@@ -155,9 +155,10 @@ class VJPContext:
 
     def const(self, value: np.ndarray | float | int | Sequence[int], like: str | None = None) -> str:
         """A constant; with ``like`` it takes that tensor's element type (float constants otherwise
-        :attr:`float_type`, integers int64)."""
+        :attr:`float_type`, integers int64). A ``like`` the forward graph does not hold (a gradient: its type is
+        not inferred) takes :attr:`float_type`, the type gradients flow in at this node."""
         if like:
-            return self._emitter.const(value, self.dtype(like))
+            return self._emitter.const(value, self.dtype(like) if self.info.knows(like) else self.float_type)
         return self._emitter.const(value, self.float_type if np.asarray(value).dtype.kind == "f" else None)
 
     def shape_of(self, name: str) -> str:

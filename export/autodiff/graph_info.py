@@ -68,6 +68,10 @@ class GraphInfo:
                 dims.append(None)
         return tuple(dims)
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a tensor of the graph (a backward tensor added after this was built is not)."""
+        return name in self._types
+
     def dtype(self, name: str) -> np.dtype:
         """numpy element type of ``name`` (float32 when unknown)."""
         tp = self._types.get(name)
