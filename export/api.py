@@ -135,7 +135,7 @@ def export_model(
     chosen = model_scores_name(model, input_shape, scores_from)
     if chosen is not None:
         log(f"explaining the model's output '{chosen}'")
-    calls = module_calls(model, input_shape)
+    calls = module_calls(model, input_shape, scores_from=chosen)
     if not layers:
         layers, why = torch_detector_layers(model, input_shape, chosen, task, detect_layout), SCALES_REASON
         if not layers:

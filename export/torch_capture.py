@@ -92,9 +92,12 @@ class Call:
         return [self.module, *self.alias_modules]
 
 
-def module_calls(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 2) -> list[Call]:
+def module_calls(
+    model: nn.Module, input_shape: tuple[int, int, int], batch: int = 2, scores_from: str | None = None
+) -> list[Call]:
     """Every call of a named module returning a tensor in one eager forward of a seeded normal batch, in the
-    order the calls finish; with the gradient of the top-1 logits' sum (when the output is a tensor)."""
+    order the calls finish; with the gradient of the top-1 logits' sum (the output, or its tensor named
+    ``scores_from`` when the model returns several: :func:`.torch_outputs.pick`)."""
     records: list[tuple[str, nn.Module, torch.Tensor, int | None]] = []  # name, module, output, owner record
     clones: dict[int, tuple[int, torch.Tensor]] = {}  # id of a clone handed to the network → (record, clone)
     calls: dict[str, int] = {}
@@ -118,7 +121,7 @@ def module_calls(model: nn.Module, input_shape: tuple[int, int, int], batch: int
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
         with torch.enable_grad():
-            scores = model.eval()(x)
+            scores = pick(model.eval()(x), scores_from)
     finally:
         for handle in handles:
             handle.remove()

@@ -1,0 +1,100 @@
+"""Rough edges found by trying onnxcam as a newcomer would (round 3): each test is a model or a run a user brings.
+
+- A Hugging Face classifier exported as is (``forward`` returns ``ImageClassifierOutput``): the default layer must be
+  one whose patch tokens reach the logits, not the final LayerNorm (whose patch tokens the head never reads: every
+  gradient CAM there is blank). Maps vs pytorch-grad-cam with its ViT ``reshape_transform``, 1e-4.
+- LIME on an image SLIC cuts into one superpixel: refused like KernelSHAP, not a blank map.
+- ``aug_smooth`` with metrics and a metric option (``curve_steps``): the option must reach the metrics, not make every
+  image fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnxcam_export.api import export_model
+from small_models import export_gapnet
+from torch import nn
+
+from onnxcam.explainer import Explainer
+
+
+class Logits(nn.Module):
+    """A Hugging Face classifier returning its ``.logits`` tensor (for pytorch-grad-cam, which needs a tensor)."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(pixel_values=x).logits
+
+
+@pytest.mark.slow  # ~20 s on 2 shared cores (transformers import + export)
+def test_hf_vit_output_object_gets_a_layer_its_logits_reach(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
+    )
+    model = transformers.ViTForImageClassification(config).eval()
+    messages: list[str] = []
+    path = tmp_path / "hf.onnx"
+    export_model(model, path, None, (32, 32), exporter="torchscript", log=messages.append)
+    explainer = Explainer(path, provider="cpu")
+    assert list(explainer.layers) == ["vit.layers.1.layernorm_before"], messages
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        return t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ours = np.stack([r.maps["gradcam"] for r in explainer.explain_arrays(x, [1, 3])])
+    with GradCAM(Logits(model), [model.vit.layers[1].layernorm_before], reshape_transform=reshape) as cam:
+        reference = cam(torch.from_numpy(x), [ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
+    assert ours.max(axis=(1, 2)).min() > 0.99  # not blank
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def gapnet(tmp_path_factory) -> Explainer:
+    return Explainer(export_gapnet(tmp_path_factory.mktemp("gap") / "gap.onnx"), provider="cpu")
+
+
+@pytest.mark.parametrize("method", ["lime", "kernelshap"])
+def test_surrogates_refuse_an_image_of_one_superpixel(gapnet: Explainer, method: str) -> None:
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    noise = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)  # SLIC: one segment
+    with pytest.raises(ValueError, match=r"at least 2 superpixels.*n_segments"):
+        gapnet.explain([noise], methods=[method], options={"num_samples": 20})
+
+
+def test_aug_smooth_passes_metric_options_to_the_metrics(gapnet: Explainer) -> None:
+    from onnxcam.methods.options import check_options
+    from onnxcam.metrics import evaluate_maps
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    options = {"curve_steps": 4, "masks": 50}
+    [*results] = gapnet.explain_arrays(
+        x, None, ["gradcam", "rise"], metrics=["deletion"], options=options, aug_smooth=True
+    )
+    plain = gapnet.explain_arrays(x, None, ["gradcam", "rise"], options={"masks": 50}, aug_smooth=True)
+    seeds = np.stack([r.seed for r in results])
+    for method in ("gradcam", "rise"):
+        maps = np.stack([r.maps[method] for r in results])
+        np.testing.assert_array_equal(maps, np.stack([r.maps[method] for r in plain]))
+        checked = check_options([method], ["deletion"], {"curve_steps": 4}, (32, 32))
+        [*expected] = evaluate_maps(gapnet, x, seeds, {method: maps}, ["deletion"], checked, gapnet.scores_kind)
+        assert [r.metrics[method]["deletion"] for r in results] == [e[method]["deletion"] for e in expected]
+        [*default] = evaluate_maps(gapnet, x, seeds, {method: maps}, ["deletion"], {}, gapnet.scores_kind)
+        assert [r.metrics[method]["deletion"] for r in results] != [e[method]["deletion"] for e in default]
