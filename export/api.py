@@ -120,7 +120,7 @@ def export_model(
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
-    from .layer_choice import choose_default, resolve_layouts
+    from .layer_choice import choose_default, resolve_layouts, unreached_layers
     from .torch_capture import module_calls, to_onnx
     from .torch_input import channels_first, probe_torch, torch_channels
     from .torch_outputs import model_scores_name
@@ -143,6 +143,12 @@ def export_model(
             layers = [name]
         log(f"no --layer given: explaining {', '.join(map(repr, layers))} ({why})")
     layouts = resolve_layouts(model, calls, layers, input_size, layer_layout, layer_grid, prefix_tokens)
+    for layer in unreached_layers(calls, layouts):
+        log(
+            f"warning: layer '{layer}': the top-1 score's gradient is 0 at every position of its map on random "
+            "images (the scores do not depend on them, e.g. a ViT head reading only the class token), so its "
+            "gradient CAMs are blank; explain an earlier layer (ViT: the last block's norm1)"
+        )
     del calls
     for layer, layout in layouts.items():
         if layout.kind != "nchw":

@@ -98,3 +98,59 @@ def test_aug_smooth_passes_metric_options_to_the_metrics(gapnet: Explainer) -> N
         assert [r.metrics[method]["deletion"] for r in results] == [e[method]["deletion"] for e in expected]
         [*default] = evaluate_maps(gapnet, x, seeds, {method: maps}, ["deletion"], {}, gapnet.scores_kind)
         assert [r.metrics[method]["deletion"] for r in results] != [e[method]["deletion"] for e in default]
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, a class token, one token-mixing block, a final LayerNorm; the head reads the class token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.mix = nn.Linear(8, 8)
+        self.norm1 = nn.LayerNorm(8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1)
+        u = self.norm1(t)
+        t = t + self.mix(u).mean(1, keepdim=True)  # every token reads every token
+        return self.head(self.norm(t)[:, 0])
+
+
+def test_export_warns_when_the_scores_do_not_reach_a_layer(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    for layers, warned in ((["norm"], ["norm"]), (["norm1"], [])):
+        messages: list[str] = []
+        export_model(model, tmp_path / "v.onnx", layers, (16, 16), exporter="torchscript", log=messages.append)
+        warnings = [m for m in messages if m.startswith("warning:")]
+        assert [w.split("'")[1] for w in warnings] == warned, messages
+        explained = Explainer(tmp_path / "v.onnx", provider="cpu").explain_arrays(
+            np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+        )
+        assert (explained[0].maps["gradcam"].max() == 0) == bool(warned)  # the warning is about a blank map
+
+
+class BakedBatch(TinyViT):
+    """The class token expanded to ``len(t)``: tracing turns the example's batch size into a constant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1)
+        return self.head(self.norm(t)[:, 0])
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_batch_size_baked_by_tracing_is_refused_in_one_line(tmp_path, exporter: str) -> None:
+    from onnxcam_export.torch_capture import TracingError
+
+    torch.manual_seed(0)
+    with pytest.raises(TracingError) as refused:
+        export_model(BakedBatch().eval(), tmp_path / "b.onnx", ["patch"], (16, 16), exporter=exporter, log=print)
+    message = str(refused.value)
+    assert "\n" not in message and "runs only at the example's batch of 2" in message, message
+    assert message.endswith("use x.shape[0] (or -1 in reshape/expand) in forward")
+    assert not (tmp_path / "b.onnx").exists()
