@@ -4,19 +4,26 @@
   one whose patch tokens reach the logits, not the final LayerNorm (whose patch tokens the head never reads: every
   gradient CAM there is blank). Maps vs pytorch-grad-cam with its ViT ``reshape_transform``, 1e-4.
 - LIME on an image SLIC cuts into one superpixel: refused like KernelSHAP, not a blank map.
+- A named layer the scores do not reach (a ViT's final norm): export warns; `onnxcam explain` flags the blank map.
+- A batch size baked in by tracing (``len(x)``): refused in one line, not an onnxruntime traceback.
 - ``aug_smooth`` with metrics and a metric option (``curve_steps``): the option must reach the metrics, not make every
   image fail.
 """
 
 from __future__ import annotations
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from onnxcam_export.api import export_model
 from small_models import export_gapnet
 from torch import nn
 
+from onnxcam.cli import main
 from onnxcam.explainer import Explainer
 
 
@@ -132,6 +139,16 @@ def test_export_warns_when_the_scores_do_not_reach_a_layer(tmp_path) -> None:
             np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
         )
         assert (explained[0].maps["gradcam"].max() == 0) == bool(warned)  # the warning is about a blank map
+        # ... and `onnxcam explain` says so in the image's line and on stderr (status stays ok: the map is exact)
+        picture = tmp_path / "p.png"
+        cv2.imwrite(str(picture), (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8))
+        result = CliRunner().invoke(
+            main, ["explain", str(tmp_path / "v.onnx"), str(picture), "-o", str(tmp_path / "o")]
+        )
+        line = json.loads((tmp_path / "o" / "results.jsonl").read_text())
+        assert result.exit_code == 0 and line["status"] == "ok", result.output
+        blank = [w for w in line["warnings"] if w.startswith("gradcam: the map is 0 everywhere")]
+        assert len(blank) == len(warned) and ("gradcam: the map is 0 everywhere" in result.stderr) == bool(warned)
 
 
 class BakedBatch(TinyViT):
