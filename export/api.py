@@ -187,14 +187,19 @@ def export_model(
         )
 
     extras = Extras(rules, heads, resolve_in_graph(in_graph), unit_layer, bias_gradients, hvp)
-    if precision != "float32":
-        deployed, reference = _deployed_check(forward, layers, input_shape, tolerance, log)
+    try:
+        if precision != "float32":
+            deployed, reference = _deployed_check(forward, layers, input_shape, tolerance, log)
+            return _build_check_save(
+                forward, metadata, extras, deployed if verify else None, reference, output, started, log
+            )
         return _build_check_save(
-            forward, metadata, extras, deployed if verify else None, reference, output, started, log
+            forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
         )
-    return _build_check_save(
-        forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
-    )
+    except GradientError as exc:  # TorchScript leaves some shapes unknown (nn.MultiheadAttention); dynamo keeps them
+        if exporter == "torchscript" and "is unknown" in str(exc):
+            raise GradientError(f"{exc} (traced by the torchscript exporter): try --exporter dynamo") from None
+        raise
 
 
 def _float_weights(model: torch.nn.Module, precision: str | None, log: Log) -> tuple[torch.nn.Module, str]:

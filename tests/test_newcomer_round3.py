@@ -171,3 +171,29 @@ def test_a_batch_size_baked_by_tracing_is_refused_in_one_line(tmp_path, exporter
     assert "\n" not in message and "runs only at the example's batch of 2" in message, message
     assert message.endswith("use x.shape[0] (or -1 in reshape/expand) in forward")
     assert not (tmp_path / "b.onnx").exists()
+
+
+class AttentionViT(TinyViT):
+    """:class:`TinyViT` mixing tokens with ``nn.MultiheadAttention`` (TorchScript leaves shapes inside it unknown)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1)
+        u = self.norm1(t)
+        t = t + self.attention(u, u, u, need_weights=False)[0]
+        return self.head(self.norm(t)[:, 0])
+
+
+def test_a_shape_torchscript_leaves_unknown_names_the_other_exporter(tmp_path) -> None:
+    from onnxcam_export.autodiff.context import GradientError
+
+    torch.manual_seed(0)
+    with pytest.raises(GradientError) as refused:
+        export_model(AttentionViT().eval(), tmp_path / "a.onnx", ["norm1"], (16, 16), exporter="torchscript", log=print)
+    message = str(refused.value)
+    assert "\n" not in message and "is unknown" in message and message.endswith("try --exporter dynamo"), message
+    assert not (tmp_path / "a.onnx").exists()
