@@ -122,7 +122,7 @@ def export_model(
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
-    from .layer_choice import choose_default, resolve_layouts
+    from .layer_choice import choose_default, resolve_layouts, unreached_layers
     from .torch_capture import module_calls, to_onnx
     from .torch_input import channels_first, probe_torch, torch_channels
     from .torch_outputs import model_scores_name
@@ -137,7 +137,7 @@ def export_model(
     chosen = model_scores_name(model, input_shape, scores_from)
     if chosen is not None:
         log(f"explaining the model's output '{chosen}'")
-    calls = module_calls(model, input_shape)
+    calls = module_calls(model, input_shape, scores_from=chosen)
     if not layers:
         layers, why = torch_detector_layers(model, input_shape, chosen, task, detect_layout), SCALES_REASON
         if not layers:
@@ -145,6 +145,12 @@ def export_model(
             layers = [name]
         log(f"no --layer given: explaining {', '.join(map(repr, layers))} ({why})")
     layouts = resolve_layouts(model, calls, layers, input_size, layer_layout, layer_grid, prefix_tokens)
+    for layer in unreached_layers(calls, layouts):
+        log(
+            f"warning: layer '{layer}': the top-1 score's gradient is 0 at every position of its map on random "
+            "images (the scores do not depend on them, e.g. a ViT head reading only the class token), so its "
+            "gradient CAMs are blank; explain an earlier layer (ViT: the last block's norm1)"
+        )
     del calls
     for layer, layout in layouts.items():
         if layout.kind != "nchw":
@@ -183,14 +189,19 @@ def export_model(
         )
 
     extras = Extras(rules, heads, resolve_in_graph(in_graph), unit_layer, bias_gradients, hvp)
-    if precision != "float32":
-        deployed, reference = _deployed_check(forward, layers, input_shape, tolerance, log)
+    try:
+        if precision != "float32":
+            deployed, reference = _deployed_check(forward, layers, input_shape, tolerance, log)
+            return _build_check_save(
+                forward, metadata, extras, deployed if verify else None, reference, output, started, log
+            )
         return _build_check_save(
-            forward, metadata, extras, deployed if verify else None, reference, output, started, log
+            forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
         )
-    return _build_check_save(
-        forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
-    )
+    except GradientError as exc:  # TorchScript leaves some shapes unknown (nn.MultiheadAttention); dynamo keeps them
+        if exporter == "torchscript" and "is unknown" in str(exc):
+            raise GradientError(f"{exc} (traced by the torchscript exporter): try --exporter dynamo") from None
+        raise
 
 
 def _float_weights(model: torch.nn.Module, precision: str | None, log: Log) -> tuple[torch.nn.Module, str]:

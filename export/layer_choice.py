@@ -135,3 +135,17 @@ def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[in
     skipped = ", ".join(display_name(c, calls) for c, _ in maps[i + 1 :])
     after = f"; after it only {skipped}" if skipped else ""
     return display_name(call, calls), layout, f"the last spatial map before pooling{after}"
+
+
+def unreached_layers(calls: Sequence[Call], layouts: dict[str, Layout]) -> list[str]:
+    """The layers of ``layouts`` whose map (as ``[N, C, h, w]``: a token layer's prefix tokens dropped) the probe's
+    top-1 gradient reaches at no position, e.g. a ViT's final LayerNorm, whose patch tokens the head never reads:
+    every gradient CAM there is blank. Empty when the probe computed no gradient."""
+    if not any(c.grad is not None for c in calls):
+        return []
+    named = {label: call for call in calls for label in [call.name, *call.aliases]}
+    return [
+        layer
+        for layer, layout in layouts.items()
+        if layer in named and (named[layer].grad is None or not to_nchw_torch(named[layer].grad, layout).any())
+    ]

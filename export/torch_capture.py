@@ -92,9 +92,12 @@ class Call:
         return [self.module, *self.alias_modules]
 
 
-def module_calls(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 2) -> list[Call]:
+def module_calls(
+    model: nn.Module, input_shape: tuple[int, int, int], batch: int = 2, scores_from: str | None = None
+) -> list[Call]:
     """Every call of a named module returning a tensor in one eager forward of a seeded normal batch, in the
-    order the calls finish; with the gradient of the top-1 logits' sum (when the output is a tensor)."""
+    order the calls finish; with the gradient of the top-1 logits' sum (the output, or its tensor named
+    ``scores_from`` when the model returns several: :func:`.torch_outputs.pick`)."""
     records: list[tuple[str, nn.Module, torch.Tensor, int | None]] = []  # name, module, output, owner record
     clones: dict[int, tuple[int, torch.Tensor]] = {}  # id of a clone handed to the network → (record, clone)
     calls: dict[str, int] = {}
@@ -118,7 +121,7 @@ def module_calls(model: nn.Module, input_shape: tuple[int, int, int], batch: int
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
         with torch.enable_grad():
-            scores = model.eval()(x)
+            scores = pick(model.eval()(x), scores_from)
     finally:
         for handle in handles:
             handle.remove()
@@ -190,7 +193,7 @@ def to_onnx(
     example = torch.randn(2, channels, *input_size)
     output_names = [contract.SCORES, *(contract.activation_name(layer) for layer in layers)]
     try:
-        return _export(wrapper, example, output_names, opset, exporter, optimize)
+        graph = _export(wrapper, example, output_names, opset, exporter, optimize)
     except ExportError:
         raise
     except Exception as exc:  # the exporter's own refusals (unsupported op or size) are a one-line verdict
@@ -199,6 +202,36 @@ def to_onnx(
         raise TracingError(
             f"the {exporter} exporter cannot export this model at {input_size[0]}x{input_size[1]}: {first[:300]}; "
             f"try --exporter {other} or another --input-size"
+        ) from None
+    _refuse_fixed_batch(graph, (channels, *input_size), exporter)
+    return graph
+
+
+def _refuse_fixed_batch(graph: onnx.ModelProto, input_shape: tuple[int, ...], exporter: str) -> None:
+    """Raise :class:`TracingError` when the traced graph runs the example's batch of 2 but not one image: the model
+    turned the batch size into a constant (``len(x)``, ``int(x.shape[0])``, a loop over the batch). A graph that
+    onnxruntime cannot run at all is left to the later steps, which name their cause."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a failure is reported below, in one line
+    try:
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:
+        return
+    try:
+        session.run([contract.SCORES], {contract.INPUT: np.zeros((1, *input_shape), np.float32)})
+    except Exception as exc:  # onnxruntime's refusals: a shape mismatch at some node, or a fixed input batch
+        try:
+            session.run([contract.SCORES], {contract.INPUT: np.zeros((2, *input_shape), np.float32)})
+        except Exception:
+            return
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise TracingError(
+            f"the {exporter} exporter traced a graph that runs only at the example's batch of 2, not on one image "
+            f"({first[:160]}): the model turns its batch size into a constant (len(x), int(x.shape[0]), a loop over "
+            "the batch); use x.shape[0] (or -1 in reshape/expand) in forward"
         ) from None
 
 

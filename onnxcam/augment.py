@@ -48,7 +48,11 @@ def explain_augmented(
     """:meth:`~onnxcam.Explainer.explain_arrays` with ``aug_smooth``: each image's explanation of ``x`` (its class,
     scores, seed) with ``maps``, ``raw`` and ``attributions`` the means over :data:`AUGMENTATIONS` of the
     de-augmented ones, every copy explaining the unaugmented input's seed. ``details`` are the unaugmented run's."""
+    from .methods.options import check_options
+
+    checked = check_options(methods, metrics, options, x.shape[2:4])  # every key, the metrics' included
     args = (methods, layers, topk, eigen_smooth)
+    options = _method_options(methods, options)  # the copies are explained without metrics
     results = explainer.explain_arrays(x, target, *args, seed, options, (), isolate_methods)
     seeds = np.stack([r.seed for r in results])
     runs = []
@@ -74,15 +78,23 @@ def explain_augmented(
             if method in result.attributions:
                 result.attributions[method] = _mean([deaugment(c.attributions[method], f) for f, c in copies])
     if metrics:
-        from .methods.options import check_options
         from .metrics import evaluate_maps
 
-        checked = check_options(methods, metrics, options, x.shape[2:4])
         maps = {m: np.stack([r.maps[m] for r in results]) for m in results[0].maps} if results else {}
         scored = evaluate_maps(explainer, x, seeds, maps, metrics, checked, scores_kind=explainer.scores_kind)
         for result, values in zip(results, scored, strict=True):
             result.metrics = values
     return results
+
+
+def _method_options(methods: Sequence[str], options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The entries of ``options`` that ``methods`` read (the metrics' own keys left out)."""
+    from .methods.base import get_method
+    from .methods.options import method_options
+
+    names = [methods] if isinstance(methods, str) else methods
+    read = {o.name for m in names for o in method_options(get_method(m).name)}
+    return {k: v for k, v in options.items() if k in read} if options else options
 
 
 def _mean(values: list[np.ndarray]) -> np.ndarray:

@@ -656,6 +656,18 @@ def size_warnings(size: tuple[int, int], grid: tuple[int, int]) -> list[str]:
     ]
 
 
+def blank_warnings(stats: dict[str, dict[str, float]]) -> list[str]:
+    """A warning per method whose map is 0 everywhere: a blank overlay is no explanation, and the line must say so
+    (``status`` stays ``ok``: the map is what the method computes)."""
+    return [
+        f"{method}: the map is 0 everywhere: nothing at the layer raises the explained score for this method (its "
+        "gradient there is 0, e.g. an int8 score saturated at its quantization range or a layer the scores do not "
+        "read, or every position weighs in negatively); try another layer, class or method"
+        for method, values in stats.items()
+        if values.get("max") == 0.0
+    ]
+
+
 def finish(
     decoded: Decoded, explanation: Explanation, settings: Settings, out_dir: Path, inference_ms: float
 ) -> dict[str, Any]:
@@ -677,7 +689,7 @@ def finish(
     size = decoded.original_size or image.shape[:2]
     record = ok_record(decoded.job, size, explanation, stats, settings.layers, timings)
     record["artefact_size"] = list(image.shape[:2])
-    record["warnings"] = size_warnings(size, settings.feature_grid)
+    record["warnings"] = size_warnings(size, settings.feature_grid) + blank_warnings(stats)
     if explanation.errors:
         failed = [m for m in settings.methods if m in explanation.errors]
         record["status"] = "error"

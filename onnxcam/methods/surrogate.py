@@ -131,6 +131,11 @@ def superpixel_attributions(
             segments = segment(image, algorithm, n_segments, compactness, name)
         else:
             segments = given_segments(labels, n, (height, width))
+        if segments.max() < 1:  # one superpixel: its weight is the whole map, a constant (blank) map
+            raise ValueError(
+                f"{name} needs at least 2 superpixels, but {algorithm if labels is None else 'superpixels='} gives "
+                "this image 1 (a noise-like image?): raise n_segments, lower compactness or pass superpixels="
+            )
         z = sample(count, int(segments.max()) + 1, seed)
         y = perturbed_objective(
             request.model.scores,
