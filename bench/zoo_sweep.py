@@ -64,6 +64,9 @@ CAUSES = {
 }
 MIN_SIZE = {"inception_v3": 80, "maxvit_t": 224, "googlenet": 64}
 FIXED_SIZE_PREFIXES = ("vit_", "swin_", "maxvit")
+#: Models whose fixed adaptive average pool would pool *up* at a small input, which the TorchScript exporter cannot
+#: write: their TorchScript paths run at the size they were designed for, where the pool divides.
+POOL_UP_PREFIXES = ("alexnet", "vgg")
 #: One model per architecture family, run right after the segmentation models (breadth first: a new family brings
 #: new ops and export patterns); the rest follow smallest first.
 FIRST = (
@@ -112,8 +115,9 @@ def models(memory_gb: float) -> list[str]:
     return [*SEGMENTATION, *(n for n in FIRST if n not in skipped), *rest]
 
 
-def input_size(name: str, size: int) -> int:
-    if name.startswith(FIXED_SIZE_PREFIXES):
+def input_size(name: str, path: str, size: int) -> int:
+    """The sweep's input size for ``name`` along ``path``: ``size`` unless the model or the exporter needs more."""
+    if name.startswith(FIXED_SIZE_PREFIXES) or (name.startswith(POOL_UP_PREFIXES) and path.endswith("torchscript")):
         return 224
     return max(size, MIN_SIZE.get(name, size))
 
@@ -275,13 +279,14 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
             if r["verdict"] != "verified"
         ),
         "",
-        "| model | path | verdict | error / reason | seconds | peak GB |",
-        "|---|---|---|---|---:|---:|",
+        "| model | path | size | verdict | error / reason | seconds | peak GB |",
+        "|---|---|---:|---|---|---:|---:|",
     ]
     for (model, path), r in done.items():
         error = r["error"].replace("|", "\\|")
         peak = f"{r['peak_gb']:.1f}" if "peak_gb" in r else ""
-        lines.append(f"| {model} | {path} | {r['verdict']} | {error} | {r['seconds']:.0f} | {peak} |")
+        size_px = r.get("size", size)
+        lines.append(f"| {model} | {path} | {size_px} | {r['verdict']} | {error} | {r['seconds']:.0f} | {peak} |")
     for model, params in sorted(skipped.items(), key=lambda item: item[1]):
         estimate = params * BYTES_PER_PARAM / 1e9
         reason = (
@@ -289,7 +294,7 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
             f"({BYTES_PER_PARAM} B/parameter, measured on VGG-16), over the {memory_gb:g} GB budget of one job on a "
             "shared 24 GB machine; run with `--memory-gb` on a larger one"
         )
-        lines.append(f"| {model} | all | not run | {reason} | | |")
+        lines.append(f"| {model} | all | | not run | {reason} | | |")
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -301,17 +306,22 @@ def main() -> None:
     parser.add_argument("--only", default="")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "zoo.md")
     parser.add_argument("--workdir", default="/tmp/zoo_sweep")
+    parser.add_argument("--rerun", default="", help="comma-separated verdicts whose rows are run again (refused,…)")
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = args.out.with_suffix(".jsonl")
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    seen = {(r["model"], r["path"]) for r in rows}
     names = args.only.split(",") if args.only else models(args.memory_gb)
+    again = set(filter(None, args.rerun.split(",")))
+    if again:
+        rows = [r for r in rows if not (r["verdict"] in again and r["model"] in names)]
+        results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    seen = {(r["model"], r["path"]) for r in rows}
     for name in names:
         for path in PATHS:
             if (name, path) in seen:
                 continue
-            size = input_size(name, args.size)
+            size = input_size(name, path, args.size)
             row = run_row(name, path, size, args.timeout, args.workdir, args.memory_gb)
             stamp = {"date": datetime.date.today().isoformat(), "load": os.getloadavg()[0]}
             row = {"model": name, "path": path, "size": size, **row, **stamp}
