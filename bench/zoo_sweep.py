@@ -30,14 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PATHS = ("torch/dynamo", "torch/torchscript", "onnx/dynamo", "onnx/torchscript")
 SEGMENTATION = ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
-#: Models that need a larger input than the sweep's default (fixed positional embeddings, deep stride, windows).
 _UPSAMPLING_POOL = (
     "limitation of the TorchScript exporter: adaptive average pooling *up* (the 64-px map is smaller than the "
     "model's fixed pool output) is not exportable; the dynamo paths verify, and at 224 px the pool divides"
-)
-_FOLDED_BATCH = (
-    "limitation of the source file: the dynamo export has a fixed batch of 1 folded into window / attention "
-    "reshapes, which no rewrite can make dynamic; refused in one line (re-export with a dynamic batch)"
 )
 #: Why each row that is not verified is so: a limitation (one line) or an open bug in onnxcam.
 CAUSES = {
@@ -45,23 +40,8 @@ CAUSES = {
     ("alexnet", "onnx/torchscript"): _UPSAMPLING_POOL,
     ("vgg11_bn", "torch/torchscript"): _UPSAMPLING_POOL,
     ("vgg11_bn", "onnx/torchscript"): _UPSAMPLING_POOL,
-    ("swin_t", "onnx/dynamo"): _FOLDED_BATCH,
-    ("swin_v2_t", "onnx/dynamo"): _FOLDED_BATCH,
-    ("vit_b_32", "onnx/dynamo"): _FOLDED_BATCH,
-    ("convnext_tiny", "onnx/dynamo"): (
-        "open bug: dynamo writes the head's flatten of [1, 768, 1, 1] as Reshape [-1] then [1, 768]; the "
-        "backward of that pair keeps the batch-1 shape, so the gradient graph cannot run on a batch of 2 "
-        "(refused as could-not-verify, one line)"
-    ),
-    ("vit_b_32", "onnx/torchscript"): (
-        "open: an ONNX ViT has no NCHW map after its patch embedding, so the default layer falls on an attention "
-        "tensor [N, 12, 50, 64] whose finite differences settle at no step (could-not-verify, one line)"
-    ),
-    ("vit_b_32", "torch/torchscript"): (
-        "open bug: the TorchScript trace of attention now exports (it traced the fused fast path before), but the "
-        "Gather VJP needs the rank of a Squeeze output that ONNX shape inference leaves unknown (one-line refusal)"
-    ),
 }
+#: Models that need a larger input than the sweep's default (fixed positional embeddings, deep stride, windows).
 MIN_SIZE = {"inception_v3": 80, "maxvit_t": 224, "googlenet": 64}
 FIXED_SIZE_PREFIXES = ("vit_", "swin_", "maxvit")
 #: Models whose fixed adaptive average pool would pool *up* at a small input, which the TorchScript exporter cannot
