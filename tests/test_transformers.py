@@ -300,7 +300,7 @@ def torchvision_vit(head: bool = True) -> nn.Module:
     return model
 
 
-def onnx_file(model: nn.Module, path) -> str:
+def onnx_file(model: nn.Module, path, opset: int = 18) -> str:
     """``torch.onnx.export`` of ``model`` as a foreign ONNX file (TorchScript exporter, dynamic batch)."""
     torch.onnx.export(
         model,
@@ -308,7 +308,7 @@ def onnx_file(model: nn.Module, path) -> str:
         str(path),
         input_names=["images"],
         output_names=["logits"],
-        opset_version=18,
+        opset_version=opset,
         dynamo=False,
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
     )
@@ -338,6 +338,49 @@ def test_onnx_vit_default_is_the_last_norm1_and_equals_pytorch_grad_cam(tmp_path
     explains_like_pytorch_grad_cam(
         model, source, "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0", tmp_path
     )
+
+
+def test_onnx_vit_at_opset_14_defaults_to_the_decomposed_norm1(tmp_path) -> None:
+    """Opset 14 has no LayerNormalization: the exporter writes ``ln_1`` as ReduceMean … Sqrt, Div, Mul(γ), Add(β);
+    that chain's output is the default, as the op's is at opset 18 (never an attention tensor)."""
+    model = torchvision_vit()
+    source = onnx_file(model, tmp_path / "vit.onnx", opset=14)
+    assert not any(n.op_type == "LayerNormalization" for n in onnx.load(source).graph.node)
+    explains_like_pytorch_grad_cam(model, source, "/encoder/layers/encoder_layer_1/ln_1/Add_1_output_0", tmp_path)
+
+
+class ManualRMSNorm(nn.Module):
+    """RMSNorm written out (``x / sqrt(mean(x²) + eps) · γ``): no LayerNorm in the graph, as the opset-14 exporter has
+    no ``aten::rms_norm``."""
+
+    def __init__(self, dim: int, **_: object) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+def test_onnx_token_model_without_a_recognised_norm_is_refused_not_explained_at_an_attention(tmp_path) -> None:
+    """timm's ViT with a norm that is no LayerNorm: its last 4-D tensor is an attention ``[N, T, heads, d]``; the
+    default is refused in one line naming token tensors, never that attention."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=5,
+        norm_layer=ManualRMSNorm,
+    ).eval()
+    source = onnx_file(model, tmp_path / "vit.onnx", opset=14)
+    with pytest.raises(LayerError, match=r"no default layer for this token model: .*attention.* --layer /blocks/") as e:
+        export_onnx_file(source, None, None, (32, 32), **QUIET)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.slow
