@@ -141,14 +141,14 @@ def _reached(model: onnx.ModelProto, names: Sequence[str], layouts: dict[str, La
     graph.output.extend(helper.make_empty_tensor_value_info(backward.grads[n]) for n in names)
     try:
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        grads = session.run(None, {contract.INPUT: _random_input(model, size)})
+        grads = session.run(None, {contract.INPUT: random_input(model, size)})
     except Exception as exc:  # a verdict in one line, never a traceback
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         _refuse(list(names), f"its backward pass did not run ({first[:160]})")
     return [n for n, g in zip(names, grads, strict=True) if np.abs(g[:, layouts[n].prefix :]).max() > 0]
 
 
-def _random_input(model: onnx.ModelProto, size: tuple[int, int]) -> np.ndarray:
+def random_input(model: onnx.ModelProto, size: tuple[int, int]) -> np.ndarray:
     """One random image in the model input's own layout and type (float: N(0, 1); uint8: 0–255)."""
     found = read_onnx_input(model, input_size=None)
     batch = declared_batch(model) or 1
