@@ -3,7 +3,8 @@
 An ONNX ViT has no NCHW map after its patch embedding; the last 4-D tensor is inside the last attention
 (``[N, heads, T, d]``), not a feature map. The layer a practitioner explains is pytorch-grad-cam's
 ``blocks[-1].norm1`` with a token ``reshape_transform`` (jacobgil/pytorch-grad-cam, ``usage_examples/vit_example.py``):
-the output of the last LayerNorm whose patch tokens reach the scores (after it, the block's MLP, the final LayerNorm
+the output of the last LayerNorm (the op, or its decomposition by exporters at opset < 17:
+:mod:`.onnx_layer_norms`) whose patch tokens reach the scores (after it, the block's MLP, the final LayerNorm
 and the class-token select act per token, so the patch tokens get no gradient). As in the PyTorch path
 (:func:`export.layer_choice.choose_default`), reaching is measured: one backward pass of the graph (our own VJP rules,
 onnxruntime, one random image) from the scores to every candidate, a candidate reached when its patch-token gradient
@@ -109,8 +110,9 @@ def _refuse_attention(model: onnx.ModelProto, info: GraphInfo, needed: set[str],
     last = next((o for o in nodes[after].output if o in needed), nodes[after].output[0])
     shape = info.shape(last) or ()
     if counts & set(shape[1:]):
+        width = info.shape(tokens[-1][1])  # the model's tokens [N, T, C], not a qkv projection's [N, T, 3C]
         _refuse(
-            [o for i, o in tokens if i < after] or [o for _, o in tokens],
+            [o for i, o in tokens if i < after and info.shape(o) == width] or [o for _, o in tokens],
             f"its last 4-D tensor '{last}' {['N', *shape[1:]]} is an attention's among token tensors [N, T, C], "
             "and no LayerNorm over the tokens was recognised",
         )
