@@ -26,7 +26,7 @@ from .fixed_batch_verify import verify_in_chunks
 from .in_graph import add_cams, check_cams
 from .in_graph import resolve as resolve_in_graph
 from .inside_normalisation import inside_normalisation
-from .layouts import onnx_layout
+from .onnx_channels_last import onnx_layer_layout
 from .precision import with_agreement
 from .scores_head import ScoresHead, check_labels, resolve_head
 from .source_batch import declared_batch
@@ -423,7 +423,7 @@ def export_onnx_file(
         log(f"model input: {found.dtype} {found.layout}; the explainer's input is float32 NCHW")
     forward = deploy.to_precision(forward, precision, deploy.calibration_batch(calibration, preprocess))
     info = GraphInfo(forward)
-    layouts = {layer: onnx_layout(layer, info.shape(contract.activation_name(layer)) or [], size) for layer in layers}
+    layouts = {layer: onnx_layer_layout(forward, info, layer, size) for layer in layers}
     for layer, layout in layouts.items():
         if layout.kind != "nchw":
             log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")

@@ -209,5 +209,6 @@ def refuse_non_nchw(layer: str, shape: Sequence[int | str | None], input_size: t
 def _refuse(layer: str, shape: Sequence[int | str | None], why: str) -> None:
     raise LayoutError(
         f"tensor '{layer}' {['N', *shape[1:]]} {why}: ONNX sources are explained at NCHW and token [N, T, C] "
-        "tensors only; pick the tensor after its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
+        "tensors, and at channels-last ones only where a LayerNorm or MatMul over C shows it; pick the tensor after "
+        "its Transpose/Reshape to [N, C, h, w], or export from the PyTorch model"
     )

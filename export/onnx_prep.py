@@ -19,7 +19,9 @@ from onnxcam import contract
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float16_casts import refuse_mistyped_casts
+from .inputs import read_onnx_input
 from .layers import LayerError, nearest_names
+from .onnx_channels_last import before_final_norm
 from .onnx_token_layer import token_default
 from .onnx_upgrade import upgrade
 from .precision import float32_io
@@ -74,7 +76,9 @@ def default_tensor(model: onnx.ModelProto, input_size: tuple[int, int] | None = 
     dim is static or whose batch ``N`` is not first (attention's ``[L, N, heads, d]`` in TorchScript exports of ViT);
     in a graph kept at a fixed batch ``B`` (:mod:`.source_batch`), a tensor whose first dim is not ``B``.
     Where LayerNorms over tokens ``[N, T, C]`` follow the last such map (a ViT), the token tensor of the last block
-    (:func:`.onnx_token_layer.token_default`; ``input_size`` splits its tokens into a grid)."""
+    (:func:`.onnx_token_layer.token_default`; ``input_size`` splits its tokens into a grid). Where the last map is a
+    channels-last Swin's final LayerNorm (or its permute to NCHW), the last stage's output before it
+    (:func:`.onnx_channels_last.before_final_norm`)."""
     info = GraphInfo(model)
     batch = declared_batch(model)
     out = info.shape(contract.SCORES) or ()
@@ -103,7 +107,8 @@ def default_tensor(model: onnx.ModelProto, input_size: tuple[int, int] | None = 
         return tokens[0]
     if not candidates:
         raise LayerError("<default>", [], "no 4-D feature map found on the way to the output; name one with --layer")
-    return candidates[-1][1]
+    size = tuple(input_size or read_onnx_input(model).size or (224, 224))
+    return before_final_norm(model, info, candidates[-1][1], size)  # type: ignore[arg-type]
 
 
 def _single_position(h: int | str | None, w: int | str | None) -> bool:

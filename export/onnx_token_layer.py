@@ -3,7 +3,8 @@
 An ONNX ViT has no NCHW map after its patch embedding; the last 4-D tensor is inside the last attention
 (``[N, heads, T, d]``), not a feature map. The layer a practitioner explains is pytorch-grad-cam's
 ``blocks[-1].norm1`` with a token ``reshape_transform`` (jacobgil/pytorch-grad-cam, ``usage_examples/vit_example.py``):
-the output of the last LayerNorm whose patch tokens reach the scores (after it, the block's MLP, the final LayerNorm
+the output of the last LayerNorm (the op, or its decomposition by exporters at opset < 17:
+:mod:`.onnx_layer_norms`) whose patch tokens reach the scores (after it, the block's MLP, the final LayerNorm
 and the class-token select act per token, so the patch tokens get no gradient). As in the PyTorch path
 (:func:`export.layer_choice.choose_default`), reaching is measured: one backward pass of the graph (our own VJP rules,
 onnxruntime, one random image) from the scores to every candidate, a candidate reached when its patch-token gradient
@@ -31,30 +32,32 @@ from .autodiff.graph_info import GraphInfo
 from .inputs import read_onnx_input
 from .layers import LayerError
 from .layouts import LayoutError, classify
+from .onnx_layer_norms import LayerNorm, layer_norms
 from .source_batch import declared_batch
 
 #: How many ``--layer`` candidates a refusal names.
 SHOWN = 3
 
 
-def _token_norms(model: onnx.ModelProto, info: GraphInfo, needed: set[str]) -> list[tuple[int, str]]:
-    """Outputs ``[N, T, C]`` of ``LayerNormalization`` nodes on the way to the scores, with the nodes' indices
-    (``N`` symbolic, or the file's batch where it is kept fixed: :mod:`.source_batch`)."""
+def _is_tokens(model: onnx.ModelProto, info: GraphInfo, name: str) -> bool:
+    """Whether ``name`` is a float ``[N, T, C]`` tensor, ``T`` and ``C`` static (``N`` symbolic, or the file's batch
+    where it is kept fixed: :mod:`.source_batch`)."""
     batch = declared_batch(model)
-    found = []
-    for index, node in enumerate(model.graph.node):
-        if node.op_type != "LayerNormalization" or node.output[0] not in needed:
-            continue
-        shape = info.shape(node.output[0])
-        if (
-            shape is not None
-            and len(shape) == 3
-            and (shape[0] == batch if batch is not None else not isinstance(shape[0], int))
-            and all(isinstance(d, int) for d in shape[1:])
-            and info.dtype(node.output[0]).kind == "f"
-        ):
-            found.append((index, node.output[0]))
-    return found
+    shape = info.shape(name)
+    return (
+        shape is not None
+        and len(shape) == 3
+        and (shape[0] == batch if batch is not None else not isinstance(shape[0], int))
+        and all(isinstance(d, int) for d in shape[1:])
+        and info.dtype(name).kind == "f"
+    )
+
+
+def _token_norms(model: onnx.ModelProto, info: GraphInfo, needed: set[str]) -> list[tuple[int, LayerNorm]]:
+    """LayerNorms (the op or its decomposition: :mod:`.onnx_layer_norms`) with token outputs ``[N, T, C]`` on the way
+    to the scores, with the indices of the nodes that give their outputs, in graph order."""
+    norms = layer_norms(model, info).values()
+    return sorted((n.last, n) for n in norms if n.output in needed and _is_tokens(model, info, n.output))
 
 
 def token_default(
@@ -67,8 +70,9 @@ def token_default(
     of the input, a backward pass that cannot be built, no candidate reached)."""
     found = _token_norms(model, info, needed)
     if not found or found[-1][0] < after:
+        _refuse_attention(model, info, needed, after)
         return None
-    norms = [name for _, name in found]
+    norms = [norm.output for _, norm in found]
     size = tuple(input_size or read_onnx_input(model).size or (224, 224))
     layouts: dict[str, Layout] = {}
     for name in norms:
@@ -86,11 +90,32 @@ def token_default(
     last = reached[-1]
     if layouts[last].prefix:
         return last, layouts[last], "the last LayerNorm whose patch tokens reach the scores: ViT's blocks[-1].norm1"
-    block = next(n for n in model.graph.node if n.output[0] == last).input[0]
-    readers = [n for n in model.graph.node if block in n.input]
-    if info.shape(block) != info.shape(last) or len(readers) != 1:  # not a final norm: inside a block (residual)
+    norm = next(n for _, n in found if n.output == last)
+    block = norm.input
+    readers = [i for i, n in enumerate(model.graph.node) if block in n.input and i not in norm.nodes]
+    if info.shape(block) != info.shape(last) or readers:  # not a final norm: inside a block (residual)
         _refuse(reached, f"no class token, and the last LayerNorm '{last}' is not a final norm after the blocks")
     return block, layouts[last], "the last block's tokens, before the final LayerNorm"
+
+
+def _refuse_attention(model: onnx.ModelProto, info: GraphInfo, needed: set[str], after: int) -> None:
+    """Refuse when the last 4-D map (node ``after``) lies among token tensors ``[N, T, C]`` with one of its dims
+    ``T`` (an attention's ``[N, heads, T, d]`` or ``[N, heads, T, T]``, no feature map) and no LayerNorm over the
+    tokens was recognised to choose by; return otherwise (a CNN, a hybrid whose last stage is convolutional)."""
+    if after < 0:
+        return
+    nodes = model.graph.node
+    tokens = [(i, o) for i, node in enumerate(nodes) for o in node.output if o in needed and _is_tokens(model, info, o)]
+    counts = {info.shape(o)[1] for i, o in tokens if i > after}  # type: ignore[index]
+    last = next((o for o in nodes[after].output if o in needed), nodes[after].output[0])
+    shape = info.shape(last) or ()
+    if counts & set(shape[1:]):
+        width = info.shape(tokens[-1][1])  # the model's tokens [N, T, C], not a qkv projection's [N, T, 3C]
+        _refuse(
+            [o for i, o in tokens if i < after and info.shape(o) == width] or [o for _, o in tokens],
+            f"its last 4-D tensor '{last}' {['N', *shape[1:]]} is an attention's among token tensors [N, T, C], "
+            "and no LayerNorm over the tokens was recognised",
+        )
 
 
 def _reached(model: onnx.ModelProto, names: Sequence[str], layouts: dict[str, Layout], size: tuple) -> list[str]:
@@ -118,14 +143,14 @@ def _reached(model: onnx.ModelProto, names: Sequence[str], layouts: dict[str, La
     graph.output.extend(helper.make_empty_tensor_value_info(backward.grads[n]) for n in names)
     try:
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        grads = session.run(None, {contract.INPUT: _random_input(model, size)})
+        grads = session.run(None, {contract.INPUT: random_input(model, size)})
     except Exception as exc:  # a verdict in one line, never a traceback
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         _refuse(list(names), f"its backward pass did not run ({first[:160]})")
     return [n for n, g in zip(names, grads, strict=True) if np.abs(g[:, layouts[n].prefix :]).max() > 0]
 
 
-def _random_input(model: onnx.ModelProto, size: tuple[int, int]) -> np.ndarray:
+def random_input(model: onnx.ModelProto, size: tuple[int, int]) -> np.ndarray:
     """One random image in the model input's own layout and type (float: N(0, 1); uint8: 0–255)."""
     found = read_onnx_input(model, input_size=None)
     batch = declared_batch(model) or 1

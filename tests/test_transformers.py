@@ -280,7 +280,8 @@ def test_onnx_sources_take_tokens_and_refuse_channels_last_in_one_line() -> None
     assert onnx_layout("t", ["N", 8, 8, 8], (32, 32)) == contract.Layout()  # could be either: NCHW, as before
     assert onnx_layout("t", ["N", 17, 32], (32, 32)) == contract.Layout("tokens", (4, 4), 1)
     with pytest.raises(
-        LayoutError, match=r"tensor 't' .* ONNX sources are explained at NCHW and token \[N, T, C\] tensors only"
+        LayoutError,
+        match=r"tensor 't' .* ONNX sources are explained at NCHW and token \[N, T, C\] tensors, and at chan",
     ) as e:
         onnx_layout("t", ["N", 8, 8, 96], (32, 32))
     assert "\n" not in str(e.value)
@@ -300,7 +301,7 @@ def torchvision_vit(head: bool = True) -> nn.Module:
     return model
 
 
-def onnx_file(model: nn.Module, path) -> str:
+def onnx_file(model: nn.Module, path, opset: int = 18) -> str:
     """``torch.onnx.export`` of ``model`` as a foreign ONNX file (TorchScript exporter, dynamic batch)."""
     torch.onnx.export(
         model,
@@ -308,7 +309,7 @@ def onnx_file(model: nn.Module, path) -> str:
         str(path),
         input_names=["images"],
         output_names=["logits"],
-        opset_version=18,
+        opset_version=opset,
         dynamo=False,
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
     )
@@ -338,6 +339,109 @@ def test_onnx_vit_default_is_the_last_norm1_and_equals_pytorch_grad_cam(tmp_path
     explains_like_pytorch_grad_cam(
         model, source, "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0", tmp_path
     )
+
+
+def test_onnx_vit_at_opset_14_defaults_to_the_decomposed_norm1(tmp_path) -> None:
+    """Opset 14 has no LayerNormalization: the exporter writes ``ln_1`` as ReduceMean … Sqrt, Div, Mul(γ), Add(β);
+    that chain's output is the default, as the op's is at opset 18 (never an attention tensor)."""
+    model = torchvision_vit()
+    source = onnx_file(model, tmp_path / "vit.onnx", opset=14)
+    assert not any(n.op_type == "LayerNormalization" for n in onnx.load(source).graph.node)
+    explains_like_pytorch_grad_cam(model, source, "/encoder/layers/encoder_layer_1/ln_1/Add_1_output_0", tmp_path)
+
+
+class ManualRMSNorm(nn.Module):
+    """RMSNorm written out (``x / sqrt(mean(x²) + eps) · γ``): no LayerNorm in the graph, as the opset-14 exporter has
+    no ``aten::rms_norm``."""
+
+    def __init__(self, dim: int, **_: object) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+def test_onnx_token_model_without_a_recognised_norm_is_refused_not_explained_at_an_attention(tmp_path) -> None:
+    """timm's ViT with a norm that is no LayerNorm: its last 4-D tensor is an attention ``[N, T, heads, d]``; the
+    default is refused in one line naming token tensors, never that attention."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=5,
+        norm_layer=ManualRMSNorm,
+    ).eval()
+    source = onnx_file(model, tmp_path / "vit.onnx", opset=14)
+    with pytest.raises(LayerError, match=r"no default layer for this token model: .*attention.* --layer /blocks/") as e:
+        export_onnx_file(source, None, None, (32, 32), **QUIET)
+    assert "\n" not in str(e.value)
+
+
+def tiny_swin(library: str) -> tuple[nn.Module, str]:
+    """A two-stage Swin on 32 px (4-px patches, 4×4 windows, width 16; 8×8 then 4×4 positions), channels-last
+    ``[N, h, w, C]`` throughout, and the module whose output is the PyTorch path's default (the last stage's)."""
+    torch.manual_seed(0)
+    if library == "timm":
+        import timm
+
+        model = timm.create_model(
+            "swin_tiny_patch4_window7_224", img_size=32, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+            num_classes=5,
+        )  # fmt: skip
+        return model.eval(), "layers.1"
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    model = SwinTransformer([4, 4], 16, [1, 1], [1, 2], [4, 4], num_classes=5).eval()
+    nn.init.normal_(model.head.weight, std=0.5)  # torchvision's head starts at 0: no gradient
+    return model, "features.3"
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_onnx_swin_default_is_the_last_stage_channels_last_and_equals_pytorch_grad_cam(tmp_path, library) -> None:
+    """Opset 13 (no LayerNormalization op): the default skips the final LayerNorm (and torchvision's permute) to the
+    last stage's output, as the PyTorch path does; it is laid out channels-last (a LayerNorm over C reads it), and
+    its Grad-CAM equals pytorch-grad-cam's with Swin's ``permute(0, 3, 1, 2)`` reshape transform (1e-4)."""
+    model, stage = tiny_swin(library)
+    assert choose_default(model, module_calls(model, (3, 32, 32)), (32, 32))[0] == stage
+    source = onnx_file(model, tmp_path / "swin.onnx", opset=13)
+    logs: list[str] = []
+    export_onnx_file(source, tmp_path / "e.onnx", None, (32, 32), log=logs.append)
+    assert any(line.startswith("verified against float64 finite differences") for line in logs)
+    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
+    layer = explainer.metadata.layers[0]
+    assert explainer.metadata.layout(layer) == contract.Layout("channels-last")
+    x = batch()
+    ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(3)] * 2)
+    ref = pgc_gradcam(model, stage, x, [3, 3], lambda t: t.permute(0, 3, 1, 2))
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+
+
+class ChannelsLastCNN(nn.Module):
+    """Conv, permute to ``[N, h, w, C]``, ReLU, mean over positions, linear: channels-last that no LayerNorm or MatMul
+    over ``C`` shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 96, 3, stride=4), nn.Linear(96, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).permute(0, 2, 3, 1).relu().mean((1, 2)))
+
+
+def test_onnx_channels_last_without_evidence_is_refused_in_one_line(tmp_path) -> None:
+    source = onnx_file(seeded(ChannelsLastCNN), tmp_path / "cl.onnx", opset=13)
+    with pytest.raises(
+        LayoutError, match=r"looks channels-last .* only where a LayerNorm or MatMul over C shows it"
+    ) as e:
+        export_onnx_file(source, None, None, (32, 32), **QUIET)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.slow
