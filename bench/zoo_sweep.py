@@ -254,9 +254,12 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
         "Rows not verified, and why:",
         "",
         *(
-            f"- {m} {p} ({r['verdict']}): {CAUSES.get((m, p), 'not analysed yet')}."
-            for (m, p), r in done.items()
-            if r["verdict"] != "verified"
+            [
+                f"- {m} {p} ({r['verdict']}): {CAUSES.get((m, p), 'not analysed yet')}."
+                for (m, p), r in done.items()
+                if r["verdict"] != "verified"
+            ]
+            or ["- none: every row tried is verified."]
         ),
         "",
         "| model | path | size | verdict | error / reason | seconds | peak GB |",
