@@ -58,3 +58,14 @@ class UnitNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.embed(self.body(x).mean((2, 3)))))
+
+
+class HFLogits(nn.Module):
+    """A Hugging Face image classifier returning its ``.logits`` tensor (pytorch-grad-cam needs a tensor output)."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(pixel_values=x).logits

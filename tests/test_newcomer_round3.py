@@ -20,22 +20,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from onnxcam_export.api import export_model
-from small_models import export_gapnet
+from small_models import HFLogits, export_gapnet
 from torch import nn
 
 from onnxcam.cli import main
 from onnxcam.explainer import Explainer
-
-
-class Logits(nn.Module):
-    """A Hugging Face classifier returning its ``.logits`` tensor (for pytorch-grad-cam, which needs a tensor)."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(pixel_values=x).logits
 
 
 @pytest.mark.slow  # ~20 s on 2 shared cores (transformers import + export)
@@ -66,7 +55,7 @@ def test_hf_vit_output_object_gets_a_layer_its_logits_reach(tmp_path) -> None:
 
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     ours = np.stack([r.maps["gradcam"] for r in explainer.explain_arrays(x, [1, 3])])
-    with GradCAM(Logits(model), [model.vit.layers[1].layernorm_before], reshape_transform=reshape) as cam:
+    with GradCAM(HFLogits(model), [model.vit.layers[1].layernorm_before], reshape_transform=reshape) as cam:
         reference = cam(torch.from_numpy(x), [ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
     assert ours.max(axis=(1, 2)).min() > 0.99  # not blank
     np.testing.assert_allclose(ours, reference, atol=1e-4)

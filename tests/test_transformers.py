@@ -316,18 +316,26 @@ def onnx_file(model: nn.Module, path, opset: int = 18) -> str:
     return str(path)
 
 
-def explains_like_pytorch_grad_cam(model: nn.Module, source: str, layer: str, tmp_path) -> None:
-    """Exporting ``source`` without ``--layer`` explains ``layer`` (tokens ``1 + 4×4``), verified by finite
-    differences, and its Grad-CAM equals pytorch-grad-cam's on ``encoder_layer_1.ln_1`` (1e-4)."""
+def explains_like_pytorch_grad_cam(
+    model: nn.Module,
+    source: str,
+    layer: str,
+    tmp_path,
+    module: str = "encoder.layers.encoder_layer_1.ln_1",
+    prefix: int = 1,
+    target: int = 3,
+) -> None:
+    """Exporting ``source`` without ``--layer`` explains ``layer`` (tokens ``prefix + 4×4``), verified by finite
+    differences, and its Grad-CAM equals pytorch-grad-cam's on ``module`` of ``model`` (1e-4)."""
     logs: list[str] = []
     export_onnx_file(source, tmp_path / "e.onnx", None, (32, 32), log=logs.append)
     assert f"explaining tensor(s) {layer}" in logs
     assert any(line.startswith("verified against float64 finite differences") for line in logs)
     explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
-    assert explainer.metadata.layout(layer) == contract.Layout("tokens", (4, 4), 1)
+    assert explainer.metadata.layout(layer) == contract.Layout("tokens", (4, 4), prefix)
     x = batch()
-    ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(3)] * 2)
-    ref = pgc_gradcam(model, "encoder.layers.encoder_layer_1.ln_1", x, [3, 3], tokens_to_map(1))
+    ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(target)] * 2)
+    ref = pgc_gradcam(model, module, x, [target, target], tokens_to_map(prefix))
     assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
 
 
@@ -462,16 +470,7 @@ def test_onnx_token_mean_model_default_is_the_last_block_before_the_final_norm(t
     model = seeded(TinyViT, prefix=0)
     source = onnx_file(model, tmp_path / "tiny.onnx")
     final_norm = [n for n in onnx.load(source).graph.node if n.op_type == "LayerNormalization"][-1]
-    logs: list[str] = []
-    export_onnx_file(source, tmp_path / "e.onnx", None, (32, 32), log=logs.append)
-    layer = final_norm.input[0]
-    assert f"explaining tensor(s) {layer}" in logs
-    explainer = Explainer(tmp_path / "e.onnx", provider="cpu")
-    assert explainer.metadata.layout(layer) == contract.Layout("tokens", (4, 4), 0)
-    x = batch()
-    ours = compat.GradCAM(model=explainer, target_layers=[layer])(x, [compat.ClassifierOutputTarget(2)] * 2)
-    ref = pgc_gradcam(model, "blocks", x, [2, 2], tokens_to_map(0))
-    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+    explains_like_pytorch_grad_cam(model, source, final_norm.input[0], tmp_path, "blocks", prefix=0, target=2)
 
 
 def test_onnx_token_model_without_a_reached_layer_is_refused_naming_candidates(tmp_path) -> None:

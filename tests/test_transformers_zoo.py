@@ -22,6 +22,7 @@ from onnxcam_export.api import export_model
 from pytorch_grad_cam import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from skimage import data
+from small_models import HFLogits
 from torch import nn
 
 from onnxcam.explainer import Explainer
@@ -39,17 +40,6 @@ METHODS = {
 }
 
 
-class Logits(nn.Module):
-    """A Hugging Face classifier returning its ``.logits`` tensor."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(pixel_values=x).logits
-
-
 def hf_vit() -> nn.Module:
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
@@ -61,7 +51,7 @@ def hf_vit() -> nn.Module:
         patch_size=16,
         num_labels=10,
     )
-    return Logits(transformers.ViTForImageClassification(config))
+    return HFLogits(transformers.ViTForImageClassification(config))
 
 
 def tv(name: str, **kwargs: object):
