@@ -15,8 +15,8 @@ from torch.overrides import TorchFunctionMode
 
 from onnxcam import contract
 
-from .float64 import CouldNotVerify, cut_after, float64_evaluator
-from .float64_torch import OPS, evaluate_float64_torch
+from .float64 import CouldNotVerify, Float64Evaluator, cut_after, float64_evaluator
+from .float64_torch import OPS
 from .layouts import to_nchw_torch
 from .torch_capture import forward_with_taps
 from .torch_outputs import PreActivation, pick
@@ -147,19 +147,9 @@ def _source_of(output: str) -> tuple[str, str] | None:
     return None
 
 
-def _frozen_values(
-    explainer: onnx.ModelProto, names: Sequence[str], feeds: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Float64 values of the tensors ``names`` of the explainer's forward at ``feeds``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(explainer)
-    del probe.graph.output[:]
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    return evaluate_float64_torch(probe, feeds)
-
-
 def at_a_kink(
     explainer: onnx.ModelProto,
+    evaluate: Float64Evaluator,
     output: str,
     ours: np.ndarray,
     ref: np.ndarray,
@@ -174,11 +164,12 @@ def at_a_kink(
     gradient of its own function; PyTorch's float64 model, whose weights differ in rounding (e.g. a folded BatchNorm),
     lies across a kink from it: a ReLU input or a max-pool near-tie within ~1e-7). False: the slope is ``⟨ref, v⟩``
     (the graph is wrong). None: neither (unsettled). ``objective``: the differentiated quantity (class or unit path).
+    ``evaluate``: the explainer's :class:`~.float64.Float64Evaluator` (its float64 weights are shared, not copied).
     """
     tap = _source_of(output)[0]  # type: ignore[index]
     after, frozen = cut_after(explainer, tap, objective.reads, objective.fed)
     wanted = [tap, *(f for f in frozen if f not in feeds), *objective.reads]
-    values = {**_frozen_values(explainer, list(dict.fromkeys(wanted)), feeds), **feeds}
+    values = {**evaluate(feeds, list(dict.fromkeys(wanted))), **feeds}
     at = values[tap]
     fixed = {f: values[f] for f in frozen}
     difference = ours - ref
@@ -186,7 +177,7 @@ def at_a_kink(
     a, b = float((ours * v).sum()), float((ref * v).sum())
     gap = abs(a - b)
 
-    run_after = float64_evaluator(after, OPS)
+    run_after = float64_evaluator(after, OPS, evaluate.weights)
 
     def along(t: np.ndarray) -> np.ndarray:
         return objective(run_after({tap: at + t[0] * v[None], **fixed}), values, feeds)
@@ -233,6 +224,7 @@ def verify_torch(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     model64 = copy.deepcopy(model).eval().double()
+    evaluate = float64_evaluator(explainer, OPS)
     with torch.no_grad():
         classes = _score_dims(pick(model64(torch.zeros(1, *input_shape, dtype=torch.float64)), scores_from))[0]
     pattern = [contract.TOP1, 0, classes - 1]
@@ -250,7 +242,7 @@ def verify_torch(
             if objective.unit is not None:
                 feeds[contract.UNIT_SEED] = unit_seeds(explainer, want, rng)
                 unit = (objective.unit.removeprefix(contract.ACTIVATION_PREFIX), feeds[contract.UNIT_SEED])
-            ours = evaluate_float64_torch(explainer, feeds)
+            ours = evaluate(feeds)
             try:
                 ref = torch_reference(model64, layers, x, target, rules, scores_from, skipped, layouts, unit)
             except Exception as exc:  # a model that cannot run in float64 is a verdict, not a traceback
@@ -278,7 +270,7 @@ def verify_torch(
                 if (
                     standard
                     and gradients_only
-                    and all(at_a_kink(explainer, k, ours[k][n], ref[k][n], one, objective) for k in standard)
+                    and all(at_a_kink(explainer, evaluate, k, ours[k][n], ref[k][n], one, objective) for k in standard)
                 ):
                     redrawn += 1
                     continue
