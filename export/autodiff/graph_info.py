@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
+from .. import large_protos
 from .shape_folding import fold, infer_folded
 
 Dim = int | str | None
@@ -20,7 +21,7 @@ class GraphInfo:
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
+        inferred = large_protos.infer_shapes(model, data_prop=True)
         graph = inferred.graph
         self._types: dict[str, onnx.TypeProto] = {}
         for vi in [*graph.input, *graph.value_info, *graph.output]:
