@@ -1,7 +1,8 @@
 """Graphs over protobuf's 2 GiB limit (:mod:`onnxcam_export.large_protos`).
 
 The limit cannot be lowered, so the large path is exercised on small models with :data:`large_protos.LIMIT` patched
-to 0 (and ``SMALLEST_MOVED`` to 256 bytes): every initializer that size or larger then leaves the proto, as a 2.5 GB model's weights do.
+to 0 (and ``SMALLEST_MOVED`` to 256 bytes): every initializer that size or larger then leaves the proto, as a 2.5 GB
+model's weights do.
 Every helper must give what the plain onnx/onnxruntime call gives on the whole proto (exactly: the same kernels run
 on the same weights), the exported pair ``<file>.onnx`` + ``<file>.onnx.data`` must explain like the single file, and
 the heavy test exports a genuinely 2.4 GB model.
