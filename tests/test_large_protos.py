@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 from onnx import helper, numpy_helper
 from onnxcam_export import deploy, large_protos
 from onnxcam_export.api import export_model, export_onnx_file
@@ -25,6 +27,7 @@ from small_models import GapNet
 from torch import nn
 
 from onnxcam import contract
+from onnxcam.cli import main
 from onnxcam.explainer import Explainer
 from onnxcam.feature_maps import first_conv_weights
 from onnxcam.metrics.mprt import parametrised_layers
@@ -149,6 +152,13 @@ def test_export_model_writes_external_data(tmp_path: Path, monkeypatch: pytest.M
     assert "pair.onnx.data" in lines[-1]
     assert_same_explainer(tmp_path / "pair.onnx", tmp_path / "single.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pair.onnx", "pair.onnx.data", "single.onnx"]
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "pair.onnx")])
+    assert info.exit_code == 0 and "gradient:body.3" in info.output, info.output
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8))
+    maps = tmp_path / "maps"
+    result = CliRunner().invoke(main, ["explain", str(tmp_path / "pair.onnx"), str(image), "--out", str(maps)])
+    assert result.exit_code == 0 and (maps / "results.jsonl").is_file(), result.output
     np.testing.assert_array_equal(
         first_conv_weights(str(tmp_path / "pair.onnx")), first_conv_weights(str(tmp_path / "single.onnx"))
     )
