@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ExportError
@@ -107,14 +108,14 @@ def restore(model: onnx.ModelProto, moved: dict[str, TensorProto]) -> onnx.Model
     return model
 
 
-def session(model: onnx.ModelProto, outputs: Sequence[onnx.ValueInfoProto] | None = None, log_level: int = 3):
+def session(
+    model: onnx.ModelProto, outputs: Sequence[onnx.ValueInfoProto] | None = None, log_level: int = 3
+) -> ort.InferenceSession:
     """An onnxruntime CPU session of ``model``, over 2 GiB too (its large weights passed as ``OrtValue`` s).
 
     ``outputs``: the graph outputs to compute instead of ``model``'s (a probe of intermediate tensors, ``model`` left
     unchanged, its weights not copied). ``log_level``: onnxruntime's ``log_severity_level`` (3: errors only).
     """
-    import onnxruntime as ort
-
     moved = _moved(model)
     proto = model if not moved and outputs is None else skeleton(model, moved)
     if outputs is not None:
@@ -122,12 +123,10 @@ def session(model: onnx.ModelProto, outputs: Sequence[onnx.ValueInfoProto] | Non
         proto.graph.output.extend(outputs)
     options = ort.SessionOptions()
     options.log_severity_level = log_level
-    values = [ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)) for t in moved.values()]
-    if moved:
+    if moved:  # onnxruntime copies them while it loads the graph: the arrays may go once the session exists
+        values = [ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)) for t in moved.values()]
         options.add_external_initializers(list(moved), values)
-    result = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    result.external_weights = values  # onnxruntime reads these buffers (not copies) for the session's lifetime
-    return result
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def infer_shapes(model: onnx.ModelProto, **kwargs: bool) -> onnx.ModelProto:
