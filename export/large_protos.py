@@ -129,12 +129,14 @@ def session(
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def infer_shapes(model: onnx.ModelProto, **kwargs: bool) -> onnx.ModelProto:
-    """``onnx.shape_inference.infer_shapes(model, **kwargs)`` of a graph of any size (same result, weights included)."""
+def infer_shapes(model: onnx.ModelProto, weights: bool = True, **kwargs: bool) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes(model, **kwargs)`` of a graph of any size (same result). ``weights=False``:
+    a large graph's moved initializers stay data-less references (for callers that read types only: no copy)."""
     moved = _moved(model)
     if not moved:
         return onnx.shape_inference.infer_shapes(model, **kwargs)
-    return restore(onnx.shape_inference.infer_shapes(skeleton(model, moved), **kwargs), moved)
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model, moved), **kwargs)
+    return restore(inferred, moved) if weights else inferred
 
 
 def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:

@@ -99,6 +99,9 @@ def test_shape_inference_and_checker(forward: onnx.ModelProto, tiny_limit: None)
     assert [t.SerializeToString() for t in ours.graph.initializer] == [
         t.SerializeToString() for t in forward.graph.initializer
     ]  # the weights come back with their data
+    light = large_protos.infer_shapes(forward, weights=False, data_prop=True)
+    assert light.graph.value_info == ours.graph.value_info
+    assert sum(t.data_location == onnx.TensorProto.EXTERNAL for t in light.graph.initializer) == 3
     large_protos.check_model(forward, full_check=True)
     broken = onnx.ModelProto()
     broken.CopyFrom(forward)
