@@ -126,6 +126,7 @@ def session(
     if moved:  # onnxruntime copies them while it loads the graph: the arrays may go once the session exists
         values = [ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)) for t in moved.values()]
         options.add_external_initializers(list(moved), values)
+        options.add_session_config_entry("session.disable_prepacking", "1")  # packed GEMM weights: a second copy
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
