@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from onnx import helper, numpy_helper
 from onnxcam_export import deploy, large_protos
 from onnxcam_export.api import export_model, export_onnx_file
+from onnxcam_export.errors import ExportError
 from onnxcam_export.torch_capture import to_onnx
 from small_models import GapNet
 from torch import nn
@@ -270,3 +271,16 @@ def test_export_and_explain_a_model_over_2_gib(tmp_path: Path, exporter: str) ->
     error = float(np.abs(result.maps["gradcam"] - reference).max())
     assert error <= 1e-4, f"max |ours − pytorch-grad-cam| = {error:.2e}"
     assert float(reference.max()) > float(reference.min())
+
+
+def test_graph_too_large_without_its_weights_is_refused_in_one_line(
+    forward: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def too_large(*_: object) -> None:
+        raise ValueError("The proto size is larger than the 2 GB limit.")
+
+    monkeypatch.setattr(large_protos.onnx, "save_model", too_large)
+    with pytest.raises(ExportError, match="over protobuf's 2 GiB limit outside its initializers") as refused:
+        large_protos.save(forward, tmp_path / "m.onnx")
+    assert "\n" not in str(refused.value) and "m.onnx" in str(refused.value)
+    assert not list(tmp_path.iterdir())
