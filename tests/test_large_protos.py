@@ -252,11 +252,11 @@ def test_export_and_explain_a_model_over_2_gib(tmp_path: Path, exporter: str) ->
     """A 2.42 GB model exports (verified against torch.autograd) as ``wide.onnx`` + ``wide.onnx.data`` and the runtime
     explains one 64×64 image with it: Grad-CAM equal to pytorch-grad-cam's within 1e-4.
 
-    Expected peak memory: ~30 GB resident, ~10 minutes per exporter on 2 cores. Measured at 1/13 scale (hidden
-    width 12 288: 0.19 GB of weights, ``LIMIT`` lowered so the same path runs): peak RSS 2.7 GB (torchscript) and
-    2.9 GB (dynamo), 0.6 GB of it imports, i.e. ~12× the weights, two thirds of it in the float64 verification
-    (the model's float64 copy, the graph in float64). Run on a quiet machine with ≥ 40 GB:
-    ``pytest -m heavy tests/test_large_protos.py``.
+    Expected peak memory: ~30 GB resident; a few minutes per exporter on 2 cores. Measured at 1/13 scale
+    (``WideHead(5671)``: 0.17 GiB of weights, ``LIMIT`` lowered so the same path runs): peak RSS 2.5 GiB
+    (torchscript) and 2.7 GiB (dynamo), 0.56 GiB of it imports, i.e. 11–12.5× the weights, half of it in the
+    float64 verification (the model's float64 copy, the graph in float64); 11 s and 22 s. Run on a quiet machine
+    with ≥ 40 GB: ``pytest -m heavy tests/test_large_protos.py``.
     """
     from pytorch_grad_cam import GradCAM
 
