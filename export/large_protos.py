@@ -190,6 +190,8 @@ def _write_proto(model: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.save_model(model, str(path))
     except ValueError as exc:  # still over 2 GiB without the initializers: huge Constant nodes or subgraphs
+        if "2 GB" not in str(exc):  # onnx.serialization's message for a proto over the limit
+            raise
         raise ExportError(
             f"cannot write {path.name.removeprefix('.').removesuffix('.tmp')}: the graph is over protobuf's 2 GiB "
             f"limit outside its initializers ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
@@ -204,7 +206,7 @@ def _write_data(proto: onnx.ModelProto, moved: dict[str, TensorProto], path: Pat
             tensor = moved.get(header.name)
             if tensor is None:
                 continue
-            offset = -file.tell() % ALIGNMENT + file.tell()
+            offset = (file.tell() + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
             file.seek(offset)
             raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
             file.write(raw)
