@@ -14,7 +14,7 @@ import onnx
 
 from onnxcam import __version__, contract
 
-from . import deploy, inputs, onnx_prep, quantization, sources
+from . import deploy, inputs, large_protos, onnx_prep, quantization, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.context import GradientError
 from .autodiff.graph_info import GraphInfo
@@ -317,21 +317,9 @@ def _build_check_save(
         maps = ", ".join(contract.cam_name(m) for m in extras.in_graph)
         log(f"in-graph maps {maps}: checked against the Python runtime's math, max difference {error:.1e}")
     if output is not None:
-        save(explainer, output)
-        log(f"wrote {output}")
+        large_protos.save(explainer, output)
+        log(f"wrote {output}{large_protos.written_beside(explainer, output)}")
     return explainer, report
-
-
-def save(model: onnx.ModelProto, path: str | Path) -> None:
-    """Write atomically: a temporary file beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        onnx.save_model(model, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def resolve_labels(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:

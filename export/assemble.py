@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import contract
 
+from . import large_protos
 from .autodiff.context import GradientError
 from .autodiff.engine import Backward, differentiate, downstream
 from .autodiff.graph_info import GraphInfo
@@ -175,7 +176,7 @@ def build_explainer(
         props[contract.META_HVP] = json.dumps(hvp_layers)
     del model.metadata_props[:]
     helper.set_model_props(model, props)
-    onnx.checker.check_model(model, full_check=True)
+    large_protos.check_model(model, full_check=True)
     return model
 
 

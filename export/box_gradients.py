@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnxcam import contract
 
+from . import large_protos
 from .autodiff.engine import differentiate, downstream
 from .autodiff.graph_info import GraphInfo
 from .autodiff.rules.quantize import straight_through
@@ -46,12 +46,8 @@ def freeze_reshapes(model: onnx.ModelProto) -> int:
     nodes = [n for n in graph.node if n.op_type == "Reshape" and n.input[0] in after]
     if not nodes:
         return 0
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
     names = list(dict.fromkeys(name for n in nodes for name in (n.input[0], n.output[0])))
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = large_protos.session(model, outputs=[helper.make_empty_tensor_value_info(name) for name in names])
     shapes = []
     for batch in (1, 2):
         x = np.zeros((batch, *(d.dim_value for d in dims[1:])), np.float32)

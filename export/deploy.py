@@ -24,6 +24,7 @@ from onnxcam.images import ImageError, read_image
 from onnxcam.inputs import is_image_name
 from onnxcam.preprocess import preprocess_batch
 
+from . import large_protos
 from .autodiff.engine import downstream
 from .errors import ExportError
 from .float16_casts import float32_casts
@@ -88,7 +89,10 @@ def _float16(forward: onnx.ModelProto) -> onnx.ModelProto:
         raise PrecisionError(
             "--precision float16 needs onnxconverter-common: pip install onnxconverter-common"
         ) from None
-    model = float16.convert_float_to_float16(forward, node_block_list=float32_casts(forward))
+    large = large_protos.is_large(forward)
+    if large:  # the converter's own shape inference serializes the graph: infer here, convert without it
+        forward = large_protos.infer_shapes(forward)
+    model = float16.convert_float_to_float16(forward, node_block_list=float32_casts(forward), disable_shape_infer=large)
     float32_io(model)
     return model
 
@@ -104,6 +108,12 @@ class _Calibration:
 
 
 def _int8_qdq(forward: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    if large_protos.is_large(forward):
+        raise PrecisionError(
+            "--precision int8: the graph is over protobuf's 2 GiB limit, which onnxruntime's quantization tools do "
+            "not take in memory; quantize the ONNX file with onnxruntime.quantization.quantize_static "
+            "(use_external_data_format=True) and export that file"
+        )
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

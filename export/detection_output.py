@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnxcam import contract
 
+from . import large_protos
 from .assemble import OutputError
 from .box_gradients import freeze_reshapes
 from .source_batch import declared_batch
@@ -33,11 +33,7 @@ class DetectionLayoutError(OutputError):
 def sample_output(forward: onnx.ModelProto, input_shape: tuple[int, int, int]) -> np.ndarray:
     """``scores`` of one onnxruntime run on a seeded standard-normal ``[1, *input_shape]`` input (shape inference
     leaves a detector's anchor count symbolic once the batch is)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(forward)
-    del model.graph.output[:]
-    model.graph.output.append(helper.make_empty_tensor_value_info(contract.SCORES))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = large_protos.session(forward, outputs=[helper.make_empty_tensor_value_info(contract.SCORES)])
     rows = declared_batch(forward) or 1  # a source kept at its fixed batch runs that many
     x = np.random.default_rng(0).standard_normal((rows, *input_shape)).astype(np.float32)
     return session.run([contract.SCORES], {contract.INPUT: x})[0]

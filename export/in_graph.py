@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcam import contract
 from onnxcam.scores import is_binary
 
+from . import large_protos
 from .errors import ExportError
 from .gating import Part, gate
 from .source_batch import check_batch
@@ -211,7 +212,7 @@ def add_cams(model: onnx.ModelProto, methods: Sequence[str], metadata: contract.
     props[contract.META_IN_GRAPH] = json.dumps(list(methods))
     del model.metadata_props[:]
     helper.set_model_props(model, props)
-    onnx.checker.check_model(model, full_check=True)
+    large_protos.check_model(model, full_check=True)
 
 
 #: Largest difference allowed at export between a ``cam:<method>`` output and the Python runtime's math on the same
@@ -227,15 +228,12 @@ def check_cams(model: onnx.ModelProto, metadata: contract.Metadata, batch: int =
     :data:`CHECK_TOLERANCE`, or when a layer's gradient is zero for a unit (a layer after the unit layer: the Python
     runtime refuses that map, so the graph would show an empty one).
     """
-    import onnxruntime as ort
 
     size = metadata.preprocess.input_size
     batch = check_batch(model, batch)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, metadata.preprocess.channels, *size)).astype(np.float32)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the optional inputs' defaults are initializers, by design
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = large_protos.session(model)  # errors only: the optional inputs' defaults are initializers, by design
     feeds = {contract.INPUT: x, contract.TARGET: np.full(batch, -1)}
     worst = _compare_cams(session, metadata, feeds)
     unit = contract.Metadata.from_props({p.key: p.value for p in model.metadata_props}).unit

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 
 from onnxcam import contract
 
+from . import large_protos
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 
@@ -150,7 +151,7 @@ def to_float_nchw(model: onnx.ModelProto, found: ModelInput, size: tuple[int, in
     if found.dtype == "uint8":
         tensor.elem_type = TensorProto.FLOAT
         try:
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+            large_protos.infer_shapes(model, weights=False, check_type=True, strict_mode=True)
         except onnx.shape_inference.InferenceError as exc:
             first = str(exc).strip().splitlines()[0]
             raise InputError(

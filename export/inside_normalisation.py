@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from onnxcam import contract
 
+from . import large_protos
 from .inputs import consumers
 from .source_batch import declared_batch
 
@@ -58,13 +58,7 @@ def inside_normalisation(model: onnx.ModelProto, shape: tuple[int, int, int]) ->
         name = node.output[0]
     if not any(op in _AFFINE_OPS for op in chain) or len(users) != 1 or users[0].op_type != "Conv":
         return None
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = large_protos.session(model, outputs=[helper.make_tensor_value_info(name, TensorProto.FLOAT, None)])
     rows = declared_batch(model) or 1  # a source kept at its fixed batch runs that many
     zero, one = (session.run([name], {contract.INPUT: np.full((rows, *shape), v, np.float32)})[0] for v in (0, 1))
     b = zero.mean(axis=(0, 2, 3))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
 from onnxcam import contract
 from onnxcam.contract import Layout
 
+from . import large_protos
 from .autodiff.graph_info import GraphInfo
 from .layouts import classify, onnx_layout
 from .onnx_layer_norms import layer_norms
@@ -93,9 +93,5 @@ def _feature_axis(model: onnx.ModelProto, info: GraphInfo, name: str) -> bool:
 
 def _measured(model: onnx.ModelProto, name: str, size: tuple[int, int]) -> tuple[int, ...]:
     """The shape of ``name`` on one random ``size`` image (the graph run once by onnxruntime)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = large_protos.session(model, outputs=[helper.make_empty_tensor_value_info(name)])
     return np.shape(session.run(None, {contract.INPUT: random_input(model, size)})[0])

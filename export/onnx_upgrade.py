@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import helper, version_converter
+from onnx import helper
 
+from . import large_protos
 from .errors import ExportError
 
 #: Largest relative difference between the original and the upgraded graph's output that counts as equal.
@@ -61,10 +61,7 @@ def _probe(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
 
 
 def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run([model.graph.output[0].name], feed)[0]
+    return large_protos.session(model).run([model.graph.output[0].name], feed)[0]
 
 
 def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -73,7 +70,7 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     if before >= opset:
         return model
     try:
-        upgraded = version_converter.convert_version(model, opset)
+        upgraded = large_protos.convert_version(model, opset)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UpgradeError(f"cannot upgrade opset {before} → {opset}: {first}") from None

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxcam import contract
+
+from . import large_protos
 
 #: Largest relative difference (max-abs over max-abs of the scores) between a batch and its images run alone that is
 #: rounding (batch-dependent kernel blocking: ~1e-7 in float32); float16 graphs round at ~1e-3.
@@ -93,12 +94,6 @@ def _resize_spatial_only(graph: onnx.GraphProto, node: onnx.NodeProto, sizes: on
     node.attribute.append(onnx.helper.make_attribute("axes", [2, 3]))
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def _first_line(exc: Exception) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
 
@@ -119,12 +114,12 @@ def rewrite_problem(original: onnx.ModelProto, dynamic: onnx.ModelProto, fixed: 
     x = (rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 256, shape)).astype(dtype)
     name = original.graph.input[0].name
     try:
-        session = _session(original)
+        session = large_protos.session(original, log_level=4)
         alone = np.concatenate([session.run(None, {name: x[i : i + fixed]})[0] for i in (0, fixed)])
     except Exception:
         return None
     try:
-        together = _session(dynamic).run(None, {name: x})[0]
+        together = large_protos.session(dynamic, log_level=4).run(None, {name: x})[0]
     except Exception as exc:
         return f"it cannot run on a batch of {len(x)}: {_first_line(exc)}"
     if together.shape != alone.shape:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from torch import nn
 
 from onnxcam import contract
 
+from . import large_protos
 from .errors import ExportError
 from .layers import LayerError, nearest_names
 from .torch_outputs import pick
@@ -212,12 +215,9 @@ def _refuse_fixed_batch(graph: onnx.ModelProto, input_shape: tuple[int, ...], ex
     turned the batch size into a constant (``len(x)``, ``int(x.shape[0])``, a loop over the batch). A graph that
     onnxruntime cannot run at all is left to the later steps, which name their cause."""
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # a failure is reported below, in one line
     try:
-        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = large_protos.session(graph, log_level=4)  # a failure is reported below, in one line
     except Exception:
         return
     try:
@@ -242,8 +242,9 @@ class TracingError(ExportError):
 def _export(
     wrapper: nn.Module, example: torch.Tensor, output_names: list[str], opset: int, exporter: str, optimize: bool
 ) -> onnx.ModelProto:
-    """``torch.onnx.export`` of ``wrapper`` with a dynamic batch ``N`` (see :func:`to_onnx`)."""
-    buffer = io.BytesIO()
+    """``torch.onnx.export`` of ``wrapper`` with a dynamic batch ``N`` (see :func:`to_onnx`). TorchScript writes to a
+    file in a temporary folder: over 2 GiB it stores the weights as external data beside it, ``onnx.load`` reads
+    them back (a file object would refuse such a model)."""
     # TorchScript traces with gradients on: under no_grad, eval-mode MultiheadAttention takes its fused fast path
     # (aten::_native_multi_head_attention), which that exporter cannot write (torchvision's ViT)
     grad = torch.no_grad() if exporter == "dynamo" else contextlib.nullcontext()
@@ -262,15 +263,17 @@ def _export(
                 verbose=False,
             )
             return program.model_proto
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            buffer,
-            input_names=[contract.INPUT],
-            output_names=output_names,
-            opset_version=opset,
-            dynamo=False,
-            dynamic_axes={name: {0: "N"} for name in [contract.INPUT, *output_names]},
-            do_constant_folding=optimize,
-        )
-    return onnx.load_from_string(buffer.getvalue())
+        with tempfile.TemporaryDirectory(prefix="onnxcam-trace-") as folder:
+            path = os.path.join(folder, "forward.onnx")
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                path,
+                input_names=[contract.INPUT],
+                output_names=output_names,
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={name: {0: "N"} for name in [contract.INPUT, *output_names]},
+                do_constant_folding=optimize,
+            )
+            return onnx.load(path)

@@ -10,6 +10,7 @@ import onnx
 
 from onnxcam import contract
 
+from . import large_protos
 from .errors import ExportError
 from .source_batch import check_batch
 
@@ -17,7 +18,6 @@ from .source_batch import check_batch
 def dead_layers(explainer: onnx.ModelProto, metadata: contract.Metadata, unit: contract.Unit) -> list[str]:
     """The explained layers whose ``gradient:<layer>`` is all zero for a random non-zero ``unit_seed`` on two random
     images: the layers after the unit layer."""
-    import onnxruntime as ort
 
     rng = np.random.default_rng(0)
     size = metadata.preprocess.input_size
@@ -27,9 +27,7 @@ def dead_layers(explainer: onnx.ModelProto, metadata: contract.Metadata, unit: c
         contract.TARGET: np.full(batch, contract.TOP1),
         contract.UNIT_SEED: rng.standard_normal((batch, *unit.shape)).astype(np.float32),
     }
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the optional inputs' defaults are initializers, by design
-    session = ort.InferenceSession(explainer.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = large_protos.session(explainer)  # errors only: the optional inputs' defaults are initializers
     grads = session.run([contract.gradient_name(layer) for layer in metadata.layers], feeds)
     return [layer for layer, g in zip(metadata.layers, grads, strict=True) if not np.any(g)]
 

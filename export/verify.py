@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from onnxcam import contract
 
+from . import large_protos
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import CouldNotVerify, cut_after, float64_evaluator
@@ -126,9 +127,8 @@ def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 def session_for(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    """An onnxruntime CPU session of ``model``, over 2 GiB too (:func:`.large_protos.session`)."""
+    return large_protos.session(model)
 
 
 def check(report: Report, tolerance: float, where: Callable[[str], str] = lambda _: "") -> Report:

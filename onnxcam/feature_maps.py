@@ -10,6 +10,7 @@ Filters (Krizhevsky et al. 2012, Fig. 3) are each min-max normalised, RGB for a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -158,11 +159,11 @@ def first_conv_weights(model_path: str) -> np.ndarray:
         raise ValueError(
             "--filters reads the ONNX initializers with the onnx package: pip install 'onnxcam[export]'"
         ) from None
-    model = onnx.load(model_path)
+    model = onnx.load(model_path, load_external_data=False)  # a large graph's weights: only the filters are read
     weights = {t.name: t for t in model.graph.initializer}
     conv = next((n for n in model.graph.node if n.op_type == "Conv"), None)
     if conv is None:
         raise ValueError(f"{model_path}: no Conv node, so no filters to show")
     if conv.input[1] not in weights:
         raise ValueError(f"{model_path}: the first Conv's weights '{conv.input[1]}' are computed, not stored")
-    return numpy_helper.to_array(weights[conv.input[1]]).astype(np.float32)
+    return numpy_helper.to_array(weights[conv.input[1]], os.path.dirname(model_path)).astype(np.float32)

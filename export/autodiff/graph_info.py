@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
+from .. import large_protos
 from .shape_folding import fold, infer_folded
 
 Dim = int | str | None
@@ -20,13 +21,13 @@ class GraphInfo:
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
-        graph = inferred.graph
+        graph = large_protos.infer_shapes(model, weights=False, data_prop=True).graph
         self._types: dict[str, onnx.TypeProto] = {}
         for vi in [*graph.input, *graph.value_info, *graph.output]:
             self._types[vi.name] = vi.type
-        self._constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        for t in graph.initializer:
+        initializers = model.graph.initializer  # the inferred graph's are data-less in a large one
+        self._constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in initializers}
+        for t in initializers:
             self._types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
         for node in graph.node:
             if node.op_type == "Constant" and not node.domain:

@@ -60,7 +60,7 @@ def parametrised_layers(path: str | Path) -> list[Layer]:
     """The graph's parametrised layers in graph (input-to-output) order; their float initializers loaded."""
     onnx = _optional("onnx")
     numpy_helper = _optional("onnx.numpy_helper")
-    graph = onnx.load(str(path)).graph
+    graph = onnx.load(str(path), load_external_data=False).graph  # external data (a large graph): read per tensor
     tensors = {t.name: t for t in graph.initializer}
     overridable = {i.name for i in graph.input}  # seed, head inputs, switches: inputs with defaults, not weights
     layers, seen = [], set()
@@ -68,7 +68,7 @@ def parametrised_layers(path: str | Path) -> list[Layer]:
         if node.op_type not in PARAMETRISED:
             continue
         names = [n for n in node.input if n in tensors and n not in overridable and n not in seen]
-        weights = {n: numpy_helper.to_array(tensors[n]) for n in names}
+        weights = {n: numpy_helper.to_array(tensors[n], str(Path(path).parent)) for n in names}
         weights = {n: w for n, w in weights.items() if w.dtype.kind == "f" and w.size > 1}
         if weights:
             seen.update(weights)

@@ -16,9 +16,9 @@ by torch exports), they are taken as kept, as the batch and channels of an image
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from ... import large_protos
 from ..context import VJPContext
 from ..registry import rule
 
@@ -51,9 +51,7 @@ def resize_matrix(
         initializer=[numpy_helper.from_array(v, k) for k, v in constants.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _MATRIX_OPSET)])
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # refusals are raised, not logged
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = large_protos.session(model, log_level=4)  # refusals are raised, not logged
     y = session.run(None, {"x": probes})[0].reshape(size + 1, -1).astype(np.float64)
     return (y[:size] - y[size]).T
 
