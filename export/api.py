@@ -14,7 +14,7 @@ import onnx
 
 from onnxcam import __version__, contract
 
-from . import deploy, inputs, large_protos, onnx_prep, quantization, sources
+from . import deploy, inputs, large_protos, memory, onnx_prep, quantization, sources
 from .assemble import build_explainer, score_shape
 from .autodiff.context import GradientError
 from .autodiff.graph_info import GraphInfo
@@ -302,7 +302,9 @@ def _build_check_save(
     switched = [s for s, on in ((contract.BIAS_SWITCH, extras.bias_gradients), (contract.HVP_SWITCH, extras.hvp)) if on]
     check_switched_parts(explainer, metadata, switched)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
+    memory.release()  # what tracing and building freed, before the float64 copies of the weights
     report = check(explainer) if check else None
+    memory.release()
     if report is not None:
         log(f"verified against {reference}: {report.summary()}")
     if report is not None and switched and not quantization.is_qdq(explainer):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import functools
-import gc
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
@@ -20,6 +17,8 @@ from onnxcam import contract
 
 from .errors import ExportError
 from .gating import reads
+from .large_protos import without_initializers
+from .memory import release
 
 #: Raised to float64: float32 and the reduced-precision types of deployed graphs (float16 inside and out).
 _LOWER = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -268,7 +267,7 @@ def float64_evaluator(
 
     Calls raise :class:`CouldNotVerify` (one line: the op, the node and the reason) when the reference cannot run it.
     """
-    gc.collect()  # earlier evaluators sit in reference cycles (op ↔ evaluator) holding float64 weights: free them first
+    release()  # earlier evaluators sit in reference cycles (op ↔ evaluator) holding float64 weights: free them first
     return Float64Evaluator(model, new_ops, shared or {})
 
 
@@ -278,14 +277,8 @@ def _weights_as_inputs(
     """``model`` without its float initializers, which become graph inputs (so a feed with the same name still
     overrides a default), and those initializers as float64 arrays ``{name: array}`` (from ``shared`` where it has
     them). The copy leaves the initializer field out instead of copying it whole: each tensor is converted alone."""
-    skeleton = onnx.ModelProto()
-    for field, value in model.ListFields():
-        if field.name != "graph":
-            _copy_field(skeleton, field, value)
+    skeleton = without_initializers(model)
     graph = skeleton.graph
-    for field, value in model.graph.ListFields():
-        if field.name != "initializer":
-            _copy_field(graph, field, value)
     declared = {i.name for i in graph.input}
     weights = {}
     for t in model.graph.initializer:
@@ -296,16 +289,6 @@ def _weights_as_inputs(
         if t.name not in declared:
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, TensorProto.DOUBLE, list(t.dims)))
     return skeleton, weights
-
-
-def _copy_field(target: Message, field: FieldDescriptor, value: object) -> None:
-    """Set protobuf ``field`` of ``target`` to ``value`` (a copy)."""
-    if hasattr(value, "extend"):  # a repeated field
-        getattr(target, field.name).extend(value)  # type: ignore[arg-type]
-    elif isinstance(value, Message):
-        getattr(target, field.name).CopyFrom(value)
-    else:
-        setattr(target, field.name, value)
 
 
 def evaluate_float64(

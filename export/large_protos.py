@@ -75,6 +75,18 @@ def _refer(tensor: TensorProto, **entries: object) -> None:
 def skeleton(model: onnx.ModelProto, moved: dict[str, TensorProto]) -> onnx.ModelProto:
     """A copy of ``model`` whose ``moved`` initializers are references ``#<name>`` with their name, dims and type but
     no data (the other fields copied; the weights never are)."""
+    copy = without_initializers(model)
+    for tensor in model.graph.initializer:
+        if tensor.name not in moved:
+            copy.graph.initializer.append(tensor)
+            continue
+        header = copy.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        _refer(header, location=IN_MEMORY + tensor.name)
+    return copy
+
+
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its main graph's initializers (every other field copied; the weights never are)."""
     copy = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
@@ -82,12 +94,6 @@ def skeleton(model: onnx.ModelProto, moved: dict[str, TensorProto]) -> onnx.Mode
     for field, value in model.graph.ListFields():
         if field.name != "initializer":
             _copy_field(copy.graph, field.name, value)
-    for tensor in model.graph.initializer:
-        if tensor.name not in moved:
-            copy.graph.initializer.append(tensor)
-            continue
-        header = copy.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-        _refer(header, location=IN_MEMORY + tensor.name)
     return copy
 
 

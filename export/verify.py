@@ -12,7 +12,6 @@ import onnxruntime as ort
 from onnxcam import contract
 
 from . import large_protos
-from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import CouldNotVerify, cut_after, float64_evaluator
 from .layouts import from_nchw_array, to_nchw_array
@@ -142,10 +141,13 @@ def check(report: Report, tolerance: float, where: Callable[[str], str] = lambda
     return report
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every output of ``model`` on onnxruntime (CPU); a failure is :class:`CouldNotVerify`, in one line."""
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], also: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Every output of ``model`` on onnxruntime (CPU), and the tensors ``also`` (intermediate ones: the graph probed
+    without a copy of its weights, :func:`.large_protos.session`); a failure is :class:`CouldNotVerify`, in one line."""
     try:
-        session = session_for(model)
+        extra = [n for n in also if n not in {o.name for o in model.graph.output}]
+        probes = [onnx.helper.make_empty_tensor_value_info(n) for n in extra]
+        session = large_protos.session(model, [*model.graph.output, *probes] if probes else None)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds), strict=True))
     except Exception as exc:  # onnxruntime refusing the graph at the verification batch is a verdict
@@ -252,18 +254,9 @@ def after_tap(
     that ``feeds`` gives, kept as inputs); ``tap``'s value there (float32 computed, as float64); and the whole graph's
     values there (its outputs, the frozen tensors and ``feeds``)."""
     after, frozen = cut_after(explainer, tap, keep, fed)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(explainer)
-    info = GraphInfo(explainer)
-    outputs = {o.name for o in explainer.graph.output}
-    probe.graph.output.extend(
-        onnx.helper.make_tensor_value_info(f, onnx.helper.np_dtype_to_tensor_dtype(info.dtype(f)), info.shape(f))
-        for f in dict.fromkeys([*frozen, tap])
-        if f not in feeds and f not in outputs
-    )
-    out = {**run(probe, feeds), **feeds}
+    out = {**run(explainer, feeds, [f for f in dict.fromkeys([*frozen, tap]) if f not in feeds]), **feeds}
     fixed = {f: out[f] for f in frozen}
-    run_after = float64_evaluator(after, fast_kernels())
+    run_after = float64_evaluator(after, fast_kernels())  # after the onnxruntime session is gone: not both at once
     return (lambda a: run_after({tap: a, **fixed})), out[tap].astype(np.float64), out
 
 
