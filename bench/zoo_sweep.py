@@ -226,8 +226,8 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
         return f"{path} {verified}/{len(tried[path])}" + (f" ({', '.join(others)})" if others else "")
 
     counts = parameter_counts()
-    skipped = too_large(memory_gb)
     reached = {m for m, _ in done}
+    skipped = {m: p for m, p in too_large(memory_gb).items() if m not in reached}  # rows run with a larger budget
     waiting = [m for m in models(memory_gb) if m not in reached]
     partial = [m for m in dict.fromkeys(m for m, _ in done) if any((m, p) not in done for p in PATHS)]
     lines = [
