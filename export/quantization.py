@@ -34,7 +34,17 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import cut_after, evaluate_float64
 from .gating import reads
-from .verify import Objective, Report, VerificationError, check, fast_kernels, objectives, run
+from .verify import (
+    Objective,
+    Report,
+    VerificationError,
+    check,
+    directional_error,
+    fast_kernels,
+    finite_scale,
+    objectives,
+    run,
+)
 
 #: Ops of onnxruntime's QOperator format (and of dynamic quantization): integer kernels with no float tensor between.
 _QOPERATOR = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "MatMulIntegerToFloat", "QAttention"}
@@ -264,7 +274,7 @@ def verify_ste(
             for _ in range(directions):
                 v = rng.standard_normal(activation.shape)
                 dot = (at[grad] * v).reshape(batch, -1).sum(1)
-                eps = _step(size, level, float(np.abs(dot).max()), tolerance)
+                eps = _step(size, level, finite_scale(dot), tolerance)
                 f_plus, f_minus = (
                     objective(
                         evaluate_float64(surrogate, {tap: activation + sign * eps * v, **fixed, **anchored}, kernels),
@@ -274,7 +284,7 @@ def verify_ste(
                     for sign in (1, -1)
                 )
                 fd = (f_plus - f_minus) / (2 * eps)
-                worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
+                worst = np.maximum(worst, np.nan_to_num(directional_error(fd, dot), nan=np.inf))
             name = grad + objective.suffix
             errors[name] = tuple(worst.tolist())
             sources[name] = (tap, feeds, objective)

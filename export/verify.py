@@ -164,9 +164,29 @@ def needs_seed_path(explainer: onnx.ModelProto, metadata: contract.Metadata) -> 
 
 
 def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    """``max|ours − ref| / max|ref|`` (absolute when ``ref`` is all zeros)."""
+    """``max|ours − ref| / max|ref|`` over the finite entries (absolute when ``ref`` is all zeros); ``inf`` when a
+    NaN or infinity of one is not in the other at the same place (a NaN would compare as no error)."""
+    bad = ~np.isfinite(ours)
+    if bad.any() or not np.isfinite(ref).all():
+        if not np.array_equal(bad, ~np.isfinite(ref)) or not np.array_equal(ours[bad], ref[bad], equal_nan=True):
+            return float("inf")
+        ours, ref = ours[~bad], ref[~bad]
+        if not ref.size:
+            return 0.0
     scale = float(np.abs(ref).max())
     return float(np.abs(ours - ref).max()) / (scale if scale > 0 else 1.0)
+
+
+def finite_scale(dot: np.ndarray) -> float:
+    """``max |dot|`` over its finite entries (at least 1e-300): the scale of directional derivatives ``dot``."""
+    return max(float(np.abs(np.where(np.isfinite(dot), dot, 0.0)).max()), 1e-300)
+
+
+def directional_error(fd: np.ndarray, dot: np.ndarray) -> np.ndarray:
+    """``|fd_n − dot_n| / finite_scale(dot)`` per image: ``inf`` where ``dot`` (the graph's ``⟨G_n, v_n⟩``) is not
+    finite (a NaN gradient is wrong, not unsettled), NaN where ``fd`` is (unsettled) and ``dot`` finite."""
+    finite = np.isfinite(dot)
+    return np.where(finite, np.abs(fd - np.where(finite, dot, 0.0)) / finite_scale(dot), np.inf)
 
 
 def session_for(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -272,15 +292,15 @@ def directional_errors(
         size = np.abs(tap).reshape(batch, -1).max(1).reshape(-1, *[1] * (tap.ndim - 1))
         v = rng.standard_normal(tap.shape) * (tap != 0) * np.maximum(size, 1e-30)
         dot = (gradient * v).reshape(batch, -1).sum(1)
-        scale = np.full(batch, max(float(np.abs(dot).max()), 1e-300))
+        scale = np.full(batch, finite_scale(dot))
 
         def along(t: np.ndarray) -> np.ndarray:
             shift = t.reshape(-1, *[1] * (tap.ndim - 1)) * v  # noqa: B023 - used within this iteration
             return objective(evaluate(tap + shift))
 
-        fd = settled_slopes(along, at, scale, tolerance / 4)
-        unsettled |= np.isnan(fd)
-        worst = np.maximum(worst, np.where(np.isnan(fd), 0.0, np.abs(fd - dot) / scale))
+        error = directional_error(settled_slopes(along, at, scale, tolerance / 4), dot)
+        unsettled |= np.isnan(error)
+        worst = np.maximum(worst, np.where(np.isnan(error), 0.0, error))
     return worst, int(unsettled.sum())
 
 

@@ -146,6 +146,31 @@ def test_dense_output_rule_wrong_off_the_class_path_is_refused_from_pytorch(monk
     _refused_on_the_seed_path_only(monkeypatch, export, "Resize")
 
 
+def _resize_nan(ctx):  # a wrong Resize rule: the right adjoint plus NaN · 0 (NaN everywhere)
+    from onnxcam_export.autodiff.rules.resize import resize
+
+    grad, *rest = resize(ctx)
+    nan = ctx.emit("Sqrt", ctx.const(-1.0, like=ctx.input(0)))
+    return [ctx.emit("Add", grad, ctx.emit("Mul", nan, ctx.emit("Mul", grad, ctx.const(0.0, like=grad)))), *rest]
+
+
+@pytest.mark.parametrize("source", ["torch", "onnx"])
+def test_nan_gradients_are_refused(
+    monkeypatch: pytest.MonkeyPatch, segmenter_onnx: tuple[Path, str], source: str
+) -> None:
+    """NaN compares as no error: a graph of NaN gradients was "verified" against autograd (worst nan) and "could not
+    be verified" by finite differences; it is refused as wrong (error inf), the node named."""
+    monkeypatch.setitem(RULES, "Resize", _resize_nan)
+    path, relu = segmenter_onnx
+    with pytest.raises(VerificationError) as refused:
+        if source == "torch":
+            export_model(_segmenter(), None, ["body.3"], (32, 32), exporter="torchscript", **QUIET)
+        else:
+            export_onnx_file(path, None, [relu], input_size=(32, 32), **QUIET)
+    message = str(refused.value)
+    assert "worst inf" in message and "(Resize," in message and "\n" not in message, message
+
+
 def test_seed_path_objective_is_the_seeded_sum() -> None:
     """``Objective(SEED)`` is ``Σ seed_n ⊙ scores_n`` per image, whatever the score tensor's rank."""
     rng = np.random.default_rng(0)
