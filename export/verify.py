@@ -117,12 +117,25 @@ class Objective:
     def __call__(
         self, out: Mapping[str, np.ndarray], at: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
     ) -> np.ndarray:
-        """The objective from ``out`` (a cut graph's outputs), falling back on ``at`` (the whole graph's values at the
-        checked point) for what does not depend on the cut's tensor (a unit before the tap: constant)."""
+        """The objective ``y`` [N] from ``out`` (a cut graph's outputs), falling back on ``at`` (the whole graph's
+        values at the checked point) for what does not depend on the cut's tensor (a unit before the tap: constant)."""
+        return self.terms(out, at, feeds).sum(1)
+
+    def rounding(
+        self, out: Mapping[str, np.ndarray], at: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        """``Σ |terms|`` [N]: the scale of ``y``'s float64 rounding, above ``|y|`` where its terms cancel (a seed of
+        mixed signs, a dense class summed over positions)."""
+        return np.abs(self.terms(out, at, feeds)).sum(1)
+
+    def terms(
+        self, out: Mapping[str, np.ndarray], at: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        """The summands of ``y`` per image ``[N, M]``: ``scores[n, used_n]`` at each position, or ``seed_n ⊙ T_n``."""
         if self.seed is None:
-            return picked_scores(out[contract.SCORES], at[contract.TARGET_USED])
+            return picked_terms(out[contract.SCORES], at[contract.TARGET_USED])
         t = out[self.seeded] if self.seeded in out else at[self.seeded]
-        return (t.reshape(len(t), -1) * feeds[self.seed].reshape(len(t), -1)).sum(1)
+        return t.reshape(len(t), -1) * feeds[self.seed].reshape(len(t), -1)
 
     @property
     def suffix(self) -> str:
@@ -264,8 +277,13 @@ def settled_slopes(
 def picked_scores(scores: np.ndarray, used: np.ndarray) -> np.ndarray:
     """``Σ_positions scores[n, used_n]`` [N] (a dense ``[N, K, H, W]`` output is summed over its positions): the
     objective whose gradient the graph's one-hot seed gives."""
+    return picked_terms(scores, used).sum(1)
+
+
+def picked_terms(scores: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """``scores[n, used_n]`` at each position, ``[N, positions]`` (``[N, 1]`` for a classifier)."""
     picked = np.take_along_axis(scores, used.reshape(-1, *[1] * (scores.ndim - 1)), axis=1)
-    return picked.reshape(len(scores), -1).sum(1)
+    return picked.reshape(len(scores), -1)
 
 
 def directional_errors(
@@ -276,10 +294,12 @@ def directional_errors(
     rng: np.random.Generator,
     tolerance: float,
     directions: int = 2,
+    rounding: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``|fd_n − ⟨G_n, v_n⟩| / max_m |⟨G_m, v_m⟩|`` per image, worst over random directions ``v``, and the number
     of images where the differences never settled (left out: 0 error). ``evaluate(a)`` runs the part after the tap,
-    ``objective(outputs)`` [N] is the differentiated quantity (:class:`Objective`).
+    ``objective(outputs)`` [N] is the differentiated quantity (:class:`Objective`), ``rounding`` [N] the scale of
+    its float64 rounding at the tap (:meth:`Objective.rounding`; default ``|objective|``), which sets the first step.
 
     ``v`` is Gaussian, scaled to ``max|tap_n|`` and 0 where the tap is exactly 0 (post-ReLU zeros tie inside
     pooling windows, where no derivative exists).
@@ -287,7 +307,7 @@ def directional_errors(
     batch = len(tap)
     worst = np.zeros(batch)
     unsettled = np.zeros(batch, bool)
-    at = objective(evaluate(tap))
+    level = objective(evaluate(tap)) if rounding is None else rounding
     for _ in range(directions):
         size = np.abs(tap).reshape(batch, -1).max(1).reshape(-1, *[1] * (tap.ndim - 1))
         v = rng.standard_normal(tap.shape) * (tap != 0) * np.maximum(size, 1e-30)
@@ -298,7 +318,7 @@ def directional_errors(
             shift = t.reshape(-1, *[1] * (tap.ndim - 1)) * v  # noqa: B023 - used within this iteration
             return objective(evaluate(tap + shift))
 
-        error = directional_error(settled_slopes(along, at, scale, tolerance / 4), dot)
+        error = directional_error(settled_slopes(along, level, scale, tolerance / 4), dot)
         unsettled |= np.isnan(error)
         worst = np.maximum(worst, np.where(np.isnan(error), 0.0, error))
     return worst, int(unsettled.sum())
@@ -391,14 +411,16 @@ def verify_finite_differences(
             keep = [*objective.reads, grad]
             evaluate, activation, at, cut = _after_map(explainer, tap, layouts.get(tap), feeds, keep, objective.fed)
             base = evaluate(activation)
+            values = {**at, **base}
             worst, unsettled = directional_errors(
                 evaluate,
                 activation,
                 base[grad],
-                lambda out: objective(out, {**at, **base}, feeds),  # noqa: B023 - used within this iteration
+                lambda out: objective(out, values, feeds),  # noqa: B023 - used within this iteration
                 rng,
                 tolerance,
                 directions,
+                objective.rounding(base, values, feeds),
             )
             name = grad + objective.suffix
             if unsettled == batch:
