@@ -270,7 +270,7 @@ def verify_ste(
             values = {**out, **at}
             worst = np.zeros(batch)
             size = max(float(np.abs(activation).max()), 1e-6)
-            level = float(np.abs(objective(values, values, feeds)).max())
+            level = float(objective.rounding(values, values, feeds).max())
             for _ in range(directions):
                 v = rng.standard_normal(activation.shape)
                 dot = (at[grad] * v).reshape(batch, -1).sum(1)
