@@ -121,7 +121,9 @@ def local_error(
     worst = 0.0
     for _ in range(2):
         deltas = {s: rng.standard_normal(feeds[s].shape) * (feeds[s] != 0) * np.abs(feeds[s]).max() for s in sources}
-        dot = sum(float((bars[s] * deltas[s]).sum()) for s in sources)
+        dot = sum(float(np.where(deltas[s] != 0, bars[s] * deltas[s], 0.0).sum()) for s in sources)
+        if not np.isfinite(dot):  # a NaN or infinite gradient from finite inputs: wrong, whatever the differences
+            return float("inf")
         typical = float(
             np.sqrt(sum(((bars[s] * (deltas[s] != 0)) ** 2).sum() * np.abs(feeds[s]).max() ** 2 for s in sources))
         )

@@ -34,7 +34,17 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import cut_after, evaluate_float64
 from .gating import reads
-from .verify import Objective, Report, VerificationError, check, fast_kernels, objectives, run, unit_seeds
+from .verify import (
+    Objective,
+    Report,
+    VerificationError,
+    check,
+    directional_error,
+    fast_kernels,
+    finite_scale,
+    objectives,
+    run,
+)
 
 #: Ops of onnxruntime's QOperator format (and of dynamic quantization): integer kernels with no float tensor between.
 _QOPERATOR = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "MatMulIntegerToFloat", "QAttention"}
@@ -215,7 +225,8 @@ def verify_ste(
     worst over directions; raises :class:`~.verify.VerificationError` above ``tolerance`` (median image), naming the
     first float node whose local VJP disagrees as the float verifier does (:func:`~.localize.first_wrong_node`).
     Ties in max pools after the layer are broken by the first-maximum convention (:func:`break_ties`). A graph with a
-    unit layer is checked again with a random unit seed per image (:class:`~.verify.Objective`).
+    unit layer is checked again with a random unit seed per image, a detector or dense output with a random seed over
+    its scores (:func:`~.verify.objectives`).
     """
     from .localize import first_wrong_node
 
@@ -230,9 +241,8 @@ def verify_ste(
         pairs.append((contract.INPUT, contract.INPUT_GRADIENT))
     info = GraphInfo(explainer)
     for objective in objectives(explainer):
-        feeds = {contract.INPUT: x, contract.TARGET: target}
-        if objective.unit is not None:
-            feeds[contract.UNIT_SEED] = unit_seeds(explainer, batch, rng).astype(np.float32)
+        seeds = {k: v.astype(np.float32) for k, v in objective.draw(explainer, batch, rng).items()}
+        feeds = {contract.INPUT: x, contract.TARGET: target, **seeds}
         for tap, grad in pairs:
             after, frozen = cut_after(explainer, tap, [*objective.reads, grad], objective.fed)
             probe = onnx.ModelProto()
@@ -260,11 +270,11 @@ def verify_ste(
             values = {**out, **at}
             worst = np.zeros(batch)
             size = max(float(np.abs(activation).max()), 1e-6)
-            level = float(np.abs(objective(values, values, feeds)).max())
+            level = float(objective.rounding(values, values, feeds).max())
             for _ in range(directions):
                 v = rng.standard_normal(activation.shape)
                 dot = (at[grad] * v).reshape(batch, -1).sum(1)
-                eps = _step(size, level, float(np.abs(dot).max()), tolerance)
+                eps = _step(size, level, finite_scale(dot), tolerance)
                 f_plus, f_minus = (
                     objective(
                         evaluate_float64(surrogate, {tap: activation + sign * eps * v, **fixed, **anchored}, kernels),
@@ -274,7 +284,7 @@ def verify_ste(
                     for sign in (1, -1)
                 )
                 fd = (f_plus - f_minus) / (2 * eps)
-                worst = np.maximum(worst, np.abs(fd - dot) / max(float(np.abs(dot).max()), 1e-30))
+                worst = np.maximum(worst, np.nan_to_num(directional_error(fd, dot), nan=np.inf))
             name = grad + objective.suffix
             errors[name] = tuple(worst.tolist())
             sources[name] = (tap, feeds, objective)

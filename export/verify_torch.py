@@ -22,14 +22,12 @@ from .torch_capture import forward_with_taps
 from .torch_outputs import PreActivation, pick
 from .verify import (
     CLASS_PATH,
-    UNIT_PATH,
     Objective,
     Report,
     check,
     objectives,
     relative_error,
     settled_slopes,
-    unit_seeds,
 )
 
 
@@ -75,6 +73,11 @@ def _objective(scores: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, 
     return per_class.gather(1, used[:, None]).sum(), used
 
 
+def _seeded(t: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``Σ_n Σ rows_n ⊙ t_n`` of ``t`` ``[N, …]`` and seed rows holding as many entries per image."""
+    return (t.reshape(len(t), -1) * torch.as_tensor(rows, dtype=t.dtype).reshape(len(t), -1)).sum()
+
+
 def torch_reference(
     model: nn.Module,
     layers: Sequence[str],
@@ -85,6 +88,7 @@ def torch_reference(
     skipped: str | None = None,
     layouts: Mapping[str, contract.Layout] | None = None,
     unit: tuple[str, np.ndarray] | None = None,
+    seed: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores, target used, activations, ``∂ y / ∂ A`` and the input gradients (one per ReLU backward rule in
     ``rules``) from PyTorch autograd, named as the contract; ``y = Σ_n scores[n, c_n]``.
@@ -93,7 +97,8 @@ def torch_reference(
     ``LogSoftmax``, ``Sigmoid``) the graph left out, whose input is then the scores (:mod:`.scores_head`).
     ``A`` and ``∂ y / ∂ A`` of a layer with a non-NCHW ``layouts`` entry are laid out as ``[N, C, h, w]`` after
     autograd. ``unit``: ``(layer, unit_seed [N, *U])``: ``y = Σ_n unit_seed_n ⊙ U_n`` of the layer's output ``U``
-    instead (target used −1, ``activation:<layer>`` included); a layer after it gets a zero gradient."""
+    instead (target used −1, ``activation:<layer>`` included); a layer after it gets a zero gradient. ``seed``
+    ``[N, *S]``: ``y = Σ_n seed_n ⊙ scores_n`` instead (the seed path, target used −1)."""
     x = x.detach().requires_grad_(bool(rules))
     taps = [*layers, *([unit[0]] if unit and unit[0] not in layers else [])]
 
@@ -104,11 +109,13 @@ def torch_reference(
         with PreActivation() as trailing:
             scores, activations = forward_with_taps(model.eval(), taps, x, scores_from)
         scores = trailing.logits(scores, skipped) if skipped else scores
-        if unit is None:
-            y, used = _objective(scores, target)
+        top1 = torch.full((len(x),), contract.TOP1)
+        if unit is not None:
+            y, used = _seeded(nchw(activations[taps.index(unit[0])], unit[0]), unit[1]), top1
+        elif seed is not None:
+            y, used = _seeded(scores, seed), top1
         else:
-            u = nchw(activations[taps.index(unit[0])], unit[0])
-            y, used = (u * torch.as_tensor(unit[1], dtype=u.dtype)).sum(), torch.full((len(x),), contract.TOP1)
+            y, used = _objective(scores, target)
         return scores, y, activations, used
 
     scores, picked, activations, used = forward()
@@ -208,7 +215,9 @@ def verify_torch(
     ``[-1, 0, K−1]``; raises when an output of an image differs by more than ``tolerance``. ``rules``: the input
     gradients the graph has (compared too). ``scores_from``, ``skipped``, ``layouts``: as :func:`torch_reference`.
     A graph with a unit layer is checked again with a random unit seed per image (:class:`~.verify.Objective`):
-    its gradients vs autograd of ``Σ unit_seed ⊙ U`` (``U`` the unit module's output), entries ``… (unit path)``.
+    its gradients vs autograd of ``Σ unit_seed ⊙ U`` (``U`` the unit module's output), entries ``… (unit path)``; a
+    detector or dense output again with a random seed per image over the whole score tensor: vs autograd of
+    ``Σ seed ⊙ scores``, entries ``… (seed path)`` (:func:`~.verify.objectives`).
 
     Float64 on both sides; expect ~1e-7: the rest is the float32 weights the exporter folded (e.g. BatchNorm into
     Conv). That rounding moves the graph's function ~1e-7 from PyTorch's, and an image whose ReLU inputs or max-pool
@@ -237,23 +246,23 @@ def verify_torch(
             want = batch - kept
             x = torch.randn(want, *input_shape, generator=generator, dtype=torch.float64)
             target = np.array([pattern[(kept + i) % 3] for i in range(want)], np.int64)
-            feeds = {contract.INPUT: x.numpy(), contract.TARGET: target}
+            feeds = {contract.INPUT: x.numpy(), contract.TARGET: target, **objective.draw(explainer, want, rng)}
             unit = None
             if objective.unit is not None:
-                feeds[contract.UNIT_SEED] = unit_seeds(explainer, want, rng)
                 unit = (objective.unit.removeprefix(contract.ACTIVATION_PREFIX), feeds[contract.UNIT_SEED])
             ours = evaluate(feeds)
             try:
-                ref = torch_reference(model64, layers, x, target, rules, scores_from, skipped, layouts, unit)
+                seed_rows = feeds.get(contract.SEED)
+                ref = torch_reference(model64, layers, x, target, rules, scores_from, skipped, layouts, unit, seed_rows)
             except Exception as exc:  # a model that cannot run in float64 is a verdict, not a traceback
                 first = str(exc).strip().partition(chr(10))[0]
                 reason = f"the float64 PyTorch reference failed: {type(exc).__name__}: {first}"
                 raise CouldNotVerify(reason[:300]) from None
-            # the unit path: its gradients and the unit tensor (the scores and maps were checked on the class path)
+            # the seeded paths: their gradients and the unit tensor (the scores and maps were checked on the class path)
             checked = [
                 k
                 for k in ref
-                if k != contract.TARGET_USED and (objective.unit is None or _source_of(k) or k == objective.unit)
+                if k != contract.TARGET_USED and (objective == CLASS_PATH or _source_of(k) or k == objective.unit)
             ]
             for n in range(want):
                 one = {k: v[n : n + 1] for k, v in feeds.items()}
@@ -285,10 +294,12 @@ def verify_torch(
             raise CouldNotVerify(f"all {redrawn} verification images lie at a kink of the network")
 
     def where(name: str) -> str:
-        source = _source_of(name.removesuffix(UNIT_PATH))
-        if name not in failed or source is None:
+        if name not in failed:
             return ""
         feeds, objective = failed[name]
+        source = _source_of(name.removesuffix(objective.suffix))
+        if source is None:
+            return ""
         return first_wrong_node(explainer, source[0], feeds, OPS, overrides(source[1]), objective.end)
 
     return check(Report({k: tuple(v) for k, v in errors.items()}, redrawn), tolerance, where)
