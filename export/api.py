@@ -195,8 +195,8 @@ def export_model(
             return _build_check_save(
                 forward, metadata, extras, deployed if verify else None, reference, output, started, log
             )
-        return _build_check_save(
-            forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log
+        return _build_check_save(  # the traced graph is not needed again: built on in place, not copied
+            forward, metadata, extras, check if verify else None, "float64 torch.autograd", output, started, log, True
         )
     except GradientError as exc:  # TorchScript leaves some shapes unknown (nn.MultiheadAttention); dynamo keeps them
         if exporter == "torchscript" and "is unknown" in str(exc):
@@ -285,8 +285,10 @@ def _build_check_save(
     output: str | Path | None,
     started: float,
     log: Log,
+    consume: bool = False,
 ) -> tuple[onnx.ModelProto, Report | None]:
-    """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it."""
+    """Append the backward to ``forward``, verify it against ``reference`` (raises when wrong), then write it.
+    ``consume``: build on ``forward`` itself (the caller never reads it again; one copy of the weights fewer)."""
     explainer = build_explainer(
         forward,
         list(metadata.layers),
@@ -297,6 +299,7 @@ def _build_check_save(
         unit_layer=extras.unit_layer,
         bias_gradients=extras.bias_gradients,
         hvp=extras.hvp,
+        consume=consume,
     )
     keep_if_exact(explainer, metadata.layers, log)
     switched = [s for s, on in ((contract.BIAS_SWITCH, extras.bias_gradients), (contract.HVP_SWITCH, extras.hvp)) if on]

@@ -82,6 +82,7 @@ def build_explainer(
     unit_layer: str | None = None,
     bias_gradients: bool = False,
     hvp: bool = False,
+    consume: bool = False,
 ) -> onnx.ModelProto:
     """Add ``target``, ``seed``, ``target_used``, ``gradient:<layer>`` and, on request, the input gradients
     (one per ReLU backward rule), head graphs, FullGrad's bias gradients and ShapleyCAM's Hessian-vector products
@@ -89,8 +90,9 @@ def build_explainer(
 
     ``unit_layer``: a layer whose tap ``activation:<unit_layer>`` is an output of ``forward``; adds ``unit_seed``
     and differentiates the unit's value where it is given (:func:`_unit_objective`)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(forward)
+    model = forward if consume else onnx.ModelProto()
+    if not consume:
+        model.CopyFrom(forward)
     graph = model.graph
     taps = [contract.activation_name(layer) for layer in layers]
     outputs = {o.name for o in graph.output}
