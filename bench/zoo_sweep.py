@@ -64,10 +64,11 @@ FIRST = (
     "resnext50_32x4d",
     "wide_resnet50_2",
 )
-#: Peak resident bytes per parameter of one export + float64 verification (float32 and float64 copies of the weights
-#: in PyTorch, the ONNX file, the explainer graph and two onnxruntime sessions): VGG-16, 138 M parameters, peaked at
-#: 9.1 GB (commit 2bc337a).
-BYTES_PER_PARAM = 66
+#: Peak resident bytes per parameter of one export + float64 verification (the float32 model, the explainer graph, the
+#: float64 reference model and the float64 weights of the graph's evaluation, ~1.5 GB of libraries): measured
+#: 36–41 B on convnext_large (64 px) and vit_l_32 (224 px) after the memory work of 2026-11-30 (66 before, VGG-16).
+#: Activations add to it where a model keeps many large ones (vit_l_16 at 224 px: 54 B).
+BYTES_PER_PARAM = 40
 
 
 def parameter_counts() -> dict[str, int]:
@@ -274,8 +275,8 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
         estimate = params * BYTES_PER_PARAM / 1e9
         reason = (
             f"{params / 1e6:.0f} M parameters: float64 verification needs ≈ {estimate:.0f} GB "
-            f"({BYTES_PER_PARAM} B/parameter, measured on VGG-16), over the {memory_gb:g} GB budget of one job on a "
-            "shared 24 GB machine; run with `--memory-gb` on a larger one"
+            f"({BYTES_PER_PARAM} B/parameter, measured on convnext_large and vit_l_32), over the {memory_gb:g} GB "
+            "budget of one job on a shared 24 GB machine; run with `--memory-gb` on a larger one"
         )
         lines.append(f"| {model} | all | | not run | {reason} | | |")
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
