@@ -171,25 +171,46 @@ def data_path(path: str | Path) -> Path:
 def save(model: onnx.ModelProto, path: str | Path) -> None:
     """Write ``model`` to ``path`` atomically: one file, or for a large graph the file and its :func:`data_path`
     (ONNX external data), each written to a temporary file beside it and renamed (the data first) once both are
-    complete; nothing is left behind on failure. ``model`` is not changed."""
+    complete; nothing is left behind on failure. ``model`` is not changed. One file written over a large pair removes
+    the pair's data file (the weights of a graph that no longer exists; a data file the old graph did not read stays).
+    Raises :class:`.ExportError` in one line when the operating system refuses the path (a folder, a read-only disk,
+    a file where a folder should be)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     data = data_path(path)
     tmp_data = data.with_name(f".{data.name}.tmp")
     moved = _moved(model)
+    if path.is_dir():  # renaming onto it fails after the data file has replaced the old pair's
+        raise ExportError(f"cannot write {path}: it is a folder; give a file path, e.g. {path / 'model.onnx'}")
     try:
-        if moved:
-            proto = skeleton(model, moved)
-            _write_data(proto, moved, tmp_data, data.name)
-            _write_proto(proto, tmp)
-            tmp_data.replace(data)
-        else:
-            _write_proto(model, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_data.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stale = not moved and data.is_file() and _reads(path, data.name)
+        try:
+            if moved:
+                proto = skeleton(model, moved)
+                _write_data(proto, moved, tmp_data, data.name)
+                _write_proto(proto, tmp)
+                tmp_data.replace(data)
+            else:
+                _write_proto(model, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_data.unlink(missing_ok=True)
+        if stale:
+            data.unlink()
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose another output path") from None
+
+
+def _reads(path: Path, location: str) -> bool:
+    """Whether the ONNX file at ``path`` keeps initializers in the external-data file ``location`` (its weights are
+    not loaded; ``False`` when ``path`` is no readable ONNX file)."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # whatever is there, it reads no data file we wrote
+        return False
+    return any(e.key == "location" and e.value == location for t in graph.initializer for e in t.external_data)
 
 
 def _write_proto(model: onnx.ModelProto, path: Path) -> None:
