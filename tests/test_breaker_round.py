@@ -13,11 +13,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from click.testing import CliRunner
 from onnxcam_export import large_protos
+from onnxcam_export.api import export_model, export_onnx_file
+from onnxcam_export.autodiff.registry import RULES
 from onnxcam_export.errors import ExportError
 from onnxcam_export.torch_capture import to_onnx
+from onnxcam_export.verify import SEED_PATH, NonFiniteGradient, VerificationError
 from test_large_protos import SIZE, X, gapnet, shrink
+from test_seed_path import TinySegmenter
+from torch import nn
 
 from onnxcam import contract
 from onnxcam.cli import main
@@ -79,3 +85,91 @@ def test_cli_export_to_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # click's exit
     assert result.output.strip().splitlines()[-1].startswith("Error: cannot write"), result.output
+
+
+class SqrtNet(nn.Module):
+    """conv → ReLU → √ → 1×1 conv to 4 classes (dense ``[N, 4, H, W]``): ``∂y/∂A = w / (2√A)`` is infinite wherever
+    the ReLU output ``A`` is 0 (most images, most maps): no finite Grad-CAM exists at that layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x).sqrt())
+
+
+class NanForSomeImages(nn.Module):
+    """Dense ``[N, 4, H, W]`` scores times ``√mean(x)``: NaN scores (and gradients) for an image of negative mean,
+    about half the random verification images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x)) * x.mean((1, 2, 3), keepdim=True).sqrt()
+
+
+def _onnx_file(model: nn.Module, path: Path) -> Path:
+    torch.onnx.export(model, torch.randn(1, 3, *SIZE), path, dynamo=False, opset_version=18)
+    return path
+
+
+QUIET = {"heads": False, "log": lambda _: None}
+
+
+@pytest.mark.parametrize(("model", "scores"), [(SqrtNet, False), (NanForSomeImages, True)])
+def test_non_finite_gradient_is_refused_as_such_from_both_sources(
+    tmp_path: Path, model: type[nn.Module], scores: bool
+) -> None:
+    """Graph and reference agree (both NaN/inf at the same entries): the torch path used to pass such a file (every
+    Grad-CAM of it NaN), the ONNX path refused it as a wrong graph blaming a correct rule. Both now refuse it as a
+    model without a finite derivative, in one line naming the output and the cause."""
+    torch.manual_seed(0)
+    net = model().eval()
+    with pytest.raises(NonFiniteGradient) as from_torch:
+        export_model(net, None, ["body.1"], SIZE, exporter="torchscript", **QUIET)
+    onnx_file = _onnx_file(net, tmp_path / "m.onnx")
+    with pytest.raises(NonFiniteGradient) as from_onnx:
+        export_onnx_file(onnx_file, None, ["/body/body.1/Relu_output_0"], input_size=SIZE, **QUIET)
+    for refused in (from_torch, from_onnx):
+        message = str(refused.value)
+        assert "\n" not in message and "gradient:" in message and "NaN or infinite for" in message, message
+        assert ("scores are NaN" in message) == scores, message
+        assert "explainer graph is wrong" not in message and "@rule" not in message, message
+
+
+def test_a_rule_emitting_nan_is_still_a_wrong_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference finite, the graph NaN (a ReLU rule ``ḡ · (y / y)``: NaN where ``y = 0``): a wrong graph, the
+    rule named — not a model without a finite derivative."""
+
+    def relu_nan(ctx):
+        y = ctx.output()
+        return [ctx.emit("Mul", ctx.grad(), ctx.emit("Div", y, y))]
+
+    monkeypatch.setitem(RULES, "Relu", relu_nan)
+    torch.manual_seed(0)
+    net = TinySegmenter().eval()
+    with pytest.raises(VerificationError) as from_torch:
+        export_model(net, None, ["body.1"], SIZE, exporter="torchscript", input_gradients=("standard",), **QUIET)
+    onnx_file = _onnx_file(net, tmp_path / "m.onnx")
+    with pytest.raises(VerificationError) as from_onnx:
+        export_onnx_file(onnx_file, None, ["/body/body.1/Relu_output_0"], input_size=SIZE, **QUIET)
+    for refused in (from_torch, from_onnx):
+        assert not isinstance(refused.value, NonFiniteGradient), str(refused.value)
+        assert "explainer graph is wrong" in str(refused.value) and "(Relu," in str(refused.value), str(refused.value)
+
+
+def test_float16_dense_output_with_an_upsampling_verifies_on_the_seed_path() -> None:
+    """A ``model.half()`` segmenter whose logits are upsampled by ``F.interpolate``: the float16 conversion keeps
+    ``Resize`` in float32 and feeds it ``Cast(scales)`` of a float16 constant, which the ``Resize`` rule used to refuse
+    ("the scales input must be a constant"). It exports as a float16 graph and verifies on both paths (finite
+    differences of the deployed graph, as README's *Converting at export* says)."""
+    torch.manual_seed(0)
+    _, report = export_model(TinySegmenter().eval().half(), None, ["body.3"], SIZE, exporter="torchscript", **QUIET)
+    seed = {k: max(v) for k, v in report.errors.items() if k.endswith(SEED_PATH)}
+    assert set(seed) == {"gradient:body.3" + SEED_PATH}, report.errors
+    assert report.worst < 1e-4, report.summary()
