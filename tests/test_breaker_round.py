@@ -173,3 +173,24 @@ def test_float16_dense_output_with_an_upsampling_verifies_on_the_seed_path() -> 
     seed = {k: max(v) for k, v in report.errors.items() if k.endswith(SEED_PATH)}
     assert set(seed) == {"gradient:body.3" + SEED_PATH}, report.errors
     assert report.worst < 1e-4, report.summary()
+
+
+def test_onnx_source_whose_external_data_is_missing_is_named_as_such(tmp_path: Path) -> None:
+    """An ONNX source copied without its weights file (``all_tensors_to_one_file=False``: one file per tensor) was
+    refused as "not an ONNX model (ValidationError)"; the refusal now names the missing external data."""
+    source = tmp_path / "m.onnx"
+    onnx.save_model(
+        to_onnx(gapnet(), [], SIZE, exporter="torchscript"),
+        str(source),
+        save_as_external_data=True,
+        all_tensors_to_one_file=False,
+        size_threshold=0,
+    )
+    export_onnx_file(source, None, input_size=SIZE, **QUIET)  # complete: exports
+    weight = next(p for p in tmp_path.iterdir() if p.name != "m.onnx")
+    weight.unlink()
+    with pytest.raises(ExportError) as refused:
+        export_onnx_file(source, None, input_size=SIZE, **QUIET)
+    message = str(refused.value)
+    assert "\n" not in message and "not an ONNX model" not in message, message
+    assert "external data" in message and weight.name in message, message
