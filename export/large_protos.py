@@ -29,6 +29,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxcam import contract
+
 from .errors import ExportError
 
 #: Initializer bytes above which a graph is large: protobuf's 2 GiB (``onnx.checker.MAXIMUM_PROTOBUF``) less 128 MiB
@@ -204,13 +206,16 @@ def save(model: onnx.ModelProto, path: str | Path) -> None:
 
 
 def _reads(path: Path, location: str) -> bool:
-    """Whether the ONNX file at ``path`` keeps initializers in the external-data file ``location`` (its weights are
-    not loaded; ``False`` when ``path`` is no readable ONNX file)."""
+    """Whether the file at ``path`` is an explainer graph (written by :func:`save`: contract metadata) that keeps
+    initializers in the external-data file ``location`` (its weights are not loaded). ``False`` for any other file:
+    a source model exported over in place keeps its weights file."""
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        model = onnx.load(str(path), load_external_data=False)
     except Exception:  # whatever is there, it reads no data file we wrote
         return False
-    return any(e.key == "location" and e.value == location for t in graph.initializer for e in t.external_data)
+    tensors = model.graph.initializer
+    ours = any(p.key == contract.META_VERSION for p in model.metadata_props)
+    return ours and any(e.key == "location" and e.value == location for t in tensors for e in t.external_data)
 
 
 def _write_proto(model: onnx.ModelProto, path: Path) -> None:

@@ -28,6 +28,8 @@ from torch import nn
 from onnxcam import contract
 from onnxcam.cli import main
 
+QUIET = {"heads": False, "log": lambda _: None}
+
 
 @pytest.fixture(scope="module")
 def forward() -> onnx.ModelProto:
@@ -38,23 +40,32 @@ def forward() -> onnx.ModelProto:
 def test_small_graph_written_over_a_large_pair_removes_its_stale_weights(
     forward: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pair ``m.onnx`` + ``m.onnx.data`` overwritten by a graph under the limit: the single file alone is left (the
-    old weights no longer belong to any graph); a data file the old graph did not use is kept."""
+    """An explainer pair ``m.onnx`` + ``m.onnx.data`` overwritten by a graph under the limit: the single file alone is
+    left (the old weights belong to no graph any more). Data the old file did not read, or the data of a file that
+    was no explainer (a source exported over in place: its weights are the user's), is kept."""
+    explainer = export_model(gapnet(), None, ["body.3"], SIZE, exporter="torchscript", **QUIET)[0]
     path = tmp_path / "m.onnx"
     with monkeypatch.context() as large:
         shrink(large)
-        large_protos.save(forward, path)
+        large_protos.save(explainer, path)
     assert large_protos.data_path(path).is_file()
-    large_protos.save(forward, path)
+    large_protos.save(explainer, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
-    expected = ort.InferenceSession(forward.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = ort.InferenceSession(explainer.SerializeToString(), providers=["CPUExecutionProvider"])
     ours = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for a, b in zip(ours.run(None, {contract.INPUT: X}), expected.run(None, {contract.INPUT: X}), strict=True):
+    feeds = {contract.INPUT: X, contract.TARGET: np.array([3, -1])}
+    for a, b in zip(ours.run(None, feeds), expected.run(None, feeds), strict=True):
         np.testing.assert_array_equal(a, b)
     foreign = large_protos.data_path(path)
-    foreign.write_bytes(b"someone else's weights")  # not referenced by the single file at path
-    large_protos.save(forward, path)
+    foreign.write_bytes(b"someone else's weights")  # not read by the single file at path
+    large_protos.save(explainer, path)
     assert foreign.read_bytes() == b"someone else's weights"
+    source = tmp_path / "source.onnx"
+    with monkeypatch.context() as large:
+        shrink(large)
+        large_protos.save(forward, source)  # a model with external data, not an explainer
+    large_protos.save(explainer, source)
+    assert large_protos.data_path(source).is_file()
 
 
 @pytest.mark.parametrize("large", [False, True])
@@ -116,9 +127,6 @@ class NanForSomeImages(nn.Module):
 def _onnx_file(model: nn.Module, path: Path) -> Path:
     torch.onnx.export(model, torch.randn(1, 3, *SIZE), path, dynamo=False, opset_version=18)
     return path
-
-
-QUIET = {"heads": False, "log": lambda _: None}
 
 
 @pytest.mark.parametrize(("model", "scores"), [(SqrtNet, False), (NanForSomeImages, True)])
