@@ -128,6 +128,8 @@ def export_model(
     from .torch_outputs import model_scores_name
     from .verify_torch import verify_torch
 
+    if output is not None:
+        large_protos.check_writable(output)  # before the work, not after it
     model, precision = _float_weights(model.eval(), precision, log)
     channels = channels or torch_channels(model) or 3
     preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=input_layout)
@@ -390,6 +392,8 @@ def export_onnx_file(
     expect; ``precision``/``calibration``: convert a float32 file to its deployed precision first
     (:mod:`.deploy`); the rest as in :func:`export_model`.
     """
+    if output is not None:
+        large_protos.check_writable(output)  # before the work, not after it
     started = time.perf_counter()
     user_layers = list(layers or [])
     forward, layers = onnx_prep.prepare(

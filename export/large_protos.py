@@ -182,10 +182,8 @@ def save(model: onnx.ModelProto, path: str | Path) -> None:
     data = data_path(path)
     tmp_data = data.with_name(f".{data.name}.tmp")
     moved = _moved(model)
-    if path.is_dir():  # renaming onto it fails after the data file has replaced the old pair's
-        raise ExportError(f"cannot write {path}: it is a folder; give a file path, e.g. {path / 'model.onnx'}")
+    check_writable(path)  # a folder: renaming onto it would fail after the data file replaced the old pair's
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         stale = not moved and data.is_file() and _reads(path, data.name)
         try:
             if moved:
@@ -202,7 +200,27 @@ def save(model: onnx.ModelProto, path: str | Path) -> None:
         if stale:
             data.unlink()
     except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose another output path") from None
+        raise _cannot_write(path, exc) from None
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise :class:`.ExportError` in one line when :func:`save` could not write ``path`` (a folder, a parent that
+    cannot be created, a folder that takes no new file), so an export fails before its work, not after; creates the
+    missing parent folders."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a folder; give a file path, e.g. {path / 'model.onnx'}")
+    probe = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> ExportError:
+    return ExportError(f"cannot write {path}: {exc.strerror or exc}; choose another output path")
 
 
 def _reads(path: Path, location: str) -> bool:

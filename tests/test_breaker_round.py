@@ -202,3 +202,17 @@ def test_onnx_source_whose_external_data_is_missing_is_named_as_such(tmp_path: P
     message = str(refused.value)
     assert "\n" not in message and "not an ONNX model" not in message, message
     assert "external data" in message and weight.name in message, message
+
+
+def test_unwritable_output_is_refused_before_the_export_works(tmp_path: Path) -> None:
+    """A 2.5 GB model takes minutes and ~30 GB to export: an output the system refuses is reported first."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    for export in (
+        lambda out, log: export_model(gapnet(), out, ["body.3"], SIZE, exporter="torchscript", log=log),
+        lambda out, log: export_onnx_file(_onnx_file(gapnet(), tmp_path / "g.onnx"), out, input_size=SIZE, log=log),
+    ):
+        lines: list[str] = []
+        with pytest.raises(ExportError, match="cannot write"):
+            export(blocker / "m.onnx", lines.append)
+        assert not lines, lines  # nothing traced, built or verified
