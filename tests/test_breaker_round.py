@@ -216,3 +216,19 @@ def test_unwritable_output_is_refused_before_the_export_works(tmp_path: Path) ->
         with pytest.raises(ExportError, match="cannot write"):
             export(blocker / "m.onnx", lines.append)
         assert not lines, lines  # nothing traced, built or verified
+
+
+def test_default_layer_of_a_dense_pytorch_model_is_not_its_class_maps() -> None:
+    """Without ``--layer``, a segmenter's default was its last spatial map: the 1×1 conv whose K channels *are* the
+    class maps (deeplabv3's ``classifier.4``), where Grad-CAM only reproduces the logits. As for an ONNX file (README
+    *Export*, dense outputs), the default is the last map before the class maps."""
+    lines: list[str] = []
+    torch.manual_seed(0)
+    explainer, _ = export_model(
+        TinySegmenter().eval(), None, None, SIZE, exporter="torchscript", heads=False, log=lines.append
+    )
+    chosen = next(line for line in lines if line.startswith("no --layer given"))
+    assert "'classifier'" not in chosen and "class maps" in chosen, chosen
+    metadata = contract.Metadata.from_props({p.key: p.value for p in explainer.metadata_props})
+    activation = next(o for o in explainer.graph.output if o.name == contract.activation_name(metadata.layers[0]))
+    assert activation.type.tensor_type.shape.dim[1].dim_value == 8  # body's 8 channels, not the 4 classes
