@@ -125,9 +125,11 @@ def export_model(
     from .layer_choice import choose_default, resolve_layouts, unreached_layers
     from .torch_capture import module_calls, to_onnx
     from .torch_input import channels_first, probe_torch, torch_channels
-    from .torch_outputs import model_scores_name
+    from .torch_outputs import dense_classes, model_scores_name
     from .verify_torch import verify_torch
 
+    if output is not None:
+        large_protos.check_writable(output)  # before the work, not after it
     model, precision = _float_weights(model.eval(), precision, log)
     channels = channels or torch_channels(model) or 3
     preprocess = inputs.describe_input(input_size, channels, mean, std, channel_order, value_scale, layout=input_layout)
@@ -141,7 +143,7 @@ def export_model(
     if not layers:
         layers, why = torch_detector_layers(model, input_shape, chosen, task, detect_layout), SCALES_REASON
         if not layers:
-            name, _, why = choose_default(model, calls, input_size)
+            name, _, why = choose_default(model, calls, input_size, dense_classes(model, input_shape, chosen))
             layers = [name]
         log(f"no --layer given: explaining {', '.join(map(repr, layers))} ({why})")
     layouts = resolve_layouts(model, calls, layers, input_size, layer_layout, layer_grid, prefix_tokens)
@@ -393,6 +395,8 @@ def export_onnx_file(
     expect; ``precision``/``calibration``: convert a float32 file to its deployed precision first
     (:mod:`.deploy`); the rest as in :func:`export_model`.
     """
+    if output is not None:
+        large_protos.check_writable(output)  # before the work, not after it
     started = time.perf_counter()
     user_layers = list(layers or [])
     forward, layers = onnx_prep.prepare(

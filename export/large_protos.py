@@ -29,6 +29,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxcam import contract
+
 from .errors import ExportError
 
 #: Initializer bytes above which a graph is large: protobuf's 2 GiB (``onnx.checker.MAXIMUM_PROTOBUF``) less 128 MiB
@@ -171,25 +173,67 @@ def data_path(path: str | Path) -> Path:
 def save(model: onnx.ModelProto, path: str | Path) -> None:
     """Write ``model`` to ``path`` atomically: one file, or for a large graph the file and its :func:`data_path`
     (ONNX external data), each written to a temporary file beside it and renamed (the data first) once both are
-    complete; nothing is left behind on failure. ``model`` is not changed."""
+    complete; nothing is left behind on failure. ``model`` is not changed. One file written over a large pair removes
+    the pair's data file (the weights of a graph that no longer exists; a data file the old graph did not read stays).
+    Raises :class:`.ExportError` in one line when the operating system refuses the path (a folder, a read-only disk,
+    a file where a folder should be)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     data = data_path(path)
     tmp_data = data.with_name(f".{data.name}.tmp")
     moved = _moved(model)
+    check_writable(path)  # a folder: renaming onto it would fail after the data file replaced the old pair's
     try:
-        if moved:
-            proto = skeleton(model, moved)
-            _write_data(proto, moved, tmp_data, data.name)
-            _write_proto(proto, tmp)
-            tmp_data.replace(data)
-        else:
-            _write_proto(model, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_data.unlink(missing_ok=True)
+        stale = not moved and data.is_file() and _reads(path, data.name)
+        try:
+            if moved:
+                proto = skeleton(model, moved)
+                _write_data(proto, moved, tmp_data, data.name)
+                _write_proto(proto, tmp)
+                tmp_data.replace(data)
+            else:
+                _write_proto(model, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_data.unlink(missing_ok=True)
+        if stale:
+            data.unlink()
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise :class:`.ExportError` in one line when :func:`save` could not write ``path`` (a folder, a parent that
+    cannot be created, a folder that takes no new file), so an export fails before its work, not after; creates the
+    missing parent folders."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a folder; give a file path, e.g. {path / 'model.onnx'}")
+    probe = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> ExportError:
+    return ExportError(f"cannot write {path}: {exc.strerror or exc}; choose another output path")
+
+
+def _reads(path: Path, location: str) -> bool:
+    """Whether the file at ``path`` is an explainer graph (written by :func:`save`: contract metadata) that keeps
+    initializers in the external-data file ``location`` (its weights are not loaded). ``False`` for any other file:
+    a source model exported over in place keeps its weights file."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # whatever is there, it reads no data file we wrote
+        return False
+    tensors = model.graph.initializer
+    ours = any(p.key == contract.META_VERSION for p in model.metadata_props)
+    return ours and any(e.key == "location" and e.value == location for t in tensors for e in t.external_data)
 
 
 def _write_proto(model: onnx.ModelProto, path: Path) -> None:

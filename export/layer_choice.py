@@ -84,7 +84,9 @@ def resolve_layouts(
     return found
 
 
-def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[int, int]) -> tuple[str, Layout, str]:
+def choose_default(
+    model: nn.Module, calls: Sequence[Call], input_size: tuple[int, int], dense_classes: int | None = None
+) -> tuple[str, Layout, str]:
     """The layer a practitioner would pick, its layout and why (one phrase).
 
     Candidates: maps with more than one position that the top-1 logit's gradient reaches. A ViT-like model (the last
@@ -92,7 +94,9 @@ def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[in
     pytorch-grad-cam's choice (jacobgil/pytorch-grad-cam ``usage_examples/vit_example.py``): the block outputs after
     it carry no gradient to the patch tokens when the head reads the class token. Otherwise the last spatial map
     before pooling, skipping a trailing LayerNorm or permute (Swin: the last stage's output); a CNN's activation
-    module comes after its BatchNorm, so the activated map is the one picked.
+    module comes after its BatchNorm, so the activated map is the one picked. ``dense_classes``: ``K`` of a dense
+    output ``[N, K, H, W]``, whose maps with ``K`` channels (the class maps, before any upsampling) are skipped, as
+    :func:`.onnx_prep.default_tensor` does: Grad-CAM there only reproduces the logits.
     """
     any_ln = any(_is_layer_norm(m) for m in model.modules())
     batch = calls[0].output.shape[0] if calls else 0
@@ -107,7 +111,8 @@ def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[in
             continue
         grid = to_nchw_torch(call.output, layout).shape[2:]
         reached = call.grad is not None and bool(to_nchw_torch(call.grad, layout).abs().max() > 0)
-        if grid[0] * grid[1] > 1 and (reached or not with_grads):
+        class_maps = dense_classes is not None and to_nchw_torch(call.output, layout).shape[1] == dense_classes
+        if grid[0] * grid[1] > 1 and (reached or not with_grads) and not class_maps:
             maps.append((call, layout))
     if (
         not maps
@@ -134,7 +139,8 @@ def choose_default(model: nn.Module, calls: Sequence[Call], input_size: tuple[in
     call, layout = maps[i]
     skipped = ", ".join(display_name(c, calls) for c, _ in maps[i + 1 :])
     after = f"; after it only {skipped}" if skipped else ""
-    return display_name(call, calls), layout, f"the last spatial map before pooling{after}"
+    before = "the class maps" if dense_classes is not None else "pooling"
+    return display_name(call, calls), layout, f"the last spatial map before {before}{after}"
 
 
 def unreached_layers(calls: Sequence[Call], layouts: dict[str, Layout]) -> list[str]:

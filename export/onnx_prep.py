@@ -37,10 +37,31 @@ class OnnxSourceError(ExportError):
 
 
 def load(path: str | Path) -> onnx.ModelProto:
+    """The ONNX file at ``path`` with its external data (read from the file's folder); :class:`OnnxSourceError` in one
+    line when it is no ONNX model, or when its external data cannot be read (a weights file left behind in a copy)."""
     try:
         return onnx.load(str(path))
     except Exception as exc:
-        raise OnnxSourceError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+        reason = _unreadable_external_data(path, exc) or f"not an ONNX model ({type(exc).__name__})"
+        raise OnnxSourceError(f"{path}: {reason}") from None
+
+
+def _unreadable_external_data(path: str | Path, exc: Exception) -> str | None:
+    """Why ``onnx.load`` failed (``exc``) when ``path`` is an ONNX graph whose initializers are external data;
+    ``None`` when it is not (then the file itself is the problem)."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:
+        return None
+    locations = sorted({e.value for t in graph.initializer for e in t.external_data if e.key == "location"})
+    if not locations:
+        return None
+    named = ", ".join(locations[:3]) + (f" and {len(locations) - 3} more" if len(locations) > 3 else "")
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return (
+        f"its weights are external data ({named}) that cannot be read beside it ({detail}); copy the data file(s) "
+        "with the model, at the locations it names relative to its folder"
+    )
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -73,6 +73,14 @@ def model_scores_name(
         return scores_name(model.eval()(torch.zeros(1, *input_shape)), scores_from)
 
 
+def dense_classes(model: torch.nn.Module, input_shape: tuple[int, ...], scores_from: str | None) -> int | None:
+    """``K`` when ``model``'s scores (its output, or the one named ``scores_from``) are dense ``[N, K, H, W]``
+    (segmentation, ``H·W > 1``), else ``None``; from one blank input of ``input_shape`` ``(C, H, W)``."""
+    with torch.no_grad():
+        scores = pick(model.eval()(torch.zeros(1, *input_shape)), scores_from)
+    return int(scores.shape[1]) if scores.dim() == 4 and scores.shape[2] * scores.shape[3] > 1 else None
+
+
 _CALLS: dict[Callable[..., Any], str] = {
     F.softmax: "Softmax",
     torch.softmax: "Softmax",

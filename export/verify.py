@@ -21,6 +21,21 @@ class VerificationError(ExportError):
     """The explainer graph disagrees with the reference beyond tolerance."""
 
 
+class NonFiniteGradient(VerificationError):
+    """The model itself has no finite derivative at the verification images (its gradient or scores NaN or infinite
+    where the graph's are, or every rule agreeing locally): no finite map exists, whatever the graph."""
+
+
+def refuse_non_finite(name: str, images: int, batch: int, cause: str) -> NonFiniteGradient:
+    """The one-line refusal of a gradient output ``name`` that is NaN or infinite for ``images`` of ``batch``
+    verification images, ``cause`` saying why the model (not a rule) is at fault."""
+    return NonFiniteGradient(
+        f"{name} is NaN or infinite for {images} of {batch} verification images ({cause}): the model has no finite "
+        "derivative there, so its maps would be NaN; make it finite (an epsilon inside a square root, log or "
+        "division) or explain another layer"
+    )
+
+
 @dataclass(frozen=True)
 class Report:
     """Relative error ``max|ours − ref| / max|ref|`` per checked output and per image.
@@ -363,6 +378,34 @@ def _after_map(
     return (lambda a: evaluate(from_nchw_array(a, tensor, layout))), to_nchw_array(tensor, layout), at, raw
 
 
+def _refuse_model_non_finite(
+    explainer: onnx.ModelProto,
+    name: str,
+    gradient: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    source: tuple[str, dict[str, np.ndarray], Objective],
+) -> None:
+    """Raise :class:`NonFiniteGradient` when ``gradient`` (the graph's, per image) is NaN or infinite and the model
+    is at fault: its scores are not finite either, or no node's VJP disagrees locally (:mod:`.localize`). A rule
+    that emits NaN where the model's derivative is finite is left to the comparison (a wrong graph, the node named)."""
+    from .localize import first_wrong_node
+
+    bad = ~np.isfinite(gradient.reshape(len(gradient), -1)).all(1)
+    if not bad.any():
+        return
+    scores = values[contract.SCORES].reshape(len(gradient), -1)
+    if not np.isfinite(scores[bad]).all():
+        raise refuse_non_finite(name, int(bad.sum()), len(bad), "their scores are NaN or infinite too")
+    tap, feeds, objective = source
+    if "first node" not in first_wrong_node(explainer, tap, feeds, fast_kernels(), end=objective.end):
+        raise refuse_non_finite(
+            name,
+            int(bad.sum()),
+            len(bad),
+            "every node's VJP agrees locally: the derivative itself is infinite or undefined",
+        )
+
+
 def verify_finite_differences(
     explainer: onnx.ModelProto,
     layers: Sequence[str],
@@ -405,6 +448,7 @@ def verify_finite_differences(
             evaluate, activation, at, cut = _after_map(explainer, tap, layouts.get(tap), feeds, keep, objective.fed)
             base = evaluate(activation)
             values = {**at, **base}
+            _refuse_model_non_finite(explainer, grad + objective.suffix, base[grad], values, (cut, feeds, objective))
             worst, unsettled = directional_errors(
                 evaluate,
                 activation,

@@ -26,6 +26,7 @@ from .verify import (
     Report,
     check,
     objectives,
+    refuse_non_finite,
     relative_error,
     settled_slopes,
 )
@@ -197,6 +198,22 @@ def at_a_kink(
     return None
 
 
+def _refuse_model_non_finite(
+    ours: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], gradients: Sequence[str], objective: Objective
+) -> None:
+    """:class:`~.verify.NonFiniteGradient` when a gradient of the graph is NaN or infinite for an image exactly where
+    autograd's is (the model's derivative, not a rule: a NaN or infinity autograd lacks is a wrong graph, left to
+    the comparison)."""
+    for name in gradients:
+        images = len(ref[name])
+        bad = ~np.isfinite(ours[name].reshape(images, -1))
+        same = [n for n in range(images) if bad[n].any() and relative_error(ours[name][n], ref[name][n]) < np.inf]
+        if same:
+            scores = ~np.isfinite(ref[contract.SCORES][same]).all()
+            cause = "their scores are NaN or infinite too" if scores else "torch.autograd's gradient too"
+            raise refuse_non_finite(name + objective.suffix, len(same), images, cause)
+
+
 def float64_copy(model: nn.Module) -> nn.Module:
     """A float64 copy of ``model`` in eval mode (``model`` untouched). Its floating parameters and buffers are made in
     float64 directly (``deepcopy``'s memo), not copied in float32 and then converted: the peak is the float64 copy
@@ -276,6 +293,7 @@ def verify_torch(
                 for k in ref
                 if k != contract.TARGET_USED and (objective == CLASS_PATH or _source_of(k) or k == objective.unit)
             ]
+            _refuse_model_non_finite(ours, ref, [k for k in checked if _source_of(k)], objective)
             for n in range(want):
                 one = {k: v[n : n + 1] for k, v in feeds.items()}
                 errs = {k: relative_error(ours[k][n], ref[k][n]) for k in checked}

@@ -7,7 +7,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import large_protos
-from .shape_folding import fold, infer_folded
+from .shape_folding import MAX_FOLDED, fold, infer_folded
 
 Dim = int | str | None
 
@@ -34,6 +34,11 @@ class GraphInfo:
                 value = _constant_node_value(node)
                 if value is not None:
                     self._constants[node.output[0]] = value
+            elif node.op_type == "Cast" and not node.domain and _small(self._constants.get(node.input[0])):
+                # float16 conversion keeps blocked ops (Resize) in float32 behind a Cast of their constant inputs
+                to = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "to")
+                value = self._constants[node.input[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+                self._constants[node.output[0]] = value
         if any(self.shape(o) is None for node in graph.node for o in node.output if o):
             self._refine(model)
 
@@ -83,6 +88,11 @@ class GraphInfo:
     def constant(self, name: str) -> np.ndarray | None:
         """Value of ``name`` when it is an initializer or a ``Constant`` node's output."""
         return self._constants.get(name)
+
+
+def _small(value: np.ndarray | None) -> bool:
+    """Whether ``value`` is a constant small enough to fold (shape arithmetic and scales, not weights)."""
+    return value is not None and value.size <= MAX_FOLDED
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
