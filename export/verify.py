@@ -32,7 +32,7 @@ def refuse_non_finite(name: str, images: int, batch: int, cause: str) -> NonFini
     return NonFiniteGradient(
         f"{name} is NaN or infinite for {images} of {batch} verification images ({cause}): the model has no finite "
         "derivative there, so its maps would be NaN; make it finite (an epsilon inside a square root, log or "
-        "division) or explain another layer"
+        "division), explain another layer, or export with --no-verify if real images keep it finite"
     )
 
 
