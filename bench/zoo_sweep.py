@@ -273,10 +273,13 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
         lines.append(f"| {model} | {path} | {size_px} | {r['verdict']} | {error} | {r['seconds']:.0f} | {peak} |")
     for model, params in sorted(skipped.items(), key=lambda item: item[1]):
         estimate = params * BYTES_PER_PARAM / 1e9
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        over = f"over the {memory_gb:g} GB budget"
+        over = f"more than this {machine:.1f} GB machine has" if estimate > machine else over
         reason = (
-            f"{params / 1e6:.0f} M parameters: float64 verification needs ≈ {estimate:.0f} GB "
-            f"({BYTES_PER_PARAM} B/parameter, measured on convnext_large and vit_l_32), over the {memory_gb:g} GB "
-            "budget of one job on a shared 24 GB machine; run with `--memory-gb` on a larger one"
+            f"{params / 1e6:.0f} M parameters: float64 verification needs ≈ {estimate:.1f} GB "
+            f"({BYTES_PER_PARAM} B/parameter, measured on convnext_large and vit_l_32), {over}; run with "
+            "`--memory-gb` on a larger machine"
         )
         lines.append(f"| {model} | all | | not run | {reason} | | |")
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
