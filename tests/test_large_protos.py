@@ -252,11 +252,10 @@ def test_export_and_explain_a_model_over_2_gib(tmp_path: Path, exporter: str) ->
     """A 2.42 GB model exports (verified against torch.autograd) as ``wide.onnx`` + ``wide.onnx.data`` and the runtime
     explains one 64×64 image with it: Grad-CAM equal to pytorch-grad-cam's within 1e-4.
 
-    Expected peak memory: ~30 GB resident; a few minutes per exporter on 2 cores. Measured at 1/13 scale
-    (``WideHead(5671)``: 0.17 GiB of weights, ``LIMIT`` lowered so the same path runs): peak RSS 2.5 GiB
-    (torchscript) and 2.7 GiB (dynamo), 0.56 GiB of it imports, i.e. 11–12.5× the weights, half of it in the
-    float64 verification (the model's float64 copy, the graph in float64); 11 s and 22 s. Run on a quiet machine
-    with ≥ 40 GB: ``pytest -m heavy tests/test_large_protos.py``.
+    Measured on final main (2026-11-30, 2 cores, 24 GB, machine otherwise idle): peak resident 19.2 GB and 111 s
+    (torchscript), 19.5 GB and 82 s (dynamo): ~8× the weights (the model, the explainer graph, the float64
+    reference model and the graph's float64 weights, 2× each of the last two). Run on a quiet machine with ≥ 24 GB:
+    ``pytest -m heavy tests/test_large_protos.py``.
     """
     from pytorch_grad_cam import GradCAM
 
