@@ -40,6 +40,9 @@ CAUSES = {
     ("alexnet", "onnx/torchscript"): _UPSAMPLING_POOL,
     ("vgg11_bn", "torch/torchscript"): _UPSAMPLING_POOL,
     ("vgg11_bn", "onnx/torchscript"): _UPSAMPLING_POOL,
+    ("regnet_y_128gf", "onnx/dynamo"): "this machine's memory, not the graph: 645 M parameters (2.6 GB), killed at the "
+    "22.5 GB budget of a 24 GB machine; its other three paths verify at 18.8–20.7 GB, and the external-data path it "
+    "takes is tested on a 604 M-parameter model (tests/test_large_protos.py, heavy)",
 }
 #: Models that need a larger input than the sweep's default (fixed positional embeddings, deep stride, windows).
 MIN_SIZE = {"inception_v3": 80, "maxvit_t": 224, "googlenet": 64}
@@ -246,7 +249,8 @@ def write_table(rows: list[dict], out: Path, size: int, memory_gb: float) -> Non
         f"models); {len(skipped)} not run (below). Verified / tried per path: "
         + "; ".join(count(p) for p in PATHS)
         + ". `seconds` is the wall time of one subprocess (export, build, verification), `peak GB` its resident set "
-        f"(sampled every second; killed above {memory_gb:g} GB) on a 2-core, 24 GB machine shared with other jobs: "
+        f"(sampled every second; killed above the run's `--memory-gb`: {memory_gb:g} GB, or up to 22.5 GB for the rows "
+        "that peak higher, run alone) on a 2-core, 24 GB machine shared with other jobs: "
         + _load_note(list(done.values()))
         + ". Timeouts there are contention, not hangs. Rows in run order: segmentation, one model per family, then "
         "classifiers by size. Rerun to fill in the rest (finished rows are skipped).",
