@@ -307,9 +307,9 @@ def _build_check_save(
     switched = [s for s, on in ((contract.BIAS_SWITCH, extras.bias_gradients), (contract.HVP_SWITCH, extras.hvp)) if on]
     check_switched_parts(explainer, metadata, switched)
     log(f"built explainer graph in {time.perf_counter() - started:.1f} s ({len(explainer.graph.node)} nodes)")
-    memory.release()  # what tracing and building freed, before the float64 copies of the weights
+    memory.release_for(explainer)  # what tracing and building freed, before the float64 copies of the weights
     report = check(explainer) if check else None
-    memory.release()
+    memory.release_for(explainer)
     if report is not None:
         log(f"verified against {reference}: {report.summary()}")
     if report is not None and switched and not quantization.is_qdq(explainer):

@@ -17,8 +17,8 @@ from onnxcam import contract
 
 from .errors import ExportError
 from .gating import reads
-from .large_protos import tensor_bytes, without_initializers
-from .memory import release
+from .large_protos import without_initializers
+from .memory import release_for
 
 #: Raised to float64: float32 and the reduced-precision types of deployed graphs (float16 inside and out).
 _LOWER = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -228,11 +228,6 @@ def switched_on(model: onnx.ModelProto, also: Sequence[str] = ()) -> onnx.ModelP
     return m
 
 
-#: Weight bytes above which a new evaluator first frees the earlier ones' memory (:func:`.memory.release`: ~0.5 s with
-#: torch loaded, which localisation's hundred small evaluators should not pay).
-RELEASE_ABOVE = 1 << 26
-
-
 class Float64Evaluator:
     """``feeds → outputs of model`` (gradient switches on) in float64 by the ONNX reference implementation
     (:func:`float64_evaluator`); ``names`` picks other tensors of the graph (any intermediate) instead of the outputs.
@@ -272,8 +267,7 @@ def float64_evaluator(
 
     Calls raise :class:`CouldNotVerify` (one line: the op, the node and the reason) when the reference cannot run it.
     """
-    if sum(map(tensor_bytes, model.graph.initializer)) > RELEASE_ABOVE:
-        release()  # earlier evaluators sit in reference cycles (op ↔ evaluator) holding float64 weights
+    release_for(model)  # earlier evaluators sit in reference cycles (op ↔ evaluator) holding float64 weights
     return Float64Evaluator(model, new_ops, shared or {})
 
 
