@@ -67,9 +67,7 @@ def _prune(graph: onnx.GraphProto) -> None:
             needed.update(reads(node))
     del graph.node[:]
     graph.node.extend(reversed(kept))
-    initializers = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    large_protos.drop_initializers(graph, lambda name: name not in needed)
 
 
 def build_explainer(

@@ -195,9 +195,7 @@ def _remove(model: onnx.ModelProto, switches: Sequence[str], inputs: set[str]) -
         kept = [v for v in field_ if v.name not in names]
         del field_[:]
         field_.extend(kept)
-    initializers = [t for t in graph.initializer if t.name not in names]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    large_protos.drop_initializers(graph, names.__contains__)
     prune(graph)
 
 

@@ -21,7 +21,7 @@ A graph under the limit takes the plain path, byte for byte as before. Only the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +268,11 @@ def written_beside(model: onnx.ModelProto, path: str | Path) -> str:
     if not is_large(model):
         return ""
     return f" and its weights {data_path(path).name} (over protobuf's 2 GiB: ONNX external data; keep them together)"
+
+
+def drop_initializers(graph: onnx.GraphProto, drop: Callable[[str], bool]) -> None:
+    """Delete the initializers whose name ``drop`` accepts, in place: the kept ones are not copied (re-adding them to
+    the field, the usual filter, copies every weight while the old ones stay in the message's memory)."""
+    for i in reversed(range(len(graph.initializer))):
+        if drop(graph.initializer[i].name):
+            del graph.initializer[i]

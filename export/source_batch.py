@@ -20,6 +20,7 @@ from onnx import numpy_helper
 from onnxcam import contract
 
 from . import large_protos
+from .memory import release_for
 
 #: Largest relative difference (max-abs over max-abs of the scores) between a batch and its images run alone that is
 #: rounding (batch-dependent kernel blocking: ~1e-7 in float32); float16 graphs round at ~1e-3.
@@ -113,13 +114,13 @@ def rewrite_problem(original: onnx.ModelProto, dynamic: onnx.ModelProto, fixed: 
     shape = (2 * fixed, *dims[1:])
     x = (rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 256, shape)).astype(dtype)
     name = original.graph.input[0].name
-    try:
-        session = large_protos.session(original, log_level=4)
-        alone = np.concatenate([session.run(None, {name: x[i : i + fixed]})[0] for i in (0, fixed)])
+    try:  # one session at a time: each holds its own copy of the weights
+        alone = np.concatenate(_scores(original, [{name: x[i : i + fixed]} for i in (0, fixed)]))
     except Exception:
         return None
+    release_for(original)
     try:
-        together = large_protos.session(dynamic, log_level=4).run(None, {name: x})[0]
+        together = _scores(dynamic, [{name: x}])[0]
     except Exception as exc:
         return f"it cannot run on a batch of {len(x)}: {_first_line(exc)}"
     if together.shape != alone.shape:
@@ -135,6 +136,12 @@ def rewrite_problem(original: onnx.ModelProto, dynamic: onnx.ModelProto, fixed: 
             f"{error:.1e}): the graph mixes the images of a batch"
         )
     return None
+
+
+def _scores(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """The first output of ``model`` for each of ``feeds``, from one onnxruntime session freed on return."""
+    session = large_protos.session(model, log_level=4)
+    return [session.run(None, feed)[0] for feed in feeds]
 
 
 def choose_batch(model: onnx.ModelProto, log: Callable[[str], None] | None = None) -> onnx.ModelProto:

@@ -24,9 +24,13 @@ class GraphInfo:
         graph = large_protos.infer_shapes(model, weights=False, data_prop=True).graph
         self._types: dict[str, onnx.TypeProto] = {}
         for vi in [*graph.input, *graph.value_info, *graph.output]:
-            self._types[vi.name] = vi.type
+            self._types[vi.name] = _copied(vi.type)  # a reference would keep the whole inferred copy alive
         initializers = model.graph.initializer  # the inferred graph's are data-less in a large one
-        self._constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in initializers}
+        # weights are read on demand (a copy of them all would double the export's memory)
+        self._weights = {t.name: t for t in initializers if _elements(t) > MAX_FOLDED}
+        self._constants: dict[str, np.ndarray] = {
+            t.name: numpy_helper.to_array(t) for t in initializers if t.name not in self._weights
+        }
         for t in initializers:
             self._types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
         for node in graph.node:
@@ -86,8 +90,20 @@ class GraphInfo:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type))
 
     def constant(self, name: str) -> np.ndarray | None:
-        """Value of ``name`` when it is an initializer or a ``Constant`` node's output."""
+        """Value of ``name`` when it is an initializer or a ``Constant`` node's output (a weight: a fresh copy)."""
+        if name in self._weights:
+            return numpy_helper.to_array(self._weights[name])
         return self._constants.get(name)
+
+
+def _elements(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims, dtype=np.int64))
+
+
+def _copied(tp: onnx.TypeProto) -> onnx.TypeProto:
+    copy = onnx.TypeProto()
+    copy.CopyFrom(tp)
+    return copy
 
 
 def _small(value: np.ndarray | None) -> bool:
