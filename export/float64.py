@@ -245,6 +245,7 @@ class Float64Evaluator:
         self.constant = inline_constant_ifs(self.model.graph)
         self.ops = [Pad, GatherElements, GlobalLpPool, Resize, Erf, Gelu, *(new_ops or [])]
         self.evaluator: ReferenceEvaluator | None = None
+        self.plans: dict[tuple[str, ...], Schedule] = {}
 
     def __call__(self, feeds: dict[str, np.ndarray], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(names or [o.name for o in self.model.graph.output])
@@ -254,7 +255,9 @@ class Float64Evaluator:
         try:
             if self.evaluator is None:
                 self.evaluator = ReferenceEvaluator(self.model, new_ops=self.ops)
-            return _run_freeing(self.evaluator, names, {**self.weights, **feeds})
+            if tuple(names) not in self.plans:
+                self.plans[tuple(names)] = schedule(self.evaluator.rt_nodes_, names)
+            return _run_freeing(self.evaluator, self.plans[tuple(names)], names, {**self.weights, **feeds})
         except Exception as exc:  # any failure of the reference evaluator is a verdict, never a traceback
             lines = str(exc).strip().splitlines()
             where = next((line.strip() for line in lines if "node" in line.lower()), "")
@@ -291,26 +294,39 @@ def inline_constant_ifs(graph: onnx.GraphProto) -> dict[str, bool]:
     return {k: v for k, v in constant.items() if any(i.name == k for i in graph.input)}
 
 
-def _run_freeing(evaluator: ReferenceEvaluator, names: Sequence[str], feeds: dict[str, np.ndarray]) -> dict:
-    """``evaluator.run(names, feeds)`` running only the nodes ``names`` depend on and dropping every other tensor
-    after its last reader (``ReferenceEvaluator.run`` runs every node and keeps all results until it returns)."""
+Schedule = list[tuple[OpRun, tuple[str, ...]]]
+
+
+def schedule(nodes: Sequence[OpRun], names: Sequence[str]) -> Schedule:
+    """The nodes (of ``ReferenceEvaluator.rt_nodes_``) that ``names`` depend on, in order, each with the tensors to
+    drop after it: those it is the last reader of, unless wanted."""
     wanted = set(names)
     needed = set(wanted)
-    nodes = []
-    for node in reversed(evaluator.rt_nodes_):
+    kept = []
+    for node in reversed(nodes):
         if needed.intersection(node.onnx_node.output):
-            nodes.append(node)
+            kept.append(node)
             needed.update(reads(node.onnx_node))
-    nodes.reverse()
-    last = {t: i for i, node in enumerate(nodes) for t in reads(node.onnx_node)}
+    kept.reverse()
+    last = {t: i for i, node in enumerate(kept) for t in reads(node.onnx_node)}
+    return [
+        (node, tuple(t for t in dict.fromkeys(reads(node.onnx_node)) if last[t] == i and t not in wanted))
+        for i, node in enumerate(kept)
+    ]
+
+
+def _run_freeing(
+    evaluator: ReferenceEvaluator, plan: Schedule, names: Sequence[str], feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``evaluator.run(names, feeds)`` along ``plan`` (:func:`schedule`): only the nodes ``names`` need, each
+    intermediate dropped after its last reader (``ReferenceEvaluator.run`` runs every node and keeps every result)."""
     results = {"": None, **evaluator.rt_inits_, **feeds}
-    for i, node in enumerate(nodes):
+    for node, drop in plan:
         inputs = [results[t] for t in node.input]
         outputs = node.run(*inputs, context=results) if node.need_context() else node.run(*inputs)
         results.update(zip(node.output, outputs, strict=False))
-        for t in reads(node.onnx_node):
-            if last[t] == i and t not in wanted:
-                results.pop(t, None)
+        for t in drop:
+            results.pop(t, None)
     return {name: results[name] for name in names}
 
 
