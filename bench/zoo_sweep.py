@@ -30,25 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PATHS = ("torch/dynamo", "torch/torchscript", "onnx/dynamo", "onnx/torchscript")
 SEGMENTATION = ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
-_UPSAMPLING_POOL = (
-    "limitation of the TorchScript exporter: adaptive average pooling *up* (the 64-px map is smaller than the "
-    "model's fixed pool output) is not exportable; the dynamo paths verify, and at 224 px the pool divides"
-)
-#: Why each row that is not verified is so: a limitation (one line) or an open bug in onnxcam.
-CAUSES = {
-    ("alexnet", "torch/torchscript"): _UPSAMPLING_POOL,
-    ("alexnet", "onnx/torchscript"): _UPSAMPLING_POOL,
-    ("vgg11_bn", "torch/torchscript"): _UPSAMPLING_POOL,
-    ("vgg11_bn", "onnx/torchscript"): _UPSAMPLING_POOL,
-    ("regnet_y_128gf", "onnx/dynamo"): "this machine's memory, not the graph: 645 M parameters (2.6 GB), killed at the "
-    "22.5 GB budget of a 24 GB machine; its other three paths verify at 18.8–20.7 GB, and the external-data path it "
-    "takes is tested on a 604 M-parameter model (tests/test_large_protos.py, heavy)",
-    **{
-        ("vit_h_14", path): "this machine's memory, not the graph: 633 M parameters (2.5 GB) plus ViT-H's float64 "
-        "activations at 224 px, killed at the 22.5 GB budget of a 24 GB machine (the onnx paths were not started)"
-        for path in ("torch/dynamo", "torch/torchscript")
-    },
-}
+#: Why each row that is not verified is so: a limitation (one line) or an open bug in onnxcam (none at present).
+CAUSES: dict[tuple[str, str], str] = {}
 #: Models that need a larger input than the sweep's default (fixed positional embeddings, deep stride, windows).
 MIN_SIZE = {"inception_v3": 80, "maxvit_t": 224, "googlenet": 64}
 FIXED_SIZE_PREFIXES = ("vit_", "swin_", "maxvit")
