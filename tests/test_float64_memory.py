@@ -12,6 +12,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnxcam_export import large_protos
+from onnxcam_export.autodiff.graph_info import GraphInfo
+from onnxcam_export.autodiff.shape_folding import MAX_FOLDED
 from onnxcam_export.float64 import CouldNotVerify, float64_evaluator, switched_on, to_float64
 from onnxcam_export.verify_torch import float64_copy, shared_weights
 
@@ -353,3 +356,21 @@ def test_an_op_writing_into_a_weight_fails_and_leaves_pytorchs_intact() -> None:
     with pytest.raises(CouldNotVerify, match="read-only"):
         evaluate({"x": np.ones((1, 3))})
     assert torch.equal(model64.linear.weight, weight)
+
+
+def test_graph_info_reads_weights_on_demand_as_stored() -> None:
+    """A weight over ``MAX_FOLDED`` elements is read from the graph when asked: its stored values, still known after
+    the graph's initializers are pruned in place (as :func:`.assemble._prune` does); shape arithmetic constants stay
+    folded."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((MAX_FOLDED + 1, 2)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Reshape", ["y", "shape"], ["flat"])]
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([-1], np.int64), "shape")]
+    model = _graph(nodes, [_small("x", shape=[3, MAX_FOLDED + 1])], [_small("flat", shape=[6])], inits)
+    info = GraphInfo(model)
+    np.testing.assert_array_equal(info.constant("w"), weight)
+    large_protos.drop_initializers(model.graph, lambda name: name == "w")
+    assert [t.name for t in model.graph.initializer] == ["shape"]
+    np.testing.assert_array_equal(info.constant("w"), weight)
+    assert info.shape("w") == (MAX_FOLDED + 1, 2) and info.shape("y") == (3, 2)
+    np.testing.assert_array_equal(info.constant("shape"), [-1])
