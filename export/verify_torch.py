@@ -247,10 +247,15 @@ def shared_weights(explainer: onnx.ModelProto, model64: nn.Module) -> dict[str, 
     for init in explainer.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT and all(init.dims):
             w = onnx.numpy_helper.to_array(init)
-            match = next((view for view in candidates.get(key(w), ()) if np.array_equal(view, w)), None)
+            match = next((view for view in candidates.get(key(w), ()) if _identical(view, w)), None)
             if match is not None:
                 shared[init.name] = match
     return shared
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal values with equal signs of zero (``numpy.array_equal`` takes −0 for 0; ``1/x`` does not)."""
+    return np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
 
 
 def verify_torch(

@@ -374,3 +374,21 @@ def test_graph_info_reads_weights_on_demand_as_stored() -> None:
     np.testing.assert_array_equal(info.constant("w"), weight)
     assert info.shape("w") == (MAX_FOLDED + 1, 2) and info.shape("y") == (3, 2)
     np.testing.assert_array_equal(info.constant("shape"), [-1])
+
+
+def test_a_negative_zero_constant_is_not_shared_with_a_zero_parameter() -> None:
+    """``offset`` holds −0 where PyTorch's zero bias holds +0: equal by ``==`` but ``1/offset`` is −∞, not +∞."""
+    model64 = float64_copy(torch.nn.Linear(3, 4))
+    with torch.no_grad():
+        model64.bias.zero_()
+    nodes = [helper.make_node("Reciprocal", ["offset"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+    graph = _graph(
+        nodes,
+        [_small("x", shape=[4])],
+        [_small("y", shape=[4])],
+        [numpy_helper.from_array(np.full(4, -0.0, np.float32), "offset")],
+    )
+    shared = shared_weights(graph, model64)
+    assert "offset" not in shared
+    x = np.ones(4)
+    np.testing.assert_array_equal(float64_evaluator(graph, shared=shared)({"x": x})["y"], np.full(4, -np.inf))
