@@ -249,18 +249,14 @@ def _local_function() -> onnx.ModelProto:
 @pytest.mark.parametrize(
     ("make", "names", "cond"),
     [
-        (_sibling_names, None, None),
-        (_real_if_before_a_switch, None, True),
-        (_real_if_reading_outer_tensors, None, True),
-        (_real_if_reading_outer_tensors, None, False),
-        (
-            _real_if_reading_outer_tensors,
-            ["y", "z", "x", "b"],
-            True,
-        ),  # If output read later, input, dropped
-        (_loop_and_scan_reading_outer_tensors, None, None),
-        (_nested_switches, None, None),
-        (_local_function, ["y", "w", "x"], None),  # a weight (an input of the reference) asked for
+        pytest.param(_sibling_names, None, None, id="sibling-switches"),
+        pytest.param(_real_if_before_a_switch, None, True, id="real-if-then-switch"),
+        pytest.param(_real_if_reading_outer_tensors, None, True, id="real-if-then"),
+        pytest.param(_real_if_reading_outer_tensors, None, False, id="real-if-else"),
+        pytest.param(_real_if_reading_outer_tensors, ["y", "z", "x", "b"], True, id="if-output-read-later-input-asked"),
+        pytest.param(_loop_and_scan_reading_outer_tensors, None, None, id="loop-scan"),
+        pytest.param(_nested_switches, None, None, id="nested-switches-optional-input"),
+        pytest.param(_local_function, ["y", "w", "x"], None, id="local-function-weight-asked"),
     ],
 )
 def test_freeing_evaluation_is_the_references(make, names: list | None, cond: bool | None) -> None:
@@ -292,8 +288,8 @@ def test_a_branch_reusing_a_name_stays_in_its_if() -> None:
 
 
 class _Observed(torch.nn.Module):
-    """A Linear without bias plus a constant offset, and a float buffer its forward updates in place even in eval mode
-    (as quantization observers and caches do), equal to the offset before the first forward."""
+    """A Linear without bias, and a float buffer its forward updates in place even in eval mode (as quantization
+    observers and caches do): zeros until the first forward, equal to the graph's ``offset`` below."""
 
     def __init__(self) -> None:
         super().__init__()
