@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -267,15 +268,19 @@ class Float64Evaluator:
 
 def inline_constant_ifs(graph: onnx.GraphProto) -> dict[str, bool]:
     """In place: every ``If`` whose condition is a constant (a scalar boolean initializer, or an ``And`` of such)
-    becomes the nodes of the branch it takes, its outputs ``Identity`` copies of the branch's. Returns the constant
-    conditions ``{name: value}`` (the gradient switches of :mod:`.gating`)."""
-    constant = {
-        t.name: bool(numpy_helper.to_array(t))
-        for t in graph.initializer
-        if t.data_type == TensorProto.BOOL and not t.dims
-    }
+    becomes the nodes of the branch it takes (an ``If`` in there too), its outputs ``Identity`` copies of the
+    branch's. Returns the constant conditions that are graph inputs ``{name: value}`` (the gradient switches of
+    :mod:`.gating`).
+
+    A branch defining a name that is defined anywhere else in the model stays in its ``If``: sibling subgraphs may
+    reuse names (valid ONNX), and at the top level one would overwrite the other or, as ``onnx.reference`` feeds a
+    subgraph the enclosing values over its own initializers, replace a constant of another subgraph."""
+    constant = _boolean_scalars(graph.initializer)
+    defined = _definitions(graph)
+    pending = list(reversed(graph.node))
     nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
+    while pending:
+        node = pending.pop()
         if node.op_type == "And" and all(i in constant for i in node.input):
             constant[node.output[0]] = all(constant[i] for i in node.input)
         if node.op_type != "If" or node.domain not in ("", "ai.onnx") or node.input[0] not in constant:
@@ -283,15 +288,36 @@ def inline_constant_ifs(graph: onnx.GraphProto) -> dict[str, bool]:
             continue
         branches = {a.name: a.g for a in node.attribute}
         branch = branches["then_branch" if constant[node.input[0]] else "else_branch"]
+        inside = _definitions(branches["then_branch"]) + _definitions(branches["else_branch"])
+        own = [*(t.name for t in branch.initializer), *(o for n in branch.node for o in n.output if o)]
+        if any(defined[name] > inside[name] for name in own):
+            nodes.append(node)
+            continue
         graph.initializer.extend(branch.initializer)
-        nodes.extend(branch.node)
-        nodes.extend(
+        constant.update(_boolean_scalars(branch.initializer))
+        identities = [
             onnx.helper.make_node("Identity", [inner.name], [outer])
             for inner, outer in zip(branch.output, node.output, strict=True)
-        )
+        ]
+        pending.extend(reversed([*branch.node, *identities]))
     del graph.node[:]
     graph.node.extend(nodes)
     return {k: v for k, v in constant.items() if any(i.name == k for i in graph.input)}
+
+
+def _boolean_scalars(tensors: Sequence[onnx.TensorProto]) -> dict[str, bool]:
+    return {t.name: bool(numpy_helper.to_array(t)) for t in tensors if t.data_type == TensorProto.BOOL and not t.dims}
+
+
+def _definitions(graph: onnx.GraphProto) -> Counter[str]:
+    """How often each name is defined (graph input, initializer, node output) in ``graph`` and its subgraphs."""
+    names = Counter([*(i.name for i in graph.input), *(t.name for t in graph.initializer)])
+    for node in graph.node:
+        names.update(o for o in node.output if o)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names.update(_definitions(sub))
+    return names
 
 
 Schedule = list[tuple[OpRun, tuple[str, ...]]]
@@ -362,6 +388,7 @@ def _weights_as_inputs(
             graph.initializer.append(t)
             continue
         weights[t.name] = shared[t.name] if t.name in shared else numpy_helper.to_array(t).astype(np.float64)
+        weights[t.name].flags.writeable = False  # an op writing into its input fails instead of changing the weights
         if t.name not in declared:
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, TensorProto.DOUBLE, list(t.dims)))
     return skeleton, weights

@@ -227,16 +227,18 @@ def float64_copy(model: nn.Module) -> nn.Module:
 
 
 def shared_weights(explainer: onnx.ModelProto, model64: nn.Module) -> dict[str, np.ndarray]:
-    """Float64 views of ``model64``'s parameters and buffers for the graph initializers that hold exactly the same
-    values, as stored or transposed (a ``Linear`` weight exported as a ``MatMul`` operand): the graph's float64
-    evaluator reads PyTorch's float64 copy instead of making a second one (5 GB less on ViT-H/14). Initializers the
-    exporter changed (a BatchNorm folded into a Conv) match nothing and are converted as before."""
+    """Float64 views of ``model64``'s parameters for the graph initializers that hold exactly the same values, as
+    stored or transposed (a ``Linear`` weight exported as a ``MatMul`` operand): the graph's float64 evaluator reads
+    PyTorch's float64 copy instead of making a second one (5 GB less on ViT-H/14). Initializers the exporter changed
+    (a BatchNorm folded into a Conv) match nothing and are converted as before. Buffers are not shared: a forward in
+    eval mode may update one in place (quantization observers, caches), and a view would carry that into the graph's
+    constants (one equal to it by chance too)."""
 
     def key(a: np.ndarray) -> tuple:
         return a.shape, float(a.flat[0]), float(a.flat[a.size // 2]), float(a.flat[-1])
 
     candidates: dict[tuple, list[np.ndarray]] = {}
-    for t in {id(t): t for t in [*model64.parameters(), *model64.buffers()]}.values():
+    for t in model64.parameters():  # each once (tied weights too)
         if t.dtype == torch.float64 and t.numel():
             a = t.detach().numpy()
             for view in (a, a.T) if a.ndim == 2 else (a,):
@@ -245,10 +247,15 @@ def shared_weights(explainer: onnx.ModelProto, model64: nn.Module) -> dict[str, 
     for init in explainer.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT and all(init.dims):
             w = onnx.numpy_helper.to_array(init)
-            match = next((view for view in candidates.get(key(w), ()) if np.array_equal(view, w)), None)
+            match = next((view for view in candidates.get(key(w), ()) if _identical(view, w)), None)
             if match is not None:
                 shared[init.name] = match
     return shared
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal values with equal signs of zero (``numpy.array_equal`` takes −0 for 0; ``1/x`` does not)."""
+    return np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
 
 
 def verify_torch(
