@@ -252,10 +252,10 @@ def test_export_and_explain_a_model_over_2_gib(tmp_path: Path, exporter: str) ->
     """A 2.42 GB model exports (verified against torch.autograd) as ``wide.onnx`` + ``wide.onnx.data`` and the runtime
     explains one 64×64 image with it: Grad-CAM equal to pytorch-grad-cam's within 1e-4.
 
-    Measured on final main (2026-11-30, 2 cores, 24 GB, machine otherwise idle): peak resident 19.2 GB and 111 s
-    (torchscript), 19.5 GB and 82 s (dynamo): ~8× the weights (the model, the explainer graph, the float64
-    reference model and the graph's float64 weights, 2× each of the last two). Run on a quiet machine with ≥ 24 GB:
-    ``pytest -m heavy tests/test_large_protos.py``.
+    Measured (2026-12-01, 2 cores, 24 GB, machine otherwise idle): both exporters in 111 s together, peak resident
+    13.2 GB: ~5.5× the weights (the model, the explainer graph and the float64 reference model, 2×, whose tensors the
+    graph's float64 evaluation shares). Before the float64 memory work: 19.2 GB / 111 s (torchscript) and
+    19.5 GB / 82 s (dynamo). Run on a quiet machine with ≥ 16 GB: ``pytest -m heavy tests/test_large_protos.py``.
     """
     from pytorch_grad_cam import GradCAM
 
