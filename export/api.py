@@ -174,6 +174,7 @@ def export_model(
         scores_kind=head.kind,
         detection=detection,
         layouts={layer: layout for layer, layout in layouts.items() if layout.kind != "nchw"},
+        score_limits=quantization.score_limits(forward, head.tensor),
     )
     rules = _rules(input_gradients)
 
@@ -434,6 +435,7 @@ def export_onnx_file(
         detection=detection,
         fixed_batch=declared_batch(forward),
         layouts={layer: layout for layer, layout in layouts.items() if layout.kind != "nchw"},
+        score_limits=quantization.score_limits(forward, head.tensor),
     )
     deployed, reference_name = _deployed_check(forward, layers, shape, tolerance, log)
     check = deployed if verify else None

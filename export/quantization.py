@@ -34,6 +34,7 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import cut_after, evaluate_float64
 from .gating import reads
+from .scores_head import _PASS_THROUGH
 from .verify import (
     Objective,
     Report,
@@ -171,6 +172,26 @@ def _clip_range(q: onnx.NodeProto, info: GraphInfo) -> tuple[np.ndarray, np.ndar
     s = _broadcast(scale.astype(np.float64), rank, axis)
     z = 0.0 if zero is None else _broadcast(zero.astype(np.float64), rank, axis)
     return (s * (limits.min - z - 0.5)).astype(scale.dtype), (s * (limits.max - z + 0.5)).astype(scale.dtype)
+
+
+def score_limits(model: onnx.ModelProto, scores: str) -> tuple[float, float] | None:
+    """``(lo, hi)`` when ``scores`` is the dequantized output of a per-tensor ``QuantizeLinear`` (through shape-only
+    ops), else ``None``: the deployed scores then lie in ``[(q_min − z)·s, (q_max − z)·s]``, and a score clipped at
+    either end has gradient 0 under the straight-through estimator (its gradient maps are blank)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    while (node := producers.get(scores)) is not None and node.op_type in _PASS_THROUGH:
+        scores = node.input[0]
+    q = producers.get(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear":
+        return None
+    info = GraphInfo(model)
+    scale = info.constant(q.input[1])
+    zero = info.constant(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None
+    limits = np.iinfo(zero.dtype)
+    s, z = float(scale.ravel()[0]), float(zero.ravel()[0])
+    return s * (limits.min - z), s * (limits.max - z)
 
 
 #: Pooling ops whose ties :func:`break_ties` resolves (their windows lie in one (n, c) plane, scanned row-major).

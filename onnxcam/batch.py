@@ -689,7 +689,7 @@ def finish(
     size = decoded.original_size or image.shape[:2]
     record = ok_record(decoded.job, size, explanation, stats, settings.layers, timings)
     record["artefact_size"] = list(image.shape[:2])
-    record["warnings"] = size_warnings(size, settings.feature_grid) + blank_warnings(stats)
+    record["warnings"] = size_warnings(size, settings.feature_grid) + explanation.warnings + blank_warnings(stats)
     if explanation.errors:
         failed = [m for m in settings.methods if m in explanation.errors]
         record["status"] = "error"

@@ -116,6 +116,10 @@ META_HVP = META_PREFIX + "hvp"  # optional; absent = no Hessian-vector products
 #: Optional: the graph runs on exactly this many images per run (a source file exported with a fixed batch whose
 #: graph folds it into other shapes); the runtime feeds chunks of that size. Absent = any batch.
 META_FIXED_BATCH = META_PREFIX + "fixed_batch"
+#: Optional JSON ``[lo, hi]``: the scores are the dequantized output of an int8 ``QuantizeLinear``, so the deployed
+#: scores are clipped to that range and a clipped score has gradient 0 (straight-through estimator). Absent = no
+#: such clip.
+META_SCORE_LIMITS = META_PREFIX + "score_limits"
 
 #: How a tapped layer's tensor was laid out in the model (``activation:``/``gradient:``/``head:`` are NCHW for all):
 #: ``nchw``; ``channels-last`` ``[N, h, w, C]`` (Swin); ``tokens`` ``[N, prefix + h·w, C]`` (ViT: class,
@@ -358,6 +362,7 @@ class Metadata:
     bias_gradients: tuple[str, ...] = ()  # FullGrad: the biased nodes of ``bias_gradient:<i>``, in order
     hvp: tuple[str, ...] = ()  # ShapleyCAM: the layers with an ``hvp:<layer>`` output
     fixed_batch: int | None = None  # images per run when the graph takes exactly that many; ``None``: any batch
+    score_limits: tuple[float, float] | None = None  # int8 scores: the quantization range they are clipped to
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX ``metadata_props`` (string → string)."""
@@ -387,6 +392,8 @@ class Metadata:
             props[META_HVP] = json.dumps(list(self.hvp))
         if self.fixed_batch is not None:
             props[META_FIXED_BATCH] = str(self.fixed_batch)
+        if self.score_limits is not None:
+            props[META_SCORE_LIMITS] = json.dumps(list(self.score_limits))
         return props
 
     @classmethod
@@ -417,6 +424,7 @@ class Metadata:
             bias_gradients=tuple(json.loads(props.get(META_BIAS_GRADIENTS, "[]"))),
             hvp=tuple(json.loads(props.get(META_HVP, "[]"))),
             fixed_batch=int(props[META_FIXED_BATCH]) if META_FIXED_BATCH in props else None,
+            score_limits=tuple(json.loads(props[META_SCORE_LIMITS])) if META_SCORE_LIMITS in props else None,
         )
 
     def layout(self, layer: str) -> Layout:

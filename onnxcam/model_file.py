@@ -206,6 +206,11 @@ def describe(path: str | Path) -> str:
         *([f"bias gradients (FullGrad): {len(m.bias_gradients)} biased layers"] if m.bias_gradients else []),
         *([f"Hessian-vector products (ShapleyCAM): {', '.join(m.hvp)}"] if m.hvp else []),
         *([describe_batch(m.fixed_batch)] if m.fixed_batch is not None else []),
+        *(
+            [f"scores: int8, clipped to [{m.score_limits[0]:.6g}, {m.score_limits[1]:.6g}] (gradient 0 at either end)"]
+            if m.score_limits
+            else []
+        ),
         "inputs:",
         *map(fmt, g.inputs),
         "optional inputs (with defaults):",
