@@ -18,7 +18,8 @@ ones, ``y = Σ seed ⊙ scores`` (docs/METHODS.md, Targets): :class:`ClassifierO
 ``aug_smooth`` is pytorch-grad-cam's test-time augmentation (its default ttach
 transforms: horizontal flip × multiply by 0.9, 1, 1.1; the map of each augmented input, de-augmented, averaged);
 ``eigen_smooth`` the first-principal-component projection. A batch whose size does not match the graph's input
-raises one ValueError naming both shapes.
+raises one ValueError naming both shapes; a graph exported with dynamic H×W (``onnxcam info``: ``[N, 3, H, W]``)
+takes a batch of any one size, maps at that size.
 """
 
 from __future__ import annotations
@@ -248,10 +249,13 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
 
 
 def _input_batch(explainer: Explainer, input_tensor: Any) -> np.ndarray:
-    """``input_tensor`` as float32 ``[N, *explainer.input_shape]``; any other shape raises one ValueError."""
+    """``input_tensor`` as float32 ``[N, *explainer.input_shape]`` (any ``H×W`` when the graph takes any size,
+    :attr:`~onnxcam.Explainer.any_size`, as pytorch-grad-cam takes what the model takes); any other shape raises
+    one ValueError."""
     x = _numpy(input_tensor)
     want = (len(explainer.input_shape) + 1, *explainer.input_shape)
-    if x.ndim != want[0] or x.shape[1:] != tuple(want[1:]):
+    sized = x.shape[2:] == tuple(want[2:]) or explainer.any_size
+    if x.ndim != want[0] or x.shape[1] != want[1] or not sized:
         dims = "×".join(str(d) for d in explainer.input_shape)
         raise ValueError(
             f"input_tensor has shape {tuple(x.shape)}; this graph takes [N, {', '.join(map(str, want[1:]))}] "

@@ -132,3 +132,21 @@ def test_pinned_resize_graph_matches_autograd(tmp_path: Path) -> None:
     out = model.fc(F.interpolate(a, scale_factor=2.0, mode="nearest").mean((2, 3)))
     ref = torch.autograd.grad(out[0, 3] + out[1, 5], a)[0].numpy()
     assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_compat_takes_any_size_on_a_dynamic_graph(files: dict) -> None:
+    """``onnxcam.compat.GradCAM`` on a dynamic-H×W graph takes a batch at a size other than the export's (as
+    pytorch-grad-cam takes what the model takes): maps equal pytorch-grad-cam's at that size (a fixed-size graph
+    refuses it: tests/test_compat.py)."""
+    from onnxcam import compat
+
+    model = files["model"]
+    x = np.random.default_rng(4).standard_normal((2, 3, *SIZES[1])).astype(np.float32)
+    with compat.GradCAM(model=str(files["dynamic"]), target_layers=[LAYER]) as cam:
+        ours = cam(input_tensor=x, targets=[compat.ClassifierOutputTarget(3), compat.ClassifierOutputTarget(7)])
+    with GradCAM(model=model, target_layers=[model.body[3]]) as cam:
+        reference = cam(
+            input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(7)]
+        )
+    assert ours.shape == reference.shape == (2, *SIZES[1])
+    assert np.abs(ours - reference).max() < TOLERANCE
