@@ -400,14 +400,16 @@ def export_onnx_file(
         large_protos.check_writable(output)  # before the work, not after it
     started = time.perf_counter()
     user_layers = list(layers or [])
-    forward, layers = onnx_prep.prepare(
-        onnx_prep.load(path), user_layers, opset, scores_from, log, input_size=input_size
-    )
+    forward = onnx_prep.prepare(onnx_prep.load(path), opset, scores_from, log)
+    layers, refusal = onnx_prep.layers_or_refusal(forward, user_layers, input_size)
+    forward = onnx_prep.tap_tensors(forward, layers)
     found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
     size = tuple(input_size or found.size or (224, 224))
     forward = inputs.to_float_nchw(forward, found, size)
     shape = (found.channels, *size)
     forward, layers, detection = detector_forward(forward, layers, not user_layers, shape, task, detect_layout, log)
+    if refusal is not None and not layers:  # no classifier default, and no detector's either
+        raise refusal
     if unit_layer and unit_layer not in layers:
         forward = onnx_prep.tap_tensors(forward, [unit_layer])
     head = scores_head(forward, scores_kind, labels, log, detection)

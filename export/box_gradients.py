@@ -36,11 +36,12 @@ def freeze_reshapes(model: onnx.ModelProto) -> int:
     The box run feeds an empty ``input`` ``[0, C, H, W]``, and onnxruntime refuses to infer a ``-1`` dim of an empty
     tensor (``flatten(2)`` of a head). Only for a fixed-size input: two onnxruntime runs (batch 1 and 2) give each
     target's value, and a node is rewritten when its input's and output's first dims are the batch in both and the
-    other dims agree, so the constant target is the one the graph computed for every batch.
+    other dims agree, so the constant target is the one the graph computed for every batch. Nothing for a graph at a
+    fixed batch (:mod:`.source_batch`): it has no box run (each box repeats the forward).
     """
     graph = model.graph
     dims = graph.input[0].type.tensor_type.shape.dim
-    if not all(d.HasField("dim_value") for d in dims[1:]):
+    if not all(d.HasField("dim_value") for d in dims[1:]) or (dims and dims[0].HasField("dim_value")):
         return 0
     after = downstream(graph, [contract.INPUT])
     nodes = [n for n in graph.node if n.op_type == "Reshape" and n.input[0] in after]

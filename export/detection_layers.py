@@ -181,17 +181,18 @@ def detector_forward(
     log: Callable[[str], None],
 ) -> tuple[onnx.ModelProto, list[str], contract.Detection | None]:
     """:func:`.detection_output.as_detection` on a prepared ONNX forward graph (input float32 NCHW
-    ``[N, *input_shape]``); for a detector whose layer was the classifier default (``default_layers``), the taps move
-    to :func:`onnx_forks`. Returns the graph, its layers and the detection (``None``: not a detector)."""
+    ``[N, *input_shape]``); for a detector whose layer was the classifier default (``default_layers``; ``layers``
+    empty where there was none), the taps move to :func:`onnx_forks`. Returns the graph, its layers and the
+    detection (``None``: not a detector)."""
     forward, detection = as_detection(forward, input_shape, task, layout, log)
     forks = onnx_forks(forward) if detection and default_layers else []
     forks = [fork.removeprefix(contract.ACTIVATION_PREFIX) for fork in forks]
     if not forks or forks == layers:
         return forward, layers, detection
     graph = forward.graph
-    (old,) = layers
-    rename(graph, contract.activation_name(old), old)
-    kept = [o for o in graph.output if o.name != old]
+    for old in layers:  # the classifier default, if there is one
+        rename(graph, contract.activation_name(old), old)
+    kept = [o for o in graph.output if o.name not in layers]
     del graph.output[:]
     graph.output.extend(kept)
     for fork in forks:

@@ -146,15 +146,12 @@ def _declared_shape(output: onnx.ValueInfoProto) -> tuple[int | str | None, ...]
 
 def prepare(
     model: onnx.ModelProto,
-    layers: Sequence[str],
     opset: int = MIN_OPSET,
     scores_from: str | int | None = None,
     log: Callable[[str], None] | None = None,
-    input_size: tuple[int, int] | None = None,
-) -> tuple[onnx.ModelProto, list[str]]:
-    """Normalised forward graph (input ``input``, outputs ``scores`` + ``activation:<layer>``) and the layers used.
+) -> onnx.ModelProto:
+    """Normalised forward graph: input ``input``, output ``scores`` (no layer tapped yet: :func:`tap_tensors`).
 
-    ``layers`` are tensor names; empty → :func:`default_tensor` (``input_size``: the size asked for, if any).
     ``scores_from``: the graph output holding the scores (name or index); ``None`` → the only one, or the only one
     shaped like scores.
     """
@@ -180,10 +177,20 @@ def prepare(
     _rename(graph, graph.input[0].name, contract.INPUT)
     _rename(graph, graph.output[0].name, contract.SCORES)
     float32_io(model)
-    model = choose_batch(model, log)
+    return choose_batch(model, log)
 
-    layers = list(layers) or [default_tensor(model, input_size)]
-    return tap_tensors(model, layers), layers
+
+def layers_or_refusal(
+    model: onnx.ModelProto, layers: Sequence[str], input_size: tuple[int, int] | None = None
+) -> tuple[list[str], LayerError | None]:
+    """``layers``, else the classifier default ``[default_tensor(model, input_size)]``; where there is none,
+    ``([], refusal)``: a detector's defaults are its neck's scales (:func:`.detection_layers.detector_forward`), so
+    the refusal is raised only once the graph turns out not to be a detector's (a detector's output reshaped to
+    ``[N, D, A]`` reads as tokens to :func:`default_tensor`)."""
+    try:
+        return list(layers) or [default_tensor(model, input_size)], None
+    except LayerError as refusal:
+        return [], refusal
 
 
 def tap_tensors(model: onnx.ModelProto, layers: Sequence[str]) -> onnx.ModelProto:

@@ -193,7 +193,13 @@ def explain_detections(
     usable = contract.BOX_SEED in explainer._optional and not kwargs
     usable = usable and all(isinstance(m, CamMethod) and not m.needs_head_weights for m in chosen)
     if one_forward and not usable:
-        raise ValueError("one_forward needs a graph exported with this onnxcam and gradient CAM methods only")
+        fixed = explainer.metadata.fixed_batch
+        raise ValueError(
+            f"one_forward: this graph runs a fixed batch of {fixed} image(s) (the source file's) and has no box axis: "
+            "each box repeats the forward (one_forward=None or False)"
+            if fixed is not None
+            else "one_forward needs a graph exported with this onnxcam and gradient CAM methods only"
+        )
     one = usable if one_forward is None else one_forward
     decoded, x = explainer._decode(images)
     scores, *forward = forward_pass(explainer, x, layers) if one else (explainer.scores(x),)

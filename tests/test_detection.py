@@ -281,10 +281,12 @@ def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_pat
     assert f"detector: layout yolov8, raw output [N, {4 + CLASSES}, 80]" in info.output
 
 
-def test_default_layers_are_the_neck_scales(yolov8, images, tmp_path) -> None:
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_default_layers_are_the_neck_scales(yolov8, images, tmp_path, dynamo) -> None:
     """No layer given: the maps read by both the box and the class branch of each scale (``p3``, also read by the
     conv making ``p4``, and ``p4``), not a head-internal tensor nor a backbone map — from PyTorch (module names) and
-    from a plain ONNX file (its tensors, compared with PyTorch's ``p3`` and ``p4`` outputs)."""
+    from a plain ONNX file (its tensors, compared with PyTorch's ``p3`` and ``p4`` outputs), also dynamo's (its head
+    reshapes ``[N, 7, h·w]`` make the classifier default refuse: a token model's attention)."""
     from onnxcam_export.api import export_onnx_file
     from onnxcam_export.detection_layers import torch_detector_layers
 
@@ -292,7 +294,8 @@ def test_default_layers_are_the_neck_scales(yolov8, images, tmp_path) -> None:
     assert torch_detector_layers(model, (3, SIZE, SIZE), None, None, None) == ["p3", "p4"]
     assert torch_detector_layers(model, (3, SIZE, SIZE), None, "classify", None) == []
     path = tmp_path / "tiny.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), opset_version=17, dynamo=False)
+    opset = 18 if dynamo else 17
+    torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), opset_version=opset, dynamo=dynamo)
     lines: list[str] = []
     export_onnx_file(path, tmp_path / "e.onnx", log=lines.append)
     assert any("the neck's scales" in line for line in lines)
