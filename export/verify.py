@@ -269,10 +269,13 @@ def settled_slopes(
 ) -> np.ndarray:
     """``d/dt objective(t)`` at ``t = 0`` per image by central differences whose step is checked; NaN where unsettled.
 
-    ``objective(t)`` [N] takes a step ``t`` [N] per image (along a direction the caller fixed); ``at`` [N] is its value
-    at 0, ``scale`` [N] the slope's scale. The first step is the smallest whose rounding floor ``10·u·|f|/h``
-    (``u`` = float64 epsilon) is below ``agree·scale/8``, and at least 1e-12 (the direction is scaled to the
-    tensor, so steps are relative; small steps keep clear of kinks). Steps grow by 4 until two successive
+    ``objective(t)`` [N] takes a step ``t`` [N] per image (along a direction the caller fixed), or gives the summands
+    ``[N, M]`` of such an objective: they are differenced before they are summed, so a summand that does not depend
+    on the step cancels exactly instead of adding its rounding. ``at`` [N] is the scale of the objective's rounding
+    at 0 (its value, or the summed ``|summands|`` that move), ``scale`` [N] the slope's scale. The first step is the
+    smallest whose rounding floor ``10·u·|f|/h`` (``u`` = float64 epsilon) is below ``agree·scale/8``, and at least
+    1e-12 (the direction is scaled to the tensor, so steps are relative; small steps keep clear of kinks). Steps
+    grow by 4 until two successive
     differences agree within ``agree·scale`` (no kink crossed, truncation and rounding small), and the Richardson
     extrapolation ``(16·D(h) − D(4h)) / 15`` of that pair is returned.
     """
@@ -281,7 +284,7 @@ def settled_slopes(
     slopes = np.full(at.shape, np.nan)
     previous = None
     for _ in range(_STEPS):
-        d = (objective(step) - objective(-step)) / (2 * step)
+        d = (objective(step) - objective(-step)).reshape(len(step), -1).sum(1) / (2 * step)
         if previous is not None:
             settled = np.isnan(slopes) & (np.abs(d - previous) <= agree * scale)
             slopes[settled] = ((_RATIO**2 * previous - d) / (_RATIO**2 - 1))[settled]
@@ -303,6 +306,15 @@ def picked_terms(scores: np.ndarray, used: np.ndarray) -> np.ndarray:
     return picked.reshape(len(scores), -1)
 
 
+def moving_level(base: np.ndarray, along: Callable[[np.ndarray], np.ndarray], probe: float = 1e-3) -> np.ndarray:
+    """``Σ_m |base_nm|`` over the summands ``[N, M]`` that change when ``along`` steps by ``probe`` [N]: the scale of
+    the rounding that central differences of those summands carry (one summand: ``|base|``, no probe)."""
+    if base.shape[1] == 1:
+        return np.abs(base[:, 0])
+    moved = along(np.full(len(base), probe)).reshape(base.shape) != base
+    return (np.abs(base) * moved).sum(1)
+
+
 def directional_errors(
     evaluate: Callable[[np.ndarray], dict[str, np.ndarray]],
     tap: np.ndarray,
@@ -311,12 +323,13 @@ def directional_errors(
     rng: np.random.Generator,
     tolerance: float,
     directions: int = 2,
-    rounding: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``|fd_n − ⟨G_n, v_n⟩| / max_m |⟨G_m, v_m⟩|`` per image, worst over random directions ``v``, and the number
     of images where the differences never settled (left out: 0 error). ``evaluate(a)`` runs the part after the tap,
-    ``objective(outputs)`` [N] is the differentiated quantity (:class:`Objective`), ``rounding`` [N] the scale of
-    its float64 rounding at the tap (:meth:`Objective.rounding`; default ``|objective|``), which sets the first step.
+    ``objective(outputs)`` is the differentiated quantity [N] or its summands [N, M] (:meth:`Objective.terms`). The
+    first step follows the scale of the float64 rounding: the summed ``|summands|`` that move along the direction
+    (:func:`moving_level`; a detector's anchors or a dense map's positions the tap does not reach cancel exactly in
+    the differences, :func:`settled_slopes`).
 
     ``v`` is Gaussian, scaled to ``max|tap_n|`` and 0 where the tap is exactly 0 (post-ReLU zeros tie inside
     pooling windows, where no derivative exists).
@@ -324,7 +337,7 @@ def directional_errors(
     batch = len(tap)
     worst = np.zeros(batch)
     unsettled = np.zeros(batch, bool)
-    level = objective(evaluate(tap)) if rounding is None else rounding
+    base = objective(evaluate(tap)).reshape(batch, -1)
     for _ in range(directions):
         size = np.abs(tap).reshape(batch, -1).max(1).reshape(-1, *[1] * (tap.ndim - 1))
         v = rng.standard_normal(tap.shape) * (tap != 0) * np.maximum(size, 1e-30)
@@ -335,6 +348,7 @@ def directional_errors(
             shift = t.reshape(-1, *[1] * (tap.ndim - 1)) * v  # noqa: B023 - used within this iteration
             return objective(evaluate(tap + shift))
 
+        level = moving_level(base, along)
         error = directional_error(settled_slopes(along, level, scale, tolerance / 4), dot)
         unsettled |= np.isnan(error)
         worst = np.maximum(worst, np.where(np.isnan(error), 0.0, error))
@@ -453,11 +467,10 @@ def verify_finite_differences(
                 evaluate,
                 activation,
                 base[grad],
-                lambda out: objective(out, values, feeds),  # noqa: B023 - used within this iteration
+                lambda out: objective.terms(out, values, feeds),  # noqa: B023 - used within this iteration
                 rng,
                 tolerance,
                 directions,
-                objective.rounding(base, values, feeds),
             )
             name = grad + objective.suffix
             if unsettled == batch:
