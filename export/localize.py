@@ -26,6 +26,8 @@ from .autodiff.rules.quantize import straight_through
 from .float64 import Erf, Gelu, Pad, Resize, evaluate_float64, to_float64
 from .gating import reads
 
+#: The hint when no node disagrees locally: the reference probably crossed a kink (a tie) at the verification point.
+TIE_HINT = "; every node's VJP agrees locally with finite differences (a tie at the verification point?)"
 #: The int8 QDQ ops whose backward is the straight-through estimator, not a VJP: never checked locally.
 STE_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
@@ -186,4 +188,4 @@ def first_wrong_node(
             "; every float node's VJP agrees locally: look at the straight-through rules of QuantizeLinear and "
             "DequantizeLinear (export/autodiff/rules/quantize.py)"
         )
-    return "; every node's VJP agrees locally with finite differences (a tie at the verification point?)"
+    return TIE_HINT

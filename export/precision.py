@@ -20,7 +20,7 @@ from .autodiff.graph_info import GraphInfo
 from .float64 import evaluate_float64
 from .scores_head import _ACTIVATIONS, _PASS_THROUGH
 from .source_batch import check_batch
-from .verify import Report, fast_kernels, relative_error, run
+from .verify import SEED_PATH_OBJECTIVE, Report, fast_kernels, needs_seed_path, relative_error, run
 
 FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 #: A tapped activation this far (relative) from its float64 value has lost its information in the reduced type.
@@ -95,6 +95,8 @@ def float64_agreement(
     tensor, constant and cast raised to float64, :func:`.float64.to_float64`), on random inputs.
 
     Returns ``max|ours − exact| / max|exact|`` (worst image) for ``scores`` and every ``activation:``/``gradient:``.
+    The gradients are of the top-1 score, or for a detector or a dense output of ``Σ seed ⊙ scores`` with a random
+    seed (a detector's flat top-1 is often a box coordinate clipped at the image's edge: gradient 0 in both).
     This measures rounding of the deployed type (≈1e-3 for float16: 11-bit mantissa; 1 where values underflow to 0),
     not correctness of the rules, which the finite-difference check covers.
     """
@@ -102,7 +104,9 @@ def float64_agreement(
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
     target = np.full(batch, contract.TOP1, np.int64)
-    feeds = {contract.INPUT: x, contract.TARGET: target}
+    metadata = contract.Metadata.from_props({p.key: p.value for p in explainer.metadata_props})
+    seeded = SEED_PATH_OBJECTIVE.draw(explainer, batch, rng) if needs_seed_path(explainer, metadata) else {}
+    feeds = {contract.INPUT: x, contract.TARGET: target, **{k: v.astype(np.float32) for k, v in seeded.items()}}
     ours = run(explainer, feeds)
     # the same objective in both: the class the deployed graph picked (a detector's flat top-1 ties across anchors)
     exact = evaluate_float64(explainer, {**feeds, contract.TARGET: ours[contract.TARGET_USED]}, fast_kernels())

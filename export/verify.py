@@ -21,6 +21,12 @@ class VerificationError(ExportError):
     """The explainer graph disagrees with the reference beyond tolerance."""
 
 
+class TieSuspected(VerificationError):
+    """The graph disagrees with finite differences at this draw, but every node's VJP agrees locally: most likely a
+    kink (a ReLU input or a max-pooling tie) that the differences crossed; another draw decides
+    (:func:`.fixed_batch_verify.verify_in_chunks`)."""
+
+
 class NonFiniteGradient(VerificationError):
     """The model itself has no finite derivative at the verification images (its gradient or scores NaN or infinite
     where the graph's are, or every rule agreeing locally): no finite map exists, whatever the graph."""
@@ -439,10 +445,10 @@ def verify_finite_differences(
     ``onnx.reference`` from the float32 map ``A`` that onnxruntime computed, so the check sees the graph's mathematics,
     not float32 rounding. Steps follow :func:`settled_slopes` (from the objective's and the map's scale, checked by two
     steps agreeing), so a bias-dominated logit or a tiny map does not drown the difference in rounding. Raises
-    :class:`VerificationError` naming the first node whose local VJP disagrees (:mod:`.localize`), or
-    :class:`CouldNotVerify` when the differences settle for no image.
+    :class:`VerificationError` naming the first node whose local VJP disagrees (:mod:`.localize`),
+    :class:`TieSuspected` when none does, or :class:`CouldNotVerify` when the differences settle for no image.
     """
-    from .localize import first_wrong_node
+    from .localize import TIE_HINT, first_wrong_node
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
@@ -482,4 +488,9 @@ def verify_finite_differences(
         tap, feeds, objective = sources[name]
         return first_wrong_node(explainer, tap, feeds, fast_kernels(), end=objective.end)
 
-    return check(Report(errors), tolerance, where)
+    try:
+        return check(Report(errors), tolerance, where)
+    except VerificationError as exc:
+        if str(exc).endswith(TIE_HINT):
+            raise TieSuspected(str(exc)) from None
+        raise
