@@ -4,8 +4,8 @@ score at its quantization range (:mod:`onnxcam.score_clip`).
 
 Small GapNets (random init, seed 0, 32×32) with four heads — logits, Softmax, multi-label Sigmoid, one binary logit —
 exported by the TorchScript exporter and quantized by onnxruntime (QDQ, uint8 activations, MinMax calibration on 4
-standard-normal images). Explained on 64 other standard-normal images, some of which score beyond the calibrated
-range. The reference for "clipped": the deployed graph's float logits before their ``QuantizeLinear`` (onnxruntime,
+standard-normal images). Explained on 64 other standard-normal images: one of them (the binary head: four) scores
+more than an int8 step beyond the calibrated range (5 steps), most lie inside. The reference for "clipped": the deployed graph's float logits before their ``QuantizeLinear`` (onnxruntime,
 graph optimizations off) and that node's scale and zero point: clipped where ``round(z/s) + zp`` lies beyond the
 integer range by more than one step, inside where it lies a step within (the images in between are left out: fused
 int8 kernels may round them either way).
@@ -237,3 +237,22 @@ def test_compare_command_says_why_the_int8_map_is_blank(quantized: dict[str, Pat
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "fp32.explainer.onnx"), str(int8), str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "clipped.png: model B: the explained score (" in result.stderr and "model A:" not in result.stderr
+
+
+def test_explainer_without_score_limits_still_explains(quantized: dict[str, Path], tmp_path: Path) -> None:
+    """An int8 explainer written before ``onnxcam.score_limits`` existed (the key removed): a clipped image is
+    explained as before — blank Grad-CAM map, no clip found, no warning — and Score-CAM still maps it."""
+    from onnxcam import contract
+
+    model = onnx.load(str(quantized["logits"].with_suffix(".explainer.onnx")))
+    kept = [p for p in model.metadata_props if p.key != contract.META_SCORE_LIMITS]
+    assert len(kept) == len(model.metadata_props) - 1
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    explainer = Explainer(tmp_path / "old.onnx", provider="cpu")
+    _, side = deployed_logits(quantized["logits"], IMAGES)
+    n = int(np.flatnonzero((side == 1).any(1))[0])
+    (result,) = explainer.explain_arrays(IMAGES[n : n + 1], methods=("gradcam", "scorecam"))
+    assert explainer.metadata.score_limits is None and result.score_clip is None and result.warnings == []
+    assert result.maps["gradcam"].max() == 0 and result.maps["scorecam"].max() > 0
