@@ -5,10 +5,10 @@ score at its quantization range (:mod:`onnxcam.score_clip`).
 Small GapNets (random init, seed 0, 32×32) with four heads — logits, Softmax, multi-label Sigmoid, one binary logit —
 exported by the TorchScript exporter and quantized by onnxruntime (QDQ, uint8 activations, MinMax calibration on 4
 standard-normal images). Explained on 64 other standard-normal images: one of them (the binary head: four) scores
-more than an int8 step beyond the calibrated range (5 steps), most lie inside. The reference for "clipped": the deployed graph's float logits before their ``QuantizeLinear`` (onnxruntime,
-graph optimizations off) and that node's scale and zero point: clipped where ``round(z/s) + zp`` lies beyond the
-integer range by more than one step, inside where it lies a step within (the images in between are left out: fused
-int8 kernels may round them either way).
+more than an int8 step beyond the calibrated range (5 steps), most lie inside. The reference for "clipped": the
+deployed graph's float logits before their ``QuantizeLinear`` (onnxruntime, graph optimizations off) and that node's
+scale and zero point: clipped where ``round(z/s) + zp`` lies beyond the integer range by more than one step, inside
+where it lies a step within (the images in between are left out: fused int8 kernels may round them either way).
 """
 
 from __future__ import annotations
