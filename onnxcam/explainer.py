@@ -22,7 +22,7 @@ from .pixels import PixelFormatError, files_refusal
 from .postprocess import fuse, layer_map, normalize
 from .preprocess import preprocess, preprocess_batch
 from .providers import check_used, provider_list, session_options
-from .score_clip import ScoreClip, clip_warning, find_clip
+from .score_clip import ScoreClip, clip_warning, find_clip, partial_probe
 from .scores import (
     BINARY_SIDES,
     LOGITS,
@@ -454,9 +454,7 @@ class Explainer:
         if seed is not None:
             effective[used < 0] = seed[used < 0]
         results = self._results(out.scores, used, effective, topk)
-        for n, result in enumerate(results):
-            gradients = [g[n] for g in out.gradients.values()]
-            result.score_clip = find_clip(out.scores[n], effective[n], gradients, self.metadata.score_limits)
+        self._find_clips(results, x, out, effective)
         for result, wanted in zip(results, resolved, strict=True):
             if isinstance(wanted, ClassSet) and result.class_index < 0 and result.label is None:
                 result.label = " + ".join(self.label(k) or f"class {k}" for k in wanted.classes)
@@ -475,6 +473,26 @@ class Explainer:
             clipped = clip_warning(result.score_clip, result.maps)
             result.warnings.extend([clipped] if clipped else [])
         return results
+
+    def _find_clips(self, results: list[Explanation], x: np.ndarray, out: GraphOutputs, seed: np.ndarray) -> None:
+        """Set each result's ``score_clip`` (:mod:`onnxcam.score_clip`): from the run's gradients, or, for seeds that
+        also weigh scores inside the range, from one more run seeded with their scores at a limit only."""
+        limits = self.metadata.score_limits
+        for n, result in enumerate(results):
+            gradients = [g[n] for g in out.gradients.values()]
+            result.score_clip = find_clip(out.scores[n], seed[n], gradients, limits)
+        probes = {
+            n: probe
+            for n, result in enumerate(results)
+            if result.score_clip is None and (probe := partial_probe(out.scores[n], seed[n], limits)) is not None
+        }
+        if not probes or not self.has_seed:
+            return
+        rows = list(probes)
+        probed = self.run(x[rows], np.full(len(rows), contract.TOP1, np.int64), np.stack(list(probes.values())))
+        for i, n in enumerate(rows):
+            gradients = [g[i] for g in probed.gradients.values()]
+            results[n].score_clip = find_clip(out.scores[n], probes[n], gradients, limits, partial=True)
 
     def _apply_methods(
         self,

@@ -84,10 +84,10 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def deployed_logits(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The int8 file's logits: the dequantized output of the Gemm's ``QuantizeLinear``, ``[N, K]``, and where the
+def deployed_logits(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The int8 file's logits: the dequantized output of the Gemm's ``QuantizeLinear``, ``[N, K]``; where the
     Gemm's float output ``z`` rounds beyond the integer range (``+1`` above, ``−1`` below, ``0`` a step or more
-    inside, ``nan`` within a step of either end)."""
+    inside, ``nan`` within a step of either end); and ``z/s + zp − q_max`` (clipped at the top above ½)."""
     model = onnx.load(str(path))
     producers = {o: n for n in model.graph.node for o in n.output}
     q = next(
@@ -106,11 +106,12 @@ def deployed_logits(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     z, logits = session.run(None, {"images": x})
     level = np.rint(z / scale) + int(zero)
     limits = np.iinfo(zero.dtype)
+    over = z / scale + int(zero) - limits.max
     side = np.where(level > limits.max + 1, 1.0, np.where(level < limits.min - 1, -1.0, 0.0))
     side[
         ((level > limits.max - 1) & (level <= limits.max + 1)) | ((level < limits.min + 1) & (level >= limits.min - 1))
     ] = np.nan
-    return logits, side
+    return logits, side, over
 
 
 @pytest.mark.parametrize(("head", "kind"), [("softmax", "logits"), ("sigmoid", "sigmoid")])
@@ -123,7 +124,7 @@ def test_trailing_activation_after_int8_output_left_out(quantized: dict[str, Pat
     name = "Softmax" if head == "softmax" else "Sigmoid"
     assert f"scores: {kind} (the trailing {name} is left out: its input is explained)" in log
     explainer = Explainer(quantized[head].with_suffix(".explainer.onnx"), provider="cpu")
-    logits, _ = deployed_logits(quantized[head], IMAGES)
+    logits, _, _ = deployed_logits(quantized[head], IMAGES)
     step = float(np.min(np.diff(np.unique(logits))))
     assert explainer.scores_kind == kind
     np.testing.assert_allclose(explainer.scores(IMAGES), logits, rtol=0, atol=1.01 * step)
@@ -157,7 +158,7 @@ def test_clipped_score_warns_naming_only_the_blank_maps(quantized: dict[str, Pat
     names it; Score-CAM (forward passes only) still has a map and is not named, alone it gets no warning. Images a
     step or more inside the range: no warning. Both kinds of image occur."""
     explainer = Explainer(quantized[head].with_suffix(".explainer.onnx"), provider="cpu")
-    _, side = deployed_logits(quantized[head], IMAGES)
+    _, side, _ = deployed_logits(quantized[head], IMAGES)
     results = explainer.explain_arrays(IMAGES, methods=("gradcam", "scorecam"))
     alone = explainer.explain_arrays(IMAGES, methods=("scorecam",))
     top = np.array([side[n, r.class_index] for n, r in enumerate(results)])
@@ -176,7 +177,7 @@ def test_aug_smooth_warns_only_when_the_averaged_map_is_blank(quantized: dict[st
     """``aug_smooth``: the copies scaled by 0.9 (and flipped) may score inside the range, so the averaged Grad-CAM
     map of a clipped image is not blank there: the warning is given exactly when the averaged map is blank."""
     explainer = Explainer(quantized["logits"].with_suffix(".explainer.onnx"), provider="cpu")
-    _, side = deployed_logits(quantized["logits"], IMAGES)
+    _, side, _ = deployed_logits(quantized["logits"], IMAGES)
     plain = explainer.explain_arrays(IMAGES, methods=("gradcam",))
     clipped = [n for n, r in enumerate(plain) if side[n, r.class_index] == 1]
     smoothed = explainer.explain_arrays(IMAGES[clipped], methods=("gradcam",), aug_smooth=True)
@@ -190,7 +191,7 @@ def test_binary_negative_class_warning_names_the_negated_score(quantized: dict[s
     logit and says its negative is explained (the explanation's score is ``−logit``); the positive class's does
     not."""
     explainer = Explainer(quantized["binary"].with_suffix(".explainer.onnx"), provider="cpu")
-    _, side = deployed_logits(quantized["binary"], IMAGES)
+    _, side, _ = deployed_logits(quantized["binary"], IMAGES)
     n = int(np.flatnonzero(side[:, 0] == 1)[0])
     (negative,) = explainer.explain_arrays(IMAGES[n : n + 1], target="negative", methods=("gradcam",))
     (positive,) = explainer.explain_arrays(IMAGES[n : n + 1], target="positive", methods=("gradcam",))
@@ -204,7 +205,7 @@ def test_compat_cam_warns_on_a_clipped_score(quantized: dict[str, Path]) -> None
     """The pytorch-grad-cam drop-in hands back bare maps: a blank map from a clipped score comes with a
     RuntimeWarning naming the input, and none for an input inside the range."""
     explainer = Explainer(quantized["logits"].with_suffix(".explainer.onnx"), provider="cpu")
-    _, side = deployed_logits(quantized["logits"], IMAGES)
+    _, side, _ = deployed_logits(quantized["logits"], IMAGES)
     classes = [r.class_index for r in explainer.explain_arrays(IMAGES, methods=("eigencam",))]
     top = np.array([side[n, c] for n, c in enumerate(classes)])
     clipped, inside = int(np.flatnonzero(top == 1)[0]), int(np.flatnonzero(top == 0)[0])
@@ -228,7 +229,7 @@ def test_compare_command_says_why_the_int8_map_is_blank(quantized: dict[str, Pat
     fp32, int8 = quantized["logits"].with_suffix(".fp32.onnx"), quantized["logits"].with_suffix(".explainer.onnx")
     export_onnx_file(fp32, tmp_path / "fp32.explainer.onnx", log=lambda _: None)
     spec = Explainer(int8, provider="cpu").preprocess
-    _, side = deployed_logits(quantized["logits"], IMAGES)
+    _, side, _ = deployed_logits(quantized["logits"], IMAGES)
     n = int(np.flatnonzero((side == 1).any(1))[0])
     pixels = (IMAGES[n].transpose(1, 2, 0) * spec.std + spec.mean) / spec.value_scale
     cv2.imwrite(
@@ -251,8 +252,32 @@ def test_explainer_without_score_limits_still_explains(quantized: dict[str, Path
     model.metadata_props.extend(kept)
     onnx.save(model, str(tmp_path / "old.onnx"))
     explainer = Explainer(tmp_path / "old.onnx", provider="cpu")
-    _, side = deployed_logits(quantized["logits"], IMAGES)
+    _, side, _ = deployed_logits(quantized["logits"], IMAGES)
     n = int(np.flatnonzero((side == 1).any(1))[0])
     (result,) = explainer.explain_arrays(IMAGES[n : n + 1], methods=("gradcam", "scorecam"))
     assert explainer.metadata.score_limits is None and result.score_clip is None and result.warnings == []
     assert result.maps["gradcam"].max() == 0 and result.maps["scorecam"].max() > 0
+
+
+def test_class_set_with_a_clipped_class_says_its_part_is_missing(quantized: dict[str, Path]) -> None:
+    """A set of two classes, one clipped (gradient 0) and one inside the range: the maps are not blank but show only
+    the other class's part, and the warning says so (found by one more run seeded with the clipped class only). A
+    set whose class sits at the top of the range yet rounds there from inside (``z/s + zp ≤ q_max + 0.4``: gradient
+    1) gets no warning, nor a set of two classes inside."""
+    from onnxcam.targets import ClassSet
+
+    explainer = Explainer(quantized["logits"].with_suffix(".explainer.onnx"), provider="cpu")
+    logits, side, over = deployed_logits(quantized["logits"], IMAGES)
+    hi = explainer.metadata.score_limits[1]
+    n, clipped = (int(i) for i in np.argwhere(side == 1)[0])
+    m, rounded = (int(i) for i in np.argwhere((over > -0.5) & (over <= 0.4))[0])
+    assert logits[m, rounded] == pytest.approx(hi, rel=1e-6)  # at the top, like the clipped one
+    inside = [k for k in range(logits.shape[1]) if side[n, k] == 0 and side[m, k] == 0][:2]
+    targets = [ClassSet((clipped, inside[0])), ClassSet((rounded, inside[0])), ClassSet(tuple(inside))]
+    results = explainer.explain_arrays(IMAGES[[n, m, n]], target=targets, methods=("gradcam",))
+    (line,) = results[0].warnings
+    assert results[0].score_clip is not None and results[0].score_clip.partial
+    assert line.startswith(f"the explained scores at {hi:.6g} are clipped at the top") and "other explained" in line
+    assert results[0].maps["gradcam"].max() > 0
+    assert results[1].warnings == [] and results[1].score_clip is None
+    assert results[2].warnings == [] and results[2].score_clip is None
