@@ -217,27 +217,74 @@ def test_compat_cam_warns_on_a_clipped_score(quantized: dict[str, Path]) -> None
         cam(IMAGES[[inside]])
 
 
-def test_compare_command_says_why_the_int8_map_is_blank(quantized: dict[str, Path], tmp_path: Path) -> None:
-    """``onnxcam compare`` float32 vs int8 on an image whose int8 logit is clipped (a standard-normal image saved as
-    PNG through the graph's mean/std, still clipped once read back): the ρ of the blank int8 map comes with the
-    clip's line on stderr, for model B only."""
+def as_png(n: int, explainer: Explainer, path: Path) -> Path:
+    """``IMAGES[n]`` as a PNG through the graph's mean and std (pixels rounded: the logits move by well under an
+    int8 step)."""
     import cv2
+
+    spec = explainer.preprocess
+    pixels = np.uint8(
+        np.clip(np.rint((IMAGES[n].transpose(1, 2, 0) * spec.std + spec.mean) / spec.value_scale), 0, 255)
+    )
+    cv2.imwrite(str(path), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def clipped_and_inside(quantized: dict[str, Path]) -> tuple[int, int]:
+    """The first image with a logit clipped at the top (5 steps beyond), the first with all logits a step inside."""
+    _, side, _ = deployed_logits(quantized["logits"], IMAGES)
+    return int(np.flatnonzero((side == 1).any(1))[0]), int(np.flatnonzero((side == 0).all(1))[0])
+
+
+def test_compare_command_says_why_the_int8_map_is_blank(quantized: dict[str, Path], tmp_path: Path) -> None:
+    """``onnxcam compare`` float32 vs int8 on an image whose int8 logit is clipped (still clipped once read back
+    from PNG): the ρ of the blank int8 map comes with the clip's line on stderr, for model B only."""
     from click.testing import CliRunner
 
     from onnxcam.cli import main
 
     fp32, int8 = quantized["logits"].with_suffix(".fp32.onnx"), quantized["logits"].with_suffix(".explainer.onnx")
     export_onnx_file(fp32, tmp_path / "fp32.explainer.onnx", log=lambda _: None)
-    spec = Explainer(int8, provider="cpu").preprocess
-    _, side, _ = deployed_logits(quantized["logits"], IMAGES)
-    n = int(np.flatnonzero((side == 1).any(1))[0])
-    pixels = (IMAGES[n].transpose(1, 2, 0) * spec.std + spec.mean) / spec.value_scale
-    cv2.imwrite(
-        str(tmp_path / "clipped.png"), cv2.cvtColor(np.uint8(np.clip(np.rint(pixels), 0, 255)), cv2.COLOR_RGB2BGR)
-    )
+    as_png(clipped_and_inside(quantized)[0], Explainer(int8, provider="cpu"), tmp_path / "clipped.png")
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "fp32.explainer.onnx"), str(int8), str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "clipped.png: model B: the explained score (" in result.stderr and "model A:" not in result.stderr
+
+
+def test_node_example_says_why_the_int8_map_is_blank(quantized: dict[str, Path], tmp_path: Path) -> None:
+    """The JavaScript runtime (examples/explain.mjs, onnxruntime-node) on an int8 graph with in-graph Grad-CAM and
+    the clipped image: a blank map, and on stderr the line the Python runtime gives for it (its peer), word for
+    word; an image inside the range gets none."""
+    from test_web import missing
+
+    reason = missing("onnxruntime-node", "sharp")
+    if reason:
+        pytest.skip(reason)
+    import subprocess
+
+    path = tmp_path / "cam.onnx"
+    export_onnx_file(quantized["logits"], path, in_graph=["gradcam"], log=lambda _: None)
+    explainer = Explainer(path, provider="cpu")
+    clipped, inside = clipped_and_inside(quantized)
+    image = as_png(clipped, explainer, tmp_path / "clipped.png")
+    (python,) = explainer.explain([str(image)], methods=["gradcam"])
+    (line,) = python.warnings
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["node", "examples/explain.mjs", str(path), str(image), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"explain.mjs: {image}: {line}\n"
+    assert np.load(tmp_path / "o.npy").max() == 0
+    image = as_png(inside, explainer, tmp_path / "inside.png")
+    done = subprocess.run(
+        ["node", "examples/explain.mjs", str(path), str(image)], capture_output=True, text=True, cwd=root
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 def test_explainer_without_score_limits_still_explains(quantized: dict[str, Path], tmp_path: Path) -> None:
