@@ -4,7 +4,8 @@
 //   node examples/explain.mjs model.onnx photo.jpg --method gradcam --out out/photo
 //
 // writes out/photo.npy (the map, float32 [H, W] in [0, 1] at the network's input size) and out/photo.png (the
-// overlay at the photo's size), and prints one JSON line: class, label, probability, method, ms (the session run).
+// overlay at the photo's size), and prints one JSON line: class, label, probability, method, ms (the session run);
+// a map left blank by an int8 score clipped at its quantization range is said on stderr.
 // The model must be exported with `onnxcam export … --in-graph gradcam[,…]`. Images are decoded by sharp (EXIF
 // orientation applied, alpha dropped, grey replicated to RGB), then preprocessed as web/onnxcam.js says.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -59,6 +60,7 @@ async function main() {
       .png()
       .toFile(`${values.out}.png`);
   }
+  if (result.warning) console.error(`explain.mjs: ${imagePath}: ${result.warning}`);
   const { classIndex, label, probability, ms } = result;
   console.log(JSON.stringify({ class: classIndex, label, probability, method, ms }));
 }

@@ -45,11 +45,22 @@ class ScoresHead:
 
 
 def trailing_activation(model: onnx.ModelProto, name: str = contract.SCORES) -> onnx.NodeProto | None:
-    """The Softmax/LogSoftmax/Sigmoid node producing ``name`` through shape-only ops, if any."""
+    """The Softmax/LogSoftmax/Sigmoid node producing ``name`` through shape-only ops and int8
+    ``QuantizeLinear → DequantizeLinear`` pairs (``quantize_static`` quantizes a Softmax's or Sigmoid's output too),
+    if any."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    while (node := producers.get(name)) is not None and node.op_type in _PASS_THROUGH:
-        name = node.input[0]
+    while (node := producers.get(name)) is not None and (source := _passed(node, producers)) is not None:
+        name = source
     return node if node is not None and node.op_type in _ACTIVATIONS else None
+
+
+def _passed(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> str | None:
+    """The tensor ``node`` passes on unchanged but for shape or int8 rounding: a shape-only op's input, the input of
+    the ``QuantizeLinear`` a ``DequantizeLinear`` reads; else ``None``."""
+    if node.op_type in _PASS_THROUGH:
+        return node.input[0]
+    source = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+    return source.input[0] if source is not None and source.op_type == "QuantizeLinear" else None
 
 
 def resolve_head(model: onnx.ModelProto, declared: str | None, classes: int | None = None) -> ScoresHead:

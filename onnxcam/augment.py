@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .score_clip import clip_warning
+
 if TYPE_CHECKING:
     from .explainer import Explainer, Explanation
 
@@ -47,7 +49,8 @@ def explain_augmented(
 ) -> list[Explanation]:
     """:meth:`~onnxcam.Explainer.explain_arrays` with ``aug_smooth``: each image's explanation of ``x`` (its class,
     scores, seed) with ``maps``, ``raw`` and ``attributions`` the means over :data:`AUGMENTATIONS` of the
-    de-augmented ones, every copy explaining the unaugmented input's seed. ``details`` are the unaugmented run's."""
+    de-augmented ones, every copy explaining the unaugmented input's seed. ``details`` are the unaugmented run's; a
+    clipped int8 score (``score_clip``) is the unaugmented input's, its warning names the averaged maps left blank."""
     from .methods.options import check_options
 
     checked = check_options(methods, metrics, options, x.shape[2:4])  # every key, the metrics' included
@@ -62,6 +65,7 @@ def explain_augmented(
         runs.append((flip, run))
     for n, result in enumerate(results):
         copies = [(flip, run[n]) for flip, run in runs]
+        stale = clip_warning(result.score_clip, result.maps)  # named the unaugmented blank maps
         for method in list(result.maps):
             failed = next((c.errors[method] for _, c in copies if method in c.errors), None)
             if failed is not None:  # isolate_methods: a method that failed on one copy failed
@@ -77,6 +81,8 @@ def explain_augmented(
                 }
             if method in result.attributions:
                 result.attributions[method] = _mean([deaugment(c.attributions[method], f) for f, c in copies])
+        fresh = clip_warning(result.score_clip, result.maps)
+        result.warnings = [w for w in result.warnings if w != stale] + ([fresh] if fresh else [])
     if metrics:
         from .metrics import evaluate_maps
 

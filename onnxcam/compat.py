@@ -24,6 +24,7 @@ takes a batch of any one size, maps at that size.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,9 @@ class BaseCAM:
         results = self.explainer.explain_arrays(
             x, classes, [self.method], self.target_layers, eigen_smooth=eigen_smooth, seed=seed, options=self.options
         )
+        for n, result in enumerate(results):  # e.g. an int8 score clipped at its range: a blank map, said so
+            for line in result.warnings:
+                warnings.warn(f"input {n}: {line}", RuntimeWarning, stacklevel=3)
         return np.stack([r.maps[self.method] for r in results])
 
     def _batch(self, input_tensor: Any) -> np.ndarray:

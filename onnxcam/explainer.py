@@ -22,6 +22,7 @@ from .pixels import PixelFormatError, files_refusal
 from .postprocess import fuse, layer_map, normalize
 from .preprocess import preprocess, preprocess_batch
 from .providers import check_used, provider_list, session_options
+from .score_clip import ScoreClip, clip_warning, find_clip, partial_probe
 from .scores import (
     BINARY_SIDES,
     LOGITS,
@@ -86,8 +87,9 @@ class Explanation:
     are ranked by value and list the value). ``class_index`` is ``-1`` and ``score`` is ``Σ seed ⊙ scores`` when a
     seed (or a set of classes, then ``label`` joins their names with ``+``) was explained. A single-logit binary
     head has two classes: 0 = negative (explains ``−logit``, probability ``1 − σ``), 1 = positive. ``seed``: the
-    weights ``[*S]`` of the explained quantity. ``warnings``: one line each, e.g. an int8 score clipped at its
-    quantization range (gradient 0: blank gradient maps).
+    weights ``[*S]`` of the explained quantity. ``score_clip``: the explained score is an int8 score clipped at its
+    quantization range (gradient 0, :mod:`onnxcam.score_clip`). ``warnings``: one line each, e.g. that clip naming
+    the maps it leaves blank.
     """
 
     class_index: int
@@ -104,36 +106,12 @@ class Explanation:
     seed: np.ndarray | None = None
     errors: dict[str, str] = field(default_factory=dict)  # method → one-line cause (``isolate_methods`` only)
     warnings: list[str] = field(default_factory=list)  # one line each: why the maps may say little (e.g. blank)
+    score_clip: ScoreClip | None = None
 
 
 def _float32(values: np.ndarray) -> np.ndarray:
     """A graph output as float32 (a float16 graph's ``activation:``/``gradient:`` come in float16)."""
     return values if values.dtype == np.float32 else values.astype(np.float32)
-
-
-def clipped_score_warning(
-    scores: np.ndarray, seed: np.ndarray, gradients: Sequence[np.ndarray], limits: tuple[float, float] | None
-) -> str | None:
-    """The warning for one image whose explained score is clipped by an int8 output quantization, else ``None``.
-
-    ``scores``, ``seed``: ``[*S]``; ``gradients``: the image's ``gradient:<layer>`` arrays; ``limits``: the scores'
-    quantization range (metadata ``onnxcam.score_limits``). Warns when every gradient is exactly 0 and a seeded score
-    sits at either limit: the deployed model clips it there, so under the straight-through estimator its gradient is
-    0 (``x̄ = ḡ·[q_min ≤ round(x/s) + z ≤ q_max]``) and every gradient map is blank.
-    """
-    if limits is None or not gradients or any(g.size == 0 or np.any(g) for g in gradients):
-        return None
-    lo, hi = limits
-    slack = 1e-6 * max(abs(lo), abs(hi))
-    top, bottom = (seed != 0) & (scores >= hi - slack), (seed != 0) & (scores <= lo + slack)
-    if not (top.any() or bottom.any()):
-        return None
-    value, end = (hi, "top") if top.any() else (lo, "bottom")
-    return (
-        f"the explained score ({value:.6g}) is clipped at the {end} of the int8 scores' quantization range "
-        f"[{lo:.6g}, {hi:.6g}]: its gradient is 0, so the gradient maps are blank; calibrate the int8 model on "
-        "images that score beyond this one, or explain the float model"
-    )
 
 
 def one_hot_seed(classes: np.ndarray, score_shape: Sequence[int]) -> np.ndarray:
@@ -476,10 +454,7 @@ class Explainer:
         if seed is not None:
             effective[used < 0] = seed[used < 0]
         results = self._results(out.scores, used, effective, topk)
-        for n, result in enumerate(results):
-            gradients = [g[n] for g in out.gradients.values()]
-            clipped = clipped_score_warning(out.scores[n], effective[n], gradients, self.metadata.score_limits)
-            result.warnings.extend([clipped] if clipped else [])
+        self._find_clips(results, x, out, effective)
         for result, wanted in zip(results, resolved, strict=True):
             if isinstance(wanted, ClassSet) and result.class_index < 0 and result.label is None:
                 result.label = " + ".join(self.label(k) or f"class {k}" for k in wanted.classes)
@@ -493,7 +468,31 @@ class Explainer:
             options or {},
             scores_kind=self.scores_kind,
         )
-        return self._apply_methods(results, request, out, methods, layers, eigen_smooth, metrics, isolate_methods)
+        self._apply_methods(results, request, out, methods, layers, eigen_smooth, metrics, isolate_methods)
+        for result in results:
+            clipped = clip_warning(result.score_clip, result.maps)
+            result.warnings.extend([clipped] if clipped else [])
+        return results
+
+    def _find_clips(self, results: list[Explanation], x: np.ndarray, out: GraphOutputs, seed: np.ndarray) -> None:
+        """Set each result's ``score_clip`` (:mod:`onnxcam.score_clip`): from the run's gradients, or, for seeds that
+        also weigh scores inside the range, from one more run seeded with their scores at a limit only."""
+        limits = self.metadata.score_limits
+        for n, result in enumerate(results):
+            gradients = [g[n] for g in out.gradients.values()]
+            result.score_clip = find_clip(out.scores[n], seed[n], gradients, limits)
+        probes = {
+            n: probe
+            for n, result in enumerate(results)
+            if result.score_clip is None and (probe := partial_probe(out.scores[n], seed[n], limits)) is not None
+        }
+        if not probes or not self.has_seed:
+            return
+        rows = list(probes)
+        probed = self.run(x[rows], np.full(len(rows), contract.TOP1, np.int64), np.stack(list(probes.values())))
+        for i, n in enumerate(rows):
+            gradients = [g[i] for g in probed.gradients.values()]
+            results[n].score_clip = find_clip(out.scores[n], probes[n], gradients, limits, partial=True)
 
     def _apply_methods(
         self,

@@ -57,7 +57,7 @@ async function run() {
   const label = result.label ?? `class ${result.classIndex}`;
   const p = result.probability;
   const how = p === null ? `score ${result.score.toPrecision(4)}` : `${(100 * p).toFixed(1)} %`;
-  $("result").textContent = `${label} · ${how} · ${method}`;
+  $("result").textContent = `${label} · ${how} · ${method}${result.warning ? ` — ${result.warning}` : ""}`;
   status(`${name}: ${width}×${height}, session run ${result.ms.toFixed(0)} ms (${RUNTIME})`);
   window.onnxcamResult = { ...result, method, overlay: pixels, imageWidth: width, imageHeight: height };
 }

@@ -64,7 +64,10 @@ export function explainerInfo(props, outputNames) {
   if (spec.channels !== 3) throw new Error(`the input has ${spec.channels} channel(s); this code takes RGB models`);
   if (spec.resize !== "bilinear") throw new Error(`resize '${spec.resize}' is not implemented here (bilinear is)`);
   const labels = props[`${META}labels`] ? JSON.parse(props[`${META}labels`]) : null;
-  return { preprocess: spec, labels, scoresKind: props[`${META}scores_kind`] || "logits", methods };
+  const scoreLimits = props[`${META}score_limits`] ? JSON.parse(props[`${META}score_limits`]) : null;
+  const gradients = outputNames.filter((n) => n.startsWith("gradient:"));
+  const scoresKind = props[`${META}scores_kind`] || "logits";
+  return { preprocess: spec, labels, scoresKind, methods, scoreLimits, gradients };
 }
 
 const COEF_BITS = 11; // OpenCV's INTER_RESIZE_COEF_BITS
@@ -200,9 +203,39 @@ export function probabilities(scores, kind) {
   return e.map((v) => v / sum);
 }
 
+/** `x` as Python's `f"{x:.6g}"` writes it (fixed notation for the magnitudes scores have). */
+function sixDigits(x) {
+  return String(Number(x.toPrecision(6)));
+}
+
+/**
+ * The line of onnxcam/score_clip.py for a map left blank by an int8 score clipped at its quantization range
+ * (metadata `score_limits` `[lo, hi]`): the explained class's scores `classScores` at either limit, every gradient
+ * output exactly 0 (the straight-through estimator's 0 beyond the range) and the map 0 everywhere; else null.
+ */
+export function clipWarning(limits, classScores, gradients, map, method) {
+  if (!limits || gradients.length === 0) return null;
+  if (gradients.some((g) => g.some((v) => v !== 0)) || map.some((v) => v !== 0)) return null;
+  const [lo, hi] = limits;
+  const slack = 1e-6 * Math.max(Math.abs(lo), Math.abs(hi));
+  const [value, end] = classScores.some((z) => z >= hi - slack)
+    ? [hi, "top"]
+    : classScores.some((z) => z <= lo + slack)
+      ? [lo, "bottom"]
+      : [null, null];
+  if (end === null) return null;
+  const range = `[${sixDigits(lo)}, ${sixDigits(hi)}]`;
+  return (
+    `the explained score (${sixDigits(value)}) is clipped at the ${end} of the int8 scores' quantization range ` +
+    `${range}: its gradient is 0 and small changes of the image leave it there, so these maps are blank: ` +
+    `${method}; calibrate the int8 model on images that score beyond this one, or explain the float model`
+  );
+}
+
 /**
  * One image through the graph: `input`, `target` = −1 (the top-1 class) → `{map [h·w], width, height, classIndex,
- * label, score, probability (null for raw scores), input, ms}`; `ms` is the session run alone.
+ * label, score, probability (null for raw scores), warning (a blank map's cause, or null), input, ms}`; `ms` is the
+ * session run alone.
  */
 export async function explain(ort, session, info, rgb, width, height, method) {
   const [h, w] = info.preprocess.input_size;
@@ -212,11 +245,15 @@ export async function explain(ort, session, info, rgb, width, height, method) {
     target: new ort.Tensor("int64", BigInt64Array.of(-1n), [1]),
   };
   const started = performance.now();
-  const out = await session.run(feeds, ["scores", "target_used", `cam:${method}`]);
+  const limited = info.scoreLimits ? info.gradients : []; // fetched only to tell a clipped int8 score
+  const out = await session.run(feeds, ["scores", "target_used", `cam:${method}`, ...limited]);
   const ms = performance.now() - started;
   const classIndex = Number(out.target_used.data[0]);
   const scores = perClass(out.scores.data, out.scores.dims);
   const probs = probabilities(scores, info.scoresKind);
+  const positions = out.scores.data.length / out.scores.dims[1];
+  const explained = out.scores.data.subarray(classIndex * positions, (classIndex + 1) * positions);
+  const gradients = limited.map((name) => out[name].data);
   return {
     map: out[`cam:${method}`].data,
     width: w,
@@ -225,6 +262,7 @@ export async function explain(ort, session, info, rgb, width, height, method) {
     label: info.labels ? info.labels[classIndex] : null,
     score: scores[classIndex],
     probability: probs ? probs[classIndex] : null,
+    warning: clipWarning(info.scoreLimits, explained, gradients, out[`cam:${method}`].data, method),
     input,
     ms,
   };

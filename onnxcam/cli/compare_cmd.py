@@ -56,6 +56,9 @@ def compare(
             click.echo(f"{item.path}: {type(exc).__name__}: {exc}", err=True)
             failed = True
             continue
+        for model, explanation in (("A", ea), ("B", eb)):  # e.g. an int8 score clipped: why a map is blank
+            for line in explanation.warnings:
+                click.echo(f"{item.path}: model {model}: {line}", err=True)
         map_a, map_b = ea.maps[method], eb.maps[method]
         if map_b.shape != map_a.shape:
             map_b = cv2.resize(map_b, map_a.shape[::-1], interpolation=cv2.INTER_LINEAR)
