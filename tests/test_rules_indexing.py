@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradcheck import check_vjp
+from gradcheck import check_vjp, run_vjp
 from onnx import helper
 from onnxcam_export.autodiff.context import GradientError
 from test_rules_shape import batch_dim  # noqa: F401  (autouse: static and symbolic dim 0)
@@ -176,3 +176,32 @@ def test_reverse_sequence(batch_axis: int, time_axis: int) -> None:
         return torch.stack(rows, batch_axis)
 
     check_vjp(node, {"x": x(*shape)}, ["x"], reference, constants={"lens": lengths})
+
+
+@pytest.mark.parametrize("op", ["GatherElements", "MaxPool"])
+def test_scatter_added_gradient_in_float16(op: str) -> None:
+    """float16 graphs (FCOS converted to float16): onnxruntime's CPU ScatterElements has no float16 ``add``, so the
+    scatter-added VJPs (GatherElements, MaxPool's routing) run it in float32 and cast back. Against float64 autograd
+    of the same float16 values, relative 2e-3 (float16 rounding of the summed repeats)."""
+    value = x(*SHAPE).astype(np.float16)
+    if op == "GatherElements":
+        indices = RNG.integers(0, SHAPE[1], (2, 6, 4, 5))  # repeats: gradients add up
+        node = helper.make_node(op, ["x", "i"], ["y"], axis=1)
+        constants = {"i": indices.astype(np.int64)}
+
+        def reference(t: torch.Tensor) -> torch.Tensor:
+            return torch.gather(t, 1, torch.tensor(indices))
+    else:
+        node = helper.make_node(op, ["x"], ["y"], kernel_shape=[3, 3], strides=[1, 1])
+        constants = None
+
+        def reference(t: torch.Tensor) -> torch.Tensor:
+            return F.max_pool2d(t, 3, 1)
+
+    t = torch.tensor(value.astype(np.float64), requires_grad=True)
+    out = reference(t)
+    seed = RNG.standard_normal(out.shape).astype(np.float16)
+    (expected,) = torch.autograd.grad(out, [t], torch.tensor(seed.astype(np.float64)))
+    _, (ours,) = run_vjp([node], {"x": value}, ["x"], "y", seed, constants)
+    assert ours.dtype == np.float16
+    assert np.abs(ours - expected.numpy()).max() <= 2e-3 * np.abs(expected.numpy()).max()

@@ -16,7 +16,7 @@ def gather_elements(ctx: VJPContext) -> list[str | None]:
     """``x̄ = ScatterElements(0, indices, ḡ, axis, reduction='add')``."""
     axis = int(ctx.attr("axis", 0))  # type: ignore[call-overload]
     zeros = ctx.zeros_like(ctx.input(0))
-    return [ctx.emit("ScatterElements", zeros, ctx.input(1), ctx.grad(), axis=axis, reduction="add"), None]
+    return [ctx.scatter_add(zeros, ctx.input(1), ctx.grad(), axis), None]
 
 
 def _batched_indices(ctx: VJPContext, indices: str, batch_dims: int) -> str:
