@@ -168,15 +168,15 @@ class VJPContext:
     def zeros_like(self, name: str) -> str:
         return self.emit("Mul", name, self.const(0.0, like=name))
 
-    def scatter_add(self, data: str, indices: str, updates: str, axis: int) -> str:
-        """``ScatterElements(data, indices, updates, axis, reduction='add')``; in float32 when the node's float type
-        (:attr:`float_type`) is float16/bfloat16 (onnxruntime's CPU kernel has no reduced-precision ``add``), cast
-        back to that type."""
+    def scatter_add(self, op_type: str, data: str, indices: str, updates: str, **attrs: object) -> str:
+        """``op_type`` (``ScatterElements``/``ScatterND``) with ``reduction='add'``; in float32 when the node's float
+        type (:attr:`float_type`) is float16/bfloat16 (onnxruntime's CPU kernels have no reduced-precision ``add``),
+        cast back to that type."""
         dtype = self.float_type
         if dtype.itemsize >= 4:
-            return self.emit("ScatterElements", data, indices, updates, axis=axis, reduction="add")
+            return self.emit(op_type, data, indices, updates, reduction="add", **attrs)
         wide = [self.emit("Cast", t, to=onnx.TensorProto.FLOAT) for t in (data, updates)]
-        summed = self.emit("ScatterElements", wide[0], indices, wide[1], axis=axis, reduction="add")
+        summed = self.emit(op_type, wide[0], indices, wide[1], reduction="add", **attrs)
         return self.emit("Cast", summed, to=helper.np_dtype_to_tensor_dtype(dtype))
 
     def unbroadcast(self, grad: str, input_name: str, output_name: str) -> str:

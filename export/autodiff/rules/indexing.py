@@ -16,7 +16,7 @@ def gather_elements(ctx: VJPContext) -> list[str | None]:
     """``x̄ = ScatterElements(0, indices, ḡ, axis, reduction='add')``."""
     axis = int(ctx.attr("axis", 0))  # type: ignore[call-overload]
     zeros = ctx.zeros_like(ctx.input(0))
-    return [ctx.scatter_add(zeros, ctx.input(1), ctx.grad(), axis), None]
+    return [ctx.scatter_add("ScatterElements", zeros, ctx.input(1), ctx.grad(), axis=axis), None]
 
 
 def _batched_indices(ctx: VJPContext, indices: str, batch_dims: int) -> str:
@@ -44,10 +44,10 @@ def gather_nd(ctx: VJPContext) -> list[str | None]:
     x, indices, g = ctx.input(0), ctx.input(1), ctx.grad()
     batch_dims = int(ctx.attr("batch_dims", 0))  # type: ignore[call-overload]
     if batch_dims == 0:
-        return [ctx.emit("ScatterND", ctx.zeros_like(x), indices, g, reduction="add"), None]
+        return [ctx.scatter_add("ScatterND", ctx.zeros_like(x), indices, g), None]
     zeros = _batch_flat(ctx, ctx.zeros_like(x), batch_dims)
-    scattered = ctx.emit(
-        "ScatterND", zeros, _batched_indices(ctx, indices, batch_dims), _batch_flat(ctx, g, batch_dims), reduction="add"
+    scattered = ctx.scatter_add(
+        "ScatterND", zeros, _batched_indices(ctx, indices, batch_dims), _batch_flat(ctx, g, batch_dims)
     )
     return [ctx.emit("Reshape", scattered, ctx.shape_of(x)), None]
 

@@ -19,7 +19,7 @@ def _route(ctx: VJPContext, indices: str, layout: list[int], axis: int) -> str:
     x = ctx.input(0)
     shape = ctx.const(layout)
     zeros, index, grad = (ctx.emit("Reshape", t, shape) for t in (ctx.zeros_like(x), indices, ctx.grad()))
-    routed = ctx.scatter_add(zeros, index, grad, axis)
+    routed = ctx.scatter_add("ScatterElements", zeros, index, grad, axis=axis)
     return ctx.emit("Reshape", routed, ctx.shape_of(x))
 
 

@@ -116,7 +116,7 @@ def grid_sample(ctx: VJPContext) -> list[str | None]:
     if ctx.needs(0):
         zeros = ctx.zeros_like(flat_x)
         scattered = ctx.scatter_add(
-            zeros, ctx.emit("Concat", *indices, axis=2), ctx.emit("Concat", *values, axis=2), axis=2
+            "ScatterElements", zeros, ctx.emit("Concat", *indices, axis=2), ctx.emit("Concat", *values, axis=2), axis=2
         )
         grads[0] = ctx.emit("Reshape", scattered, ctx.shape_of(x))
     if ctx.needs(1):

@@ -159,7 +159,7 @@ def gather(ctx: VJPContext) -> list[str | None]:
         grad = ctx.emit("Reshape", grad, ctx.emit("Concat", outer, ctx.const([-1]), inner, axis=0))
     column = ctx.emit("Reshape", indices, ctx.const([1] * axis + [-1] + [1] * (rank - axis - 1)))
     spread = ctx.emit("Expand", column, ctx.shape_of(grad))
-    scattered = ctx.emit("ScatterElements", ctx.zeros_like(x), spread, grad, axis=axis, reduction="add")
+    scattered = ctx.scatter_add("ScatterElements", ctx.zeros_like(x), spread, grad, axis=axis)
     return [scattered, None]
 
 
@@ -239,13 +239,13 @@ def compress(ctx: VJPContext) -> list[str | None]:
     axis = ctx.attr("axis", None)
     if axis is None:
         flat = ctx.emit("Reshape", ctx.zeros_like(x), ctx.const([-1]))
-        scattered = ctx.emit("ScatterElements", flat, picked, ctx.grad(), axis=0, reduction="add")
+        scattered = ctx.scatter_add("ScatterElements", flat, picked, ctx.grad(), axis=0)
         return _data_only(ctx, ctx.emit("Reshape", scattered, ctx.shape_of(x)))
     rank = ctx.rank(x)
     axis = _axis(ctx, int(axis), x)  # type: ignore[call-overload]
     column = ctx.emit("Reshape", picked, ctx.const([1] * axis + [-1] + [1] * (rank - axis - 1)))
     spread = ctx.emit("Expand", column, ctx.shape_of(ctx.grad()))
-    grad = ctx.emit("ScatterElements", ctx.zeros_like(x), spread, ctx.grad(), axis=axis, reduction="add")
+    grad = ctx.scatter_add("ScatterElements", ctx.zeros_like(x), spread, ctx.grad(), axis=axis)
     return _data_only(ctx, grad)
 
 
