@@ -160,10 +160,15 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return ordered
 
 
+def _scale_and_zero(q: onnx.NodeProto, info: GraphInfo) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A ``QuantizeLinear``'s constant ``scale`` and ``zero_point`` (uint8 0 when absent; ``None``: not constant)."""
+    zero = info.constant(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+    return info.constant(q.input[1]), zero
+
+
 def _clip_range(q: onnx.NodeProto, info: GraphInfo) -> tuple[np.ndarray, np.ndarray]:
     """``s·(q_min − z − ½)`` and ``s·(q_max − z + ½)``: where ``round(x/s) + z`` stays inside the integer range."""
-    scale = info.constant(q.input[1])
-    zero = info.constant(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+    scale, zero = _scale_and_zero(q, info)
     if scale is None:
         raise ExportError(f"QuantizeLinear '{q.name or q.output[0]}': its scale is not a constant")
     limits = np.iinfo(np.uint8 if zero is None else zero.dtype)
@@ -184,9 +189,7 @@ def score_limits(model: onnx.ModelProto, scores: str) -> tuple[float, float] | N
     q = producers.get(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
     if q is None or q.op_type != "QuantizeLinear":
         return None
-    info = GraphInfo(model)
-    scale = info.constant(q.input[1])
-    zero = info.constant(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+    scale, zero = _scale_and_zero(q, GraphInfo(model))
     if scale is None or zero is None or scale.size != 1 or zero.size != 1:
         return None
     limits = np.iinfo(zero.dtype)
