@@ -125,9 +125,9 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(
 ) -> None:
     out = tmp_path / "out"
     # Kill points are counted in result lines, not seconds, so that they land on any machine speed (the whole job
-    # takes about one second): at start-up (before the first line), right after the first line of a resumed run,
-    # mid-batch and near the end. (lines the results file holds when the kill comes, seconds at most)
-    moments = [(1, 0.3), (8, math.inf), (9, math.inf), (27, math.inf), (IMAGES - 8, math.inf)]
+    # takes about one second): at start-up (before the first line), mid-batch, while a resumed run starts up (reading
+    # and repairing the results file), and near the end. (lines the results file holds at the kill, seconds at most)
+    moments = [(1, 0.3), (9, math.inf), (IMAGES, 0.3), (27, math.inf), (IMAGES - 8, math.inf)]
     landed = 0
     for attempt, (lines, delay) in enumerate(moments):
         landed += run_until_killed(model, images, out, attempt > 0, lines, delay)
