@@ -66,7 +66,7 @@ from .outputs import (
     write_npy,
 )
 from .pixels import files_refusal
-from .postprocess import map_stats
+from .postprocess import blank_map_warning, map_stats
 from .preprocess import preprocess
 from .providers import ProviderError
 from .scores import ScoresError
@@ -657,15 +657,9 @@ def size_warnings(size: tuple[int, int], grid: tuple[int, int]) -> list[str]:
 
 
 def blank_warnings(stats: dict[str, dict[str, float]]) -> list[str]:
-    """A warning per method whose map is 0 everywhere: a blank overlay is no explanation, and the line must say so
-    (``status`` stays ``ok``: the map is what the method computes)."""
-    return [
-        f"{method}: the map is 0 everywhere: nothing at the layer raises the explained score for this method (its "
-        "gradient there is 0, e.g. an int8 score saturated at its quantization range or a layer the scores do not "
-        "read, or every position weighs in negatively); try another layer, class or method"
-        for method, values in stats.items()
-        if values.get("max") == 0.0
-    ]
+    """A warning per method whose map is 0 everywhere (``status`` stays ``ok``: the map is what the method
+    computes)."""
+    return [blank_map_warning(method) for method, values in stats.items() if values.get("max") == 0.0]
 
 
 def finish(

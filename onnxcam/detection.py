@@ -27,7 +27,7 @@ import numpy as np
 from . import contract
 from .contract import Detection
 from .methods import CamMethod, get_method
-from .postprocess import fuse, layer_map
+from .postprocess import blank_map_warning, fuse, layer_map
 
 if TYPE_CHECKING:
     from .explainer import Explainer, ImageLike
@@ -52,12 +52,14 @@ class Box:
 @dataclass
 class Detections:
     """One image's boxes and their maps: ``maps[method]`` ``[B, H, W]`` in ``[0, 1]`` at network resolution, one per
-    box (same order as ``boxes``); ``eigencam`` ``[H, W]`` per image (gradient-free); ``image_size`` ``(h, w)``."""
+    box (same order as ``boxes``); ``eigencam`` ``[H, W]`` per image (gradient-free); ``image_size`` ``(h, w)``;
+    ``warnings``: one line per method whose map is 0 everywhere for some boxes (:func:`blank_box_warnings`)."""
 
     boxes: list[Box]
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     eigencam: np.ndarray | None = None
     image_size: tuple[int, int] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def split(scores: np.ndarray, detection: Detection) -> tuple[np.ndarray, np.ndarray]:
@@ -222,9 +224,25 @@ def explain_detections(
             low, high = raw.min((1, 2), keepdims=True), raw.max((1, 2), keepdims=True)
             maps[n]["drise"] = ((raw - low) / np.maximum(high - low, 1e-12)).astype(np.float32)
     return [
-        Detections(boxes, maps[n], eigen[n] if eigencam else None, image.shape[:2])
+        Detections(boxes, maps[n], eigen[n] if eigencam else None, image.shape[:2], blank_box_warnings(boxes, maps[n]))
         for n, (boxes, image) in enumerate(zip(found, decoded, strict=True))
     ]
+
+
+def blank_box_warnings(boxes: Sequence[Box], maps: dict[str, np.ndarray]) -> list[str]:
+    """One line per method whose map ``maps[method][k]`` ``[H, W]`` is 0 everywhere for some boxes ``k``
+    (0-based, ``boxes``' order): ``boxes 16–79 (64 of 80): METHOD: the map is 0 everywhere …``."""
+    lines = []
+    for method, values in maps.items():
+        blank = [k for k in range(len(boxes)) if values[k].size and float(values[k].max()) == 0.0]
+        if blank:
+            runs = np.split(np.array(blank), np.flatnonzero(np.diff(blank) != 1) + 1)
+            ranges = ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
+            lines.append(
+                f"box{'es' * (len(blank) > 1)} {ranges} ({len(blank)} of {len(boxes)}): "
+                + blank_map_warning(method, "their scores", "a box from a scale the layer does not feed")
+            )
+    return lines
 
 
 Maps = list[dict[str, np.ndarray]]

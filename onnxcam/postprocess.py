@@ -93,6 +93,18 @@ class MapStats:
         return asdict(self)
 
 
+def blank_map_warning(
+    method: str, subject: str = "the explained score", cause: str = "a layer the scores do not read"
+) -> str:
+    """The line for ``method``'s map that is 0 everywhere (a blank overlay is no explanation, and must say so):
+    nothing at the layer raises ``subject``; ``cause``: the model kind's likeliest reason besides the common ones."""
+    return (
+        f"{method}: the map is 0 everywhere: nothing at the layer raises {subject} for this method (its gradient "
+        f"there is 0, e.g. an int8 score saturated at its quantization range or {cause}, or every position weighs in "
+        "negatively); try another layer, class or method"
+    )
+
+
 def map_stats(maps: np.ndarray, threshold: float = 0.5) -> list[MapStats]:
     """:class:`MapStats` of each map of ``maps`` ``[N, H, W]`` (or one ``[H, W]`` map → a one-element list)."""
     m = _as_maps(maps)

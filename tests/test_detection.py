@@ -11,6 +11,7 @@ IoU match uses ``torchvision.ops.box_iou``. Tolerances: gradients ≤ 1e-4 relat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -279,6 +280,39 @@ def test_cli_explain_on_a_detector_writes_boxes_and_maps(yolov8, images, tmp_pat
     assert (out / "a.detect.gradcam.png").is_file() and (out / "a.eigencam.png").is_file()
     info = CliRunner().invoke(main, ["info", str(model)], catch_exceptions=False)
     assert f"detector: layout yolov8, raw output [N, {4 + CLASSES}, 80]" in info.output
+
+
+def test_blank_box_map_is_said_in_one_line(yolov8, images, tmp_path) -> None:
+    """``--layer p4`` only: the boxes of the 8×8 scale (anchors < 64) read nothing from p4, so their Grad-CAM is 0
+    everywhere. The boxes whose pytorch-grad-cam map (GradCAM on ``model.p4``, the box score as target) is 0
+    everywhere, and only those, are named in one warning line in results.jsonl and on stderr."""
+    import cv2
+
+    model, explainer, path = yolov8
+    cv2.imwrite(str(tmp_path / "a.png"), images[0][..., ::-1])
+    out = tmp_path / "out"
+    args = ["detect", str(path), str(tmp_path / "a.png"), "-o", str(out), "--layer", "p4", "--confidence", "0.3"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (line,) = [json.loads(text) for text in (out / "results.jsonl").read_text().splitlines()]
+    boxes = detect(explainer.scores(_x(explainer, images[:1]))[0], explainer.metadata.detection, confidence=0.3)
+    assert [b["score"] for b in line["boxes"]] == pytest.approx([b.score for b in boxes], abs=1e-6)
+    with GradCAM(model=model, target_layers=[model.p4]) as cam:
+        x = torch.from_numpy(_x(explainer, images[:1]))
+        blank = [
+            k
+            for k, b in enumerate(boxes)
+            if cam(input_tensor=x, targets=[lambda out, b=b: out[4 + b.class_index, b.anchor]])[0].max() == 0
+        ]
+    assert blank and len(blank) < len(boxes)  # both kinds of box in this image
+    assert all(boxes[k].anchor < 64 for k in blank)
+    (warning,) = line["warnings"]  # one line for the one method
+    ranges = warning.split(" (")[0].removeprefix("boxes ").removeprefix("box ")
+    named = [k for r in ranges.split(", ") for k in range(int(r.split("–")[0]), int(r.split("–")[-1]) + 1)]
+    assert named == blank
+    assert f"({len(blank)} of {len(boxes)}): gradcam: the map is 0 everywhere: " in warning
+    assert "a box from a scale the layer does not feed" in warning
+    assert result.stderr.count("warning: ") == 1 and warning in result.stderr
 
 
 @pytest.mark.parametrize("dynamo", [False, True])

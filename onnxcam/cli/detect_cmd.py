@@ -43,7 +43,8 @@ def detect_images(
     quiet: bool = False,
 ) -> bool:
     """Per image: ``NAME.detect.METHOD.png`` (boxes, each map renormalised in its box), ``NAME.boxes.METHOD.npy``
-    (``[B, h, w]`` maps at network resolution, boxes' order), ``NAME.eigencam.png`` and a ``results.jsonl`` line.
+    (``[B, h, w]`` maps at network resolution, boxes' order), ``NAME.eigencam.png`` and a ``results.jsonl`` line
+    (with ``warnings``: a box whose map is 0 everywhere, also on stderr).
     ``results.jsonl`` is written anew each run (one line per input of this run). Returns whether every input was
     explained."""
     out = Path(out_dir)
@@ -76,9 +77,11 @@ def detect_images(
                 {"xyxy": list(b.xyxy), "class_index": b.class_index, "label": b.label, "score": b.score}
                 for b in found.boxes
             ]
-            log.write(json_line({**record, "status": "ok", "boxes": boxes}))
+            log.write(json_line({**record, "status": "ok", "boxes": boxes, "warnings": found.warnings}))
             if not quiet:
                 click.echo(box_line(str(item.path), found))
+            for warning in found.warnings:
+                click.echo(f"warning: {item.path}: {warning}", err=True)
     return ok
 
 
