@@ -93,7 +93,8 @@ def choose_default(
     candidate is tokens after a class token) gets the last LayerNorm output among them — ``blocks[-1].norm1``,
     pytorch-grad-cam's choice (jacobgil/pytorch-grad-cam ``usage_examples/vit_example.py``): the block outputs after
     it carry no gradient to the patch tokens when the head reads the class token. Otherwise the last spatial map
-    before pooling, skipping a trailing LayerNorm or permute (Swin: the last stage's output); a CNN's activation
+    before pooling, skipping a trailing LayerNorm or permute that reads it (Swin: the last stage's output; HF Swin,
+    whose final LayerNorm reads a residual sum no module returns: that LayerNorm's output); a CNN's activation
     module comes after its BatchNorm, so the activated map is the one picked. ``dense_classes``: ``K`` of a dense
     output ``[N, K, H, W]``, whose maps with ``K`` channels (the class maps, before any upsampling) are skipped, as
     :func:`.onnx_prep.default_tensor` does: Grad-CAM there only reproduces the logits.
@@ -135,6 +136,8 @@ def choose_default(
             return display_name(call, calls), layout, why
     i = len(maps) - 1
     while i > 0 and all(_is_layer_norm(m) or _is_layout_only(m) for m in maps[i][0].modules):
+        if maps[i - 1][0].name not in maps[i][0].reads:  # it reads no module's map (e.g. a residual sum): keep it
+            break
         i -= 1
     call, layout = maps[i]
     skipped = ", ".join(display_name(c, calls) for c, _ in maps[i + 1 :])

@@ -29,20 +29,22 @@ class LayoutError(ExportError):
     """A tapped tensor is not a feature map onnxcam can lay out as ``[N, C, h, w]``."""
 
 
-def _grids(n_h: int, n_w: int) -> set[tuple[int, int]]:
-    """Grids ``(h, w)`` a feature extractor with an integer stride ``s`` gives on an ``n_h × n_w`` input."""
-    return {
-        (h, w)
-        for s in range(1, max(n_h, n_w) + 1)
-        for h in {n_h // s, math.ceil(n_h / s)}
-        for w in {n_w // s, math.ceil(n_w / s)}
-        if h and w
-    }
+def _grids(n_h: int, n_w: int, same_rounding: bool = False) -> set[tuple[int, int]]:
+    """Grids ``(h, w)`` a feature extractor with an integer stride ``s`` gives on an ``n_h × n_w`` input: each side
+    ``⌊n/s⌋`` or ``⌈n/s⌉``; ``same_rounding``: both sides rounded alike (one padding rule for both axes)."""
+    grids = set()
+    for s in range(1, max(n_h, n_w) + 1):
+        low, high = (n_h // s, n_w // s), (math.ceil(n_h / s), math.ceil(n_w / s))
+        pairs = {low, high} if same_rounding else {(h, w) for h in {low[0], high[0]} for w in {low[1], high[1]}}
+        grids |= {(h, w) for h, w in pairs if h and w}
+    return grids
 
 
 def _token_grid(tokens: int, input_size: tuple[int, int], prefix: int | None, grid: tuple[int, int] | None):
-    """``(prefix, (h, w))`` with ``tokens = prefix + h·w``: the smallest prefix whose rest is a grid of the input."""
-    grids = [grid] if grid else sorted(_grids(*input_size))
+    """``(prefix, (h, w))`` with ``tokens = prefix + h·w``: the smallest prefix whose rest is a grid of the input,
+    both sides of one stride and rounding (a flat token axis shows no side: ``21`` tokens of a ``32×32`` input are
+    ``5 + 4×4`` (stride 8), never ``1 + 4×5``, which would draw a register token as a patch)."""
+    grids = [grid] if grid else sorted(_grids(*input_size, same_rounding=True))
     prefixes = [prefix] if prefix is not None else range(min(tokens, MAX_PREFIX + 1))
     for k in prefixes:
         for g in grids:
@@ -73,6 +75,11 @@ def classify(
     if layout is not None and layout not in LAYOUTS:
         raise LayoutError(f"unknown layout '{layout}'; choose from {', '.join(LAYOUTS)}")
     if len(dims) == 3 and layout in (None, "tokens"):
+        if dims[2] == 1 and grid is None and prefix is None:
+            raise LayoutError(
+                f"{shown}: one value per position, as a pooled vector [N, C, 1] gives, not a token map [N, T, C]; "
+                "choose the layer before the pooling (or give --layer-grid H W for 1-channel tokens)"
+            )
         found = _token_grid(dims[1], input_size, prefix, grid)
         if found is None:
             raise LayoutError(

@@ -45,11 +45,15 @@ def channels_last(model: onnx.ModelProto, info: GraphInfo, name: str, size: tupl
 
 def onnx_layer_layout(model: onnx.ModelProto, info: GraphInfo, layer: str, size: tuple[int, int]) -> Layout:
     """The layout of the tapped ``layer`` of the forward ``model``: channels-last where :func:`channels_last` is
-    certain, else :func:`.layouts.onnx_layout`'s (tokens, NCHW, or its one-line refusal)."""
+    certain, else :func:`.layouts.onnx_layout`'s (tokens, NCHW, or its one-line refusal); a token count that shape
+    inference leaves symbolic (HF Swin's padding arithmetic) is measured by running the graph once."""
     tap = contract.activation_name(layer)
     if channels_last(model, info, tap, size):
         return Layout("channels-last")
-    return onnx_layout(layer, info.shape(tap) or [], size)
+    shape = info.shape(tap) or []
+    if len(shape) == 3 and isinstance(shape[2], int) and not isinstance(shape[1], int):  # tokens, T symbolic
+        shape = [shape[0], _measured(model, tap, size)[1], shape[2]]
+    return onnx_layout(layer, shape, size)
 
 
 def before_final_norm(model: onnx.ModelProto, info: GraphInfo, name: str, size: tuple[int, int]) -> str:

@@ -80,7 +80,8 @@ def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tenso
 class Call:
     """One module call of a forward pass: its layer name (``name#k`` when the module runs more than once), the
     module, its output, the names of the enclosing modules returning the very same tensor (``layer4``,
-    ``layer4.1``), and ``∂ y / ∂ output`` of the top-1 logits' sum ``y`` (``None``: no gradient reaches it)."""
+    ``layer4.1``), and ``∂ y / ∂ output`` of the top-1 logits' sum ``y`` (``None``: no gradient reaches it);
+    ``reads``: the names of the earlier calls whose very output tensor is one of its inputs."""
 
     name: str
     module: nn.Module
@@ -88,6 +89,7 @@ class Call:
     aliases: list[str] = field(default_factory=list)
     grad: torch.Tensor | None = None
     alias_modules: list[nn.Module] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)
 
     @property
     def modules(self) -> list[nn.Module]:
@@ -104,15 +106,17 @@ def module_calls(
     records: list[tuple[str, nn.Module, torch.Tensor, int | None]] = []  # name, module, output, owner record
     clones: dict[int, tuple[int, torch.Tensor]] = {}  # id of a clone handed to the network → (record, clone)
     calls: dict[str, int] = {}
+    reads: dict[int, list[int]] = {}  # record → the records whose clone it reads
 
     def record(name: str):
-        def hook(module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+        def hook(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor | None:
             calls[name] = calls.get(name, 0) + 1
             if not isinstance(output, torch.Tensor):
                 return None
             if id(output) in clones:  # an enclosing module returning a tensor already recorded
                 records.append((name, module, output, clones[id(output)][0]))
                 return None
+            reads[len(records)] = [clones[id(t)][0] for t in inputs if id(t) in clones]
             records.append((name, module, output, None))
             clone = output.clone()
             clones[id(clone)] = (len(records) - 1, clone)
@@ -138,7 +142,7 @@ def module_calls(
             owners[owner].aliases.append(label)
             owners[owner].alias_modules.append(module)
             continue
-        owners[index] = Call(label, module, tensor)
+        owners[index] = Call(label, module, tensor, reads=[owners[r].name for r in reads[index] if r in owners])
         out.append(owners[index])
     if isinstance(scores, torch.Tensor) and scores.requires_grad:
         wanted = [c for c in out if c.output.requires_grad and c.output.is_floating_point()]
