@@ -39,13 +39,35 @@ def check_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module
     return modules
 
 
+class _Handed(torch.autograd.Function):
+    """``x ↦ clone(x)`` that the TorchScript exporter writes as an ONNX ``Identity`` node (its ``clone`` writes none).
+
+    Without that node the network reads the very tensor tapped, and TorchScript's ONNX peepholes fuse through it:
+    a layer ending in ``permute`` read by a ``permute`` back (Segformer's stages) becomes one ``Transpose`` pair
+    fused away, so the scores no longer read the tap and its gradient cannot be formed.
+    """
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+    @staticmethod
+    def symbolic(g: torch.Graph, x: torch.Value) -> torch.Value:
+        return g.op("Identity", x)
+
+
 @contextlib.contextmanager
-def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tensor]]:
+def tapped(model: nn.Module, layers: Sequence[str], node: bool = False) -> Iterator[list[torch.Tensor]]:
     """Record the outputs of ``layers`` (module names; ``name#k`` = the k-th call of a module that runs more than
     once) during forward passes, in ``layers`` order.
 
     Each hook hands the network a clone of the output, so in-place ops downstream (``x += identity``,
-    ``ReLU(inplace=True)``) never change the recorded feature map.
+    ``ReLU(inplace=True)``) never change the recorded feature map; ``node``: a clone the TorchScript exporter
+    writes as an ``Identity`` node (:class:`_Handed`).
     """
     modules = check_layers(model, layers)
     captured: list[torch.Tensor] = []
@@ -63,7 +85,7 @@ def tapped(model: nn.Module, layers: Sequence[str]) -> Iterator[list[torch.Tenso
             if not isinstance(output, torch.Tensor):
                 raise LayerError(layer, [], f"layer '{layer}' returns {type(output).__name__}, not a tensor")
             slots[layer] = output
-            return output.clone()
+            return _Handed.apply(output) if node else output.clone()
 
         return hook
 
@@ -155,17 +177,21 @@ def module_calls(
 
 class _TappedForward(nn.Module):
     """``x ↦ (scores, A_1, …, A_L)``: the model's scores (its output, or the output called ``scores_from`` among
-    several, :mod:`.torch_outputs`) followed by the tapped feature maps."""
+    several, :mod:`.torch_outputs`) followed by the tapped feature maps; ``node``: the network reads each tap through
+    an ``Identity`` node in a TorchScript export (:class:`_Handed`)."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], scores_from: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, layers: Sequence[str], scores_from: str | None = None, node: bool = False
+    ) -> None:
         super().__init__()
         check_layers(model, layers)
         self.model = model
         self.layers = list(layers)
         self.scores_from = scores_from
+        self.node = node
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with tapped(self.model, self.layers) as activations:
+        with tapped(self.model, self.layers, self.node) as activations:
             scores = pick(self.model(x), self.scores_from)
         return (scores, *activations)
 
@@ -196,7 +222,7 @@ def to_onnx(
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter '{exporter}', choose one of {', '.join(EXPORTERS)}")
-    wrapper = _TappedForward(model.eval(), layers, scores_from).eval()
+    wrapper = _TappedForward(model.eval(), layers, scores_from, node=exporter == "torchscript").eval()
     example = torch.randn(2, channels, *input_size)
     output_names = [contract.SCORES, *(contract.activation_name(layer) for layer in layers)]
     try:

@@ -249,15 +249,39 @@ def test_slice(starts: list, ends: list, axes: list, steps: list | None, kept: d
     check_vjp(node("Slice", names), {"x": x(2, 6, 7, 8)}, ["x"], torch_fn, constants=constants)
 
 
-def test_slice_default_axes(batch_dim: str) -> None:
-    """No axes input: starts/ends apply to the leading axes, so the batch axis too (needs its size)."""
+def test_slice_default_axes() -> None:
+    """No axes input: starts/ends apply to the leading axes, so the batch axis too (its size read at run time when
+    symbolic)."""
     names, constants = _slice_inputs([0, 1], [INT64_MAX, 3], None, None)
-    args = (node("Slice", names), {"x": x(2, 6, 7)}, ["x"], lambda t: t[:, 1:3])
-    if batch_dim == "static":
-        check_vjp(*args, constants=constants)
-    else:
-        with pytest.raises(GradientError, match="static size for sliced axis 0"):
-            check_vjp(*args, constants=constants)
+    check_vjp(node("Slice", names), {"x": x(2, 6, 7)}, ["x"], lambda t: t[:, 1:3], constants=constants)
+
+
+@pytest.mark.parametrize("steps", [None, [2]], ids=["unit_step", "step_2"])
+def test_slice_of_an_axis_whose_size_inference_leaves_symbolic(batch_dim: str, steps: list | None) -> None:
+    """BEiT's mean pooling (``tokens[:, 1:]``) after TorchScript's ``flatten(2)``: a ``Reshape`` to
+    ``[Shape(x)[0], C, -1]``, whose ``-1`` ONNX inference cannot resolve when the batch is symbolic; the sliced size
+    is then read at run time."""
+    nodes = [
+        helper.make_node("Constant", [], ["channels_rest"], value=onnx.numpy_helper.from_array(ints(6, -1))),
+        helper.make_node("Shape", ["x"], ["n"], start=0, end=1),
+        helper.make_node("Concat", ["n", "channels_rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["tokens"]),
+        node("Slice", ["tokens", "one", "big", "two", *(["step"] if steps else [])]),
+    ]
+    constants = {"one": ints(1), "big": ints(INT64_MAX), "two": ints(2)}
+    constants |= {"step": ints(*steps)} if steps else {}
+    graph = helper.make_graph(
+        nodes[:-1],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (2, 6, 3, 4))],
+        [helper.make_tensor_value_info("tokens", onnx.TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    inferred = onnx.shape_inference.infer_shapes(helper.make_model(graph), data_prop=True).graph.output[0]
+    size = inferred.type.tensor_type.shape.dim[2]
+    assert size.HasField("dim_value") == (batch_dim == "static"), size  # the pattern: symbolic only with N
+    step = (steps or [1])[0]
+    check_vjp(nodes, {"x": x(2, 6, 3, 4)}, ["x"], lambda t: t.reshape(2, 6, 12)[:, :, 1::step], constants=constants)
 
 
 # -- gather ----------------------------------------------------------------------------------------------------------

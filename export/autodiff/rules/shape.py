@@ -1,11 +1,13 @@
 """VJP rules: ops that move, copy or select elements without computing on them.
 
 Every rule is linear in ``x``, so ``x̄`` is ``ḡ`` routed back through the adjoint of the data movement. Shapes are
-taken at run time (``Shape`` nodes) where that is cheap, so a dynamic batch dim is fine everywhere; only ``Slice``
-needs the sliced dims to be static, and ``DepthToSpace`` (CRD) the channel count.
+taken at run time (``Shape`` nodes) where that is cheap, so a dynamic batch dim is fine everywhere; only
+``DepthToSpace`` (CRD) needs a static dim, the channel count.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -79,8 +81,9 @@ def _unslice_axis(ctx: VJPContext, grad: str, axis: int, taken: range, dim: int)
     return ctx.emit("Gather", ctx.emit("Concat", grad, zero, axis=axis), ctx.const(source), axis=axis)
 
 
-def _unslice_runtime(ctx: VJPContext, axes: np.ndarray) -> str:
-    """Slice VJP when starts/ends are computed at run time (e.g. ``chunk`` traced with symbolic shapes).
+def _unslice_runtime(ctx: VJPContext, axes: Sequence[int]) -> str:
+    """Slice VJP with the sizes and bounds read at run time (``chunk`` traced with symbolic shapes; an axis whose size
+    is symbolic).
 
     Per sliced axis ``a``: ``taken = Slice(Range(0, dim_a), start, end, step)`` are the positions read, and
     ``ScatterElements`` puts ``ḡ`` back there into zeros (positions are distinct, so no accumulation is needed).
@@ -88,7 +91,7 @@ def _unslice_runtime(ctx: VJPContext, axes: np.ndarray) -> str:
     x, grad = ctx.input(0), ctx.grad()
     rank = ctx.rank(x)
     steps = ctx.input(4) or ctx.const(np.ones(len(axes), np.int64))
-    for i, axis in enumerate(int(a) % rank for a in axes):
+    for i, axis in enumerate(axes):
         pick = [ctx.const([i]), ctx.const([i + 1])]
         dim = ctx.emit("Shape", x, start=axis, end=axis + 1)
         positions = ctx.emit("Range", ctx.const(0), ctx.emit("Squeeze", dim), ctx.const(1))
@@ -115,27 +118,35 @@ def _scalar_tensor(value: float, dtype: np.dtype) -> onnx.TensorProto:
 
 @rule("Slice")
 def slice_(ctx: VJPContext) -> list[str | None]:
-    """``x̄ = ḡ`` scattered back into zeros at the sliced positions (``Pad`` for unit steps, ``Gather`` otherwise)."""
+    """``x̄ = ḡ`` scattered back into zeros at the sliced positions (``Pad`` for unit steps, ``Gather`` otherwise).
+
+    Bounds computed at run time, or a sliced axis whose size shape inference leaves symbolic (TorchScript's
+    ``flatten`` of a map whose batch is dynamic), take the positions at run time instead (:func:`_unslice_runtime`).
+    """
     x = ctx.input(0)
     shape = ctx.shape(x)
-    starts, ends = ctx.optional_constant(1), ctx.optional_constant(2)
+    starts, ends, steps = ctx.optional_constant(1), ctx.optional_constant(2), ctx.optional_constant(4)
     axes = ctx.optional_constant(3)
-    if starts is None or ends is None:
-        if ctx.input(3) and axes is None:
-            ctx.fail("needs constant axes")
-        return _data_only(ctx, _unslice_runtime(ctx, np.arange(ctx.rank(ctx.input(1))) if axes is None else axes))
-    steps = ctx.optional_constant(4)
-    if (ctx.input(3) and axes is None) or (ctx.input(4) and steps is None):
-        ctx.fail("needs constant axes and steps")
-    axes = range(len(starts)) if axes is None else axes
+    if ctx.input(3) and axes is None:
+        ctx.fail("needs constant axes")
+    if axes is None:
+        count = ctx.shape(ctx.input(1))[0]
+        if not isinstance(count, int):
+            ctx.fail(f"needs the number of sliced axes, got {count}")
+        axes = np.arange(count)
+    axes = [_axis(ctx, int(axis), x) for axis in axes]
+    if (
+        starts is None
+        or ends is None
+        or (ctx.input(4) and steps is None)
+        or any(not isinstance(shape[axis], int) for axis in axes)
+    ):
+        return _data_only(ctx, _unslice_runtime(ctx, axes))
     steps = np.ones(len(starts), dtype=np.int64) if steps is None else steps
     grad = ctx.grad()
     pads = [0] * (2 * len(shape))
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-        axis = _axis(ctx, int(axis), x)
         dim = shape[axis]
-        if not isinstance(dim, int):
-            ctx.fail(f"needs a static size for sliced axis {axis} of '{x}', got {dim}")
         taken = _slice_range(dim, int(start), int(end), int(step))
         if taken.step == 1:
             pads[axis], pads[axis + len(shape)] = taken.start, dim - taken.start - len(taken)
