@@ -39,25 +39,49 @@ from .source_batch import declared_batch
 SHOWN = 3
 
 
-def _is_tokens(model: onnx.ModelProto, info: GraphInfo, name: str) -> bool:
-    """Whether ``name`` is a float ``[N, T, C]`` tensor, ``T`` and ``C`` static (``N`` symbolic, or the file's batch
-    where it is kept fixed: :mod:`.source_batch`)."""
+def _is_tokens(model: onnx.ModelProto, info: GraphInfo, name: str, shape: Sequence | None = None) -> bool:
+    """Whether ``name`` (of ``shape``, else its inferred one) is a float ``[N, T, C]`` tensor, ``T`` and ``C > 1``
+    static (``N`` symbolic, or the file's batch where it is kept fixed: :mod:`.source_batch`); ``[N, C, 1]`` is a
+    pooled vector."""
     batch = declared_batch(model)
-    shape = info.shape(name)
+    shape = shape or info.shape(name)
     return (
         shape is not None
         and len(shape) == 3
         and (shape[0] == batch if batch is not None else not isinstance(shape[0], int))
         and all(isinstance(d, int) for d in shape[1:])
+        and shape[2] > 1
         and info.dtype(name).kind == "f"
     )
 
 
-def _token_norms(model: onnx.ModelProto, info: GraphInfo, needed: set[str]) -> list[tuple[int, LayerNorm]]:
+def _measured_tokens(model: onnx.ModelProto, info: GraphInfo, names: Sequence[str], size: tuple) -> dict[str, tuple]:
+    """The shapes of ``names``, where shape inference leaves the token count ``T`` of ``[N, T, C]`` symbolic (HF
+    Swin's padding arithmetic) measured by one run of the graph on a random ``size`` image (if it runs)."""
+    shapes = {name: info.shape(name) for name in names}
+    symbolic = [
+        n for n, s in shapes.items() if s and len(s) == 3 and isinstance(s[2], int) and not isinstance(s[1], int)
+    ]
+    if symbolic:
+        try:
+            session = large_protos.session(model, outputs=[helper.make_empty_tensor_value_info(n) for n in symbolic])
+            values = session.run(None, {contract.INPUT: random_input(model, size)})
+        except Exception:  # a graph onnxruntime cannot run: the inferred shapes stand
+            return shapes
+        for name, value in zip(symbolic, values, strict=True):
+            shapes[name] = (shapes[name][0], value.shape[1], shapes[name][2])  # type: ignore[index]
+    return shapes
+
+
+def _token_norms(
+    model: onnx.ModelProto, info: GraphInfo, needed: set[str], size: tuple
+) -> tuple[list[tuple[int, LayerNorm]], dict[str, tuple]]:
     """LayerNorms (the op or its decomposition: :mod:`.onnx_layer_norms`) with token outputs ``[N, T, C]`` on the way
-    to the scores, with the indices of the nodes that give their outputs, in graph order."""
-    norms = layer_norms(model, info).values()
-    return sorted((n.last, n) for n in norms if n.output in needed and _is_tokens(model, info, n.output))
+    to the scores, with the indices of the nodes that give their outputs, in graph order; and the shapes of their
+    inputs and outputs (:func:`_measured_tokens`)."""
+    norms = [n for n in layer_norms(model, info).values() if n.output in needed]
+    shapes = _measured_tokens(model, info, [name for n in norms for name in (n.input, n.output)], size)
+    return sorted((n.last, n) for n in norms if _is_tokens(model, info, n.output, shapes[n.output])), shapes
 
 
 def token_default(
@@ -68,22 +92,20 @@ def token_default(
     why; ``None`` for other models. ``needed``: the tensors the scores depend on. Raises a one-line
     :class:`LayerError` naming ``--layer`` candidates when the choice is not certain (tokens that split into no grid
     of the input, a backward pass that cannot be built, no candidate reached)."""
-    found = _token_norms(model, info, needed)
+    size = tuple(input_size or read_onnx_input(model).size or (224, 224))
+    found, shapes = _token_norms(model, info, needed, size)
     if not found or found[-1][0] < after:
         _refuse_attention(model, info, needed, after)
         return None
     norms = [norm.output for _, norm in found]
-    size = tuple(input_size or read_onnx_input(model).size or (224, 224))
     layouts: dict[str, Layout] = {}
     for name in norms:
         try:
-            layouts[name] = classify(name, [1, *info.shape(name)[1:]], size)  # type: ignore[index]
+            layouts[name] = classify(name, [1, *shapes[name][1:]], size)  # type: ignore[index]
         except LayoutError:
             continue
     if not layouts:
-        _refuse(
-            norms, f"its token tensors ({info.shape(norms[-1])}) split into no grid of the {size[0]}x{size[1]} input"
-        )
+        _refuse(norms, f"its token tensors ({shapes[norms[-1]]}) split into no grid of the {size[0]}x{size[1]} input")
     reached = _reached(model, list(layouts), layouts, size)
     if not reached:
         _refuse(list(layouts), "the scores' gradient is 0 at the patch tokens of every LayerNorm output")
@@ -93,7 +115,7 @@ def token_default(
     norm = next(n for _, n in found if n.output == last)
     block = norm.input
     readers = [i for i, n in enumerate(model.graph.node) if block in n.input and i not in norm.nodes]
-    if info.shape(block) != info.shape(last) or readers:  # not a final norm: inside a block (residual)
+    if shapes[block] != shapes[last] or readers:  # not a final norm: inside a block (residual)
         _refuse(reached, f"no class token, and the last LayerNorm '{last}' is not a final norm after the blocks")
     return block, layouts[last], "the last block's tokens, before the final LayerNorm"
 

@@ -6,8 +6,9 @@ config (random init, no download).
 - Hugging Face Swin: the final LayerNorm reads a residual sum that no module returns, so the default layer is that
   LayerNorm's output (``[N, 2·2, C]`` on a 64 px input), not a branch before the sum nor the pooled vector
   ``[N, C, 1]``, which is refused as a token map in one line.
-- The same Swinv2 as an ONNX file (torchscript exporter): its LayerNorm output has a symbolic token count, measured by
-  one run of the graph.
+- The same Swinv2 as an ONNX file (torchscript exporter): its token tensors have a symbolic count (padding
+  arithmetic), measured by one run of the graph, so the default layer (the last block's tokens) and a named
+  LayerNorm output export.
 
 Reference: pytorch-grad-cam (``grad-cam`` 1.5.x) GradCAM with the token ``reshape_transform`` of its examples
 (drop the prefix tokens, tokens → ``h × w``, channels first). Tolerance: 1e-4 on the [0, 1] maps.
@@ -137,3 +138,11 @@ def test_hf_swin_onnx_file_tokens_measured_and_pooled_vector_refused(tmp_path: P
     export_onnx_file(source, path, ["/m/swinv2/layernorm/LayerNormalization_output_0"], log=lambda _: None)
     x = images(64)
     assert np.abs(ours(path, x) - reference(model, "m.swinv2.layernorm", x, prefix=0)).max() <= TOLERANCE
+    # no --layer: the last block's tokens, the final LayerNorm's input (an nn.Identity put in front of that
+    # LayerNorm is where pytorch-grad-cam reads it)
+    lines: list[str] = []
+    export_onnx_file(source, tmp_path / "default.onnx", None, log=lines.append)
+    assert "explaining tensor(s) /m/swinv2/encoder/layers.3/blocks.0/Add_1_output_0" in lines, lines
+    model.m.swinv2.layernorm = torch.nn.Sequential(torch.nn.Identity(), model.m.swinv2.layernorm)
+    want = reference(model, "m.swinv2.layernorm.0", x, prefix=0)
+    assert np.abs(ours(tmp_path / "default.onnx", x) - want).max() <= TOLERANCE
