@@ -19,7 +19,7 @@ from .float64 import CouldNotVerify, Float64Evaluator, cut_after, float64_evalua
 from .float64_torch import OPS
 from .layouts import to_nchw_torch
 from .torch_capture import forward_with_taps
-from .torch_outputs import PreActivation, pick
+from .torch_outputs import PreActivation, last_call, pick
 from .verify import (
     CLASS_PATH,
     Objective,
@@ -106,10 +106,11 @@ def torch_reference(
     def nchw(a: torch.Tensor, layer: str) -> torch.Tensor:
         return to_nchw_torch(a, (layouts or {}).get(layer, contract.Layout()))
 
+    last = last_call(lambda: forward_with_taps(model.eval(), taps, x, scores_from), skipped) if skipped else None
+
     def forward() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        with PreActivation() as trailing:
+        with PreActivation(skipped or "", last):
             scores, activations = forward_with_taps(model.eval(), taps, x, scores_from)
-        scores = trailing.logits(scores, skipped) if skipped else scores
         top1 = torch.full((len(x),), contract.TOP1)
         if unit is not None:
             y, used = _seeded(nchw(activations[taps.index(unit[0])], unit[0]), unit[1]), top1
