@@ -33,6 +33,7 @@ from .layouts import from_nchw_nodes, nchw_shape, to_nchw_nodes
 from .score_activation import reapply
 from .scores_head import resolve_head
 
+
 class OutputError(ExportError):
     """The model's output cannot be read as ``[N, classes]``."""
 

@@ -90,7 +90,10 @@ def find_activation(model: onnx.ModelProto, name: str = contract.SCORES) -> Acti
     try:
         found = _activation(node, producers, info) if node is not None else None
     except _Untracked as why:
-        return Refusal(f"scores: the output comes from the {node.op_type} '{_named(node)}', but {why}")
+        return Refusal(
+            f"scores: the output comes from the {node.op_type} '{_named(node)}', but {why}: its kind cannot be told; "
+            "declare --scores probabilities or --scores raw (explains the output as it is)"
+        )
     if found is None:
         changed = log or node
         return _refusal_after(changed, producers, info) if changed is not None else None
@@ -110,7 +113,22 @@ def find_activation(model: onnx.ModelProto, name: str = contract.SCORES) -> Acti
 
 def reapply(graph: onnx.GraphProto, tail: tuple[onnx.NodeProto, ...], tensor: str) -> str:
     """Append copies of ``tail`` (an :attr:`Activation.tail`) reading ``tensor`` to ``graph``; the last one's output
-    (``tensor`` for an empty tail)."""
+    (``tensor`` for an empty tail).
+
+    A dequantized ``tensor`` (int8) passes a ``Flatten → Reshape`` to its own shape first: onnxruntime's
+    ``QDQPropagationTransformer`` carries a ``DequantizeLinear`` forward through the moving ops after it and aborts the
+    process (onnxruntime 1.32, an out-of-range input index) where one of their outputs is read inside an ``If`` branch,
+    as the gated backward reads them; it does not pass a ``Flatten``."""
+    if tail and any(n.op_type == "DequantizeLinear" and tensor in n.output for n in graph.node):
+        shape, flat, unflat = (f"onnxcam/scores_tail/{part}" for part in ("shape", "flat", "unflat"))
+        graph.node.extend(
+            [
+                helper.make_node("Shape", [tensor], [shape], name=shape),
+                helper.make_node("Flatten", [tensor], [flat], name=flat, axis=1),
+                helper.make_node("Reshape", [flat, shape], [unflat], name=unflat),
+            ]
+        )
+        tensor = unflat
     for i, node in enumerate(tail):
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
@@ -382,18 +400,16 @@ def _whole(size: Dim, start: int, end: int, step: int) -> bool:
 
 
 def _reshaped(before: tuple[Dim, ...], after: tuple[Dim, ...], axis: int) -> int:
-    """The axis of ``after`` that holds axis ``axis`` of ``before`` whole (same size, same elements before it)."""
+    """The axis of ``after`` that holds axis ``axis`` of ``before`` whole: the same static size and the same number
+    of elements after it (the trailing dims are static where the batch is not); :class:`_Untracked` otherwise."""
     size = before[axis]
-
-    def prefix(dims: tuple[Dim, ...]) -> tuple[int, tuple[str, ...]] | None:
-        if any(d is None for d in dims):
-            return None
-        return int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64)), tuple(
-            sorted(d for d in dims if isinstance(d, str))
-        )
-
-    want = prefix(before[:axis])
+    want = _count(before[axis + 1 :])
     for j, d in enumerate(after):
-        if d == size and want is not None and prefix(after[:j]) == want:
+        if isinstance(size, int) and d == size and want is not None and _count(after[j + 1 :]) == want:
             return j
     raise _Untracked(f"the reshape {list(before)} → {list(after)} mixes it with other axes")
+
+
+def _count(dims: tuple[Dim, ...]) -> int | None:
+    """The number of elements of static ``dims`` (``None`` when one is not static)."""
+    return int(np.prod(dims, dtype=np.int64)) if all(isinstance(d, int) for d in dims) else None

@@ -54,7 +54,7 @@ class Net(nn.Module):
 X = np.random.default_rng(0).uniform(-2, 2, size=(3, 3, 32, 32)).astype(np.float32)
 
 # head, the kind export detects, the explained scores as a function of the logits z, probability of the output
-DETECTED: dict[str, tuple[Head, str, Head, Callable[[np.ndarray], np.ndarray]]] = {
+DETECTED: dict[str, tuple[Head, str, Head, Callable[[np.ndarray], np.ndarray] | None]] = {
     "softmax-unsqueeze-flatten": (lambda z: torch.flatten(z.softmax(1)[:, :, None], 1), "logits", lambda z: z, None),
     "softmax-transpose": (
         lambda z: z[:, None, :].softmax(-1).transpose(1, 2).flatten(1),
@@ -68,6 +68,13 @@ DETECTED: dict[str, tuple[Head, str, Head, Callable[[np.ndarray], np.ndarray]]] 
     "log-softmax-written": (lambda z: torch.log(z.softmax(1)), "logits", lambda z: z, np.exp),
     "sigmoid-slice": (lambda z: torch.sigmoid(z)[:, 1:], "sigmoid", lambda z: z[:, 1:], None),
     "sigmoid-written": (lambda z: 1 / (1 + torch.exp(-z)), "sigmoid", lambda z: z, None),
+    "sigmoid-div": (lambda z: torch.tensor(1.0) / (torch.exp(z * -1) + 1), "sigmoid", lambda z: z, None),
+    "exp-reciprocal-mul": (
+        lambda z: torch.exp(z) * (1 / torch.exp(z).sum(1, keepdim=True)),
+        "logits",
+        lambda z: z,
+        None,
+    ),
 }
 
 
@@ -161,3 +168,19 @@ def test_pytorch_model_reference_takes_the_same_logits(tmp_path: Path, name: str
         ref = quantity(model.logits(model.features(torch.from_numpy(X)))).numpy()
     scores = Explainer(tmp_path / "ex.onnx", provider="cpu").scores(X)
     np.testing.assert_allclose(scores, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("name", ["softmax-transpose", "sigmoid-slice", "exp-max-reducesum-div"])
+def test_int8_export_re_applies_the_moving_ops(tmp_path: Path, name: str) -> None:
+    """Quantized to int8 QDQ (the logits dequantized, then moved): the kind is still seen, the graph verifies against
+    the straight-through estimator, and onnxruntime builds its session (its QDQ propagation through a Transpose read
+    inside the backward's ``If`` aborted the process before the Flatten guard of ``reapply``)."""
+    head, kind, _, _ = DETECTED[name]
+    src, _ = onnx_file(tmp_path, head)
+    calibration = np.random.default_rng(1).uniform(-2, 2, size=(8, 3, 32, 32)).astype(np.float32)
+    lines: list[str] = []
+    out = tmp_path / "int8.onnx"
+    _, report = export_onnx_file(src, out, [LAYER], precision="int8", calibration=calibration, log=lines.append)
+    assert report is not None and any(line.startswith(f"scores: {kind} (the trailing ") for line in lines)
+    explainer = Explainer(out, provider="cpu")
+    assert explainer.scores(X).shape == (len(X), CLASSES - (name == "sigmoid-slice"))
