@@ -95,7 +95,8 @@ def torch_reference(
     ``rules``) from PyTorch autograd, named as the contract; ``y = Σ_n scores[n, c_n]``.
 
     ``scores_from``: the scores' name among the model's outputs; ``skipped``: the trailing op (``Softmax``,
-    ``LogSoftmax``, ``Sigmoid``) the graph left out, whose input is then the scores (:mod:`.scores_head`).
+    ``LogSoftmax``, ``Sigmoid``) the graph left out: its last call returns its input, moved by the ops after it as
+    the graph's scores are (:mod:`.scores_head`).
     ``A`` and ``∂ y / ∂ A`` of a layer with a non-NCHW ``layouts`` entry are laid out as ``[N, C, h, w]`` after
     autograd. ``unit``: ``(layer, unit_seed [N, *U])``: ``y = Σ_n unit_seed_n ⊙ U_n`` of the layer's output ``U``
     instead (target used −1, ``activation:<layer>`` included); a layer after it gets a zero gradient. ``seed``
