@@ -118,7 +118,8 @@ def export_model(
     weights are float16, e.g. after ``model.half()``, else ``float32``): the traced float32 graph is converted
     (:mod:`.deploy`; int8 calibrated on ``calibration``, a directory of images or a preprocessed ``N×C×H×W`` batch)
     and verified as a deployed ONNX file is (float64 finite differences, the STE reference for int8), not against
-    ``torch.autograd`` of the float32 model.
+    ``torch.autograd`` of the float32 model; so is a model whose softmax/sigmoid is written out (``exp / sum``: no
+    PyTorch call whose input the reference could take as the logits, :mod:`.score_activation`).
     Returns the model and the verification report (``None`` with ``verify=False``). Nothing is written when the
     verification fails.
     """
@@ -193,7 +194,7 @@ def export_model(
 
     extras = Extras(rules, heads, resolve_in_graph(in_graph), unit_layer, bias_gradients, hvp)
     try:
-        if precision != "float32":
+        if precision != "float32" or head.form:  # a written-out activation: no PyTorch call to take the logits from
             deployed, reference = _deployed_check(forward, layers, input_shape, tolerance, log)
             return _build_check_save(
                 forward, metadata, extras, deployed if verify else None, reference, output, started, log
@@ -253,7 +254,8 @@ def scores_head(
     classes = score_shape(GraphInfo(forward), contract.SCORES)[0]
     head = resolve_head(forward, declared or ("raw" if detection else None), classes)
     check_labels(labels, head.kind, detection.classes if detection else classes)
-    skipped = f" (the trailing {head.skipped} is left out: its input is explained)" if head.skipped else ""
+    written = f", written as {head.form}," if head.form else ""
+    skipped = f" (the trailing {head.skipped}{written} is left out: its input is explained)" if head.skipped else ""
     log(f"scores: {head.kind}{' (declared)' if declared else ''}{skipped}")
     return head
 

@@ -30,9 +30,8 @@ from .errors import ExportError
 from .gating import Part, gate, optional_input, reads
 from .hvp import add_hvp
 from .layouts import from_nchw_nodes, nchw_shape, to_nchw_nodes
+from .score_activation import reapply
 from .scores_head import resolve_head
-
-_PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity")
 
 
 class OutputError(ExportError):
@@ -182,9 +181,10 @@ def build_explainer(
 
 def _scores_as_contract(model: onnx.ModelProto, kind: str) -> tuple[int, ...]:
     """Make ``scores`` what ``kind`` explains (:mod:`.scores_head`: e.g. the logits before a trailing Softmax or
-    Sigmoid; ``[N, K, 1, 1]`` flattened); return their ``S``."""
+    Sigmoid, moved as the output is; ``[N, K, 1, 1]`` flattened); return their ``S``."""
     graph = model.graph
-    logits = resolve_head(model, kind).tensor
+    head = resolve_head(model, kind)
+    logits = reapply(graph, head.tail, head.tensor)
     shape = score_shape(GraphInfo(model), logits)
     rank = len(shape) + 1
     if logits != contract.SCORES or len(GraphInfo(model).shape(logits) or ()) != rank:

@@ -18,7 +18,8 @@ from onnxcam import contract
 
 from .autodiff.graph_info import GraphInfo
 from .float64 import evaluate_float64
-from .scores_head import _ACTIVATIONS, _PASS_THROUGH
+from .score_activation import MOVING
+from .scores_head import _ACTIVATIONS
 from .source_batch import check_batch
 from .verify import SEED_PATH_OBJECTIVE, Report, fast_kernels, needs_seed_path, relative_error, run
 
@@ -38,7 +39,7 @@ def _cast_input(graph: onnx.GraphProto, elem: int) -> None:
 
 
 def _cast_output(model: onnx.ModelProto) -> None:
-    """Make the graph output float32 by one ``Cast`` before its trailing shape-only ops and Softmax/Sigmoid, so
+    """Make the graph output float32 by one ``Cast`` before its trailing moving ops and Softmax/Sigmoid, so
     :mod:`.scores_head` still finds them and the logits it explains are the deployed ones, exactly. Float casts
     already in that tail (``keep_io_types`` puts one after the Softmax) become ``Identity``."""
     graph = model.graph
@@ -47,7 +48,7 @@ def _cast_output(model: onnx.ModelProto) -> None:
     producers = {o: n for n in graph.node for o in n.output}
     name, tail = vi.name, []
     while (node := producers.get(name)) is not None and (
-        node.op_type in (*_PASS_THROUGH, *_ACTIVATIONS) or (node.op_type == "Cast" and info.dtype(name).kind == "f")
+        node.op_type in (*MOVING, *_ACTIVATIONS) or (node.op_type == "Cast" and info.dtype(name).kind == "f")
     ):
         name = node.input[0]
         tail.append(node)

@@ -34,7 +34,7 @@ from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float64 import cut_after, evaluate_float64
 from .gating import reads
-from .scores_head import _PASS_THROUGH
+from .score_activation import MOVING
 from .verify import (
     Objective,
     Report,
@@ -180,11 +180,12 @@ def _clip_range(q: onnx.NodeProto, info: GraphInfo) -> tuple[np.ndarray, np.ndar
 
 
 def score_limits(model: onnx.ModelProto, scores: str) -> tuple[float, float] | None:
-    """``(lo, hi)`` when ``scores`` is the dequantized output of a per-tensor ``QuantizeLinear`` (through shape-only
-    ops), else ``None``: the deployed scores then lie in ``[(q_min − z)·s, (q_max − z)·s]``, and a score clipped at
-    either end has gradient 0 under the straight-through estimator (its gradient maps are blank)."""
+    """``(lo, hi)`` when ``scores`` is the dequantized output of a per-tensor ``QuantizeLinear`` (through the ops that
+    only move values, :data:`.score_activation.MOVING`), else ``None``: the deployed scores then lie in
+    ``[(q_min − z)·s, (q_max − z)·s]``, and a score clipped at either end has gradient 0 under the straight-through
+    estimator (its gradient maps are blank)."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    while (node := producers.get(scores)) is not None and node.op_type in _PASS_THROUGH:
+    while (node := producers.get(scores)) is not None and node.op_type in MOVING:
         scores = node.input[0]
     q = producers.get(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
     if q is None or q.op_type != "QuantizeLinear":

@@ -2,7 +2,8 @@
 
 Detected where unambiguous, declared (``--scores KIND``) otherwise:
 
-* a trailing ``Softmax``/``LogSoftmax`` (through shape-only ops) → ``logits``: the graph explains the logits before
+* a trailing ``Softmax``/``LogSoftmax`` (through the ops that only move or select values, written out as
+  ``Exp``/``ReduceSum``/``Div`` or not: :mod:`.score_activation`) → ``logits``: the graph explains the logits before
   it, as pytorch-grad-cam does (a softmax couples every class into each class's gradient; the runtime recomputes the
   probabilities exactly from the logits). Declaring ``probabilities`` (or ``raw``) keeps the normalised output.
 * a trailing ``Sigmoid`` → ``sigmoid``: the logits before it are explained (``σ`` is monotonic per class, so the maps
@@ -10,7 +11,11 @@ Detected where unambiguous, declared (``--scores KIND``) otherwise:
 * ``[N, 1]`` (or a dense ``[N, 1, H, W]``) with nothing trailing → ``sigmoid`` (one logit: softmax would give 1).
 * anything else → ``logits``; ``--scores probabilities`` / ``raw`` / ``sigmoid`` for other heads.
 
-A declaration that contradicts the graph (``logits`` on a trailing Sigmoid, ``sigmoid`` on a Softmax) is refused.
+The moving ops between the activation and the output (``Transpose``, ``Slice``, …) are re-applied to the logits, so
+the explained scores are laid out, and indexed, as the model's output. A declaration that contradicts the graph
+(``logits`` on a trailing Sigmoid, ``sigmoid`` on a Softmax) is refused; so is an undeclared output the activation
+reaches through a value-changing op, or a softmax of which the output keeps some classes only
+(:class:`.score_activation.Refusal`), unless declared ``probabilities`` or ``raw``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from onnxcam import contract
 from onnxcam.scores import KINDS, LOGITS, PROBABILITIES, RAW, SIGMOID
 
 from .errors import ExportError
+from .score_activation import Refusal, find_activation
 
-_PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity")
 #: Trailing op → the kind whose logits are its input.
 _ACTIVATIONS = {"Softmax": LOGITS, "LogSoftmax": LOGITS, "Sigmoid": SIGMOID}
 
@@ -36,31 +41,15 @@ class ScoresKindError(ExportError):
 
 @dataclass(frozen=True)
 class ScoresHead:
-    """``tensor``: what the explainer graph exposes as ``scores``; ``kind``: what it is; ``skipped``: the trailing
-    op left out (``Softmax``, ``LogSoftmax``, ``Sigmoid``) or ``None``."""
+    """``tensor``: what the explainer graph exposes as ``scores`` (after ``tail``); ``kind``: what it is;
+    ``skipped``: the trailing op left out (``Softmax``, ``LogSoftmax``, ``Sigmoid``) or ``None``; ``form``: how it
+    is written when decomposed (``""``: the op); ``tail``: the moving ops to apply to ``tensor``, in order."""
 
     tensor: str
     kind: str
     skipped: str | None = None
-
-
-def trailing_activation(model: onnx.ModelProto, name: str = contract.SCORES) -> onnx.NodeProto | None:
-    """The Softmax/LogSoftmax/Sigmoid node producing ``name`` through shape-only ops and int8
-    ``QuantizeLinear → DequantizeLinear`` pairs (``quantize_static`` quantizes a Softmax's or Sigmoid's output too),
-    if any."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    while (node := producers.get(name)) is not None and (source := _passed(node, producers)) is not None:
-        name = source
-    return node if node is not None and node.op_type in _ACTIVATIONS else None
-
-
-def _passed(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> str | None:
-    """The tensor ``node`` passes on unchanged but for shape or int8 rounding: a shape-only op's input, the input of
-    the ``QuantizeLinear`` a ``DequantizeLinear`` reads; else ``None``."""
-    if node.op_type in _PASS_THROUGH:
-        return node.input[0]
-    source = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-    return source.input[0] if source is not None and source.op_type == "QuantizeLinear" else None
+    form: str = ""
+    tail: tuple[onnx.NodeProto, ...] = ()
 
 
 def resolve_head(model: onnx.ModelProto, declared: str | None, classes: int | None = None) -> ScoresHead:
@@ -70,17 +59,24 @@ def resolve_head(model: onnx.ModelProto, declared: str | None, classes: int | No
     """
     if declared is not None and declared not in KINDS:
         raise ScoresKindError(f"--scores {declared}: unknown kind; choose from {', '.join(KINDS)}")
-    node = trailing_activation(model)
+    node = find_activation(model)
+    if isinstance(node, Refusal):
+        if declared in (PROBABILITIES, RAW):  # the output as it is, whatever produced it
+            return ScoresHead(contract.SCORES, declared)
+        raise ScoresKindError(
+            node.message if declared is None else f"--scores {declared}: {node.message.removeprefix('scores: ')}"
+        )
     if node is None:
         return ScoresHead(contract.SCORES, declared or (SIGMOID if classes == 1 else LOGITS))
-    implied = _ACTIVATIONS[node.op_type]
+    implied = _ACTIVATIONS[node.op]
     if declared in (None, implied):
-        return ScoresHead(node.input[0], implied, node.op_type)
-    if declared == RAW or (declared == PROBABILITIES and node.op_type != "LogSoftmax"):
+        return ScoresHead(node.logits, implied, node.op, node.form, node.tail)
+    if declared == RAW or (declared == PROBABILITIES and node.op != "LogSoftmax"):
         return ScoresHead(contract.SCORES, declared)
-    keep = "probabilities (keeps the normalised output)" if node.op_type != "LogSoftmax" else "raw"
+    keep = "probabilities (keeps the normalised output)" if node.op != "LogSoftmax" else "raw"
+    written = f" (written as {node.form})" if node.form else ""
     raise ScoresKindError(
-        f"--scores {declared}: the model's output is a {node.op_type} ('{node.name or node.output[0]}'), whose "
+        f"--scores {declared}: the model's output is a {node.op}{written} ('{node.name}'), whose "
         f"input is {implied}; use --scores {implied} (explains the {implied} before it) or --scores {keep}"
     )
 

@@ -5,8 +5,8 @@ one), a named tuple, a dataclass or any object holding tensors as attributes —
 nested ones joined by ``.``). :func:`scores_name` picks the scores among them (:mod:`.scores_from`).
 
 When export skips a trailing Softmax/LogSoftmax/Sigmoid of the graph (the graph's ``scores`` are the logits before
-it, :mod:`.scores_head`), the PyTorch reference must be those logits too: :class:`PreActivation` records the input
-of such a call during a forward pass.
+it, :mod:`.scores_head`), the PyTorch reference must be those logits too: :class:`PreActivation` makes the last such
+call return its input during a forward pass.
 """
 
 from __future__ import annotations
@@ -98,21 +98,29 @@ _CALLS: dict[Callable[..., Any], str] = {
 
 
 class PreActivation(TorchFunctionMode):
-    """Records the op, input and output of every softmax / log-softmax / sigmoid call of a forward pass."""
+    """Counts the ``op`` calls (ONNX name: ``Softmax``, ``LogSoftmax``, ``Sigmoid``) of a forward pass; the one
+    numbered ``skip`` returns its input, so that the forward's output is the ops after it applied to its logits (as
+    :mod:`.scores_head` re-applies the moving ops after a skipped activation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, op: str, skip: int | None = None) -> None:
         super().__init__()
-        self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self.op, self.skip, self.calls = op, skip, 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        if func in _CALLS:
-            self.calls.append((_CALLS[func], args[0], out))
-        return out
+        if _CALLS.get(func) == self.op:
+            self.calls += 1
+            if self.calls - 1 == self.skip:
+                return args[0]
+        return func(*args, **(kwargs or {}))
 
-    def logits(self, scores: torch.Tensor, op: str) -> torch.Tensor:
-        """The input of the last ``op`` call (ONNX name) whose output is ``scores``, shaped like ``scores``."""
-        for name, given, out in reversed(self.calls):
-            if name == op and out.numel() == scores.numel() and torch.equal(out.reshape(scores.shape), scores):
-                return given.reshape(scores.shape)
-        raise ExportError(f"the ONNX graph ends in {op}, but the PyTorch model's scores do not come from a {op} call")
+
+def last_call(run: Callable[[], Any], op: str) -> int:
+    """The number of the last ``op`` call (:class:`PreActivation`) of ``run()``; :class:`ExportError` when none."""
+    with torch.no_grad(), PreActivation(op) as counted:
+        run()
+    if not counted.calls:
+        raise ExportError(
+            f"the ONNX graph ends in a {op}, but the PyTorch model makes no {op} call: the reference cannot take its "
+            "logits; declare --scores probabilities"
+        )
+    return counted.calls - 1

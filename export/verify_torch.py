@@ -19,7 +19,7 @@ from .float64 import CouldNotVerify, Float64Evaluator, cut_after, float64_evalua
 from .float64_torch import OPS
 from .layouts import to_nchw_torch
 from .torch_capture import forward_with_taps
-from .torch_outputs import PreActivation, pick
+from .torch_outputs import PreActivation, last_call, pick
 from .verify import (
     CLASS_PATH,
     Objective,
@@ -95,7 +95,8 @@ def torch_reference(
     ``rules``) from PyTorch autograd, named as the contract; ``y = Σ_n scores[n, c_n]``.
 
     ``scores_from``: the scores' name among the model's outputs; ``skipped``: the trailing op (``Softmax``,
-    ``LogSoftmax``, ``Sigmoid``) the graph left out, whose input is then the scores (:mod:`.scores_head`).
+    ``LogSoftmax``, ``Sigmoid``) the graph left out: its last call returns its input, moved by the ops after it as
+    the graph's scores are (:mod:`.scores_head`).
     ``A`` and ``∂ y / ∂ A`` of a layer with a non-NCHW ``layouts`` entry are laid out as ``[N, C, h, w]`` after
     autograd. ``unit``: ``(layer, unit_seed [N, *U])``: ``y = Σ_n unit_seed_n ⊙ U_n`` of the layer's output ``U``
     instead (target used −1, ``activation:<layer>`` included); a layer after it gets a zero gradient. ``seed``
@@ -106,10 +107,11 @@ def torch_reference(
     def nchw(a: torch.Tensor, layer: str) -> torch.Tensor:
         return to_nchw_torch(a, (layouts or {}).get(layer, contract.Layout()))
 
+    last = last_call(lambda: forward_with_taps(model.eval(), taps, x, scores_from), skipped) if skipped else None
+
     def forward() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        with PreActivation() as trailing:
+        with PreActivation(skipped or "", last):
             scores, activations = forward_with_taps(model.eval(), taps, x, scores_from)
-        scores = trailing.logits(scores, skipped) if skipped else scores
         top1 = torch.full((len(x),), contract.TOP1)
         if unit is not None:
             y, used = _seeded(nchw(activations[taps.index(unit[0])], unit[0]), unit[1]), top1
