@@ -58,6 +58,10 @@ def _cast_output(model: onnx.ModelProto) -> None:
     for node in casts:
         node.op_type = "Identity"
         del node.attribute[:]
+    moved = {o for node in tail for o in node.output}  # float32 now: their reduced-type value_info would clash
+    kept = [v for v in graph.value_info if v.name not in moved]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
     cast = f"{name}/float32"
     at = len(graph.node)
     if not tail:  # the producer of the output writes the reduced type, the Cast the output
