@@ -1,0 +1,142 @@
+"""Layers whose tokens are not in row-major grid order (Hiera's unrolled tokens): refused in one line, never mapped.
+
+A tiny model reorders its patch tokens as timm's ``Hiera.unroll`` does (strided groups first) and restores them
+afterwards (``reroll``); timm's ``hiera_tiny_224`` itself at 64×64. The reference for the layers that are accepted is
+pytorch-grad-cam (PyPI ``grad-cam`` 1.5.x) with the layer's true spatial order as ``reshape_transform`` (timm's own
+``Hiera.reroll``), tolerance 1e-4 max absolute difference on the final [0, 1] maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnxcam_export.api import export_model
+from onnxcam_export.layouts import LayoutError
+from onnxcam_export.token_order import in_order
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from test_transformers import TinyBlock
+from torch import nn
+
+from onnxcam.explainer import Explainer
+
+QUIET = {"log": lambda _: None}
+SIZE = 32
+
+
+def unroll(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Tokens ``[N, side², C]`` in row-major order → every second row and column first (Hiera's unroll, one step)."""
+    n, _, c = x.shape
+    grid = x.reshape(n, side // 2, 2, side // 2, 2, c)
+    return grid.permute(0, 2, 4, 1, 3, 5).reshape(n, side * side, c)
+
+
+def reroll(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The inverse of :func:`unroll`."""
+    n, _, c = x.shape
+    grid = x.reshape(n, 2, 2, side // 2, side // 2, c)
+    return grid.permute(0, 3, 1, 4, 2, 5).reshape(n, side * side, c)
+
+
+class Reroll(nn.Module):
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reroll(x, self.side)
+
+
+class UnrolledViT(nn.Module):
+    """Patch embedding (4×4 tokens), unroll, a transformer block, reroll, a block; head on the token mean."""
+
+    def __init__(self, dim: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.side = SIZE // 8
+        self.patch_embed = nn.Conv2d(3, dim, 8, 8)
+        self.blocks = nn.Sequential(TinyBlock(dim), Reroll(self.side), TinyBlock(dim))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.blocks(unroll(x, self.side)).mean(1))
+
+
+def test_unroll_helpers_are_inverse() -> None:
+    x = torch.randn(2, 16, 3)
+    assert torch.equal(reroll(unroll(x, 4), 4), x) and not torch.equal(unroll(x, 4), x)
+
+
+def test_in_order_sees_a_swap_and_ignores_unknown_positions() -> None:
+    ys, xs = np.meshgrid((np.arange(3) + 0.5) / 3, (np.arange(4) + 0.5) / 4, indexing="ij")
+    place = np.broadcast_to(ys + 1j * xs, (1, 2, 3, 4)).copy()
+    assert in_order(place)
+    swapped = place.copy()
+    swapped[..., 0, [1, 2]] = swapped[..., 0, [2, 1]]
+    assert not in_order(swapped)
+    unknown = swapped.copy()
+    unknown[..., 0, 1] = complex(np.nan, np.nan)  # the swap no longer seen: nothing to compare it with
+    assert in_order(unknown)
+
+
+def test_a_layer_of_unrolled_tokens_is_refused_in_one_line(tmp_path) -> None:
+    torch.manual_seed(0)
+    with pytest.raises(LayoutError) as refused:
+        export_model(UnrolledViT().eval(), tmp_path / "m.onnx", ["blocks.0"], (SIZE, SIZE), **QUIET)
+    message = str(refused.value)
+    assert "\n" not in message and "layer 'blocks.0'" in message and "not in row-major grid order" in message
+    assert "reordered by node" in message and "default layer" in message
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("layer", ["blocks.1", "blocks.2"])
+def test_layers_after_the_reroll_equal_pytorch_grad_cam(tmp_path, layer: str) -> None:
+    torch.manual_seed(0)
+    model = UnrolledViT().eval()
+    path = tmp_path / "m.onnx"
+    export_model(model, path, [layer], (SIZE, SIZE), **QUIET)
+    x = np.random.default_rng(0).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    ours = np.stack([r.maps["gradcam"] for r in Explainer(path, provider="cpu").explain_arrays(x, [1, 3], ["gradcam"])])
+
+    def grid(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], model.side, model.side, t.shape[2]).permute(0, 3, 1, 2)
+
+    with GradCAM(model=model, target_layers=[model.get_submodule(layer)], reshape_transform=grid) as cam:
+        ref = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def hiera():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("hiera_tiny_224", pretrained=False, num_classes=10, img_size=(64, 64)).eval()
+    with torch.no_grad():  # timm zero-initialises the head: all-zero gradients would hide a wrong layout
+        for name, p in model.named_parameters():
+            if not p.any() and not name.endswith("bias"):
+                p.normal_(0, 0.02 if p.dim() > 1 else 1.0)
+    return model
+
+
+def test_hiera_stage_3_is_refused_naming_the_unroll(hiera, tmp_path) -> None:
+    with pytest.raises(LayoutError) as refused:
+        export_model(hiera, tmp_path / "h.onnx", ["blocks.9"], (64, 64), exporter="torchscript", **QUIET)
+    message = str(refused.value)
+    assert "\n" not in message and "layer 'blocks.9'" in message and "unroll" in message
+
+
+def test_hiera_default_layer_equals_pytorch_grad_cam_with_reroll(hiera, tmp_path) -> None:
+    path = tmp_path / "h.onnx"
+    export_model(hiera, path, None, (64, 64), exporter="torchscript", **QUIET)
+    explainer = Explainer(path, provider="cpu")
+    assert explainer.layers == ("blocks.11",)
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    ours = np.stack([r.maps["gradcam"] for r in explainer.explain_arrays(x, [3, 7], ["gradcam"])])
+
+    def rerolled(t: torch.Tensor) -> torch.Tensor:  # timm's own spatial order of block 11's tokens
+        return hiera.reroll(t, 11).permute(0, 3, 1, 2)
+
+    with GradCAM(model=hiera, target_layers=[hiera.blocks[11]], reshape_transform=rerolled) as cam:
+        ref = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(7)])
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
