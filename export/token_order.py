@@ -1,15 +1,20 @@
-"""Refuse a layer whose positions are not in row-major grid order (Hiera's unrolled tokens).
+"""Layers whose positions are not in row-major grid order (Hiera's unrolled tokens): laid out exactly, or refused.
 
 A layer's map is laid out row-major from its layout (:mod:`.layouts`): token ``t`` at ``(t // w, t % w)``. Some
 models reorder their positions between the patch embedding and the layer and restore the order only later: timm's
 Hiera ``unroll``s the patch grid so that mask units are contiguous, and its tokens are back in spatial order only at
 the last stage (``Hiera.reroll`` restores them for intermediates outside the graph). A row-major map of such a layer
-puts every token at a wrong place while its gradients stay exact, so verification cannot see it. Here the positions
-of the layer's elements are traced from the input (:mod:`.positions`); where those known go backwards along a row or
-a column of the map, the layer is refused in one line naming the node that reordered them.
+puts tokens at wrong places while its gradients stay exact, so verification cannot see it. Here the positions of the
+layer's elements are traced from the input (:mod:`.positions`). Where those known go backwards along a row or a
+column of the map, a token layer whose tokens are all known and form the grid gets their order
+(:attr:`onnxcam.contract.Layout.order`: the graph gathers them into row-major order); any other layer is refused in
+one line naming the node that reordered them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -25,9 +30,12 @@ from .positions import SAME, ancestors, trace
 REORDERING = frozenset({"Reshape", "Transpose", "Flatten", "Gather", "GatherND", "Squeeze", "Unsqueeze", "Split"})
 
 
-def refuse_reordered(model: onnx.ModelProto, layouts: dict[str, Layout], size: tuple[int, int]) -> None:
-    """Raise a one-line :class:`LayoutError` for a layer of ``layouts`` (tapped as ``activation:<layer>`` in the
-    forward ``model``, on an ``size`` ``(H, W)`` input) whose map would not be in row-major grid order."""
+def in_grid_order(
+    model: onnx.ModelProto, layouts: dict[str, Layout], size: tuple[int, int], log: Callable[[str], None]
+) -> dict[str, Layout]:
+    """``layouts`` (of layers tapped as ``activation:<layer>`` in the forward ``model``, on an ``size`` ``(H, W)``
+    input), each token layer whose tokens are a reordered grid given its :attr:`Layout.order`; raises a one-line
+    :class:`LayoutError` for a layer whose map would be out of row-major grid order otherwise."""
     taps = {layer: contract.activation_name(layer) for layer in layouts}
     checked = [
         layer
@@ -35,16 +43,44 @@ def refuse_reordered(model: onnx.ModelProto, layouts: dict[str, Layout], size: t
         if layout.kind != "nchw" or any(n.op_type in REORDERING for n in ancestors(model, [taps[layer]]))
     ]
     if not checked:
-        return
+        return layouts
     image = random_input(model, size)
     places, nodes = trace(model, [taps[layer] for layer in checked], image)
+    found = dict(layouts)
     for layer in checked:
-        if taps[layer] in places and not in_order(to_nchw_array(places[taps[layer]], layouts[layer])):
+        place = places.get(taps[layer])
+        if place is None or in_order(to_nchw_array(place, layouts[layer])):
+            continue
+        why = _culprit(places, nodes, image)
+        order = grid_order(place, layouts[layer])
+        if order is None:
             raise LayoutError(
-                f"layer '{layer}': its positions are not in row-major grid order ({_culprit(places, nodes, image)}, "
-                "and not restored before this layer), so a map of it would put them at wrong places; explain a "
-                "layer after the order is restored, e.g. the default layer (no --layer) or the last stage's output"
+                f"layer '{layer}': its positions are not in row-major grid order ({why}, and not restored before "
+                "this layer), so a map of it would put them at wrong places; explain a layer after the order is "
+                "restored, e.g. the default layer (no --layer) or the last stage's output"
             )
+        found[layer] = replace(layouts[layer], order=order)
+        log(f"layer '{layer}': its tokens are not in row-major grid order ({why}): laid out by their traced positions")
+    return found
+
+
+def grid_order(place: np.ndarray, layout: Layout) -> tuple[int, ...] | None:
+    """For the positions ``place`` ``[N, T, C]`` of a token ``layout``: the token (after the prefix) at each cell of
+    its grid, row-major, when every patch token's position is known and they form the grid (rows of equal ``y``,
+    columns of equal ``x``, both increasing); ``None`` otherwise."""
+    if layout.kind != "tokens":
+        return None
+    h, w = layout.grid
+    tokens = place[0, layout.prefix :]
+    cells = tokens.mean(axis=1)
+    if np.isnan(cells).any() or np.abs(tokens - cells[:, None]).max() > SAME:
+        return None
+    order = np.lexsort((cells.imag, cells.real))
+    grid = cells[order].reshape(h, w)
+    rows, columns = grid.real, grid.imag
+    exact = np.abs(rows - rows[:, :1]).max() <= SAME and np.abs(columns - columns[:1]).max() <= SAME
+    increasing = bool(np.all(np.diff(rows[:, 0]) > SAME) and np.all(np.diff(columns[0]) > SAME))
+    return tuple(int(k) for k in order) if exact and increasing else None
 
 
 def in_order(place: np.ndarray) -> bool:
