@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from onnxcam_export.api import export_model
+from onnxcam_export.api import export_model, export_onnx_file
 from onnxcam_export.layouts import LayoutError
 from onnxcam_export.token_order import grid_order, in_order
 from pytorch_grad_cam import GradCAM
@@ -140,6 +140,28 @@ def test_unrolled_and_rerolled_tokens_equal_pytorch_grad_cam(tmp_path, layer: st
         return t.reshape(t.shape[0], model.side, model.side, t.shape[2]).permute(0, 3, 1, 2)
 
     with GradCAM(model=model, target_layers=[model.get_submodule(layer)], reshape_transform=grid) as cam:
+        ref = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
+    assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
+
+
+def test_unrolled_tokens_of_an_onnx_file_equal_pytorch_grad_cam(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = UnrolledViT().eval()
+    source = tmp_path / "source.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), str(source), opset_version=17, dynamo=False)
+    tensor = "/blocks.0/Add_2_output_0"  # the first block's output, as the torchscript exporter names it
+    messages: list[str] = []
+    export_onnx_file(source, tmp_path / "m.onnx", [tensor], (SIZE, SIZE), mean=[0], std=[1], log=messages.append)
+    assert any("laid out by their traced positions" in m for m in messages)
+    x = np.random.default_rng(0).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    explainer = Explainer(tmp_path / "m.onnx", provider="cpu")
+    ours = np.stack([r.maps["gradcam"] for r in explainer.explain_arrays(x, [1, 3], ["gradcam"])])
+
+    def grid(t: torch.Tensor) -> torch.Tensor:
+        t = reroll(t, model.side)
+        return t.reshape(t.shape[0], model.side, model.side, t.shape[2]).permute(0, 3, 1, 2)
+
+    with GradCAM(model=model, target_layers=[model.blocks[0]], reshape_transform=grid) as cam:
         ref = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
     assert ref.max() > 0 and np.abs(ours - ref).max() <= 1e-4
 
