@@ -30,29 +30,19 @@ from onnxcam import contract
 
 from . import large_protos
 
+
+def _ops(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
 #: Ops run on the positions themselves, with the indices of their inputs that hold data (the rest: shapes, indices;
 #: ``None``: all).
 MOVES: dict[str, tuple[int, ...] | None] = {
     **dict.fromkeys(
-        [
-            "Reshape",
-            "Transpose",
-            "Slice",
-            "Gather",
-            "GatherElements",
-            "GatherND",
-            "Flatten",
-            "Squeeze",
-            "Unsqueeze",
-            "Split",
-            "Expand",
-            "Tile",
-            "Identity",
-            "DepthToSpace",
-            "SpaceToDepth",
-            "Pad",
-            "Resize",
-        ],
+        _ops(
+            "Reshape Transpose Slice Gather GatherElements GatherND Flatten Squeeze Unsqueeze "
+            "Split Expand Tile Identity DepthToSpace SpaceToDepth Pad Resize"
+        ),
         (0,),
     ),
     "Concat": None,  # all
@@ -60,74 +50,13 @@ MOVES: dict[str, tuple[int, ...] | None] = {
     "ScatterElements": (0, 2),
 }
 #: Ops whose output element ``i`` is computed from input elements ``i`` (broadcast) and per-token statistics.
-ELEMENTWISE = frozenset(
-    [
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Pow",
-        "Max",
-        "Min",
-        "Sum",
-        "Mean",
-        "Mod",
-        "Relu",
-        "LeakyRelu",
-        "PRelu",
-        "Sigmoid",
-        "HardSigmoid",
-        "HardSwish",
-        "Tanh",
-        "Erf",
-        "Exp",
-        "Log",
-        "Sqrt",
-        "Reciprocal",
-        "Neg",
-        "Abs",
-        "Clip",
-        "Cast",
-        "CastLike",
-        "Dropout",
-        "Softmax",
-        "LogSoftmax",
-        "Gelu",
-        "Mish",
-        "Softplus",
-        "Softsign",
-        "Elu",
-        "Selu",
-        "Celu",
-        "ThresholdedRelu",
-        "Where",
-        "Floor",
-        "Ceil",
-        "Round",
-        "Sign",
-        "Sin",
-        "Cos",
-        "BatchNormalization",
-        "InstanceNormalization",
-        "LayerNormalization",
-        "GroupNormalization",
-        "LpNormalization",
-        "MeanVarianceNormalization",
-    ]
+ELEMENTWISE = _ops(
+    "Add Sub Mul Div Pow Max Min Sum Mean Mod Relu LeakyRelu PRelu Sigmoid HardSigmoid HardSwish Tanh Erf Exp "
+    "Log Sqrt Reciprocal Neg Abs Clip Cast CastLike Dropout Softmax LogSoftmax Gelu Mish Softplus Softsign "
+    "Elu Selu Celu ThresholdedRelu Where Floor Ceil Round Sign Sin Cos BatchNormalization "
+    "InstanceNormalization LayerNormalization GroupNormalization LpNormalization MeanVarianceNormalization"
 )
-REDUCES = frozenset(
-    [
-        "ReduceMean",
-        "ReduceMax",
-        "ReduceMin",
-        "ReduceSum",
-        "ReduceL1",
-        "ReduceL2",
-        "ReduceProd",
-        "ReduceLogSumExp",
-        "ReduceSumSquare",
-    ]
-)
+REDUCES = _ops("ReduceMean ReduceMax ReduceMin ReduceSum ReduceL1 ReduceL2 ReduceProd ReduceLogSumExp ReduceSumSquare")
 WINDOWS = frozenset({"Conv", "MaxPool", "AveragePool", "LpPool"})
 GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 #: Name of the padding value fed to Pad (padding stands nowhere).
@@ -149,7 +78,11 @@ def trace(model: onnx.ModelProto, targets: Sequence[str], image: np.ndarray) -> 
     for node in nodes:
         if node.domain not in ("", "ai.onnx") or not any(i in places for i in node.input):
             continue
-        for name, place in zip(node.output, _node_positions(node, places, values, opsets), strict=False):
+        try:
+            found = _node_positions(node, places, values, opsets)
+        except Exception:  # a node the rules below did not foresee: its positions are unknown, never guessed
+            found = [np.full(np.shape(values[o]), np.nan, np.complex128) if o in values else None for o in node.output]
+        for name, place in zip(node.output, found, strict=False):
             value = values.get(name)
             if place is not None and value is not None and np.issubdtype(value.dtype, np.floating):
                 places[name] = place
@@ -189,6 +122,8 @@ def _node_positions(node, places: dict, values: dict, opsets: list) -> list[np.n
     if op in ELEMENTWISE:
         data = node.input[1:] if op == "Where" else node.input
         return [_elementwise([places[i] for i in data if i in places], s) if s else None for s in shapes]
+    if op in (REDUCES | GLOBAL_POOLS | WINDOWS) and node.input[0] not in places:  # a traced weight, not data
+        return [None if s is None else np.full(s, np.nan, np.complex128) for s in shapes]
     if op in REDUCES or op in GLOBAL_POOLS:
         return [_reduced(node, places[node.input[0]], values, shapes[0])]
     if op in WINDOWS and _attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
