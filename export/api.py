@@ -32,6 +32,7 @@ from .scores_head import ScoresHead, check_labels, resolve_head
 from .source_batch import declared_batch
 from .sources import SourceError
 from .switched_check import OPTIONS, check_switched_parts
+from .token_order import in_grid_order
 from .unit_check import refuse_dead_unit_layer
 from .verify import Report, verify_finite_differences
 from .verify_switched import verify_switched
@@ -163,6 +164,7 @@ def export_model(
     forward = to_onnx(
         model, taps, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
     )
+    layouts = in_grid_order(forward, layouts, input_size, log)
     forward, detection = as_detection(forward, input_shape, task, detect_layout, log)
     forward = deploy.to_precision(forward, precision, deploy.calibration_batch(calibration, preprocess))
     head = scores_head(forward, scores_kind, labels, log, detection)
@@ -426,6 +428,7 @@ def export_onnx_file(
     forward = deploy.to_precision(forward, precision, deploy.calibration_batch(calibration, preprocess))
     info = GraphInfo(forward)
     layouts = {layer: onnx_layer_layout(forward, info, layer, size) for layer in layers}
+    layouts = in_grid_order(forward, layouts, size, log)
     for layer, layout in layouts.items():
         if layout.kind != "nchw":
             log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")

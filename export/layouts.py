@@ -3,8 +3,10 @@
 Every layer is classified at export from its shape and the input size (:func:`classify`); the explainer graph then
 exposes ``activation:``/``gradient:``/``head:`` in NCHW for every layout, through a Transpose (channels-last) or a
 Slice/Transpose/Reshape (tokens) inside the graph (:func:`to_nchw_nodes`, :func:`from_nchw_nodes`): exact by
-construction. The prefix tokens (class, distillation, register tokens) are dropped from the map, as pytorch-grad-cam's
-``reshape_transform`` does (jacobgil/pytorch-grad-cam, ``usage_examples/vit_example.py``, ``swinT_example.py``).
+construction; tokens the model keeps out of row-major order are gathered into it (``Layout.order``,
+:mod:`.token_order`). The prefix tokens (class, distillation, register tokens) are dropped from the map, as
+pytorch-grad-cam's ``reshape_transform`` does (jacobgil/pytorch-grad-cam, ``usage_examples/vit_example.py``,
+``swinT_example.py``).
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def to_nchw_torch(t, layout: Layout):
         return t.permute(0, 3, 1, 2)
     if layout.kind == "tokens":
         h, w = layout.grid
-        return t[:, layout.prefix :].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+        patches = t[:, layout.prefix :] if layout.order is None else t[:, [layout.prefix + k for k in layout.order]]
+        return patches.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
     return t
 
 
@@ -125,7 +128,7 @@ def to_nchw_array(a: np.ndarray, layout: Layout) -> np.ndarray:
         return a.transpose(0, 3, 1, 2)
     if layout.kind == "tokens":
         h, w = layout.grid
-        return a[:, layout.prefix :].transpose(0, 2, 1).reshape(len(a), a.shape[2], h, w)
+        return a[:, _patches(layout, a.shape[1])].transpose(0, 2, 1).reshape(len(a), a.shape[2], h, w)
     return a
 
 
@@ -136,9 +139,15 @@ def from_nchw_array(a: np.ndarray, raw: np.ndarray, layout: Layout) -> np.ndarra
         return a.transpose(0, 2, 3, 1)
     if layout.kind == "tokens":
         out = raw.copy()
-        out[:, layout.prefix :] = a.reshape(len(a), a.shape[1], -1).transpose(0, 2, 1)
+        out[:, _patches(layout, raw.shape[1])] = a.reshape(len(a), a.shape[1], -1).transpose(0, 2, 1)
         return out
     return a
+
+
+def _patches(layout: Layout, tokens: int) -> np.ndarray:
+    """The indices of a token layout's patch tokens, in the row-major order of its grid."""
+    order = np.arange(tokens - layout.prefix) if layout.order is None else np.asarray(layout.order)
+    return layout.prefix + order
 
 
 def _const(graph: onnx.GraphProto, name: str, values: Sequence[int]) -> str:
@@ -153,14 +162,14 @@ def to_nchw_nodes(graph: onnx.GraphProto, layout: Layout, src: str, dst: str, ch
         return [helper.make_node("Transpose", [src], [dst], name=dst, perm=[0, 3, 1, 2])]
     h, w = layout.grid
     p = f"{dst}/to_nchw/"
-    window = [_const(graph, p + k, v) for k, v in (("starts", [layout.prefix]), ("ends", [2**62]), ("axes", [1]))]
+    if layout.order is None:
+        window = [_const(graph, p + k, v) for k, v in (("starts", [layout.prefix]), ("ends", [2**62]), ("axes", [1]))]
+        patches = helper.make_node("Slice", [src, *window], [p + "patches"], name=p + "slice")
+    else:  # the tokens at the grid's cells, row-major
+        cells = _const(graph, p + "cells", [layout.prefix + k for k in layout.order])
+        patches = helper.make_node("Gather", [src, cells], [p + "patches"], name=p + "gather", axis=1)
     return [
-        helper.make_node(
-            "Slice",
-            [src, *window],
-            [p + "patches"],
-            name=p + "slice",
-        ),
+        patches,
         helper.make_node("Transpose", [p + "patches"], [p + "nct"], name=p + "transpose", perm=[0, 2, 1]),
         helper.make_node("Reshape", [p + "nct", _const(graph, p + "shape", [0, channels, h, w])], [dst], name=dst),
     ]
@@ -172,10 +181,20 @@ def from_nchw_nodes(graph: onnx.GraphProto, layout: Layout, src: str, dst: str, 
         return [helper.make_node("Transpose", [src], [dst], name=dst, perm=[0, 2, 3, 1])]
     p = f"{dst}/from_nchw/"
     shape = _const(graph, p + "shape", [0, channels, layout.grid[0] * layout.grid[1]])
-    return [
+    nodes = [
         helper.make_node("Reshape", [src, shape], [p + "nct"], name=p + "reshape"),
-        helper.make_node("Transpose", [p + "nct"], [dst], name=dst, perm=[0, 2, 1]),
+        helper.make_node(
+            "Transpose",
+            [p + "nct"],
+            [p + "cells" if layout.order else dst],
+            name=p + "cells" if layout.order else dst,
+            perm=[0, 2, 1],
+        ),
     ]
+    if layout.order:  # the cell of each token
+        tokens = _const(graph, p + "tokens", np.argsort(layout.order).tolist())
+        nodes.append(helper.make_node("Gather", [p + "cells", tokens], [dst], name=dst, axis=1))
+    return nodes
 
 
 def nchw_shape(layout: Layout, shape: Sequence[int | str | None]) -> list[int | str | None]:

@@ -304,25 +304,32 @@ class Detection:
 
 @dataclass(frozen=True)
 class Layout:
-    """The original layout of a tapped layer (see ``LAYOUTS``); ``grid`` ``(h, w)`` and ``prefix`` for tokens."""
+    """The original layout of a tapped layer (see ``LAYOUTS``); ``grid`` ``(h, w)`` and ``prefix`` for tokens, and
+    ``order`` for tokens the model keeps out of row-major order (Hiera's unrolled stages): the index (after the
+    prefix) of the token at each cell of the grid, row-major."""
 
     kind: str = "nchw"
     grid: tuple[int, int] | None = None
     prefix: int = 0
+    order: tuple[int, ...] | None = None
 
     def describe(self) -> str:
         """E.g. ``tokens [N, 1 + 14×14, C]`` or ``channels-last [N, h, w, C]``."""
         if self.kind == "tokens" and self.grid:
-            return f"tokens [N, {self.prefix} + {self.grid[0]}×{self.grid[1]}, C]"
+            reordered = " (in the model's own order)" if self.order else ""
+            return f"tokens [N, {self.prefix} + {self.grid[0]}×{self.grid[1]}, C]{reordered}"
         return {"channels-last": "channels-last [N, h, w, C]"}.get(self.kind, "[N, C, h, w]")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **({"grid": list(self.grid), "prefix": self.prefix} if self.grid else {})}
+        grid = {"grid": list(self.grid), "prefix": self.prefix} if self.grid else {}
+        return {"kind": self.kind, **grid, **({"order": list(self.order)} if self.order else {})}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Layout:
-        grid = raw.get("grid")
-        return cls(raw["kind"], tuple(grid) if grid else None, int(raw.get("prefix", 0)))
+        grid, order = raw.get("grid"), raw.get("order")
+        return cls(
+            raw["kind"], tuple(grid) if grid else None, int(raw.get("prefix", 0)), tuple(order) if order else None
+        )
 
 
 @dataclass(frozen=True)
