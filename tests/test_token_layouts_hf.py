@@ -25,6 +25,8 @@ from onnxcam_export.api import ExportError, export_model, export_onnx_file
 from onnxcam_export.layouts import LayoutError, classify
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from small_models import HFLogits
+from test_transformers import tokens_to_map
 
 from onnxcam.explainer import Explainer
 
@@ -34,34 +36,13 @@ TOLERANCE = 1e-4
 CLASSES = (3, 7)
 
 
-class Logits(torch.nn.Module):
-    """A Hugging Face image classifier as ``x ↦ logits``."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.m = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(pixel_values=x).logits
-
-
-def to_grid(prefix: int):
-    """pytorch-grad-cam's ViT ``reshape_transform``: ``[N, prefix + s·s, C]`` → ``[N, C, s, s]``."""
-
-    def transform(t: torch.Tensor) -> torch.Tensor:
-        t = t[:, prefix:]
-        side = round(t.shape[1] ** 0.5)
-        return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
-
-    return transform
-
-
 def images(size: int) -> np.ndarray:
     return np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
 
 
 def reference(model: torch.nn.Module, layer: str, x: np.ndarray, prefix: int) -> np.ndarray:
-    with GradCAM(model=model, target_layers=[model.get_submodule(layer)], reshape_transform=to_grid(prefix)) as cam:
+    target = [model.get_submodule(layer)]
+    with GradCAM(model=model, target_layers=target, reshape_transform=tokens_to_map(prefix)) as cam:
         return cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(c) for c in CLASSES])
 
 
@@ -92,7 +73,7 @@ def test_register_tokens_laid_out_as_prefix(tmp_path: Path) -> None:
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8,
         num_labels=10, num_register_tokens=4,
     )  # fmt: skip
-    model = Logits(transformers.Dinov2WithRegistersForImageClassification(config)).eval()
+    model = HFLogits(transformers.Dinov2WithRegistersForImageClassification(config)).eval()
     layer = "m.dinov2_with_registers.encoder.layer.1.norm1"
     lines: list[str] = []
     export_model(model, tmp_path / "dino.onnx", [layer], (32, 32), log=lines.append)
@@ -112,7 +93,7 @@ def swin(kind: str) -> torch.nn.Module:
         image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=2,
         num_labels=10,
     )  # fmt: skip
-    return Logits(model_class(config)).eval()
+    return HFLogits(model_class(config)).eval()
 
 
 @pytest.mark.parametrize("kind", ["swin", "swinv2"])

@@ -23,6 +23,7 @@ from pytorch_grad_cam import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiRes
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from skimage import data
 from small_models import HFLogits
+from test_transformers import tokens_to_map as cls_tokens
 from torch import nn
 
 from onnxcam.explainer import Explainer
@@ -62,15 +63,6 @@ def tv(name: str, **kwargs: object):
 
 def tm(name: str, **kwargs: object):
     return lambda: timm.create_model(name, pretrained=False, **kwargs)
-
-
-def cls_tokens(prefix: int):
-    def reshape(t: torch.Tensor) -> torch.Tensor:
-        t = t[:, prefix:]
-        side = round(t.shape[1] ** 0.5)
-        return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
-
-    return reshape
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
