@@ -10,7 +10,7 @@ from torch import nn
 from onnxcam.contract import Layout
 
 from .layers import LayerError
-from .layouts import LayoutError, classify, to_nchw_torch
+from .layouts import LayoutError, classify, is_input_grid, to_nchw_torch
 from .torch_capture import Call, check_layers
 
 
@@ -89,8 +89,10 @@ def choose_default(
 ) -> tuple[str, Layout, str]:
     """The layer a practitioner would pick, its layout and why (one phrase).
 
-    Candidates: maps with more than one position that the top-1 logit's gradient reaches. A ViT-like model (the last
-    candidate is tokens after a class token) gets the last LayerNorm output among them — ``blocks[-1].norm1``,
+    Candidates: maps with more than one position, on a grid of the input (one stride and rounding: not an
+    attention's ``[heads, queries]``, which only fits the input's bounds), that the top-1 logit's gradient reaches.
+    A ViT-like model (the last candidate is tokens after a class token) gets the last LayerNorm output among them —
+    ``blocks[-1].norm1``,
     pytorch-grad-cam's choice (jacobgil/pytorch-grad-cam ``usage_examples/vit_example.py``): the block outputs after
     it carry no gradient to the patch tokens when the head reads the class token. Otherwise the last spatial map
     before pooling, skipping a trailing LayerNorm or permute that reads it (Swin: the last stage's output; HF Swin,
@@ -113,7 +115,7 @@ def choose_default(
         grid = to_nchw_torch(call.output, layout).shape[2:]
         reached = call.grad is not None and bool(to_nchw_torch(call.grad, layout).abs().max() > 0)
         class_maps = dense_classes is not None and to_nchw_torch(call.output, layout).shape[1] == dense_classes
-        if grid[0] * grid[1] > 1 and (reached or not with_grads) and not class_maps:
+        if grid[0] * grid[1] > 1 and is_input_grid(grid, input_size) and (reached or not with_grads) and not class_maps:
             maps.append((call, layout))
     if (
         not maps

@@ -42,6 +42,12 @@ def _grids(n_h: int, n_w: int, same_rounding: bool = False) -> set[tuple[int, in
     return grids
 
 
+def is_input_grid(grid: Sequence[int], input_size: tuple[int, int]) -> bool:
+    """Whether ``grid`` ``(h, w)`` is what one stride and rounding give on an ``input_size`` input (a map a default
+    layer may be: not an attention's ``[heads, queries]`` that only fits the input's bounds)."""
+    return tuple(grid) in _grids(*input_size, same_rounding=True)
+
+
 def _token_grid(tokens: int, input_size: tuple[int, int], prefix: int | None, grid: tuple[int, int] | None):
     """``(prefix, (h, w))`` with ``tokens = prefix + h·w``: the smallest prefix whose rest is a grid of the input,
     both sides of one stride and rounding (a flat token axis shows no side: ``21`` tokens of a ``32×32`` input are
