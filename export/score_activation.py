@@ -30,11 +30,11 @@ from .autodiff.graph_info import Dim, GraphInfo
 
 #: Ops that only move or select values (their first input is the data); re-applied to the logits.
 MOVING = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Gather", "GatherND")
-#: Element-wise and reducing ops through which a refused activation is looked for (other inputs constant).
+#: Element-wise, reducing, joining and selecting ops through which a refused activation is looked for.
 _CHANGING = (
     "Mul", "Div", "Add", "Sub", "Pow", "Log", "Exp", "Clip", "Neg", "Abs", "Sqrt", "Reciprocal", "Max", "Min",
     "Relu", "Resize", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
-    "Cast", "QuantizeLinear", "DequantizeLinear", *MOVING,
+    "Cast", "QuantizeLinear", "DequantizeLinear", "Concat", "TopK", "Sum", "Mean", *MOVING,
 )  # fmt: skip
 _SOFTMAXES = ("Softmax", "LogSoftmax")
 
@@ -260,12 +260,16 @@ def _decomposed_sigmoid(
 def _refusal_after(
     node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], info: Callable[[], GraphInfo]
 ) -> Refusal | None:
-    """A :class:`Refusal` naming ``node`` when an activation reaches it through element-wise or reducing ops whose
-    other inputs are constants (a temperature, a resize of probabilities), else ``None``."""
-    current: onnx.NodeProto | None = node
-    for _ in range(32):
-        if current is None:
-            return None
+    """A :class:`Refusal` naming ``node`` when an activation reaches it through element-wise, reducing, joining or
+    selecting ops (a temperature, a resize of probabilities, an average of two softmaxes, a ``Concat`` of sigmoid
+    heads, ``TopK`` of probabilities), searched back along their inputs that are not constants; else ``None`` (the
+    search stops at every other op: a ``Gemm``/``Conv`` computes logits)."""
+    pending, seen = [node], set()
+    while pending and len(seen) < 64:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
         try:
             found = _activation(current, producers, info) if current is not node else None
             op = found[0] if found is not None else None
@@ -274,15 +278,13 @@ def _refusal_after(
         if op is not None:
             return Refusal(
                 f"scores: the model's output comes from the {op} '{_named(current)}' through the "
-                f"{node.op_type} '{_named(node)}', which changes its values: no kind fits exactly; declare "
+                f"{node.op_type} '{_named(node)}', which changes or mixes its values: no kind fits exactly; declare "
                 "--scores probabilities (if they still are) or --scores raw (explains the output as it is)"
             )
         if current.op_type not in _CHANGING:
-            return None
-        varying = [i for i in current.input[: 1 if current.op_type in MOVING else None] if i and not _fixed(i, info)]
-        if len(varying) != 1:
-            return None
-        current = producers.get(varying[0])
+            continue
+        data = current.input[: 1 if current.op_type in MOVING else None]
+        pending += [producers[i] for i in data if i and not _fixed(i, info) and i in producers]
     return None
 
 

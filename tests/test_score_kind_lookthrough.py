@@ -131,6 +131,12 @@ REFUSED = {
     "softmax-slice": (lambda z: z.softmax(1)[:, 1:], r"keeps 10 of its 11 classes \(1…10\), at the Slice '/Slice'"),
     "softmax-gather-some": (lambda z: z.softmax(1)[:, [0, 3, 5]], r"gathers 3 of 11 classes, at the Gather"),
     "softmax-temperature": (lambda z: z.softmax(1) * 2, r"from the Softmax '/Softmax' through the Mul '/Mul'"),
+    "softmax-averaged": (lambda z: (z.softmax(1) + (z / 2).softmax(1)) / 2, r"Softmax '/Softmax(_1)?' through the Div"),
+    "sigmoid-heads-joined": (
+        lambda z: torch.cat([torch.sigmoid(z[:, :5]), torch.sigmoid(z[:, 5:])], 1),
+        r"from the Sigmoid '/Sigmoid(_1)?' through the Concat '/Concat'",
+    ),
+    "softmax-topk": (lambda z: torch.topk(z.softmax(1), 5).values, r"from the Softmax '/Softmax' through the TopK"),
 }
 
 
