@@ -47,13 +47,14 @@ def _restore_semantics(model: onnx.ModelProto) -> None:
 
 
 def _probe(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
-    """A random feed for the model's one data input, or ``None`` when its shape is not static beyond the batch."""
+    """A random feed for the model's one data input (its own batch where fixed, else 1), or ``None`` when its shape
+    is not static beyond the batch."""
     value = model.graph.input[0]
     tensor = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     if not dims or any(d is None for d in dims[1:]):
         return None
-    shape = [1, *dims[1:]]
+    shape = [dims[0] or 1, *dims[1:]]
     dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, shape) if np.issubdtype(dtype, np.integer) else rng.random(shape)

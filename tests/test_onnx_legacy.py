@@ -38,9 +38,9 @@ def weights(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def legacy_model(opset: int, ir_version: int, upsample: str | None) -> onnx.ModelProto:
+def legacy_model(opset: int, ir_version: int, upsample: str | None, batch: int = 1) -> onnx.ModelProto:
     """conv → relu (``r1``) → maxpool → Upsample/Resize ×2 (``upsample`` mode; none: Identity) → conv → relu → GAP →
-    Gemm; weights listed as graph inputs too for IR 3; fixed batch 1."""
+    Gemm; weights listed as graph inputs too for IR 3; fixed ``batch``."""
     inits = weights()
     up: onnx.NodeProto
     if upsample is None:
@@ -62,10 +62,10 @@ def legacy_model(opset: int, ir_version: int, upsample: str | None) -> onnx.Mode
         helper.make_node("Gemm", ["f", "fw", "fb"], ["prob"], transB=1),
     ]
     tensors = [numpy_helper.from_array(v, k) for k, v in inits.items()]
-    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])]
+    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, [batch, 3, 16, 16])]
     if ir_version <= 3:
         inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in tensors]
-    output = helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 5])
+    output = helper.make_tensor_value_info("prob", TensorProto.FLOAT, [batch, 5])
     graph = helper.make_graph(nodes, "legacy", inputs, [output], tensors)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
 
@@ -148,3 +148,14 @@ def test_an_upgrade_that_would_change_the_model_is_refused(monkeypatch: pytest.M
     onnx.save(legacy_model(9, 4, "linear"), str(tmp_path / "m.onnx"))
     with pytest.raises(UpgradeError, match=r"upgrading opset 9 → 18 changes the model's output \(relative difference"):
         export_onnx_file(tmp_path / "m.onnx", None, [LAYER], verify=False, **QUIET)
+
+
+def test_upgrade_of_a_fixed_batch_file_runs_it_at_its_batch(tmp_path: Path) -> None:
+    """A file with a fixed batch of 2 at opset 13: the upgrade's check feeds it 2 images (a batch of 1 made
+    onnxruntime refuse the input, reported as "cannot run the graph"), and the upgraded graph computes the same."""
+    model = legacy_model(13, 7, None, batch=2)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    upgraded = onnx_upgrade.upgrade(model, 18)
+    onnx.save(upgraded, str(tmp_path / "up.onnx"))
+    x = np.random.default_rng(2).random((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(original_outputs(tmp_path / "up.onnx", x), original_outputs(tmp_path / "m.onnx", x))
