@@ -409,7 +409,7 @@ def export_onnx_file(
     forward = onnx_prep.tap_tensors(forward, layers)
     found = inputs.read_onnx_input(forward, channels, input_layout, input_size)
     size = tuple(input_size or found.size or (224, 224))
-    forward = inputs.to_float_nchw(forward, found, size)
+    forward = onnx_prep.pin_if_fixed(inputs.to_float_nchw(forward, found, size), size, log)
     shape = (found.channels, *size)
     forward, layers, detection = detector_forward(forward, layers, not user_layers, shape, task, detect_layout, log)
     if refusal is not None and not layers:  # no classifier default, and no detector's either

@@ -16,13 +16,14 @@ import onnx
 
 from onnxcam import contract
 
+from . import large_protos
 from .autodiff.graph_info import GraphInfo
 from .errors import ExportError
 from .float16_casts import refuse_mistyped_casts
 from .inputs import read_onnx_input
 from .layers import LayerError, nearest_names
 from .onnx_channels_last import before_final_norm
-from .onnx_token_layer import token_default
+from .onnx_token_layer import random_input, token_default
 from .onnx_upgrade import upgrade
 from .precision import float32_io
 from .quantization import refuse_qoperator
@@ -71,6 +72,26 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     for vi in [*graph.input, *graph.output, *graph.value_info]:
         if vi.name == old:
             vi.name = new
+
+
+def pin_if_fixed(model: onnx.ModelProto, size: Sequence[int], log: Callable[[str], None]) -> onnx.ModelProto:
+    """``model`` (float NCHW ``input``), its dynamic H×W pinned to ``size`` when the graph does not run at twice that
+    size (a trace that baked its size in, e.g. a ViT's position-embedding size): the explainer then takes ``size``
+    only, and the log says why; unchanged when it runs (or H×W are static)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or all(d.HasField("dim_value") for d in dims[2:]):
+        return model
+    other = (2 * size[0], 2 * size[1])
+    try:
+        large_protos.session(model).run(None, {contract.INPUT: random_input(model, other)})
+    except Exception as exc:  # any failure at another size: the file runs at its traced size only
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        log(
+            f"the file declares a dynamic H/W but does not run at {other[0]}×{other[1]} ({first[:160]}): H/W pinned "
+            f"to {size[0]}×{size[1]}; images are resized to it (keep-size is not available)"
+        )
+        return pin_spatial(model, size) or model
+    return model
 
 
 def pin_spatial(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto | None:

@@ -150,3 +150,36 @@ def test_compat_takes_any_size_on_a_dynamic_graph(files: dict) -> None:
         )
     assert ours.shape == reference.shape == (2, *SIZES[1])
     assert np.abs(ours - reference).max() < TOLERANCE
+
+
+class TracedSize(GapNet):
+    """GapNet plus a learned 32×32 bias on the input: a file exported with dynamic H×W that only runs at 32×32 (as a
+    ViT whose trace baked its position-embedding size in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(0.1 * torch.randn(1, 3, 32, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x + self.bias)
+
+
+def test_file_running_at_its_traced_size_only_is_pinned_and_says_so(tmp_path: Path) -> None:
+    """The file declares dynamic H×W, but onnxruntime cannot run it at 64×64: export pins 32×32, logs why, and
+    keep-size is refused in one line, not left to fail per image with onnxruntime's broadcast error."""
+    torch.manual_seed(0)
+    model = TracedSize().eval()
+    source = dynamic_onnx(model, tmp_path / "m.onnx")
+    lines: list[str] = []
+    export_onnx_file(source, tmp_path / "x.onnx", [LAYER], (32, 32), log=lines.append)
+    pinned = [line for line in lines if "does not run at 64×64" in line]
+    assert len(pinned) == 1 and "H/W pinned to 32×32" in pinned[0], lines
+    explainer = Explainer(tmp_path / "x.onnx", provider="cpu")
+    assert not explainer.any_size
+    with pytest.raises(ValueError, match=r"^keep-size: this explainer graph takes 32x32 inputs only") as refused:
+        explainer.explain([np.zeros((48, 40, 3), np.uint8)], keep_size=True)
+    assert "\n" not in str(refused.value)
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(explainer.scores(x), want, rtol=1e-5, atol=1e-5)
