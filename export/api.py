@@ -156,15 +156,15 @@ def export_model(
             "gradient CAMs are blank; explain an earlier layer (ViT: the last block's norm1)"
         )
     del calls
-    for layer, layout in layouts.items():
-        if layout.kind != "nchw":
-            log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")
     started = time.perf_counter()
     taps = [*layers, *([unit_layer] if unit_layer and unit_layer not in layers else [])]
     forward = to_onnx(
         model, taps, input_size, channels, opset=opset, exporter=exporter, optimize=optimize, scores_from=chosen
     )
-    layouts = in_grid_order(forward, layouts, input_size, log)
+    layouts = in_grid_order(forward, layouts, input_size, log, (prefix_tokens, layer_grid) != (None, None))
+    for layer, layout in layouts.items():
+        if layout.kind != "nchw":
+            log(f"layer '{layer}' is {layout.describe()}: exposed as [N, C, h, w] inside the graph")
     forward, detection = as_detection(forward, input_shape, task, detect_layout, log)
     forward = deploy.to_precision(forward, precision, deploy.calibration_batch(calibration, preprocess))
     head = scores_head(forward, scores_kind, labels, log, detection)
