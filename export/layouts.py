@@ -11,6 +11,7 @@ pytorch-grad-cam's ``reshape_transform`` does (jacobgil/pytorch-grad-cam, ``usag
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -43,9 +44,21 @@ def _grids(n_h: int, n_w: int, same_rounding: bool = False) -> set[tuple[int, in
 
 
 def is_input_grid(grid: Sequence[int], input_size: tuple[int, int]) -> bool:
-    """Whether ``grid`` ``(h, w)`` is what one stride and rounding give on an ``input_size`` input (a map a default
-    layer may be: not an attention's ``[heads, queries]`` that only fits the input's bounds)."""
-    return tuple(grid) in _grids(*input_size, same_rounding=True)
+    """Whether ``grid`` ``(h, w)`` is what one stride and rounding give on an ``input_size`` input, a valid (unpadded)
+    window's shrinkage included (``⌊(n − k)/s⌋ + 1`` with the same ``k``, ``s`` on both sides): a map a default layer
+    may be, not an attention's ``[heads, queries]`` that only fits within the input's bounds."""
+    return tuple(grid) in _input_grids(*input_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _input_grids(n_h: int, n_w: int) -> frozenset[tuple[int, int]]:
+    windows = {
+        ((n_h - k) // s + 1, (n_w - k) // s + 1)
+        for s in range(1, max(n_h, n_w) + 1)
+        for k in range(-8, 16)
+        if k <= min(n_h, n_w)
+    }
+    return frozenset(_grids(n_h, n_w, same_rounding=True) | windows)
 
 
 def _token_grid(tokens: int, input_size: tuple[int, int], prefix: int | None, grid: tuple[int, int] | None):

@@ -26,6 +26,7 @@ timm = pytest.importorskip("timm")
 
 def test_input_grids_have_one_stride() -> None:
     assert is_input_grid((4, 4), (64, 64)) and is_input_grid((6, 4), (96, 64))
+    assert is_input_grid((14, 14), (16, 16)) and is_input_grid((22, 14), (24, 16))  # an unpadded 3×3 conv
     assert not is_input_grid((2, 1), (64, 64)) and not is_input_grid((3, 1), (240, 240))
 
 
