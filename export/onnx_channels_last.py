@@ -11,18 +11,15 @@ skipping a trailing LayerNorm and a permute to NCHW (pytorch-grad-cam's ``swinT_
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import helper
 
 from onnxcam import contract
 from onnxcam.contract import Layout
 
-from . import large_protos
 from .autodiff.graph_info import GraphInfo
 from .layouts import classify, onnx_layout
 from .onnx_layer_norms import layer_norms
-from .onnx_token_layer import random_input
+from .onnx_token_layer import measured_shapes, symbolic_tokens
 
 #: Transpose permutation of channels-last to NCHW (torchvision Swin's ``Permute([0, 3, 1, 2])``).
 TO_NCHW = [0, 3, 1, 2]
@@ -37,7 +34,7 @@ def channels_last(model: onnx.ModelProto, info: GraphInfo, name: str, size: tupl
     grid = shape[1:3]
     try:
         if not all(isinstance(d, int) for d in grid):
-            grid = _measured(model, name, size)[1:3]
+            grid = measured_shapes(model, [name], size)[0][1:3]
         return classify(name, [1, *grid, shape[3]], size, hint="channels-last").kind == "channels-last"
     except Exception:  # LayoutError, or a graph onnxruntime cannot run: not certain, the caller's refusal stands
         return False
@@ -51,8 +48,8 @@ def onnx_layer_layout(model: onnx.ModelProto, info: GraphInfo, layer: str, size:
     if channels_last(model, info, tap, size):
         return Layout("channels-last")
     shape = info.shape(tap) or []
-    if len(shape) == 3 and isinstance(shape[2], int) and not isinstance(shape[1], int):  # tokens, T symbolic
-        shape = [shape[0], _measured(model, tap, size)[1], shape[2]]
+    if symbolic_tokens(shape):
+        shape = [shape[0], measured_shapes(model, [tap], size)[0][1], shape[2]]
     return onnx_layout(layer, shape, size)
 
 
@@ -93,9 +90,3 @@ def _feature_axis(model: onnx.ModelProto, info: GraphInfo, name: str) -> bool:
             if weight is not None and weight.ndim == 2 and weight.shape[0] == channels:
                 return True
     return False
-
-
-def _measured(model: onnx.ModelProto, name: str, size: tuple[int, int]) -> tuple[int, ...]:
-    """The shape of ``name`` on one random ``size`` image (the graph run once by onnxruntime)."""
-    session = large_protos.session(model, outputs=[helper.make_empty_tensor_value_info(name)])
-    return np.shape(session.run(None, {contract.INPUT: random_input(model, size)})[0])

@@ -55,21 +55,29 @@ def _is_tokens(model: onnx.ModelProto, info: GraphInfo, name: str, shape: Sequen
     )
 
 
+def symbolic_tokens(shape: Sequence | None) -> bool:
+    """Whether ``shape`` is tokens ``[N, T, C]`` with ``C`` static and ``T`` left symbolic by shape inference (HF
+    Swin's padding arithmetic)."""
+    return bool(shape) and len(shape) == 3 and isinstance(shape[2], int) and not isinstance(shape[1], int)
+
+
+def measured_shapes(model: onnx.ModelProto, names: Sequence[str], size: tuple) -> list[tuple[int, ...]]:
+    """The shapes of ``names`` on one random ``size`` image (the graph run once by onnxruntime)."""
+    session = large_protos.session(model, outputs=[helper.make_empty_tensor_value_info(n) for n in names])
+    return [np.shape(v) for v in session.run(None, {contract.INPUT: random_input(model, size)})]
+
+
 def _measured_tokens(model: onnx.ModelProto, info: GraphInfo, names: Sequence[str], size: tuple) -> dict[str, tuple]:
-    """The shapes of ``names``, where shape inference leaves the token count ``T`` of ``[N, T, C]`` symbolic (HF
-    Swin's padding arithmetic) measured by one run of the graph on a random ``size`` image (if it runs)."""
+    """The shapes of ``names``, a :func:`symbolic_tokens` count measured by one run of the graph (if it runs)."""
     shapes = {name: info.shape(name) for name in names}
-    symbolic = [
-        n for n, s in shapes.items() if s and len(s) == 3 and isinstance(s[2], int) and not isinstance(s[1], int)
-    ]
+    symbolic = [n for n, s in shapes.items() if symbolic_tokens(s)]
     if symbolic:
         try:
-            session = large_protos.session(model, outputs=[helper.make_empty_tensor_value_info(n) for n in symbolic])
-            values = session.run(None, {contract.INPUT: random_input(model, size)})
+            measured = measured_shapes(model, symbolic, size)
         except Exception:  # a graph onnxruntime cannot run: the inferred shapes stand
             return shapes
-        for name, value in zip(symbolic, values, strict=True):
-            shapes[name] = (shapes[name][0], value.shape[1], shapes[name][2])  # type: ignore[index]
+        for name, shape in zip(symbolic, measured, strict=True):
+            shapes[name] = (shapes[name][0], shape[1], shapes[name][2])  # type: ignore[index]
     return shapes
 
 
